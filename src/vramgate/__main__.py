@@ -1,0 +1,5 @@
+"""`python -m vramgate` runs the command-line interface."""
+
+from vramgate.cli import app
+
+app()

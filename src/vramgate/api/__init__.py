@@ -1,0 +1,1 @@
+"""HTTP routes: the OpenAI-compatible /v1 relay, and the gateway's own status and admin routes."""

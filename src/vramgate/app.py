@@ -1,0 +1,66 @@
+"""create_app(): the FastAPI application, its routes, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from vramgate import __version__
+from vramgate.api import admin, openai
+from vramgate.config import Settings
+from vramgate.errors import BadRequest, GatewayError, error_body
+from vramgate.scheduler import Scheduler
+
+log = logging.getLogger("vramgate")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = Scheduler(settings)
+        await scheduler.start()
+        app.state.scheduler = scheduler
+        app.state.started_at = time.time()
+        names = ", ".join(settings.models) or "none"
+        log.info("vramgate %s serving models: %s", __version__, names)
+        try:
+            yield
+        finally:
+            # Shutdown: stop every engine (SIGTERM, then SIGKILL after stop_timeout).
+            await scheduler.close()
+
+    app = FastAPI(title="vramgate", version=__version__, lifespan=lifespan)
+    app.include_router(openai.router)
+    app.include_router(admin.router)
+    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    return app
+
+
+def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+    return _json(exc.body(), exc.status, exc.headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = error_body(
+        f"{request.method} {request.url.path}: {exc.detail}", "invalid_request_error", code
+    )
+    return _json(body, exc.status_code)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return await _gateway_error(request, BadRequest(str(exc.errors())))

@@ -1,0 +1,139 @@
+"""The `vramgate` command: serve, check, ps, load, unload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vramgate.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file.", envvar="VRAMGATE_CONFIG")
+]
+UrlOpt = Annotated[str, typer.Option("--url", help="The gateway to ask.", envvar="VRAMGATE_URL")]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _load(config: Path | None, models: list[str], **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, models=models, overrides=overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="NAME=SOURCE; a .gguf runs on llama.cpp. Repeatable."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Serve the configured models behind one OpenAI-compatible endpoint."""
+    import uvicorn
+
+    from vramgate.app import create_app
+
+    if config is None and not model:
+        typer.echo("error: give --config FILE or at least one --model NAME=SOURCE", err=True)
+        raise typer.Exit(2)
+    settings = _load(config, model or [], host=host, port=port, log_level=log_level)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        # Streams may run for minutes; on SIGTERM give them this long, then stop the engines.
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def check(config: Annotated[Path, typer.Argument(help="YAML config file to validate.")]) -> None:
+    """Validate a config file; exit 1 with every error (file, key path, expected) if it is bad."""
+    settings = _load(config, [])
+    typer.echo(f"{config}: ok, {len(settings.models)} model(s): {', '.join(settings.models)}")
+
+
+def _call(url: str, method: str, path: str) -> dict[str, Any]:
+    req = urllib.request.Request(url.rstrip("/") + path, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=900) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = str(exc)
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        typer.echo(f"error: cannot reach the gateway at {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
+
+
+@app.command()
+def ps(url: UrlOpt = DEFAULT_URL) -> None:
+    """Show every model's state as a table."""
+    status = _call(url, "GET", "/gateway/status")
+    rows = [("MODEL", "ENGINE", "STATE", "PID", "PORT", "UP", "IDLE", "IN-FLIGHT", "STARTS")]
+    for m in status["models"]:
+        rows.append(
+            (
+                m["name"],
+                m["engine"],
+                m["state"],
+                str(m["pid"] or "-"),
+                str(m["port"] or "-"),
+                _ago(m["ready_at"]) if m["state"] == "ready" else "-",
+                _ago(m["last_used"]) if m["in_flight"] == 0 and m["state"] == "ready" else "-",
+                f"{m['in_flight']}+{m['queued']}q" if m["queued"] else str(m["in_flight"]),
+                str(m["starts"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    failed = [m for m in status["models"] if m["state"] == "failed" and m["last_error"]]
+    for m in failed:
+        typer.echo(f"\n{m['name']} failed: {m['last_error'].splitlines()[0]}")
+
+
+@app.command()
+def load(name: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Start a model now and wait until it is ready."""
+    m = _call(url, "POST", f"/admin/models/{name}/load")
+    typer.echo(f"{m['name']}: {m['state']} (pid {m['pid']}, port {m['port']})")
+
+
+@app.command()
+def unload(name: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Stop a model's engine now."""
+    m = _call(url, "POST", f"/admin/models/{name}/unload")
+    typer.echo(f"{m['name']}: {m['state']}")

@@ -1,0 +1,254 @@
+"""The configuration file: pydantic models of the YAML, loading, VRAMGATE_* overrides, clear errors.
+
+Every error names the file, the key path (`models.gemma.ttl`) and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EngineKind = Literal["llamacpp", "vllm", "sglang", "command"]
+Task = Literal["generate", "embed", "rerank"]
+ENV_PREFIX = "VRAMGATE_"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message is meant for the operator as it is."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    ttl: float = Field(default=1800, ge=0, description="Idle seconds before a stop; 0 = never.")
+    start_timeout: float = Field(default=600, gt=0, description="Seconds to become ready.")
+    stop_timeout: float = Field(default=10, ge=0, description="Seconds from SIGTERM to SIGKILL.")
+    max_queue: int = Field(default=256, ge=0, description="Requests that may wait for a slot.")
+    evict_wait: float = Field(default=120, gt=0, description="Seconds to wait for busy engines.")
+
+
+class EngineSettings(_Strict):
+    binary: str | None = Field(default=None, description="Executable (default: usual name).")
+
+
+class Engines(_Strict):
+    llamacpp: EngineSettings = EngineSettings()
+    vllm: EngineSettings = EngineSettings()
+    sglang: EngineSettings = EngineSettings()
+
+
+class ModelConfig(_Strict):
+    engine: EngineKind
+    source: str | None = Field(default=None, description="Model path or hub id.")
+    cmd: str | None = Field(default=None, description="A `command` engine's command line.")
+    args: list[str] = Field(default_factory=list, description="Extra arguments for the engine.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    aliases: list[str] = Field(default_factory=list)
+    task: Task = Field(default="generate", description="generate, embed or rerank.")
+    health: str = Field(default="/health", description="Readiness path, ready when 200.")
+    upstream_model: str | None = Field(default=None, description="Model name the engine expects.")
+    ttl: float | None = Field(default=None, ge=0, description="Idle seconds; 0 = never stop.")
+    start_timeout: float | None = Field(default=None, gt=0)
+    stop_timeout: float | None = Field(default=None, ge=0)
+    max_concurrency: int | None = Field(default=None, ge=1, description="Requests relayed at once.")
+    max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
+
+    @model_validator(mode="after")
+    def _check_engine_fields(self) -> ModelConfig:
+        if self.engine == "command":
+            if not self.cmd:
+                raise ValueError(
+                    "engine 'command' needs `cmd`, e.g. cmd: 'my-server --port ${PORT}'"
+                )
+            if "${PORT}" not in self.cmd:
+                raise ValueError(
+                    "`cmd` must contain ${PORT}, where the gateway puts the engine's port"
+                )
+        else:
+            if not self.source:
+                raise ValueError(f"engine '{self.engine}' needs `source`, a model path or hub id")
+            if self.cmd:
+                raise ValueError(f"`cmd` is only for engine 'command', not '{self.engine}'")
+        if not self.health.startswith("/"):
+            raise ValueError(f"`health` must be a path starting with '/', got {self.health!r}")
+        return self
+
+
+class Settings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    state_dir: Path = Path("./state")
+    max_running: int | None = Field(default=None, ge=1, description="Engines at once; LRU evicts.")
+    max_body_mb: float = Field(default=32, gt=0, description="Largest request body in MiB.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    defaults: Defaults = Defaults()
+    engines: Engines = Engines()
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name, model in self.models.items():
+            for label in (name, *model.aliases):
+                if label in seen and seen[label] != name:
+                    raise ValueError(
+                        f"name {label!r} is used by both models {seen[label]!r} and {name!r}; "
+                        "names and aliases must be unique"
+                    )
+                seen[label] = name
+        return self
+
+    def ttl_s(self, name: str) -> float:
+        model = self.models[name]
+        return self.defaults.ttl if model.ttl is None else model.ttl
+
+    def start_timeout_s(self, name: str) -> float:
+        model = self.models[name]
+        return self.defaults.start_timeout if model.start_timeout is None else model.start_timeout
+
+    def stop_timeout_s(self, name: str) -> float:
+        model = self.models[name]
+        return self.defaults.stop_timeout if model.stop_timeout is None else model.stop_timeout
+
+    def max_queue(self, name: str) -> int:
+        model = self.models[name]
+        return self.defaults.max_queue if model.max_queue is None else model.max_queue
+
+    def resolve(self, label: str) -> str | None:
+        """The model name that `label` (a name or an alias) stands for, or None."""
+        if label in self.models:
+            return label
+        for name, model in self.models.items():
+            if label in model.aliases:
+                return name
+        return None
+
+
+def guess_engine(source: str) -> EngineKind:
+    """The engine a bare source implies: a GGUF file is llama.cpp's, anything else vLLM's."""
+    return "llamacpp" if source.lower().endswith(".gguf") else "vllm"
+
+
+def parse_model_flag(flag: str) -> tuple[str, dict[str, Any]]:
+    """`NAME=SOURCE` from `vramgate serve --model` as a model entry."""
+    name, sep, source = flag.partition("=")
+    if not sep or not name or not source:
+        raise ConfigError(f"--model {flag!r}: expected NAME=SOURCE, e.g. gemma=/models/gemma.gguf")
+    return name, {"engine": guess_engine(source), "source": source}
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Sets scalar keys from VRAMGATE_* variables; `__` separates levels.
+
+    VRAMGATE_PORT=9000, VRAMGATE_DEFAULTS__TTL=60, VRAMGATE_MODELS__GEMMA__TTL=0. Keys match
+    case-insensitively, so model names keep the spelling the file gives them.
+    """
+    for var, value in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var.startswith(ENV_PREFIX + "SIM_"):
+            continue
+        path = [p for p in var[len(ENV_PREFIX) :].lower().split("__") if p]
+        if not path or path[0] not in Settings.model_fields:
+            continue
+        node = data
+        for part in path[:-1]:
+            key = _match_key(node, part)
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[_match_key(node, path[-1])] = value
+    return data
+
+
+def _match_key(node: dict[str, Any], part: str) -> str:
+    return next((k for k in node if k.lower() == part), part)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    models: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """File, then environment, then `--model` flags and other command-line overrides."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    data = apply_env_overrides(data, os.environ if environ is None else environ)
+    if models:
+        data.setdefault("models", {})
+        for flag in models:
+            name, entry = parse_model_flag(flag)
+            data["models"][name] = entry
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return validate(data, str(path) if path else "<command line>")
+
+
+def validate(data: dict[str, Any], origin: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, origin)) from None
+
+
+def format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: {exc.error_count()} error(s) in the configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parent = _parent_model(err["loc"])
+            allowed = ", ".join(parent.model_fields) if parent else "see `vramgate check --help`"
+            lines.append(f"  {loc}: unknown key; expected one of: {allowed}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        given = err.get("input")
+        shown = "" if isinstance(given, dict | list) or given is None else f", got {given!r}"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _parent_model(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at `loc`, to list the keys it accepts."""
+    model: type[BaseModel] = Settings
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if model is Settings and part == "models":
+            if not parts:
+                return None
+            parts.pop(0)
+            model = ModelConfig
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

@@ -1,0 +1,59 @@
+"""What every engine adapter provides: its command line, readiness probe, the routes it serves."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from vramgate.config import ModelConfig, Settings
+
+# The OpenAI routes the gateway relays, by the path a client posts to.
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+RERANK = "/v1/rerank"
+RESPONSES = "/v1/responses"
+GENERATE_ROUTES = frozenset({CHAT, COMPLETIONS, RESPONSES})
+ALL_ROUTES = GENERATE_ROUTES | {EMBEDDINGS, RERANK}
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How to start one engine: argv (never through a shell), extra environment, readiness path."""
+
+    argv: list[str]
+    health_path: str = "/health"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class EngineAdapter(ABC):
+    kind: ClassVar[str]
+    default_binary: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def binary(self) -> str:
+        configured = getattr(self.settings.engines, self.kind, None)
+        return (configured.binary if configured else None) or self.default_binary
+
+    @abstractmethod
+    def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
+        """The engine's command line for `model` listening on 127.0.0.1:`port`."""
+
+    def routes(self, model: ModelConfig) -> frozenset[str]:
+        """The OpenAI routes this engine serves for `model`."""
+        if model.task == "embed":
+            return frozenset({EMBEDDINGS})
+        if model.task == "rerank":
+            return frozenset({RERANK})
+        return GENERATE_ROUTES
+
+    def upstream_model(self, name: str, model: ModelConfig) -> str:
+        """The `model` value the engine expects in request bodies."""
+        return model.upstream_model or name
+
+    def is_ready(self, status: int) -> bool:
+        """Whether a readiness probe's HTTP status means the model is loaded."""
+        return status == 200

@@ -1,0 +1,24 @@
+"""llama.cpp's `llama-server`: one GGUF a process; /health is 503 while loading, 200 when ready."""
+
+from __future__ import annotations
+
+from vramgate.config import ModelConfig
+from vramgate.engines.base import EngineAdapter, LaunchSpec
+
+
+class LlamaCppEngine(EngineAdapter):
+    kind = "llamacpp"
+    default_binary = "llama-server"
+
+    def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
+        assert model.source is not None
+        argv = [self.binary(), "-m", model.source, "--host", "127.0.0.1", "--port", str(port)]
+        # --alias makes /v1/models and responses carry the gateway's name for the model.
+        argv += ["--alias", self.upstream_model(name, model)]
+        # llama-server serves embeddings only with --embeddings, which also turns generation off;
+        # --reranking implies it and sets rank pooling (tools/server, common/arg.cpp).
+        if model.task == "embed" and not {"--embedding", "--embeddings"} & set(model.args):
+            argv.append("--embeddings")
+        if model.task == "rerank" and not {"--rerank", "--reranking"} & set(model.args):
+            argv.append("--reranking")
+        return LaunchSpec(argv=argv + model.args, health_path=model.health)

@@ -1,0 +1,82 @@
+"""Errors the gateway answers with, each mapped once to an HTTP status and OpenAI's error shape.
+
+GatewayError                 {"error": {"message", "type", "code"}}
+├── BadRequest               400 malformed JSON, no `model`, a route the model does not serve
+├── ModelNotFound            404 unknown model; the message lists the known names
+├── PayloadTooLarge          413 body over max_body_mb
+├── QueueFull                429 max_concurrency reached and the wait queue is full
+├── EngineUnavailable        502 the engine died or dropped the connection mid-request
+├── EngineStartFailed        503 the engine exited while starting or never became ready
+└── GatewayBusy              503 no room: every engine that could make way is busy
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code)
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class QueueFull(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class EngineUnavailable(GatewayError):
+    status = 502
+    type = "server_error"
+    code = "engine_unavailable"
+
+
+class EngineStartFailed(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "engine_start_failed"
+
+
+class GatewayBusy(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "gateway_busy"
+
+
+def error_body(message: str, type_: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, "param": None}}
+
+
+def sse_error_event(exc: GatewayError) -> bytes:
+    """The last event of a stream that broke: clients that read SSE see why it ended."""
+    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"

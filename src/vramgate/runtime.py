@@ -1,0 +1,202 @@
+"""Engine child processes: spawn on a free port, keep their output, detect readiness, stop them.
+
+Each engine runs in its own process group so that a stop reaches its workers too, and it dies with
+the gateway: PR_SET_PDEATHSIG for the engine itself, the watchdog process for its whole group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import aiohttp
+
+from vramgate.engines.base import LaunchSpec
+from vramgate.errors import EngineStartFailed
+
+READY_POLL_S = 0.025
+LOG_LINES_KEPT = 400
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL it when the gateway's thread exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Watchdog:
+    """The gateway's end of the watchdog process (see vramgate.watchdog)."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "vramgate.watchdog",
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def _send(self, line: str) -> None:
+        if self._proc and self._proc.stdin and not self._proc.stdin.is_closing():
+            self._proc.stdin.write(line.encode() + b"\n")
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+    async def close(self) -> None:
+        if self._proc and self._proc.stdin:
+            self._proc.stdin.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), 10)
+
+
+class EngineProcess:
+    """One engine child: its process, port, recent output and log file."""
+
+    def __init__(self, name: str, spec: LaunchSpec, port: int, log_path: Path) -> None:
+        self.name = name
+        self.spec = spec
+        self.port = port
+        self.log_path = log_path
+        self.lines: deque[str] = deque(maxlen=LOG_LINES_KEPT)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc else None
+
+    async def spawn(self, extra_env: dict[str, str]) -> None:
+        env = {**os.environ, **extra_env, **self.spec.env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.time()
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.spec.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            raise EngineStartFailed(
+                f"model '{self.name}': cannot run {self.spec.argv[0]!r}: {exc.strerror}"
+            ) from exc
+        self._reader = asyncio.create_task(self._keep_output())
+
+    async def _keep_output(self) -> None:
+        assert self.proc and self.proc.stdout
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with self.log_path.open("a", encoding="utf-8", errors="replace") as log:
+            log.write(
+                f"--- {stamp} vramgate started pid {self.proc.pid}: {' '.join(self.spec.argv)}\n"
+            )
+            log.flush()
+            while True:
+                try:
+                    raw = await self.proc.stdout.readline()
+                except ValueError:  # a line longer than the limit: keep what fits
+                    raw = await self.proc.stdout.read(1 << 20)
+                if not raw:
+                    return
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                self.lines.append(line)
+                log.write(line + "\n")
+                log.flush()
+
+    def tail(self, n: int = 20) -> list[str]:
+        return list(self.lines)[-n:]
+
+    async def wait_ready(self, http: aiohttp.ClientSession, timeout_s: float, is_ready) -> None:
+        """Polls the readiness path until it is ready; fails at once if the process exits."""
+        assert self.proc
+        url = f"http://127.0.0.1:{self.port}{self.spec.health_path}"
+        deadline = time.monotonic() + timeout_s
+        exited = asyncio.create_task(self.proc.wait())
+        try:
+            while True:
+                if exited.done():
+                    await self._drain_output()
+                    raise self._start_error(
+                        f"exited with code {self.proc.returncode} while starting"
+                    )
+                if await self._probe(http, url, is_ready):
+                    return
+                if time.monotonic() >= deadline:
+                    raise self._start_error(f"was not ready after {timeout_s:g} s")
+                await asyncio.wait({exited}, timeout=READY_POLL_S)
+        finally:
+            exited.cancel()
+
+    async def _probe(self, http: aiohttp.ClientSession, url: str, is_ready) -> bool:
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                return bool(is_ready(resp.status))
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def _drain_output(self) -> None:
+        """Lets the reader catch the last lines a dying engine printed (they explain why)."""
+        if self._reader:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
+
+    def _start_error(self, what: str) -> EngineStartFailed:
+        lines = "\n".join(self.tail(15)) or "(no output)"
+        return EngineStartFailed(
+            f"model '{self.name}' failed to start: engine {what}. Last output:\n{lines}"
+        )
+
+    async def stop(self, timeout_s: float) -> int | None:
+        """SIGTERM to the group, SIGKILL after `timeout_s`, then SIGKILL for any straggler in it."""
+        if not self.proc:
+            return None
+        pgid = self.proc.pid  # start_new_session made the engine its group's leader
+        if self.proc.returncode is None:
+            _killpg(pgid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout_s)
+            except TimeoutError:
+                _killpg(pgid, signal.SIGKILL)
+                await self.proc.wait()
+        # Workers may outlive their leader, holding memory and our pipe; they go too.
+        _killpg(pgid, signal.SIGKILL)
+        await self._drain_output()
+        if self._reader and not self._reader.done():
+            # A grandchild that escaped the group still holds the pipe open: stop reading it.
+            self._reader.cancel()
+        return self.proc.returncode
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,236 @@
+"""A fake OpenAI-compatible engine with knobs for the ways real ones behave and misbehave.
+
+    python -m vramgate.testing.fake_engine --port 8001 --load-delay 2 --tokens-per-s 50
+
+It listens at once and answers /health with 503 until `--load-delay` has passed, like
+llama-server. Use it through the `command` engine in your own tests of a vramgate setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+STATS = web.AppKey("stats", dict)
+OPTS = web.AppKey("opts", argparse.Namespace)
+READY = web.AppKey("ready", asyncio.Event)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fake_engine", description="A fake engine.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", default="fake", help="Model name reported by /v1/models.")
+    p.add_argument("--load-delay", type=float, default=0.0, help="Seconds before /health is 200.")
+    p.add_argument("--tokens-per-s", type=float, default=0.0, help="Generation pace; 0 = no wait.")
+    p.add_argument("--max-tokens", type=int, default=16, help="Tokens when the request sets none.")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="Wait before each answer starts.")
+    p.add_argument("--crash-after-tokens", type=int, default=None, help="Exit mid-generation.")
+    p.add_argument("--fail-start", action="store_true", help="Print an error and exit at load.")
+    p.add_argument("--never-ready", action="store_true", help="Answer /health 503 forever.")
+    p.add_argument("--ignore-sigterm", action="store_true", help="Only SIGKILL stops it.")
+    p.add_argument("--spawn-child", action="store_true", help="Start a worker grandchild too.")
+    p.add_argument("--embedding-dim", type=int, default=8)
+    p.add_argument("--vram-mib", type=int, default=None, help="Use to report (simulated GPU).")
+    return p.parse_args(argv)
+
+
+def _token(i: int) -> str:
+    return f"tok{i} "
+
+
+async def _generate(request: web.Request, n: int):
+    """Yields token texts at the configured pace, crashing the process if asked to."""
+    opts = request.app[OPTS]
+    if opts.latency_ms:
+        await asyncio.sleep(opts.latency_ms / 1000)
+    for i in range(n):
+        if opts.crash_after_tokens is not None and i >= opts.crash_after_tokens:
+            print(f"fake engine: crashing after {i} tokens", flush=True)
+            os._exit(17)
+        if opts.tokens_per_s:
+            await asyncio.sleep(1 / opts.tokens_per_s)
+        yield _token(i)
+
+
+async def _read(request: web.Request) -> dict[str, Any]:
+    request.app[STATS]["requests"] += 1
+    return orjson.loads(await request.read())
+
+
+def _max_tokens(body: dict[str, Any], opts: argparse.Namespace) -> int:
+    return int(body.get("max_tokens") or body.get("max_completion_tokens") or opts.max_tokens)
+
+
+async def completion(request: web.Request) -> web.StreamResponse:
+    body = await _read(request)
+    opts = request.app[OPTS]
+    is_chat = request.path.endswith("/chat/completions")
+    n = _max_tokens(body, opts)
+    ident = f"cmpl-{time.monotonic_ns()}"
+    stats = request.app[STATS]
+    try:
+        if body.get("stream"):
+            return await _stream(request, body, n, ident, is_chat)
+        text = "".join([t async for t in _generate(request, n)])
+    except (asyncio.CancelledError, ConnectionResetError):
+        stats["cancelled"] += 1
+        raise
+    stats["completed"] += 1
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+    if is_chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return web.json_response(
+        {
+            "id": ident,
+            "object": "chat.completion" if is_chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1},
+        },
+        dumps=lambda o: orjson.dumps(o).decode(),
+    )
+
+
+async def _stream(
+    request: web.Request, body: dict[str, Any], n: int, ident: str, is_chat: bool
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    obj = "chat.completion.chunk" if is_chat else "text_completion"
+    base = {"id": ident, "object": obj, "created": int(time.time()), "model": body.get("model")}
+
+    def event(text: str | None, finish: str | None) -> bytes:
+        if is_chat:
+            delta = {} if text is None else {"content": text}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish}
+        return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+
+    async for tok in _generate(request, n):
+        await resp.write(event(tok, None))
+    await resp.write(event(None, "length"))
+    await resp.write(b"data: [DONE]\n\n")
+    request.app[STATS]["completed"] += 1
+    await resp.write_eof()
+    return resp
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await _read(request)
+    inputs = body.get("input", "")
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    dim = request.app[OPTS].embedding_dim
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": [((len(str(x)) + k) % 7) / 7 for k in range(dim)],
+        }
+        for i, x in enumerate(inputs)
+    ]
+    request.app[STATS]["completed"] += 1
+    return web.json_response({"object": "list", "data": data, "model": body.get("model")})
+
+
+async def rerank(request: web.Request) -> web.Response:
+    body = await _read(request)
+    docs = body.get("documents", [])
+    query = str(body.get("query", ""))
+    scores = [sum(w in str(d) for w in query.split()) for d in docs]
+    results = [{"index": i, "relevance_score": float(s)} for i, s in enumerate(scores)]
+    results.sort(key=lambda r: -r["relevance_score"])
+    request.app[STATS]["completed"] += 1
+    return web.json_response({"model": body.get("model"), "results": results})
+
+
+async def health(request: web.Request) -> web.Response:
+    if request.app[READY].is_set():
+        return web.json_response({"status": "ok"})
+    return web.json_response({"error": {"message": "Loading model", "code": 503}}, status=503)
+
+
+async def models(request: web.Request) -> web.Response:
+    name = request.app[OPTS].name
+    return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response({**request.app[STATS], "pid": os.getpid()})
+
+
+async def _load(app: web.Application) -> None:
+    opts = app[OPTS]
+    await asyncio.sleep(opts.load_delay)
+    if opts.fail_start:
+        print("fake engine: error: failed to load model (--fail-start)", flush=True)
+        os._exit(3)
+    usage_file = os.environ.get("VRAMGATE_SIM_USAGE_FILE")
+    if opts.vram_mib is not None and usage_file:
+        Path(usage_file).write_text(str(opts.vram_mib))  # noqa: ASYNC240 (tiny, once)
+    if not opts.never_ready:
+        app[READY].set()
+        print(f"fake engine: ready on port {opts.port}", flush=True)
+
+
+def build_app(opts: argparse.Namespace) -> web.Application:
+    app = web.Application(client_max_size=1 << 30)
+    app[OPTS] = opts
+    app[STATS] = {"requests": 0, "completed": 0, "cancelled": 0}
+    app[READY] = asyncio.Event()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/stats", stats)
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
+        app.router.add_post(path, completion)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/rerank", rerank)
+
+    async def on_startup(app: web.Application) -> None:
+        app["loader"] = asyncio.create_task(_load(app))
+
+    app.on_startup.append(on_startup)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    print(f"fake engine: pid {os.getpid()} loading (delay {opts.load_delay}s)", flush=True)
+    if opts.ignore_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: print("fake engine: ignoring SIGTERM", flush=True))
+    if opts.spawn_child:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        print(f"fake engine: worker pid {child.pid}", flush=True)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(
+        build_app(opts),
+        host=opts.host,
+        port=opts.port,
+        print=None,
+        access_log=None,
+        handler_cancellation=True,
+        handle_signals=not opts.ignore_sigterm,
+    )
+
+
+if __name__ == "__main__":
+    main()
