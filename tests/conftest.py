@@ -1,0 +1,130 @@
+"""Fixtures that run a real gateway process on loopback, configured per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from vramgate.runtime import free_port
+
+FAKE = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
+
+
+def fake_cmd(*knobs: str) -> str:
+    """The command line of a fake engine with the given knobs, for a `command` model."""
+    return " ".join([FAKE, *knobs])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
+
+
+class Gateway:
+    """A `vramgate serve` process and clients pointed at it."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], extra_args: list[str]) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.state_dir = tmp / "state"
+        config = {"state_dir": str(self.state_dir), **config}
+        self.config_path = tmp / "vramgate.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / "gateway.log"
+        self._log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "vramgate", "serve", "--port", str(self.port)]
+        if config.get("models") or "--model" not in extra_args:
+            argv += ["--config", str(self.config_path)]
+        self.proc = subprocess.Popen(argv + extra_args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+        self.aclient = openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key="unused", max_retries=0
+        )
+        if not wait_until(self._is_up, timeout_s=30):
+            raise RuntimeError(f"gateway did not start:\n{self.log()}")
+
+    def _is_up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return self.http.get("/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        return self.http.get("/gateway/status").json()
+
+    def model(self, name: str) -> dict[str, Any]:
+        return next(m for m in self.status()["models"] if m["name"] == name)
+
+    def engine_log(self, name: str) -> str:
+        return (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def engine_pids(self) -> list[int]:
+        return [m["pid"] for m in self.status()["models"] if m["pid"]]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.http.close()
+        self._log.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator:
+    """Starts gateways with a config dict; each is stopped (and checked for orphans) at the end."""
+    started: list[Gateway] = []
+
+    def start(config: dict[str, Any], *extra_args: str) -> Gateway:
+        gw = Gateway(tmp_path / f"gw{len(started)}", config, list(extra_args))
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        pids = []
+        if gw.proc.poll() is None:
+            try:
+                pids = gw.engine_pids()
+            except httpx.HTTPError:
+                pids = []
+        gw.stop()
+        leftover = [p for p in pids if not wait_until(lambda p=p: not pid_alive(p), 15)]
+        for p in leftover:
+            os.kill(p, signal.SIGKILL)
+        assert not leftover, f"engines outlived the gateway: {leftover}"
