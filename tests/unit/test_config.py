@@ -1,0 +1,158 @@
+"""Config loading: validation messages with file and key path, env overrides, --model flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vramgate.config import ConfigError, guess_engine, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "vramgate.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path, **kw) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={}, **kw)
+    return str(info.value)
+
+
+def test_issue_example_config_is_valid(tmp_path):
+    """The example from the docs loads, with defaults filled in."""
+    path = write(
+        tmp_path,
+        """
+host: 127.0.0.1
+port: 8080
+state_dir: ./state
+defaults: {ttl: 1800, start_timeout: 600, stop_timeout: 10}
+engines: {llamacpp: {binary: llama-server}, vllm: {binary: vllm}}
+models:
+  gemma:
+    engine: llamacpp
+    source: /models/gemma.gguf
+    args: ["--ctx-size", "4096"]
+    aliases: [gemma3-270m]
+    ttl: 300
+  anything:
+    engine: command
+    cmd: "my-server --port ${PORT} --model foo"
+    health: /health
+    env: {FOO: bar}
+""",
+    )
+    settings = load_settings(path, environ={})
+    assert settings.ttl_s("gemma") == 300
+    assert settings.ttl_s("anything") == 1800
+    assert settings.resolve("gemma3-270m") == "gemma"
+    assert settings.resolve("nope") is None
+
+
+def test_negative_ttl_names_file_path_and_value(tmp_path):
+    path = write(tmp_path, "models:\n  gemma: {engine: llamacpp, source: /m.gguf, ttl: -5}\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: 1 error(s)")
+    assert "models.gemma.ttl: Input should be greater than or equal to 0, got -5" in message
+
+
+def test_unknown_key_is_an_error_listing_the_known_ones(tmp_path):
+    path = write(tmp_path, "models:\n  g: {engine: llamacpp, source: /m.gguf, tll: 5}\n")
+    message = error_of(path)
+    assert "models.g.tll: unknown key; expected one of: engine, source, cmd" in message
+
+
+def test_unknown_top_level_and_nested_keys(tmp_path):
+    path = write(tmp_path, "prot: 1\ndefaults: {ttl: 1, tl: 2}\n")
+    message = error_of(path)
+    assert "prot: unknown key; expected one of: host, port" in message
+    assert "defaults.tl: unknown key; expected one of: ttl, start_timeout" in message
+
+
+def test_unknown_engine_kind(tmp_path):
+    path = write(tmp_path, "models:\n  g: {engine: ollama, source: x}\n")
+    assert "models.g.engine: Input should be 'llamacpp', 'vllm', 'sglang' or 'command'" in (
+        error_of(path)
+    )
+
+
+def test_command_engine_needs_cmd_with_port(tmp_path):
+    path = write(tmp_path, "models:\n  a: {engine: command}\n  b: {engine: command, cmd: srv}\n")
+    message = error_of(path)
+    assert "models.a: engine 'command' needs `cmd`" in message
+    assert "models.b: `cmd` must contain ${PORT}" in message
+
+
+def test_source_required_for_real_engines(tmp_path):
+    path = write(tmp_path, "models:\n  a: {engine: vllm}\n")
+    assert "models.a: engine 'vllm' needs `source`" in error_of(path)
+
+
+def test_alias_colliding_with_another_model(tmp_path):
+    path = write(
+        tmp_path,
+        "models:\n  a: {engine: vllm, source: x}\n  b: {engine: vllm, source: y, aliases: [a]}\n",
+    )
+    assert "name 'a' is used by both models 'a' and 'b'" in error_of(path)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    path = write(tmp_path, "models: [\n")
+    assert f"{path}: not valid YAML" in error_of(path)
+    missing = tmp_path / "none.yaml"
+    assert f"{missing}: cannot read the config file" in error_of(missing)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    assert "must be a mapping of keys, got list" in error_of(write(tmp_path, "- a\n- b\n"))
+
+
+def test_environment_overrides_scalars(tmp_path):
+    path = write(tmp_path, "port: 8080\nmodels:\n  Gemma: {engine: llamacpp, source: /m.gguf}\n")
+    environ = {
+        "VRAMGATE_PORT": "9001",
+        "VRAMGATE_DEFAULTS__TTL": "60",
+        "VRAMGATE_MODELS__GEMMA__TTL": "0",
+        "VRAMGATE_ENGINES__LLAMACPP__BINARY": "/opt/llama-server",
+        "VRAMGATE_UNRELATED": "ignored",
+        "OTHER": "ignored",
+    }
+    settings = load_settings(path, environ=environ)
+    assert settings.port == 9001
+    assert settings.defaults.ttl == 60
+    assert settings.ttl_s("Gemma") == 0
+    assert settings.engines.llamacpp.binary == "/opt/llama-server"
+
+
+def test_bad_environment_value_is_reported_with_its_key(tmp_path):
+    path = write(tmp_path, "port: 8080\n")
+    with pytest.raises(ConfigError, match=r"port: Input should be a valid integer.*'eighty'"):
+        load_settings(path, environ={"VRAMGATE_PORT": "eighty"})
+
+
+def test_model_flag_needs_no_file():
+    settings = load_settings(
+        None, models=["gemma=/m/gemma.gguf", "qwen=Qwen/Qwen3-0.6B"], environ={}
+    )
+    assert settings.models["gemma"].engine == "llamacpp"
+    assert settings.models["qwen"].engine == "vllm"
+    assert settings.models["qwen"].source == "Qwen/Qwen3-0.6B"
+
+
+def test_model_flag_must_be_name_equals_source():
+    with pytest.raises(ConfigError, match="expected NAME=SOURCE"):
+        load_settings(None, models=["gemma"], environ={})
+
+
+def test_flags_override_file_and_environment(tmp_path):
+    path = write(tmp_path, "port: 8080\n")
+    settings = load_settings(path, environ={"VRAMGATE_PORT": "9001"}, overrides={"port": 9002})
+    assert settings.port == 9002
+
+
+def test_guess_engine():
+    assert guess_engine("/x/Model.GGUF") == "llamacpp"
+    assert guess_engine("meta-llama/Llama-3.1-8B") == "vllm"

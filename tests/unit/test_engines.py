@@ -1,0 +1,105 @@
+"""Engine adapters: the exact command lines, readiness and routes, per engine kind."""
+
+from __future__ import annotations
+
+from vramgate.config import ModelConfig, Settings
+from vramgate.engines import REGISTRY, adapters
+from vramgate.engines.base import CHAT, EMBEDDINGS, GENERATE_ROUTES, RERANK
+
+
+def settings(**engines) -> Settings:
+    return Settings.model_validate({"engines": engines})
+
+
+def model(**kw) -> ModelConfig:
+    return ModelConfig.model_validate(kw)
+
+
+def test_registry_has_every_kind():
+    assert set(REGISTRY) == {"llamacpp", "vllm", "sglang", "command"}
+
+
+def test_llamacpp_command_line():
+    engine = adapters(settings(llamacpp={"binary": "/opt/llama-server"}))["llamacpp"]
+    spec = engine.launch(
+        "gemma", model(engine="llamacpp", source="/m.gguf", args=["-c", "4096"]), 5
+    )
+    assert spec.argv == [
+        "/opt/llama-server", "-m", "/m.gguf", "--host", "127.0.0.1", "--port", "5",
+        "--alias", "gemma", "-c", "4096",
+    ]  # fmt: skip
+    assert spec.health_path == "/health"
+
+
+def test_llamacpp_embedding_and_rerank_flags():
+    engine = adapters(settings())["llamacpp"]
+    emb = engine.launch("e", model(engine="llamacpp", source="/m.gguf", task="embed"), 1)
+    assert emb.argv[0] == "llama-server" and emb.argv[-1] == "--embeddings"
+    given = model(engine="llamacpp", source="/m.gguf", task="embed", args=["--embedding"])
+    assert engine.launch("e", given, 1).argv.count("--embedding") == 1
+    assert "--embeddings" not in engine.launch("e", given, 1).argv
+    rr = engine.launch("r", model(engine="llamacpp", source="/m.gguf", task="rerank"), 1)
+    assert rr.argv[-1] == "--reranking"
+
+
+def test_vllm_command_line():
+    engine = adapters(settings())["vllm"]
+    spec = engine.launch("qwen", model(engine="vllm", source="Qwen/Qwen3-0.6B", args=["--x"]), 7)
+    assert spec.argv == [
+        "vllm", "serve", "Qwen/Qwen3-0.6B", "--host", "127.0.0.1", "--port", "7",
+        "--served-model-name", "qwen", "--x",
+    ]  # fmt: skip
+    pooling = engine.launch("e", model(engine="vllm", source="BAAI/bge-m3", task="embed"), 7)
+    assert pooling.argv[-2:] == ["--runner", "pooling"]
+
+
+def test_sglang_command_line():
+    engine = adapters(settings(sglang={"binary": "/venv/bin/python"}))["sglang"]
+    spec = engine.launch("q", model(engine="sglang", source="Qwen/Qwen3-0.6B"), 9)
+    assert spec.argv == [
+        "/venv/bin/python", "-m", "sglang.launch_server", "--model-path", "Qwen/Qwen3-0.6B",
+        "--host", "127.0.0.1", "--port", "9", "--served-model-name", "q",
+    ]  # fmt: skip
+    emb = engine.launch("e", model(engine="sglang", source="x", task="embed"), 9)
+    assert emb.argv[-1] == "--is-embedding"
+
+
+def test_command_line_is_split_without_a_shell_and_port_substituted():
+    engine = adapters(settings())["command"]
+    cmd = "my-server --port ${PORT} --name 'two words' ; rm -rf /"
+    spec = engine.launch("x", model(engine="command", cmd=cmd, health="/ready"), 4242)
+    assert spec.argv == [
+        "my-server",
+        "--port",
+        "4242",
+        "--name",
+        "two words",
+        ";",
+        "rm",
+        "-rf",
+        "/",
+    ]
+    assert spec.health_path == "/ready"
+
+
+def test_routes_by_task():
+    engine = adapters(settings())["llamacpp"]
+    assert engine.routes(model(engine="llamacpp", source="x")) == GENERATE_ROUTES
+    assert engine.routes(model(engine="llamacpp", source="x", task="embed")) == {EMBEDDINGS}
+    assert engine.routes(model(engine="llamacpp", source="x", task="rerank")) == {RERANK}
+    command = adapters(settings())["command"]
+    assert CHAT in command.routes(model(engine="command", cmd="s ${PORT}"))
+    assert EMBEDDINGS in command.routes(model(engine="command", cmd="s ${PORT}"))
+
+
+def test_readiness_is_http_200_only():
+    engine = adapters(settings())["llamacpp"]
+    assert engine.is_ready(200)
+    assert not engine.is_ready(503)
+
+
+def test_upstream_model_name():
+    engine = adapters(settings())["command"]
+    assert engine.upstream_model("a", model(engine="command", cmd="s ${PORT}")) == "a"
+    named = model(engine="command", cmd="s ${PORT}", upstream_model="b")
+    assert engine.upstream_model("a", named) == "b"
