@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from vramgate import __version__
 from vramgate.api import admin, openai
@@ -22,7 +23,23 @@ from vramgate.scheduler import Scheduler
 log = logging.getLogger("vramgate")
 
 
-def create_app(settings: Settings) -> FastAPI:
+class GatewayApp:
+    """The ASGI app served: /v1 relay POSTs go straight to their endpoint, the rest to FastAPI."""
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = openai.RELAYS.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self.api
+                await endpoint(scope, receive, send)
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(settings: Settings) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(settings)
@@ -43,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    return app
+    return GatewayApp(app)
 
 
 def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:

@@ -62,6 +62,9 @@ def serve(
         http="httptools",
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
+        # Engines are reached on loopback only; no X-Forwarded-* rewriting, no extra headers.
+        proxy_headers=False,
+        server_header=False,
         # Streams may run for minutes; on SIGTERM give them this long, then stop the engines.
         timeout_graceful_shutdown=10,
     )

@@ -12,7 +12,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ def choose_eviction(
     return excess, min(candidates, key=lambda r: r.last_used).name
 
 
-def expired(residents: Sequence[Resident], ttl_s: dict[str, float], now: float) -> list[str]:
+def expired(residents: Sequence[Resident], ttl_s: Mapping[str, float], now: float) -> list[str]:
     """Engines idle longer than their TTL (0 = never); the clock starts at their last request."""
     return [
         r.name

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
+import threading
 import time
 
 import openai
@@ -33,8 +35,6 @@ def test_failed_start_is_503_with_the_engine_output(gateway):
 def test_waiting_requests_all_fail_when_the_start_fails(gateway):
     """Every request waiting on a start that fails gets the 503, not a hang."""
     gw = gateway({"models": {"bad": model("--load-delay", "0.5", "--fail-start")}})
-
-    import asyncio
 
     async def many():
         calls = [gw.aclient.chat.completions.create(model="bad", messages=[]) for _ in range(10)]
@@ -135,8 +135,6 @@ def test_busy_engine_is_not_evicted(gateway):
     stream = gw.client.completions.create(model="a", prompt="x", max_tokens=8, stream=True)
     first = next(iter(stream))
     began = time.monotonic()
-    import threading
-
     result = {}
 
     def other() -> None:

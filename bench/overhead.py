@@ -1,0 +1,251 @@
+"""What the gateway adds: the same fake engine reached directly and through vramgate, in one run.
+
+    python bench/overhead.py [--duration 8] [--out bench/results/overhead.json]
+
+Load comes from wrk (Debian's `wrk`), a C load generator light enough not to crowd the gateway
+off the two cores. The gateway starts the fake engine itself; we reach that very process both
+directly (its port from /gateway/status) and through the gateway, so the only difference is us.
+Streams are paced by the engine (--stream-tokens-per-s per stream); streamed tokens/s is the
+completed streams per second times tokens per stream (every chunk is relayed, as tests check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vramgate.runtime import free_port
+
+SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("BENCH_BODY")
+"""
+
+
+@dataclass
+class Run:
+    mode: str  # instant | short (non-streamed) | paced (streamed)
+    target: str  # direct | gateway
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # summed over the repeats
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(url: str, body: str, concurrency: int, duration_s: int, script: Path) -> dict[str, Any]:
+    threads = 1 if concurrency < 32 else 2
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration_s}s", "--latency", "-s",
+         str(script), "--timeout", "30s", url],
+        capture_output=True, text=True, env={**os.environ, "BENCH_BODY": body}, check=True,
+    ).stdout  # fmt: skip
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(SOCKET_ERRORS, out)
+    if not (p50 and p99 and rps):
+        raise RuntimeError(f"could not read wrk's output:\n{out}")
+    failed = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        failed += sum(int(g) for g in socket_errors.groups())
+    return {
+        "requests_per_s": float(rps.group(1)),
+        "p50_ms": _ms(p50.group(1)),
+        "p99_ms": _ms(p99.group(1)),
+        "errors": failed,
+    }
+
+
+def _median(results: list[dict[str, Any]]) -> dict[str, Any]:
+    med = {k: statistics.median(r[k] for r in results) for k in results[0] if k != "errors"}
+    return med | {"errors": sum(r["errors"] for r in results)}
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=6, help="Seconds per wrk run.")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="Runs of each case, alternating; medians reported."
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--engine-latency-ms", type=float, default=20.0)
+    parser.add_argument("--stream-tokens", type=int, default=32)
+    parser.add_argument("--stream-tokens-per-s", type=float, default=50.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench/overhead.py needs wrk: apt-get install wrk")
+
+    tmp = Path(tempfile.mkdtemp(prefix="vramgate-bench-"))
+    script = tmp / "post.lua"
+    script.write_text(LUA)
+    fake = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
+    config = {
+        "state_dir": str(tmp / "state"),
+        "log_level": "warning",
+        "models": {
+            # Answers at once: what is measured is the gateway's own cost, nothing else.
+            "instant": {"engine": "command", "cmd": fake, "ttl": 0},
+            # Answers after --engine-latency-ms, as a short completion on a GPU would.
+            "short": {
+                "engine": "command",
+                "cmd": f"{fake} --latency-ms {args.engine_latency_ms}",
+                "ttl": 0,
+            },
+            "paced": {
+                "engine": "command",
+                "cmd": f"{fake} --tokens-per-s {args.stream_tokens_per_s}",
+                "ttl": 0,
+            },
+        },
+    }
+    (tmp / "vramgate.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "vramgate", "serve", "-c", str(tmp / "vramgate.yaml"),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                get_json(base + "/health")
+                break
+            except OSError:
+                time.sleep(0.1)
+        for name in config["models"]:
+            urllib.request.urlopen(
+                urllib.request.Request(f"{base}/admin/models/{name}/load", method="POST"),
+                timeout=60,
+            ).read()
+        ports = {m["name"]: m["port"] for m in get_json(base + "/gateway/status")["models"]}
+        runs = []
+        stream = {"max_tokens": args.stream_tokens, "stream": True}
+        cases = {"instant": {"max_tokens": 16}, "short": {"max_tokens": 16}, "paced": stream}
+        for model, extra in cases.items():
+            body = json.dumps({"model": model, "messages": [], **extra})
+            for concurrency in args.concurrency:
+                targets = {"direct": f"http://127.0.0.1:{ports[model]}", "gateway": base}
+                results: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+                # Alternate direct and gateway runs so that a slow spell of this shared VM hits
+                # both alike; medians of the repeats are what is reported.
+                for _ in range(args.repeat):
+                    for target, root in targets.items():
+                        url = root + "/v1/chat/completions"
+                        result = wrk(url, body, concurrency, args.duration, script)
+                        results[target].append(result)
+                        print(
+                            f"  {model:8} {target:7} c={concurrency:<4} {result}", file=sys.stderr
+                        )
+                for target, rs in results.items():
+                    runs.append(Run(model, target, concurrency, **_median(rs)))
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+
+    summary = summarize(runs, args.stream_tokens)
+    print_table(summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                "settings": vars(args) | {"out": str(args.out)},
+                "runs": [asdict(r) for r in runs],
+                "summary": summary,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nsaved {args.out}")
+
+
+def summarize(runs: list[Run], stream_tokens: int) -> list[dict[str, Any]]:
+    rows = []
+    for mode in dict.fromkeys(r.mode for r in runs):
+        for c in sorted({r.concurrency for r in runs}):
+            d = _find(runs, mode, "direct", c)
+            g = _find(runs, mode, "gateway", c)
+            row: dict[str, Any] = {
+                "mode": mode,
+                "concurrency": c,
+                "direct_rps": d.requests_per_s,
+                "gateway_rps": g.requests_per_s,
+                "throughput_ratio": round(g.requests_per_s / d.requests_per_s, 3),
+                "direct_p50_ms": d.p50_ms,
+                "gateway_p50_ms": g.p50_ms,
+                "added_p50_ms": round(g.p50_ms - d.p50_ms, 3),
+                "added_p99_ms": round(g.p99_ms - d.p99_ms, 3),
+                "errors": d.errors + g.errors,
+            }
+            if mode == "paced":
+                row["direct_tokens_per_s"] = round(d.requests_per_s * stream_tokens, 1)
+                row["gateway_tokens_per_s"] = round(g.requests_per_s * stream_tokens, 1)
+            rows.append(row)
+    return rows
+
+
+def _find(runs: list[Run], mode: str, target: str, concurrency: int) -> Run:
+    return next(r for r in runs if (r.mode, r.target, r.concurrency) == (mode, target, concurrency))
+
+
+def print_table(summary: list[dict[str, Any]]) -> None:
+    columns = [
+        ("mode", "mode", "{:8}"),
+        ("conc", "concurrency", "{:>5}"),
+        ("direct rps", "direct_rps", "{:>10.1f}"),
+        ("gw rps", "gateway_rps", "{:>9.1f}"),
+        ("ratio", "throughput_ratio", "{:>6.3f}"),
+        ("d p50 ms", "direct_p50_ms", "{:>9.2f}"),
+        ("gw p50 ms", "gateway_p50_ms", "{:>9.2f}"),
+        ("+p50 ms", "added_p50_ms", "{:>8.3f}"),
+        ("+p99 ms", "added_p99_ms", "{:>9.3f}"),
+        ("errors", "errors", "{:>6}"),
+    ]
+    print(
+        " ".join(
+            f"{title:>{len(fmt.format(0)) if title != 'mode' else 8}}" for title, _, fmt in columns
+        )
+    )
+    for row in summary:
+        print(" ".join(fmt.format(row[key]) for _, key, fmt in columns))
+    for row in summary:
+        if "gateway_tokens_per_s" in row:
+            print(
+                f"streamed tokens/s at {row['concurrency']} streams: direct "
+                f"{row['direct_tokens_per_s']}, gateway {row['gateway_tokens_per_s']} "
+                f"(ratio {row['throughput_ratio']})"
+            )
+
+
+if __name__ == "__main__":
+    main()
