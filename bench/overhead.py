@@ -54,10 +54,13 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk(url: str, body: str, concurrency: int, duration_s: int, script: Path) -> dict[str, Any]:
+def wrk(
+    url: str, body: str, concurrency: int, duration_s: int, script: Path, cpus: str | None
+) -> dict[str, Any]:
     threads = 1 if concurrency < 32 else 2
+    pin = ["taskset", "-c", cpus] if cpus else []
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration_s}s", "--latency", "-s",
+        [*pin, "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration_s}s", "--latency", "-s",
          str(script), "--timeout", "30s", url],
         capture_output=True, text=True, env={**os.environ, "BENCH_BODY": body}, check=True,
     ).stdout  # fmt: skip
@@ -79,6 +82,21 @@ def wrk(url: str, body: str, concurrency: int, duration_s: int, script: Path) ->
     }
 
 
+def _place(served: list[int], concurrency: int, pin_latency: bool) -> str | None:
+    """CPUs for wrk; at concurrency 1 the served processes share one core and wrk another.
+
+    At concurrency 1 every request is a ping-pong between processes, and on this 2-core VM its
+    latency flips between two modes (about 0.8 and 2.2 ms through the gateway, same code) by
+    which vCPU each wakes on. Pinning measures the software, not that lottery; direct and
+    gateway are pinned alike. Under load nothing is pinned.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = pin_latency and concurrency == 1 and len(cpus) >= 2
+    for pid in served:
+        os.sched_setaffinity(pid, {cpus[0]} if pinned else set(cpus))
+    return str(cpus[1]) if pinned else None
+
+
 def _median(results: list[dict[str, Any]]) -> dict[str, Any]:
     med = {k: statistics.median(r[k] for r in results) for k in results[0] if k != "errors"}
     return med | {"errors": sum(r["errors"] for r in results)}
@@ -97,6 +115,10 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--engine-latency-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--no-pin-latency", dest="pin_latency", action="store_false",
+        help="Do not pin processes for the concurrency-1 latency runs.",
+    )  # fmt: skip
     parser.add_argument("--stream-tokens", type=int, default=32)
     parser.add_argument("--stream-tokens-per-s", type=float, default=50.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
@@ -147,13 +169,16 @@ def main() -> None:
                 urllib.request.Request(f"{base}/admin/models/{name}/load", method="POST"),
                 timeout=60,
             ).read()
-        ports = {m["name"]: m["port"] for m in get_json(base + "/gateway/status")["models"]}
+        models = get_json(base + "/gateway/status")["models"]
+        ports = {m["name"]: m["port"] for m in models}
+        served = [gateway.pid, *(m["pid"] for m in models)]
         runs = []
         stream = {"max_tokens": args.stream_tokens, "stream": True}
         cases = {"instant": {"max_tokens": 16}, "short": {"max_tokens": 16}, "paced": stream}
         for model, extra in cases.items():
             body = json.dumps({"model": model, "messages": [], **extra})
             for concurrency in args.concurrency:
+                wrk_cpus = _place(served, concurrency, args.pin_latency)
                 targets = {"direct": f"http://127.0.0.1:{ports[model]}", "gateway": base}
                 results: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
                 # Alternate direct and gateway runs so that a slow spell of this shared VM hits
@@ -161,7 +186,7 @@ def main() -> None:
                 for _ in range(args.repeat):
                     for target, root in targets.items():
                         url = root + "/v1/chat/completions"
-                        result = wrk(url, body, concurrency, args.duration, script)
+                        result = wrk(url, body, concurrency, args.duration, script, wrk_cpus)
                         results[target].append(result)
                         print(
                             f"  {model:8} {target:7} c={concurrency:<4} {result}", file=sys.stderr

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine (see setup.sh), then runs every test: unit, integration with the fake
-# engine, and end to end with the real llama-server and gemma 3 270M. Arguments go to pytest.
+# Sets up a fresh machine (see setup.sh), then checks lint and types and runs every test: unit,
+# integration with the fake engine, and end to end with the real llama-server and gemma 3 270M.
+# Arguments go to pytest.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ruff check .
+ruff format --check .
+# pyright runs on Node.js; where the machine has none it would try to download one.
+if command -v node >/dev/null 2>&1; then pyright; else echo "pyright skipped: no node" >&2; fi
 export VRAMGATE_REQUIRE_E2E=1
 python -m pytest "$@"

@@ -105,21 +105,13 @@ class Settings(_Strict):
                 seen[label] = name
         return self
 
+    def model_setting(self, name: str, key: str) -> float:
+        """A model's own `key` (ttl, start_timeout, stop_timeout, max_queue), else the default."""
+        value = getattr(self.models[name], key)
+        return getattr(self.defaults, key) if value is None else value
+
     def ttl_s(self, name: str) -> float:
-        model = self.models[name]
-        return self.defaults.ttl if model.ttl is None else model.ttl
-
-    def start_timeout_s(self, name: str) -> float:
-        model = self.models[name]
-        return self.defaults.start_timeout if model.start_timeout is None else model.start_timeout
-
-    def stop_timeout_s(self, name: str) -> float:
-        model = self.models[name]
-        return self.defaults.stop_timeout if model.stop_timeout is None else model.stop_timeout
-
-    def max_queue(self, name: str) -> int:
-        model = self.models[name]
-        return self.defaults.max_queue if model.max_queue is None else model.max_queue
+        return self.model_setting(name, "ttl")
 
     def resolve(self, label: str) -> str | None:
         """The model name that `label` (a name or an alias) stands for, or None."""

@@ -169,7 +169,7 @@ class Scheduler:
                 in_flight=inst.in_flight,
                 queued=len(inst.slot_waiters),
                 max_concurrency=inst.model.max_concurrency,
-                max_queue=self.settings.max_queue(name),
+                max_queue=int(self.settings.model_setting(name, "max_queue")),
             )
             action = decide(view)
             if action is Action.SERVE:
@@ -252,7 +252,8 @@ class Scheduler:
             self._record("start", name, f"starting {name} (pid {proc.pid}, port {port})")
             adapter = self.adapters[inst.model.engine]
             assert self.http is not None
-            await proc.wait_ready(self.http, self.settings.start_timeout_s(name), adapter.is_ready)
+            start_timeout_s = self.settings.model_setting(name, "start_timeout")
+            await proc.wait_ready(self.http, start_timeout_s, adapter.is_ready)
         except BaseException as exc:
             await self._fail_start(inst, exc)
             raise
@@ -332,7 +333,7 @@ class Scheduler:
         idle_s = time.monotonic() - inst.last_used if inst.last_used else 0.0
         code = None
         if proc and proc.pid:
-            code = await proc.stop(self.settings.stop_timeout_s(inst.name))
+            code = await proc.stop(self.settings.model_setting(inst.name, "stop_timeout"))
             self.watchdog.forget(proc.pid)
         inst.state = State.STOPPED
         self._changed.set()

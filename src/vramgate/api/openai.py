@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -12,17 +11,14 @@ from fastapi import APIRouter, Request
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from vramgate.api.common import resolve_or_404, scheduler_of
 from vramgate.engines.base import ALL_ROUTES
-from vramgate.errors import BadRequest, GatewayError, ModelNotFound, PayloadTooLarge
+from vramgate.errors import BadRequest, GatewayError, PayloadTooLarge
 from vramgate.proxy import relay, send_error
 from vramgate.scheduler import Scheduler
 
 router = APIRouter()
 log = logging.getLogger("vramgate.api")
-
-
-def _scheduler(request: Request) -> Scheduler:
-    return request.app.state.scheduler
 
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
@@ -91,12 +87,7 @@ class RelayEndpoint:
         settings = scheduler.settings
         body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
         payload = parse_request(body)
-        name = settings.resolve(payload["model"])
-        if name is None:
-            known = ", ".join(sorted(settings.models)) or "(none configured)"
-            raise ModelNotFound(
-                f"model '{payload['model']}' is not configured; known models: {known}"
-            )
+        name = resolve_or_404(settings, payload["model"])
         model = settings.models[name]
         adapter = scheduler.adapters[model.engine]
         if self.path not in adapter.routes(model):
@@ -121,7 +112,7 @@ RELAYS = {path: RelayEndpoint(path) for path in ALL_ROUTES}
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    scheduler = _scheduler(request)
+    scheduler = scheduler_of(request)
     created = int(request.app.state.started_at)
     data = []
     for name, inst in scheduler.instances.items():
@@ -140,7 +131,3 @@ async def list_models(request: Request) -> dict[str, Any]:
             }
         )
     return {"object": "list", "data": data}
-
-
-def uptime_s(request: Request) -> float:
-    return round(time.time() - request.app.state.started_at, 3)

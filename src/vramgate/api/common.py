@@ -1,0 +1,28 @@
+"""What the route modules share: the scheduler of the running app, names resolved or 404."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+
+from vramgate.config import Settings
+from vramgate.errors import ModelNotFound
+from vramgate.scheduler import Scheduler
+
+
+def scheduler_of(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+def uptime_s(request: Request) -> float:
+    return round(time.time() - request.app.state.started_at, 3)
+
+
+def resolve_or_404(settings: Settings, label: str) -> str:
+    """The model a name or alias stands for; 404 listing the known names if none."""
+    name = settings.resolve(label)
+    if name is None:
+        known = ", ".join(sorted(settings.models)) or "(none configured)"
+        raise ModelNotFound(f"model '{label}' is not configured; known models: {known}")
+    return name
