@@ -60,7 +60,11 @@ class Gateway:
         argv = [sys.executable, "-m", "vramgate", "serve", "--port", str(self.port)]
         if config or "--model" not in extra_args:  # `serve --model` alone needs no file
             argv += ["--config", str(self.config_path)]
-        env = {**os.environ, "VRAMGATE_STATE_DIR": str(self.state_dir)}
+        env = dict(os.environ)
+        if "state_dir" in config:
+            self.state_dir = Path(config["state_dir"])
+        else:  # through the environment, so that `serve --model` alone needs no file
+            env["VRAMGATE_STATE_DIR"] = str(self.state_dir)
         self.proc = subprocess.Popen(
             argv + extra_args, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -16,12 +17,14 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 
 from vramgate.engines.base import LaunchSpec
 from vramgate.errors import EngineStartFailed
 
+logger = logging.getLogger("vramgate.runtime")
 READY_POLL_S = 0.025
 LOG_LINES_KEPT = 400
 _PR_SET_PDEATHSIG = 1
@@ -94,7 +97,6 @@ class EngineProcess:
 
     async def spawn(self, extra_env: dict[str, str]) -> None:
         env = {**os.environ, **extra_env, **self.spec.env}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = time.time()
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -114,24 +116,59 @@ class EngineProcess:
         self._reader = asyncio.create_task(self._keep_output())
 
     async def _keep_output(self) -> None:
+        """Drains the engine's output into the ring buffer and the log file.
+
+        It must keep draining whatever happens to the file: an engine whose pipe fills up
+        blocks on its next write and stops serving. So a log that cannot be written (full
+        disk, unwritable state_dir) is reported once and dropped; the ring buffer goes on.
+        """
         assert self.proc and self.proc.stdout
+        log = self._open_log()
+        while True:
+            try:
+                raw = await self.proc.stdout.readline()
+            except ValueError:  # a line longer than the limit: keep what fits
+                raw = await self.proc.stdout.read(1 << 20)
+            if not raw:
+                break
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if log is not None:
+                log = self._write_log(log, line)
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()
+
+    def _open_log(self) -> TextIO | None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with self.log_path.open("a", encoding="utf-8", errors="replace") as log:
-            log.write(
-                f"--- {stamp} vramgate started pid {self.proc.pid}: {' '.join(self.spec.argv)}\n"
-            )
+        header = f"--- {stamp} vramgate started pid {self.pid}: {' '.join(self.spec.argv)}"
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = self.log_path.open("a", encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self._log_failed(exc)
+            return None
+        return self._write_log(log, header)
+
+    def _write_log(self, log: TextIO, line: str) -> TextIO | None:
+        try:
+            log.write(line + "\n")
             log.flush()
-            while True:
-                try:
-                    raw = await self.proc.stdout.readline()
-                except ValueError:  # a line longer than the limit: keep what fits
-                    raw = await self.proc.stdout.read(1 << 20)
-                if not raw:
-                    return
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                self.lines.append(line)
-                log.write(line + "\n")
-                log.flush()
+        except OSError as exc:
+            self._log_failed(exc)
+            with contextlib.suppress(OSError):
+                log.close()
+            return None
+        return log
+
+    def _log_failed(self, exc: OSError) -> None:
+        logger.warning(
+            "model '%s': cannot write its log %s (%s); keeping its output in memory only",
+            self.name,
+            self.log_path,
+            exc.strerror or exc,
+        )
+        self.lines.append(f"[vramgate: log file unavailable: {exc.strerror or exc}]")
 
     def tail(self, n: int = 20) -> list[str]:
         return list(self.lines)[-n:]

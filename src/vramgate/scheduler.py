@@ -154,6 +154,7 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:
+        self.instances[name].requests += 1
         lease = await self.acquire(name)
         try:
             yield lease
@@ -162,7 +163,6 @@ class Scheduler:
 
     async def acquire(self, name: str) -> Lease:
         inst = self.instances[name]
-        inst.requests += 1
         while True:
             view = ModelView(
                 state=inst.state,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import pid_alive, wait_until
 
 GGUF = os.environ.get("VRAMGATE_DEFAULT_GGUF", "")
 BINARY = os.environ.get("VRAMGATE_ENGINES__LLAMACPP__BINARY") or shutil.which("llama-server") or ""
@@ -57,6 +60,16 @@ def test_streaming_chat_through_llama_server(gemma):
     ]
     assert len(pieces) >= 3
     assert "".join(pieces).strip()
+
+
+def test_gateway_killed_leaves_no_llama_server(gemma):
+    """SIGKILL of the gateway takes llama-server down with it."""
+    gemma.http.post("/admin/models/gemma/load")
+    pid = gemma.model("gemma")["pid"]
+    assert pid_alive(pid)
+    gemma.proc.send_signal(signal.SIGKILL)
+    gemma.proc.wait(10)
+    assert wait_until(lambda: not pid_alive(pid), 10)
 
 
 def test_completions_through_llama_server(gemma):

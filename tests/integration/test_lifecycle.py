@@ -186,3 +186,33 @@ def test_gateway_exit_leaves_no_engine(gateway, sig):
     gw.proc.wait(30)
     for pid in pids:
         assert wait_until(lambda pid=pid: not pid_alive(pid), 15), f"pid {pid} survived {sig!r}"
+
+
+def test_missing_engine_binary_is_503_naming_it(gateway):
+    """An engine binary that does not exist fails the start with a message naming it."""
+    gw = gateway({"models": {"g": {"engine": "command", "cmd": "/nonexistent/srv -p ${PORT}"}}})
+    resp = gw.http.post("/v1/completions", json={"model": "g", "prompt": "x"})
+    assert resp.status_code == 503
+    message = resp.json()["error"]["message"]
+    assert "cannot run '/nonexistent/srv': No such file or directory" in message
+
+
+def test_full_disk_for_the_engine_log_loses_nothing(gateway, tmp_path):
+    """A log that cannot be written (ENOSPC) is dropped; the engine keeps serving."""
+    gw = gateway({"models": {"fake": model()}})
+    logs = gw.state_dir / "logs"
+    logs.mkdir(parents=True)
+    (logs / "fake.log").symlink_to("/dev/full")  # every write fails with ENOSPC
+    reply = gw.client.chat.completions.create(model="fake", messages=[], max_tokens=2)
+    assert reply.choices[0].message.content == "tok0 tok1 "
+    assert "cannot write its log" in gw.log()
+    assert "No space left on device" in gw.log()
+
+
+def test_unwritable_state_dir_still_serves(gateway, tmp_path):
+    """A state_dir that cannot be created does not stop engines from starting."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    gw = gateway({"state_dir": str(blocker / "state"), "models": {"fake": model()}})
+    reply = gw.client.completions.create(model="fake", prompt="x", max_tokens=1)
+    assert reply.choices[0].text == "tok0 "
