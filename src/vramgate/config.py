@@ -58,6 +58,8 @@ class ModelConfig(_Strict):
     start_timeout: float | None = Field(default=None, gt=0)
     stop_timeout: float | None = Field(default=None, ge=0)
     max_concurrency: int | None = Field(default=None, ge=1, description="Requests relayed at once.")
+    vram_mib: int | None = Field(default=None, gt=0, description="GPU memory hint until measured.")
+    pinned: bool = Field(default=False, description="Started with the gateway, never stopped.")
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
 
     @model_validator(mode="after")
@@ -81,6 +83,21 @@ class ModelConfig(_Strict):
         return self
 
 
+class Gpus(_Strict):
+    simulate_mib: list[int] = Field(
+        default_factory=list, description="Simulated GPUs, one total in MiB each (tests, no GPU)."
+    )
+    reserve_mib: int = Field(default=512, ge=0, description="MiB per GPU never handed out.")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> Gpus:
+        for i, total in enumerate(self.simulate_mib):
+            if total <= self.reserve_mib:
+                reserve = self.reserve_mib
+                raise ValueError(f"simulate_mib[{i}] = {total} must exceed reserve_mib ({reserve})")
+        return self
+
+
 class Settings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -90,6 +107,7 @@ class Settings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     defaults: Defaults = Defaults()
     engines: Engines = Engines()
+    gpus: Gpus = Gpus()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -67,6 +67,16 @@ class EngineStartFailed(GatewayError):
     code = "engine_start_failed"
 
 
+class EngineOutOfMemory(EngineStartFailed):
+    code = "engine_out_of_memory"
+
+
+class NoRoom(GatewayError):
+    status = 507
+    type = "server_error"
+    code = "insufficient_gpu_memory"
+
+
 class GatewayBusy(GatewayError):
     status = 503
     type = "server_error"

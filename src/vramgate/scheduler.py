@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,13 +22,23 @@ import aiohttp
 
 from vramgate.config import Settings
 from vramgate.engines import EngineAdapter, adapters
-from vramgate.errors import GatewayBusy, GatewayError, QueueFull
+from vramgate.errors import (
+    EngineOutOfMemory,
+    EngineStartFailed,
+    GatewayBusy,
+    GatewayError,
+    NoRoom,
+    QueueFull,
+)
 from vramgate.instances import Instance, State
+from vramgate.memory import Memory
 from vramgate.proxy import new_upstream_session
 from vramgate.runtime import EngineProcess, Watchdog, free_port
 
 log = logging.getLogger("vramgate.scheduler")
 TTL_CHECK_S = 0.25
+# What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
+OOM_OUTPUT = re.compile(r"out of memory|cudaMalloc failed|hipMalloc failed|OutOfMemoryError", re.I)
 
 
 class Action(enum.Enum):
@@ -70,40 +81,42 @@ def decide(view: ModelView) -> Action:
 
 
 @dataclass(frozen=True)
-class Resident:
-    """A running engine as placement and expiry see it."""
+class Running:
+    """A running engine as the count limit and the TTL see it."""
 
     name: str
     state: State
     is_idle: bool
     last_used: float
+    pinned: bool = False
 
 
 def choose_eviction(
-    residents: Sequence[Resident], max_running: int | None, asking: str
+    residents: Sequence[Running], max_running: int | None, asking: str
 ) -> tuple[int, str | None]:
     """How many engines must make way for `asking` to start, and the one to stop first.
 
-    Only idle, ready engines may go, least recently used first; a busy one is never evicted.
+    Only idle, ready, unpinned engines may go, least recently used first; a busy one never.
     Returns (0, None) when it fits, (n, None) when n must go but none can now.
     """
     running = [r for r in residents if r.state is not State.STOPPED and r.name != asking]
     excess = 0 if max_running is None else len(running) + 1 - max_running
     if excess <= 0:
         return 0, None
-    candidates = [r for r in running if r.state is State.READY and r.is_idle]
+    candidates = [r for r in running if r.state is State.READY and r.is_idle and not r.pinned]
     if not candidates:
         return excess, None
     return excess, min(candidates, key=lambda r: r.last_used).name
 
 
-def expired(residents: Sequence[Resident], ttl_s: Mapping[str, float], now: float) -> list[str]:
+def expired(residents: Sequence[Running], ttl_s: Mapping[str, float], now: float) -> list[str]:
     """Engines idle longer than their TTL (0 = never); the clock starts at their last request."""
     return [
         r.name
         for r in residents
         if r.state is State.READY
         and r.is_idle
+        and not r.pinned
         and ttl_s.get(r.name, 0) > 0
         and now - r.last_used >= ttl_s[r.name]
     ]
@@ -126,6 +139,7 @@ class Scheduler:
         self.instances = {name: Instance(name, model) for name, model in settings.models.items()}
         self.events: deque[dict[str, Any]] = deque(maxlen=200)
         self.watchdog = Watchdog()
+        self.memory = Memory(settings)
         self.http: aiohttp.ClientSession | None = None
         self._placement = asyncio.Lock()  # capacity decisions happen one at a time
         self._changed = asyncio.Event()  # set when an engine goes idle or stops
@@ -138,6 +152,9 @@ class Scheduler:
         await self.watchdog.start()
         self.http = new_upstream_session()
         self._ttl_task = asyncio.create_task(self._ttl_loop())
+        for inst in self.instances.values():
+            if inst.model.pinned:  # pinned models are up from the start, and stay
+                self._begin_start(inst)
 
     async def close(self) -> None:
         if self._ttl_task:
@@ -211,6 +228,7 @@ class Scheduler:
 
     def release(self, inst: Instance) -> None:
         inst.touch()
+        self.memory.after_request(inst)
         while inst.slot_waiters:
             slot = inst.slot_waiters.popleft()
             if not slot.done():
@@ -239,21 +257,13 @@ class Scheduler:
         name = inst.name
         began = time.monotonic()
         try:
-            await self._make_room(inst)
-            port = free_port()
-            spec = self.adapters[inst.model.engine].launch(name, inst.model, port)
-            log_path = Path(self.settings.state_dir) / "logs" / f"{name}.log"
-            proc = EngineProcess(name, spec, port, log_path)
-            inst.process = proc
-            inst.starts += 1
-            await proc.spawn(dict(inst.model.env))
-            assert proc.pid is not None
-            self.watchdog.watch(proc.pid)
-            self._record("start", name, f"starting {name} (pid {proc.pid}, port {port})")
-            adapter = self.adapters[inst.model.engine]
-            assert self.http is not None
-            start_timeout_s = self.settings.model_setting(name, "start_timeout")
-            await proc.wait_ready(self.http, start_timeout_s, adapter.is_ready)
+            try:
+                proc = await self._launch(inst, isolate=False)
+            except EngineOutOfMemory as exc:
+                # What it used is learned now (or, for a real OOM, unknown): make more room, once.
+                self._record("oom", name, f"{name} out of memory at start; retrying: {exc.message}")
+                await self._discard_process(inst)
+                proc = await self._launch(inst, isolate=True)
         except BaseException as exc:
             await self._fail_start(inst, exc)
             raise
@@ -265,39 +275,104 @@ class Scheduler:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
 
-    async def _fail_start(self, inst: Instance, exc: BaseException) -> None:
-        inst.failures += 1
-        inst.last_error = exc.message if isinstance(exc, GatewayError) else repr(exc)
+    async def _launch(self, inst: Instance, *, isolate: bool) -> EngineProcess:
+        """Makes room, spawns the engine, waits until ready, measures what it uses."""
+        name = inst.name
+        gpu = await self._make_room(inst, isolate=isolate)
+        port = free_port()
+        spec = self.adapters[inst.model.engine].launch(name, inst.model, port)
+        log_path = Path(self.settings.state_dir) / "logs" / f"{name}.log"
+        proc = EngineProcess(name, spec, port, log_path)
+        inst.process = proc
+        inst.starts += 1
+        env = dict(inst.model.env)
+        if gpu is not None:
+            env.update(self.memory.attach(inst, gpu))
+        await proc.spawn(env)
+        assert proc.pid is not None
+        self.watchdog.watch(proc.pid)
+        where = "" if gpu is None else f", GPU {gpu}"
+        self._record("start", name, f"starting {name} (pid {proc.pid}, port {port}{where})")
+        adapter = self.adapters[inst.model.engine]
+        assert self.http is not None
+        start_timeout_s = self.settings.model_setting(name, "start_timeout")
+        try:
+            await proc.wait_ready(self.http, start_timeout_s, adapter.is_ready)
+        except EngineStartFailed as exc:
+            if any(OOM_OUTPUT.search(line) for line in proc.tail(40)):
+                raise EngineOutOfMemory(exc.message) from exc
+            raise
+        if gpu is not None:
+            used = self.memory.measure(inst, new_load=True)
+            if self.memory.overcommitted(gpu):
+                raise EngineOutOfMemory(
+                    f"model '{name}' reported {used} MiB, more than GPU {gpu} had left"
+                )
+        return proc
+
+    async def _discard_process(self, inst: Instance) -> None:
         proc, inst.process = inst.process, None
         if proc and proc.pid:
             await proc.stop(0)
             self.watchdog.forget(proc.pid)
+        self.memory.detach(inst)
+
+    async def _fail_start(self, inst: Instance, exc: BaseException) -> None:
+        inst.failures += 1
+        inst.last_error = exc.message if isinstance(exc, GatewayError) else repr(exc)
+        await self._discard_process(inst)
         inst.state = State.FAILED
         self._changed.set()
         self._record("start_failed", inst.name, f"{inst.name} failed to start: {inst.last_error}")
 
-    async def _make_room(self, inst: Instance) -> None:
-        """Stops least recently used idle engines until `inst` may run; waits for busy ones."""
+    async def _make_room(self, inst: Instance, *, isolate: bool) -> int | None:
+        """Stops idle engines until `inst` may run; waits for busy ones. Returns its GPU."""
         deadline = time.monotonic() + self.settings.defaults.evict_wait
         async with self._placement:
             while True:
-                residents = [_resident(i) for i in self.instances.values()]
-                excess, victim = choose_eviction(residents, self.settings.max_running, inst.name)
-                if excess <= 0:
-                    return
-                if victim is not None:
-                    await self.stop(victim, "lru", f"to start {inst.name}")
-                    continue
-                busy = ", ".join(r.name for r in residents if r.state is not State.STOPPED)
                 self._changed.clear()
+                gpu, waiting_for = await self._room_step(inst, isolate)
+                if waiting_for is None:
+                    return gpu
+                if not waiting_for:
+                    continue  # engines were stopped: decide again
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise GatewayBusy(
-                        f"cannot start '{inst.name}': max_running={self.settings.max_running} "
-                        f"and every running engine is busy ({busy}); retry later"
-                    )
+                    raise GatewayBusy(f"cannot start '{inst.name}': {waiting_for}; retry later")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
+
+    async def _room_step(self, inst: Instance, isolate: bool) -> tuple[int | None, str | None]:
+        """One step toward room: (gpu, None) to start; (None, why) to wait; (None, '') again."""
+        gpu = None
+        if self.memory.enabled:
+            plan = self.memory.plan(inst, self.instances.values(), isolate=isolate)
+            if plan.refuse:
+                raise NoRoom(f"cannot start '{inst.name}': it {plan.refuse}; nothing was evicted")
+            if plan.evict:
+                unknown = isolate or self.memory.footprint(inst)[0] is None
+                reason = "discovery" if unknown else "lru"
+                stops = [self.stop(n, reason, f"to start {inst.name}") for n in plan.evict]
+                await asyncio.gather(*stops)
+                return None, ""
+            if plan.wait:
+                holders = ", ".join(
+                    f"{i.name}: {_why_held(i)}"
+                    for i in self.instances.values()
+                    if i.gpu is not None
+                )
+                return None, f"its GPU memory is held by engines that cannot make way ({holders})"
+            gpu = plan.gpu
+        residents = [_running(i) for i in self.instances.values()]
+        excess, victim = choose_eviction(residents, self.settings.max_running, inst.name)
+        if excess <= 0:
+            return gpu, None
+        if victim is not None:
+            await self.stop(victim, "lru", f"to start {inst.name}")
+            return None, ""
+        busy = ", ".join(r.name for r in residents if r.state is not State.STOPPED)
+        limit = self.settings.max_running
+        return None, f"max_running={limit} and every running engine is busy ({busy})"
 
     async def _watch_exit(self, inst: Instance, proc: EngineProcess) -> None:
         assert proc.proc is not None
@@ -307,9 +382,7 @@ class Scheduler:
             inst.state = State.FAILED
             inst.failures += 1
             inst.last_error = f"engine exited with code {code} while serving"
-            inst.process = None
-            await proc.stop(0)
-            self.watchdog.forget(proc.proc.pid)
+            await self._discard_process(inst)
             self._changed.set()
             self._record("died", inst.name, f"{inst.name} died (exit code {code})")
 
@@ -335,6 +408,7 @@ class Scheduler:
         if proc and proc.pid:
             code = await proc.stop(self.settings.model_setting(inst.name, "stop_timeout"))
             self.watchdog.forget(proc.pid)
+        self.memory.detach(inst)
         inst.state = State.STOPPED
         self._changed.set()
         detail = f" {why}" if why else ""
@@ -351,7 +425,7 @@ class Scheduler:
         ttl = {name: self.settings.ttl_s(name) for name in self.instances}
         while True:
             await asyncio.sleep(TTL_CHECK_S)
-            residents = [_resident(i) for i in self.instances.values()]
+            residents = [_running(i) for i in self.instances.values()]
             for name in expired(residents, ttl, time.monotonic()):
                 self.stop(name, "ttl")
 
@@ -363,7 +437,11 @@ class Scheduler:
 
     def status(self) -> dict[str, Any]:
         return {
-            "models": [i.status(self.settings.ttl_s(n)) for n, i in self.instances.items()],
+            "gpus": self.memory.status(),
+            "models": [
+                i.status(self.settings.ttl_s(n)) | self.memory.model_status(i)
+                for n, i in self.instances.items()
+            ],
             "max_running": self.settings.max_running,
             "events": list(self.events)[-50:],
         }
@@ -383,5 +461,13 @@ async def _join(task: asyncio.Task[None]) -> None:
             raise
 
 
-def _resident(inst: Instance) -> Resident:
-    return Resident(inst.name, inst.state, inst.is_idle, inst.last_used)
+def _why_held(inst: Instance) -> str:
+    if inst.model.pinned:
+        return "pinned"
+    if inst.state is State.READY:
+        return "idle" if inst.is_idle else f"busy, {inst.in_flight} in flight"
+    return inst.state.value
+
+
+def _running(inst: Instance) -> Running:
+    return Running(inst.name, inst.state, inst.is_idle, inst.last_used, inst.model.pinned)

@@ -45,6 +45,14 @@ def test_waiting_requests_all_fail_when_the_start_fails(gateway):
     assert gw.model("bad")["starts"] == 1
 
 
+def test_engine_refusing_connections_while_loading_becomes_ready(gateway):
+    """Like vLLM, an engine may not listen at all until loaded; that is 'not ready yet'."""
+    gw = gateway({"models": {"late": model("--listen-after-load", "--load-delay", "1")}})
+    reply = gw.client.completions.create(model="late", prompt="x", max_tokens=1)
+    assert reply.choices[0].text == "tok0 "
+    assert gw.model("late")["starts"] == 1
+
+
 def test_engine_never_ready_times_out_with_503(gateway):
     """An engine that never becomes ready is stopped after start_timeout and reported."""
     gw = gateway({"models": {"slow": model("--never-ready", start_timeout=1)}})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vramgate.instances import State
-from vramgate.scheduler import Action, ModelView, Resident, choose_eviction, decide, expired
+from vramgate.scheduler import Action, ModelView, Running, choose_eviction, decide, expired
 
 
 def view(state: State, in_flight=0, queued=0, max_concurrency=None, max_queue=4) -> ModelView:
@@ -41,8 +41,8 @@ def test_full_model_queues_then_rejects():
     assert decide(view(State.READY, in_flight=1, max_concurrency=1, max_queue=0)) is Action.REJECT
 
 
-def res(name: str, last_used: float, state=State.READY, is_idle=True) -> Resident:
-    return Resident(name, state, is_idle, last_used)
+def res(name: str, last_used: float, state=State.READY, is_idle=True, pinned=False) -> Running:
+    return Running(name, state, is_idle, last_used, pinned)
 
 
 def test_no_eviction_without_max_running():
@@ -86,3 +86,9 @@ def test_ttl_expiry():
     ]
     ttl = {"old": 10, "fresh": 10, "busy": 10, "forever": 0, "starting": 10}
     assert expired(residents, ttl, now=100) == ["old"]
+
+
+def test_pinned_engine_is_neither_evicted_nor_expired():
+    assert choose_eviction([res("p", 1, pinned=True), res("a", 5)], 2, "c") == (1, "a")
+    assert choose_eviction([res("p", 1, pinned=True)], 1, "c") == (1, None)
+    assert expired([res("p", 0, pinned=True)], {"p": 10}, now=100) == []

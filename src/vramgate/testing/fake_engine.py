@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crash-after-tokens", type=int, default=None, help="Exit mid-generation.")
     p.add_argument("--fail-start", action="store_true", help="Print an error and exit at load.")
     p.add_argument("--never-ready", action="store_true", help="Answer /health 503 forever.")
+    p.add_argument(
+        "--listen-after-load", action="store_true", help="Refuse connections while loading (vLLM)."
+    )
     p.add_argument("--ignore-sigterm", action="store_true", help="Only SIGKILL stops it.")
     p.add_argument("--spawn-child", action="store_true", help="Start a worker grandchild too.")
     p.add_argument("--embedding-dim", type=int, default=8)
@@ -175,7 +178,8 @@ async def stats(request: web.Request) -> web.Response:
 
 async def _load(app: web.Application) -> None:
     opts = app[OPTS]
-    await asyncio.sleep(opts.load_delay)
+    if not opts.listen_after_load:  # else main() already waited before listening
+        await asyncio.sleep(opts.load_delay)
     if opts.fail_start:
         print("fake engine: error: failed to load model (--fail-start)", flush=True)
         os._exit(3)
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     if opts.spawn_child:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         print(f"fake engine: worker pid {child.pid}", flush=True)
+    if opts.listen_after_load:
+        time.sleep(opts.load_delay)
     try:
         import uvloop
 

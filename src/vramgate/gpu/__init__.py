@@ -1,0 +1,1 @@
+"""GPU memory accounting in MiB: simulated GPUs, learned footprints, placement inputs."""

@@ -1,0 +1,85 @@
+"""Learned footprints: what each model measured after loading, kept in state_dir/footprints.json.
+
+Keyed by model name and a hash of everything that changes memory (engine, source, command, args,
+task), so a changed definition is learned anew. Written atomically (temp file, fsync, rename); a
+corrupt file is set aside and reported, a write that fails (full disk) is reported and retried at
+the next measurement: the gateway keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from vramgate.config import ModelConfig
+
+log = logging.getLogger("vramgate.footprints")
+KEPT_LOADS = 5  # the footprint is the max over this many recent loads
+
+
+def footprint_key(name: str, model: ModelConfig) -> str:
+    parts = [model.engine, model.source or "", model.cmd or "", model.task, *model.args]
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+    return f"{name}@{digest}"
+
+
+class FootprintStore:
+    """Measured MiB per model definition, persisted as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict] = self._load()
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("loads_mib"), list) for v in data.values()
+            ):
+                raise ValueError("not a mapping of model entries")
+            return data
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.warning("footprints file %s is unreadable (%s); moved to %s", self.path, exc, aside)
+            with contextlib.suppress(OSError):
+                self.path.rename(aside)
+            return {}
+
+    def get_mib(self, key: str) -> int | None:
+        entry = self.entries.get(key)
+        return max(entry["loads_mib"]) if entry and entry["loads_mib"] else None
+
+    def record(self, key: str, mib: int, *, new_load: bool) -> None:
+        """Adds a load's measurement, or raises the current load's if it grew."""
+        entry = self.entries.setdefault(key, {"loads_mib": []})
+        loads: list[int] = entry["loads_mib"]
+        if new_load or not loads:
+            loads.append(mib)
+        elif mib > loads[-1]:
+            loads[-1] = mib
+        else:
+            return
+        del loads[:-KEPT_LOADS]
+        entry["updated"] = time.time()
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("w") as f:
+                json.dump(self.entries, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+        except OSError as exc:
+            log.warning("cannot save footprints to %s (%s); kept in memory", self.path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()

@@ -1,0 +1,67 @@
+"""Simulated GPUs for tests and machines without one, following the usage-file contract.
+
+Every engine started on a simulated GPU gets VRAMGATE_SIM_USAGE_FILE; it writes its current use
+there in MiB, as a decimal integer. A GPU's used memory is the sum of those files for the
+engines on it now. So a fake engine can use more or less than its estimate, grow, or never say.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """One GPU as the device reports it, in MiB."""
+
+    index: int
+    total_mib: int
+    used_mib: int
+    reserve_mib: int
+
+    @property
+    def free_mib(self) -> int:
+        return self.total_mib - self.used_mib
+
+
+class SimulatedGpus:
+    def __init__(self, totals_mib: list[int], reserve_mib: int, state_dir: Path) -> None:
+        self.totals_mib = list(totals_mib)
+        self.reserve_mib = reserve_mib
+        self.dir = state_dir / "simulated-gpu"
+        self._on_gpu: dict[str, int] = {}  # engines holding memory now, by model name
+
+    def attach(self, name: str, gpu: int) -> dict[str, str]:
+        """Registers an engine about to start on `gpu`; returns the environment it gets."""
+        path = self.usage_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a previous run's figure is not this one's
+        self._on_gpu[name] = gpu
+        return {"VRAMGATE_SIM_USAGE_FILE": str(path), "CUDA_VISIBLE_DEVICES": str(gpu)}
+
+    def detach(self, name: str) -> None:
+        """The engine is gone: its memory is free again."""
+        self._on_gpu.pop(name, None)
+        with contextlib.suppress(OSError):
+            self.usage_file(name).unlink()
+
+    def usage_file(self, name: str) -> Path:
+        return self.dir / f"{name}.mib"
+
+    def used_by(self, name: str) -> int | None:
+        """What the engine last reported, or None if it has not (yet)."""
+        try:
+            return int(self.usage_file(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def memory(self) -> list[GpuMemory]:
+        used = [0] * len(self.totals_mib)
+        for name, gpu in self._on_gpu.items():
+            used[gpu] += self.used_by(name) or 0
+        return [
+            GpuMemory(i, total, used[i], self.reserve_mib)
+            for i, total in enumerate(self.totals_mib)
+        ]

@@ -1,0 +1,111 @@
+"""The scheduler's view of GPU memory: footprints by trust, placement inputs, measurements.
+
+Footprint, in order of trust: measured (learned, state_dir/footprints.json) > the model's
+`vram_mib` hint > unknown (a discovery run measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from vramgate.config import Settings
+from vramgate.gpu.footprints import FootprintStore, footprint_key
+from vramgate.gpu.simulated import SimulatedGpus
+from vramgate.instances import Instance, State
+from vramgate.placement import Placement, Resident, place
+
+log = logging.getLogger("vramgate.memory")
+MEASURED_REQUESTS = 3  # re-measure after this many first requests: KV caches and buffers grow
+
+
+class Memory:
+    def __init__(self, settings: Settings) -> None:
+        state_dir = Path(settings.state_dir)
+        self.footprints = FootprintStore(state_dir / "footprints.json")
+        gpus = settings.gpus
+        self.gpus = SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
+        self.enabled = bool(gpus.simulate_mib)
+
+    def footprint(self, inst: Instance) -> tuple[int | None, str]:
+        measured = self.footprints.get_mib(footprint_key(inst.name, inst.model))
+        if measured is not None:
+            return measured, "measured"
+        if inst.model.vram_mib is not None:
+            return inst.model.vram_mib, "hint"
+        return None, "unknown"
+
+    def plan(self, inst: Instance, instances: Iterable[Instance], *, isolate: bool) -> Placement:
+        """Where `inst` goes; `isolate` treats its footprint as unknown (a discovery run)."""
+        residents = [self._resident(i) for i in instances if i.gpu is not None]
+        need = None if isolate else self.footprint(inst)[0]
+        return place(need, self.gpus.memory(), residents, inst.name)
+
+    def _resident(self, inst: Instance) -> Resident:
+        assert inst.gpu is not None
+        expected = self.footprint(inst)[0] or 0
+        now = self.gpus.used_by(inst.name) or 0
+        return Resident(
+            inst.name,
+            inst.state,
+            inst.is_idle,
+            inst.last_used,
+            inst.gpu,
+            max(expected, now),
+            inst.model.pinned,
+        )
+
+    def attach(self, inst: Instance, gpu: int) -> dict[str, str]:
+        inst.gpu = gpu
+        inst.measured_requests = 0
+        return self.gpus.attach(inst.name, gpu)
+
+    def detach(self, inst: Instance) -> None:
+        if inst.gpu is not None:
+            self.gpus.detach(inst.name)
+            inst.gpu = None
+
+    def measure(self, inst: Instance, *, new_load: bool) -> int | None:
+        """Reads what the engine uses now and learns it as (part of) its footprint."""
+        used = self.gpus.used_by(inst.name)
+        if used is not None:
+            self.footprints.record(footprint_key(inst.name, inst.model), used, new_load=new_load)
+        return used
+
+    def after_request(self, inst: Instance) -> None:
+        if self.enabled and inst.gpu is not None and inst.measured_requests < MEASURED_REQUESTS:
+            inst.measured_requests += 1
+            self.measure(inst, new_load=False)
+
+    def overcommitted(self, gpu: int) -> bool:
+        """The engines on `gpu` report more than it has: simulated out-of-memory."""
+        memory = self.gpus.memory()[gpu]
+        return memory.used_mib > memory.total_mib
+
+    def status(self) -> list[dict[str, Any]]:
+        if not self.enabled:
+            return []
+        return [
+            {
+                "index": g.index,
+                "kind": "simulated",
+                "total_mib": g.total_mib,
+                "used_mib": g.used_mib,
+                "free_mib": g.free_mib,
+                "reserved_mib": g.reserve_mib,
+            }
+            for g in self.gpus.memory()
+        ]
+
+    def model_status(self, inst: Instance) -> dict[str, Any]:
+        mib, source = self.footprint(inst)
+        running = inst.state is not State.STOPPED and inst.gpu is not None
+        return {
+            "footprint_mib": mib,
+            "footprint_source": source,
+            "gpu": inst.gpu,
+            "used_mib": self.gpus.used_by(inst.name) if running else None,
+            "pinned": inst.model.pinned,
+        }

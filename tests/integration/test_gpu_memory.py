@@ -1,0 +1,163 @@
+"""GPU memory on a simulated GPU: discovery runs, packing, LRU eviction, learned footprints."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from tests.conftest import fake_cmd, wait_until
+
+
+def engine(uses_mib: int, *knobs: str, **extra) -> dict:
+    """A fake engine that reports `uses_mib` on the simulated GPU once loaded."""
+    return {"engine": "command", "cmd": fake_cmd("--vram-mib", str(uses_mib), *knobs), **extra}
+
+
+def gpus(*totals: int) -> dict:
+    return {"simulate_mib": list(totals), "reserve_mib": 512}
+
+
+def states(gw) -> dict[str, str]:
+    return {m["name"]: m["state"] for m in gw.status()["models"]}
+
+
+def ask(gw, name: str) -> None:
+    reply = gw.client.completions.create(model=name, prompt="x", max_tokens=1)
+    assert reply.choices[0].text == "tok0 "
+
+
+def events(gw) -> list[str]:
+    return [e["message"] for e in gw.status()["events"]]
+
+
+def test_discovery_run_for_an_unknown_model(gateway):
+    """An unknown footprint: the others on the GPU stop, it runs alone, its use is saved."""
+    gw = gateway(
+        {"gpus": gpus(10_000), "models": {"a": engine(3000, vram_mib=3000), "u": engine(2000)}}
+    )
+    ask(gw, "a")
+    ask(gw, "u")
+    assert states(gw) == {"a": "stopped", "u": "ready"}
+    assert any(m.startswith("stop a (discovery") for m in events(gw))
+    saved = json.loads((gw.state_dir / "footprints.json").read_text())
+    assert [v["loads_mib"] for k, v in saved.items() if k.startswith("u@")] == [[2000]]
+    u = gw.model("u")
+    assert (u["footprint_mib"], u["footprint_source"], u["gpu"]) == (2000, "measured", 0)
+
+
+def test_known_model_runs_without_discovery_and_smaller_one_fits_beside(gateway):
+    """Once measured, a model starts beside others that fit: no discovery, no eviction."""
+    gw = gateway({"gpus": gpus(10_000), "models": {"a": engine(4000), "b": engine(3000)}})
+    ask(gw, "a")  # discovery (nothing to stop)
+    ask(gw, "b")  # discovery: stops a
+    ask(gw, "a")  # known now: 4000 + 3000 + 512 fit in 10000
+    assert states(gw) == {"a": "ready", "b": "ready"}
+    stops = [m for m in events(gw) if m.startswith("stop")]
+    assert len(stops) == 1 and stops[0].startswith("stop a (discovery")
+    memory = gw.status()["gpus"][0]
+    assert (memory["used_mib"], memory["free_mib"], memory["reserved_mib"]) == (7000, 3000, 512)
+
+
+def test_model_that_does_not_fit_evicts_the_least_recently_used(gateway):
+    """With hints, three 4000 MiB models on 10000 MiB: the least recently used one makes way."""
+    models = {n: engine(4000, vram_mib=4000) for n in ("a", "b", "c")}
+    gw = gateway({"gpus": gpus(10_000), "models": models})
+    for name in ("a", "b", "a", "c"):
+        ask(gw, name)
+    assert states(gw) == {"a": "ready", "b": "stopped", "c": "ready"}
+    assert any(m.startswith("stop b (lru") and "to start c" in m for m in events(gw))
+
+
+def test_idle_engine_stopped_by_ttl_frees_its_memory(gateway):
+    gw = gateway({"gpus": gpus(10_000), "models": {"a": engine(4000, vram_mib=4000, ttl=1)}})
+    ask(gw, "a")
+    assert gw.status()["gpus"][0]["used_mib"] == 4000
+    assert wait_until(lambda: states(gw)["a"] == "stopped", 5)
+    assert gw.status()["gpus"][0]["used_mib"] == 0
+
+
+def test_busy_engine_is_not_evicted_mid_stream(gateway):
+    """The model that needs room waits for the stream to end, then the engine makes way."""
+    models = {
+        "a": engine(6000, "--tokens-per-s", "10", vram_mib=6000),
+        "b": engine(6000, vram_mib=6000),
+    }
+    gw = gateway({"gpus": gpus(10_000), "models": models})
+    stream = gw.client.completions.create(model="a", prompt="x", max_tokens=8, stream=True)
+    first = next(iter(stream))
+    done = {}
+
+    def other() -> None:
+        ask(gw, "b")
+        done["at"] = time.monotonic()
+
+    t = threading.Thread(target=other)
+    t.start()
+    text = first.choices[0].text + "".join(c.choices[0].text for c in stream)
+    stream_end = time.monotonic()
+    t.join(20)
+    assert text.endswith("tok7 ")
+    assert done["at"] >= stream_end
+    assert states(gw) == {"a": "stopped", "b": "ready"}
+
+
+def test_pinned_engine_is_never_evicted(gateway):
+    """A pinned model is up from the start; a model needing its room waits, then gets 503."""
+    models = {"p": engine(5000, vram_mib=5000, pinned=True), "x": engine(6000, vram_mib=6000)}
+    gw = gateway({"gpus": gpus(10_000), "defaults": {"evict_wait": 1}, "models": models})
+    assert wait_until(lambda: states(gw)["p"] == "ready", 10)
+    resp = gw.http.post("/v1/completions", json={"model": "x", "prompt": "x"})
+    assert resp.status_code == 503
+    assert "held by engines that cannot make way (p: pinned)" in resp.json()["error"]["message"]
+    assert states(gw) == {"p": "ready", "x": "failed"}
+
+
+def test_hint_lower_than_reality_is_corrected_by_measurement(gateway):
+    """A model using more than its hint is caught (simulated OOM), retried with room, learned."""
+    models = {"a": engine(4000, vram_mib=4000), "h": engine(6000, vram_mib=1000)}
+    gw = gateway({"gpus": gpus(9000), "models": models})
+    ask(gw, "a")
+    ask(gw, "h")  # hint 1000 fits beside a; it reports 6000: out of memory, retried alone
+    assert states(gw) == {"a": "stopped", "h": "ready"}
+    assert any(m.startswith("h out of memory at start") for m in events(gw))
+    h = gw.model("h")
+    assert (h["footprint_mib"], h["footprint_source"]) == (6000, "measured")
+    ask(gw, "a")  # placement now uses 6000: a cannot join h, so h (idle) makes way
+    assert states(gw) == {"a": "ready", "h": "stopped"}
+
+
+def test_footprints_survive_a_gateway_restart(gateway, tmp_path):
+    config = {
+        "state_dir": str(tmp_path / "shared-state"),
+        "gpus": gpus(10_000),
+        "models": {"u": engine(2500)},
+    }
+    first = gateway(config)
+    ask(first, "u")
+    first.stop()
+    second = gateway(config)
+    u = second.model("u")
+    assert (u["state"], u["footprint_mib"], u["footprint_source"]) == ("stopped", 2500, "measured")
+
+
+def test_too_big_model_is_refused_and_nothing_is_evicted(gateway):
+    models = {"a": engine(3000, vram_mib=3000), "z": engine(100, vram_mib=20_000)}
+    gw = gateway({"gpus": gpus(10_000), "models": models})
+    ask(gw, "a")
+    resp = gw.http.post("/v1/completions", json={"model": "z", "prompt": "x"})
+    assert resp.status_code == 507
+    error = resp.json()["error"]
+    assert error["code"] == "insufficient_gpu_memory"
+    assert "needs 20000 MiB but the largest GPU has 10000 MiB" in error["message"]
+    assert states(gw) == {"a": "ready", "z": "failed"}
+
+
+def test_two_gpus_a_model_goes_where_it_fits(gateway):
+    models = {"a": engine(6000, vram_mib=6000), "b": engine(6000, vram_mib=6000)}
+    gw = gateway({"gpus": gpus(8000, 8000), "models": models})
+    ask(gw, "a")
+    ask(gw, "b")
+    placed = {m["name"]: (m["state"], m["gpu"]) for m in gw.status()["models"]}
+    assert placed == {"a": ("ready", 0), "b": ("ready", 1)}
+    assert [g["used_mib"] for g in gw.status()["gpus"]] == [6000, 6000]

@@ -1,0 +1,104 @@
+"""Placement in GPU memory, case by case: pure functions of GPUs, residents and the ask."""
+
+from __future__ import annotations
+
+from vramgate.gpu.simulated import GpuMemory
+from vramgate.instances import State
+from vramgate.placement import Placement, Resident, available_mib, place
+
+
+def gpu(index=0, total=10_000, used=0, reserve=500) -> GpuMemory:
+    return GpuMemory(index, total, used, reserve)
+
+
+def res(name, mib, last_used=0.0, gpu=0, state=State.READY, idle=True, pinned=False) -> Resident:
+    return Resident(name, state, idle, last_used, gpu, mib, pinned)
+
+
+def test_fits_on_an_empty_gpu():
+    assert place(4000, [gpu()], [], "a") == Placement(gpu=0)
+
+
+def test_second_smaller_model_runs_beside_the_first():
+    assert place(3000, [gpu(used=5000)], [res("a", 5000)], "b") == Placement(gpu=0)
+
+
+def test_reserve_is_never_handed_out():
+    # 10000 total, 500 reserved, 5000 resident: 4500 left, so 4600 does not fit.
+    assert place(4600, [gpu(used=5000)], [res("a", 5000)], "b") == Placement(gpu=0, evict=("a",))
+
+
+def test_reported_use_of_processes_we_do_not_own_counts():
+    # Nothing of ours is resident, but something else uses 6000: 3500 left.
+    assert place(4000, [gpu(used=6000)], [], "a") == Placement(wait=True)
+
+
+def test_engine_not_yet_grown_counts_with_its_footprint():
+    # Reported use lags (3000 of an expected 8000): the footprint decides.
+    starting = res("a", 8000, state=State.STARTING, idle=True)
+    assert available_mib(gpu(used=3000), [starting], ()) == 1500
+    assert place(2000, [gpu(used=3000)], [starting], "b") == Placement(wait=True)
+
+
+def test_least_recently_used_idle_engine_is_evicted():
+    residents = [res("old", 3000, last_used=1), res("new", 3000, last_used=9)]
+    assert place(5000, [gpu(used=6000)], residents, "c") == Placement(gpu=0, evict=("old",))
+
+
+def test_fewest_engines_are_stopped():
+    # LRU order would stop small1 then big; big alone is enough, so small1 stays.
+    residents = [res("small1", 1000, 1), res("big", 6000, 2), res("small2", 1000, 3)]
+    assert place(7000, [gpu(used=8000)], residents, "x") == Placement(gpu=0, evict=("big",))
+
+
+def test_busy_engine_is_never_evicted():
+    residents = [res("busy", 6000, last_used=0, idle=False), res("idle", 2000, last_used=5)]
+    assert place(7000, [gpu(used=8000)], residents, "x") == Placement(wait=True)
+    assert place(3000, [gpu(used=8000)], residents, "x") == Placement(gpu=0, evict=("idle",))
+
+
+def test_pinned_engine_is_never_evicted():
+    residents = [res("pinned", 6000, pinned=True), res("idle", 2000, last_used=5)]
+    assert place(7000, [gpu(used=8000)], residents, "x") == Placement(wait=True)
+
+
+def test_too_big_for_any_gpu_is_refused_with_nothing_evicted():
+    decision = place(20_000, [gpu(), gpu(1, total=16_000)], [res("a", 1000)], "big")
+    assert decision.evict == () and decision.gpu is None
+    assert decision.refuse == "needs 20000 MiB but the largest GPU has 16000 MiB (500 MiB reserved)"
+
+
+def test_two_gpus_model_goes_where_it_fits_tightest():
+    gpus = [gpu(0, used=2000), gpu(1, used=6000)]
+    residents = [res("a", 2000, gpu=0), res("b", 6000, gpu=1)]
+    assert place(3000, gpus, residents, "c") == Placement(gpu=1)
+    assert place(5000, gpus, residents, "c") == Placement(gpu=0)
+
+
+def test_two_gpus_evict_where_fewest_stops_are_needed():
+    gpus = [gpu(0, used=9000), gpu(1, used=9000)]
+    residents = [
+        res("a1", 4500, 1, gpu=0),
+        res("a2", 4500, 2, gpu=0),
+        res("b1", 9000, 5, gpu=1),
+    ]
+    assert place(8000, gpus, residents, "c") == Placement(gpu=1, evict=("b1",))
+
+
+def test_unknown_footprint_is_a_discovery_run_alone_on_a_gpu():
+    residents = [res("a", 3000, 1), res("b", 2000, 2), res("p", 1000, pinned=True)]
+    assert place(None, [gpu(used=6000)], residents, "new") == Placement(gpu=0, evict=("a", "b"))
+
+
+def test_discovery_waits_for_busy_engines_on_its_gpu():
+    residents = [res("a", 3000, idle=False)]
+    assert place(None, [gpu(used=3000)], residents, "new") == Placement(wait=True)
+
+
+def test_discovery_prefers_the_gpu_it_can_have_alone():
+    gpus = [gpu(0, used=3000), gpu(1)]
+    assert place(None, gpus, [res("a", 3000, gpu=0)], "new") == Placement(gpu=1)
+
+
+def test_the_asking_model_is_not_its_own_obstacle():
+    assert place(4000, [gpu(used=4000)], [res("a", 4000)], "a") == Placement(gpu=0)
