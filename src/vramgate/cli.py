@@ -21,6 +21,10 @@ ConfigOpt = Annotated[
 ]
 UrlOpt = Annotated[str, typer.Option("--url", help="The gateway to ask.", envvar="VRAMGATE_URL")]
 DEFAULT_URL = "http://127.0.0.1:8080"
+PS_COLUMNS = (
+    "MODEL", "ENGINE", "STATE", "GPU", "FOOTPRINT", "PID", "PORT", "UP", "IDLE", "IN-FLIGHT",
+    "STARTS",
+)  # fmt: skip
 
 
 def _load(config: Path | None, models: list[str], **overrides: Any) -> Settings:
@@ -101,17 +105,47 @@ def _ago(ts: float | None) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
 
 
+def _footprint(m: dict[str, Any]) -> str:
+    if m.get("footprint_mib") is None:
+        return m.get("footprint_source") or "-"
+    return f"{m['footprint_mib']} MiB {m['footprint_source']}"
+
+
+def gpu_bar(gpu: dict[str, Any], models: list[dict[str, Any]], width: int = 50) -> str:
+    """`GPU 0 [aaaabbb....:] 7000/10000 MiB used, 512 reserved` with a letter run per model."""
+    total = gpu["total_mib"]
+    cells: list[str] = []
+    legend = []
+    for i, m in enumerate(models):
+        letter = chr(ord("a") + i % 26)
+        used = m.get("used_mib") or m.get("footprint_mib") or 0
+        cells += [letter] * round(used / total * width)
+        legend.append(f"{letter}={m['name']}")
+    other = max(0, gpu["used_mib"] - sum(m.get("used_mib") or 0 for m in models))
+    cells += ["#"] * round(other / total * width)  # used by processes that are not ours
+    reserve = ":" * round(gpu["reserved_mib"] / total * width)
+    cells = cells[: width - len(reserve)]
+    bar = "".join(cells).ljust(width - len(reserve), ".") + reserve
+    line = (
+        f"GPU {gpu['index']} [{bar}] {gpu['used_mib']}/{total} MiB used, "
+        f"{gpu['reserved_mib']} reserved ({gpu['kind']})"
+    )
+    return line + (f"  {' '.join(legend)}" if legend else "")
+
+
 @app.command()
 def ps(url: UrlOpt = DEFAULT_URL) -> None:
     """Show every model's state as a table."""
     status = _call(url, "GET", "/gateway/status")
-    rows = [("MODEL", "ENGINE", "STATE", "PID", "PORT", "UP", "IDLE", "IN-FLIGHT", "STARTS")]
+    rows = [PS_COLUMNS]
     for m in status["models"]:
         rows.append(
             (
                 m["name"],
                 m["engine"],
-                m["state"],
+                m["state"] + (" (pinned)" if m.get("pinned") else ""),
+                "-" if m.get("gpu") is None else str(m["gpu"]),
+                _footprint(m),
                 str(m["pid"] or "-"),
                 str(m["port"] or "-"),
                 _ago(m["ready_at"]) if m["state"] == "ready" else "-",
@@ -123,6 +157,10 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    for gpu in status.get("gpus", []):
+        typer.echo(
+            "\n" + gpu_bar(gpu, [m for m in status["models"] if m.get("gpu") == gpu["index"]])
+        )
     failed = [m for m in status["models"] if m["state"] == "failed" and m["last_error"]]
     for m in failed:
         typer.echo(f"\n{m['name']} failed: {m['last_error'].splitlines()[0]}")

@@ -129,7 +129,7 @@ def test_cli_ps_load_unload(gw):
     assert out.returncode == 0 and "fake: ready" in out.stdout
     table = vramgate("ps", "--url", gw.url).stdout.splitlines()
     assert table[0].split()[:3] == ["MODEL", "ENGINE", "STATE"]
-    assert table[1].split()[:3] == ["fake", "command", "ready"]
+    assert table[1].split()[:5] == ["fake", "command", "ready", "-", "unknown"]
     assert table[2].split()[:3] == ["emb", "command", "stopped"]
     out = vramgate("unload", "fake", "--url", gw.url)
     assert out.returncode == 0 and "fake: stopped" in out.stdout

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -161,3 +163,23 @@ def test_two_gpus_a_model_goes_where_it_fits(gateway):
     placed = {m["name"]: (m["state"], m["gpu"]) for m in gw.status()["models"]}
     assert placed == {"a": ("ready", 0), "b": ("ready", 1)}
     assert [g["used_mib"] for g in gw.status()["gpus"]] == [6000, 6000]
+
+
+def test_ps_shows_footprints_and_a_bar_per_gpu(gateway):
+    """`vramgate ps` lists each model's GPU and footprint, and draws each GPU's memory."""
+    models = {"a": engine(4000, vram_mib=4000), "b": engine(3000, vram_mib=2000)}
+    gw = gateway({"gpus": gpus(10_000), "models": models})
+    ask(gw, "a")
+    ask(gw, "b")
+    out = subprocess.run(
+        [sys.executable, "-m", "vramgate", "ps", "--url", gw.url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[1].split()[:6] == ["a", "command", "ready", "0", "4000", "MiB"]
+    assert out[2].split()[:7] == ["b", "command", "ready", "0", "3000", "MiB", "measured"]
+    bar = next(line for line in out if line.startswith("GPU 0 ["))
+    cells = bar[bar.index("[") + 1 : bar.index("]")]
+    # 50 cells for 10000 MiB: a 4000 -> 20, b 3000 -> 15, free 2488 -> 12, reserve 512 -> 3.
+    assert cells == "a" * 20 + "b" * 15 + "." * 12 + ":" * 3
+    assert "7000/10000 MiB used, 512 reserved (simulated)" in bar
+    assert bar.endswith("a=a b=b")
