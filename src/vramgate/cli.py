@@ -21,7 +21,7 @@ ConfigOpt = Annotated[
 ]
 UrlOpt = Annotated[str, typer.Option("--url", help="The gateway to ask.", envvar="VRAMGATE_URL")]
 DEFAULT_URL = "http://127.0.0.1:8080"
-PS_COLUMNS = (
+PS_COLUMNS: tuple[str, ...] = (
     "MODEL", "ENGINE", "STATE", "GPU", "FOOTPRINT", "PID", "PORT", "UP", "IDLE", "IN-FLIGHT",
     "STARTS",
 )  # fmt: skip
@@ -137,7 +137,7 @@ def gpu_bar(gpu: dict[str, Any], models: list[dict[str, Any]], width: int = 50) 
 def ps(url: UrlOpt = DEFAULT_URL) -> None:
     """Show every model's state as a table."""
     status = _call(url, "GET", "/gateway/status")
-    rows = [PS_COLUMNS]
+    rows: list[tuple[str, ...]] = [PS_COLUMNS]
     for m in status["models"]:
         rows.append(
             (

@@ -142,6 +142,7 @@ class Scheduler:
         self.memory = Memory(settings)
         self.http: aiohttp.ClientSession | None = None
         self._placement = asyncio.Lock()  # capacity decisions happen one at a time
+        self._loading: dict[int, asyncio.Lock] = {}  # one load at a time per GPU
         self._changed = asyncio.Event()  # set when an engine goes idle or stops
         self._ttl_task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
@@ -277,17 +278,26 @@ class Scheduler:
 
     async def _launch(self, inst: Instance, *, isolate: bool) -> EngineProcess:
         """Makes room, spawns the engine, waits until ready, measures what it uses."""
-        name = inst.name
         gpu = await self._make_room(inst, isolate=isolate)
+        env = dict(inst.model.env)
+        if gpu is None:
+            return await self._spawn_until_ready(inst, env, gpu)
+        env.update(self.memory.attach(inst, gpu))  # resident from now on: its room is taken
+        # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it);
+        # loads on different GPUs run in parallel.
+        async with self._loading.setdefault(gpu, asyncio.Lock()):
+            return await self._spawn_until_ready(inst, env, gpu)
+
+    async def _spawn_until_ready(
+        self, inst: Instance, env: dict[str, str], gpu: int | None
+    ) -> EngineProcess:
+        name = inst.name
         port = free_port()
         spec = self.adapters[inst.model.engine].launch(name, inst.model, port)
         log_path = Path(self.settings.state_dir) / "logs" / f"{name}.log"
         proc = EngineProcess(name, spec, port, log_path)
         inst.process = proc
         inst.starts += 1
-        env = dict(inst.model.env)
-        if gpu is not None:
-            env.update(self.memory.attach(inst, gpu))
         await proc.spawn(env)
         assert proc.pid is not None
         self.watchdog.watch(proc.pid)

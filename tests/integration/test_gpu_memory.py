@@ -183,3 +183,25 @@ def test_ps_shows_footprints_and_a_bar_per_gpu(gateway):
     assert cells == "a" * 20 + "b" * 15 + "." * 12 + ":" * 3
     assert "7000/10000 MiB used, 512 reserved (simulated)" in bar
     assert bar.endswith("a=a b=b")
+
+
+def test_loads_on_one_gpu_are_serial_on_two_gpus_parallel(gateway):
+    """Two cold models at once: one after the other on one GPU, side by side on two."""
+
+    def start_times(gw) -> dict[str, tuple[float, float]]:
+        times: dict[str, list[float]] = {}
+        for e in gw.status()["events"]:
+            if e["kind"] in ("start", "ready"):
+                times.setdefault(e["model"], []).append(e["time"])
+        return {name: (t[0], t[1]) for name, t in times.items()}
+
+    for totals, serial in (((10_000,), True), ((6000, 6000), False)):
+        models = {n: engine(4000, "--load-delay", "1", vram_mib=4000) for n in ("a", "b")}
+        gw = gateway({"gpus": gpus(*totals), "models": models})
+        threads = [threading.Thread(target=ask, args=(gw, n)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        (a_start, a_ready), (b_start, b_ready) = sorted(start_times(gw).values())
+        assert (b_start >= a_ready) is serial, (totals, a_start, a_ready, b_start, b_ready)
