@@ -81,6 +81,41 @@ def check(config: Annotated[Path, typer.Argument(help="YAML config file to valid
     typer.echo(f"{config}: ok, {len(settings.models)} model(s): {', '.join(settings.models)}")
 
 
+@app.command()
+def estimate(
+    name: Annotated[str, typer.Argument(help="A model of the config file.")],
+    config: ConfigOpt = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="NAME=SOURCE.")] = None,
+) -> None:
+    """Estimate a model's GPU memory from its metadata (GGUF, safetensors), part by part."""
+    from vramgate.gpu.estimate import SAFETY_MARGIN, EstimateError, estimate_model
+
+    settings = _load(config, model or [])
+    if name not in settings.models:
+        typer.echo(f"error: no model '{name}'; known: {', '.join(settings.models)}", err=True)
+        raise typer.Exit(1)
+    try:
+        found = estimate_model(settings.models[name])
+    except EstimateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if found is None:
+        typer.echo(f"{name}: no metadata to estimate from (a GGUF file or a safetensors folder)")
+        raise typer.Exit(1)
+    typer.echo(f"{name}: {found.basis}, context {found.context}")
+    for part, mib in (
+        ("weights", found.weights_mib),
+        ("KV cache", found.kv_cache_mib),
+        ("compute buffers", found.compute_mib),
+        ("CUDA context, other", found.overhead_mib),
+    ):
+        typer.echo(f"  {part:20} {mib:10.1f} MiB")
+    typer.echo(f"  {'total':20} {found.total_mib:10d} MiB")
+    typer.echo(
+        f"  {'placement uses':20} {found.placement_mib:10d} MiB (x{SAFETY_MARGIN} until measured)"
+    )
+
+
 def _call(url: str, method: str, path: str) -> dict[str, Any]:
     req = urllib.request.Request(url.rstrip("/") + path, method=method)
     try:

@@ -88,6 +88,11 @@ class Gpus(_Strict):
         default_factory=list, description="Simulated GPUs, one total in MiB each (tests, no GPU)."
     )
     reserve_mib: int = Field(default=512, ge=0, description="MiB per GPU never handed out.")
+    unknown_footprint: Literal["estimate", "isolate", "refuse"] = Field(
+        default="estimate",
+        description="Not yet measured, no vram_mib: use the metadata estimate (else a discovery "
+        "run), always a discovery run, or use the estimate (else refuse).",
+    )
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Gpus:

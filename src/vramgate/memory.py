@@ -1,7 +1,8 @@
 """The scheduler's view of GPU memory: footprints by trust, placement inputs, measurements.
 
 Footprint, in order of trust: measured (learned, state_dir/footprints.json) > the model's
-`vram_mib` hint > unknown (a discovery run measures it).
+`vram_mib` hint > an estimate from its metadata (with a safety margin) > unknown (a discovery
+run measures it). `gpus.unknown_footprint` decides what an unmeasured model without a hint gets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vramgate.config import Settings
+from vramgate.config import ModelConfig, Settings
+from vramgate.gpu.estimate import Estimate, EstimateError, estimate_model
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.simulated import SimulatedGpus
 from vramgate.instances import Instance, State
@@ -28,6 +30,11 @@ class Memory:
         gpus = settings.gpus
         self.gpus = SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
         self.enabled = bool(gpus.simulate_mib)
+        self.policy = gpus.unknown_footprint
+        self.estimates: dict[str, Estimate | None] = {}
+        if self.enabled and self.policy != "isolate":
+            for name, model in settings.models.items():
+                self.estimates[name] = _estimate_or_none(name, model)
 
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
         measured = self.footprints.get_mib(footprint_key(inst.name, inst.model))
@@ -35,6 +42,9 @@ class Memory:
             return measured, "measured"
         if inst.model.vram_mib is not None:
             return inst.model.vram_mib, "hint"
+        estimate = self.estimates.get(inst.name)
+        if estimate is not None:
+            return estimate.placement_mib, "estimate"
         return None, "unknown"
 
     def plan(self, inst: Instance, instances: Iterable[Instance], *, isolate: bool) -> Placement:
@@ -109,3 +119,11 @@ class Memory:
             "used_mib": self.gpus.used_by(inst.name) if running else None,
             "pinned": inst.model.pinned,
         }
+
+
+def _estimate_or_none(name: str, model: ModelConfig) -> Estimate | None:
+    try:
+        return estimate_model(model)
+    except EstimateError as exc:
+        log.warning("model '%s': no footprint estimate: %s", name, exc)
+        return None

@@ -356,6 +356,12 @@ class Scheduler:
         """One step toward room: (gpu, None) to start; (None, why) to wait; (None, '') again."""
         gpu = None
         if self.memory.enabled:
+            need, _ = self.memory.footprint(inst)
+            if need is None and self.memory.policy == "refuse" and not isolate:
+                raise NoRoom(
+                    f"cannot start '{inst.name}': its footprint is unknown (never measured, no "
+                    "vram_mib, no estimate) and gpus.unknown_footprint is 'refuse'; set vram_mib"
+                )
             plan = self.memory.plan(inst, self.instances.values(), isolate=isolate)
             if plan.refuse:
                 raise NoRoom(f"cannot start '{inst.name}': it {plan.refuse}; nothing was evicted")

@@ -9,6 +9,7 @@ import threading
 import time
 
 from tests.conftest import fake_cmd, wait_until
+from tests.unit.test_estimate import make_gguf
 
 
 def engine(uses_mib: int, *knobs: str, **extra) -> dict:
@@ -205,3 +206,46 @@ def test_loads_on_one_gpu_are_serial_on_two_gpus_parallel(gateway):
             t.join(30)
         (a_start, a_ready), (b_start, b_ready) = sorted(start_times(gw).values())
         assert (b_start >= a_ready) is serial, (totals, a_start, a_ready, b_start, b_ready)
+
+
+def test_estimate_spares_a_discovery_run_until_measured(gateway, tmp_path):
+    """A model with readable metadata starts beside others on its estimate, then is measured."""
+    gguf = make_gguf(tmp_path / "small.gguf")
+    models = {"a": engine(3000, vram_mib=3000), "e": engine(900, source=str(gguf))}
+    gw = gateway({"gpus": gpus(10_000), "models": models})
+    e = gw.model("e")
+    assert e["footprint_source"] == "estimate" and 130 < e["footprint_mib"] < 200
+    ask(gw, "a")
+    ask(gw, "e")
+    assert states(gw) == {"a": "ready", "e": "ready"}  # no discovery run stopped a
+    e = gw.model("e")
+    assert (e["footprint_mib"], e["footprint_source"]) == (900, "measured")
+
+
+def test_refuse_policy_refuses_unknown_footprints(gateway):
+    models = {"u": engine(1000)}
+    gw = gateway({"gpus": gpus(10_000) | {"unknown_footprint": "refuse"}, "models": models})
+    resp = gw.http.post("/v1/completions", json={"model": "u", "prompt": "x"})
+    assert resp.status_code == 507
+    assert "gpus.unknown_footprint is 'refuse'; set vram_mib" in resp.json()["error"]["message"]
+
+
+def test_estimate_command_prints_the_parts(tmp_path):
+    gguf = make_gguf(tmp_path / "small.gguf")
+    config = tmp_path / "v.yaml"
+    config.write_text(f"models:\n  s: {{engine: llamacpp, source: {gguf}, args: [-c, '4096']}}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "vramgate", "estimate", "s", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "s: GGUF gemma3, context 4096"
+    assert lines[1].split() == ["weights", "3.0", "MiB"]
+    assert lines[2].split() == ["KV", "cache", "9.0", "MiB"]  # 2 global x 2 + 10 sliding x 0.5
+    assert "placement uses" in lines[-1]
+    missing = subprocess.run(
+        [sys.executable, "-m", "vramgate", "estimate", "nope", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "no model 'nope'" in missing.stderr
