@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vramgate.config import ModelConfig, Settings
+from vramgate.engines.base import MemoryBudget
 from vramgate.gpu.estimate import Estimate, EstimateError, estimate_model
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.simulated import SimulatedGpus
@@ -66,6 +67,15 @@ class Memory:
             max(expected, now),
             inst.model.pinned,
         )
+
+    def budget(self, inst: Instance) -> MemoryBudget | None:
+        """What an engine that sizes itself may take: its footprint, if one is known."""
+        need = self.footprint(inst)[0]
+        if need is None or inst.gpu is None:
+            return None
+        gpu = self.gpus.memory()[inst.gpu]
+        free = gpu.free_mib + (self.gpus.used_by(inst.name) or 0)  # its own file is not in use yet
+        return MemoryBudget(need, gpu.total_mib, free)
 
     def attach(self, inst: Instance, gpu: int) -> dict[str, str]:
         inst.gpu = gpu

@@ -14,7 +14,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +293,11 @@ class Scheduler:
     ) -> EngineProcess:
         name = inst.name
         port = free_port()
-        spec = self.adapters[inst.model.engine].launch(name, inst.model, port)
+        adapter = self.adapters[inst.model.engine]
+        spec = adapter.launch(name, inst.model, port)
+        budget = self.memory.budget(inst) if gpu is not None else None
+        if budget is not None:  # engines that size themselves are told their share, in bytes
+            spec = replace(spec, argv=spec.argv + adapter.memory_args(inst.model, budget))
         log_path = Path(self.settings.state_dir) / "logs" / f"{name}.log"
         proc = EngineProcess(name, spec, port, log_path)
         inst.process = proc
@@ -303,7 +307,6 @@ class Scheduler:
         self.watchdog.watch(proc.pid)
         where = "" if gpu is None else f", GPU {gpu}"
         self._record("start", name, f"starting {name} (pid {proc.pid}, port {port}{where})")
-        adapter = self.adapters[inst.model.engine]
         assert self.http is not None
         start_timeout_s = self.settings.model_setting(name, "start_timeout")
         try:

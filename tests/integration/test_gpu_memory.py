@@ -249,3 +249,32 @@ def test_estimate_command_prints_the_parts(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert missing.returncode == 1 and "no model 'nope'" in missing.stderr
+
+
+FAKE_VLLM = """#!{python}
+# Stands in for `vllm serve`: prints its command line, then runs the fake engine on its port.
+import sys
+argv = sys.argv[1:]
+print("fake vllm argv:", " ".join(argv), flush=True)
+port = argv[argv.index("--port") + 1]
+from vramgate.testing.fake_engine import main
+main(["--port", port, "--vram-mib", "{mib}"])
+"""
+
+
+def test_vllm_is_told_its_budget_on_its_gpu(gateway, tmp_path):
+    """The vLLM adapter passes --gpu-memory-utilization = footprint / GPU total."""
+    script = tmp_path / "vllm"
+    script.write_text(FAKE_VLLM.format(python=sys.executable, mib=2500))
+    script.chmod(0o755)
+    gw = gateway(
+        {
+            "gpus": gpus(10_000),
+            "engines": {"vllm": {"binary": str(script)}},
+            "models": {"q": {"engine": "vllm", "source": "Org/Model", "vram_mib": 2500}},
+        }
+    )
+    ask(gw, "q")
+    line = next(x for x in gw.engine_log("q").splitlines() if x.startswith("fake vllm argv:"))
+    assert line.endswith("serve Org/Model --host 127.0.0.1 --port " + str(gw.model("q")["port"])
+                         + " --served-model-name q --gpu-memory-utilization 0.2500")  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines import REGISTRY, adapters
-from vramgate.engines.base import CHAT, EMBEDDINGS, GENERATE_ROUTES, RERANK
+from vramgate.engines.base import CHAT, EMBEDDINGS, GENERATE_ROUTES, RERANK, MemoryBudget
 
 
 def settings(**engines) -> Settings:
@@ -103,3 +103,25 @@ def test_upstream_model_name():
     assert engine.upstream_model("a", model(engine="command", cmd="s ${PORT}")) == "a"
     named = model(engine="command", cmd="s ${PORT}", upstream_model="b")
     assert engine.upstream_model("a", named) == "b"
+
+
+def test_vllm_and_sglang_are_told_their_memory_budget():
+    """vLLM: a fraction of the GPU's total; SGLang: a fraction of what is free before the load."""
+    budget = MemoryBudget(budget_mib=20_000, total_mib=80_000, free_mib=50_000)
+    engines = adapters(settings())
+    vllm = model(engine="vllm", source="x")
+    assert engines["vllm"].memory_args(vllm, budget) == ["--gpu-memory-utilization", "0.2500"]
+    sglang = model(engine="sglang", source="x")
+    assert engines["sglang"].memory_args(sglang, budget) == ["--mem-fraction-static", "0.4000"]
+    assert engines["llamacpp"].memory_args(model(engine="llamacpp", source="x"), budget) == []
+
+
+def test_memory_flags_given_by_hand_win():
+    budget = MemoryBudget(20_000, 80_000, 50_000)
+    engines = adapters(settings())
+    for args in (["--gpu-memory-utilization", "0.5"], ["--kv-cache-memory-bytes", "1000"]):
+        assert (
+            engines["vllm"].memory_args(model(engine="vllm", source="x", args=args), budget) == []
+        )
+    hand = model(engine="sglang", source="x", args=["--mem-fraction-static", "0.3"])
+    assert engines["sglang"].memory_args(hand, budget) == []

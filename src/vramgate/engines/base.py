@@ -27,6 +27,15 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The GPU memory an engine may take, for engines that size themselves to what they are told."""
+
+    budget_mib: int  # the model's footprint
+    total_mib: int  # its GPU's total
+    free_mib: int  # what its GPU reports free just before the load
+
+
 class EngineAdapter(ABC):
     kind: ClassVar[str]
     default_binary: ClassVar[str]
@@ -41,6 +50,10 @@ class EngineAdapter(ABC):
     @abstractmethod
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         """The engine's command line for `model` listening on 127.0.0.1:`port`."""
+
+    def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:
+        """Arguments that hold the engine to `budget`; none for engines that take what they need."""
+        return []
 
     def routes(self, model: ModelConfig) -> frozenset[str]:
         """The OpenAI routes this engine serves for `model`."""

@@ -2,13 +2,14 @@
 
 Flags as documented in SGLang's server arguments (docs.sglang.ai, "Server Arguments"):
 `--model-path`, `--host`, `--port`, `--served-model-name`, and `--is-embedding` for embedding
-models.
+models. `--mem-fraction-static` is the fraction of the memory free before the load that SGLang
+takes for weights and its KV pool.
 """
 
 from __future__ import annotations
 
 from vramgate.config import ModelConfig
-from vramgate.engines.base import EngineAdapter, LaunchSpec
+from vramgate.engines.base import EngineAdapter, LaunchSpec, MemoryBudget
 
 
 class SglangEngine(EngineAdapter):
@@ -23,3 +24,9 @@ class SglangEngine(EngineAdapter):
         if model.task in ("embed", "rerank") and "--is-embedding" not in model.args:
             argv.append("--is-embedding")
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
+
+    def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:
+        if "--mem-fraction-static" in model.args:
+            return []
+        fraction = min(1.0, budget.budget_mib / max(budget.free_mib, 1))
+        return ["--mem-fraction-static", f"{fraction:.4f}"]

@@ -2,13 +2,15 @@
 
 Flags as documented for `vllm serve` (docs.vllm.ai, "vllm serve" CLI reference): the model is the
 positional argument, `--port`/`--host` bind the server, `--served-model-name` sets the name the API
-answers to, and `--runner pooling` serves embedding and scoring models.
+answers to, and `--runner pooling` serves embedding and scoring models. `--gpu-memory-utilization`
+is the fraction of the GPU's *total* memory vLLM may use (and that must be free when it starts);
+`--kv-cache-memory-bytes` fixes the KV cache instead, so either given by hand wins.
 """
 
 from __future__ import annotations
 
 from vramgate.config import ModelConfig
-from vramgate.engines.base import EngineAdapter, LaunchSpec
+from vramgate.engines.base import EngineAdapter, LaunchSpec, MemoryBudget
 
 
 class VllmEngine(EngineAdapter):
@@ -22,3 +24,8 @@ class VllmEngine(EngineAdapter):
         if model.task in ("embed", "rerank") and "--runner" not in model.args:
             argv += ["--runner", "pooling"]
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
+
+    def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:
+        if {"--gpu-memory-utilization", "--kv-cache-memory-bytes"} & set(model.args):
+            return []
+        return ["--gpu-memory-utilization", f"{budget.budget_mib / budget.total_mib:.4f}"]
