@@ -88,6 +88,9 @@ class Gpus(_Strict):
         default_factory=list, description="Simulated GPUs, one total in MiB each (tests, no GPU)."
     )
     reserve_mib: int = Field(default=512, ge=0, description="MiB per GPU never handed out.")
+    min_residency: float = Field(
+        default=0, ge=0, description="Seconds a loaded model is evicted only if nothing else can."
+    )
     unknown_footprint: Literal["estimate", "isolate", "refuse"] = Field(
         default="estimate",
         description="Not yet measured, no vram_mib: use the metadata estimate (else a discovery "

@@ -8,6 +8,7 @@ run measures it). `gpus.unknown_footprint` decides what an unmeasured model with
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class Memory:
         self.gpus = SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
         self.enabled = bool(gpus.simulate_mib)
         self.policy = gpus.unknown_footprint
+        self.min_residency = gpus.min_residency
         self.estimates: dict[str, Estimate | None] = {}
         if self.enabled and self.policy != "isolate":
             for name, model in settings.models.items():
@@ -52,7 +54,10 @@ class Memory:
         """Where `inst` goes; `isolate` treats its footprint as unknown (a discovery run)."""
         residents = [self._resident(i) for i in instances if i.gpu is not None]
         need = None if isolate else self.footprint(inst)[0]
-        return place(need, self.gpus.memory(), residents, inst.name)
+        memory = self.gpus.memory()
+        return place(
+            need, memory, residents, inst.name, now=time.time(), min_residency_s=self.min_residency
+        )
 
     def _resident(self, inst: Instance) -> Resident:
         assert inst.gpu is not None
@@ -66,6 +71,7 @@ class Memory:
             inst.gpu,
             max(expected, now),
             inst.model.pinned,
+            inst.ready_at or time.time(),
         )
 
     def budget(self, inst: Instance) -> MemoryBudget | None:

@@ -26,6 +26,7 @@ class Resident:
     gpu: int
     footprint_mib: int  # the larger of what it is expected to use and what it uses now
     pinned: bool = False
+    loaded_at: float = 0.0  # when it became ready (time.time())
 
     @property
     def is_evictable(self) -> bool:
@@ -50,7 +51,13 @@ def available_mib(gpu: GpuMemory, residents: Sequence[Resident], evicted: Sequen
 
 
 def place(
-    need_mib: int | None, gpus: Sequence[GpuMemory], residents: Sequence[Resident], asking: str
+    need_mib: int | None,
+    gpus: Sequence[GpuMemory],
+    residents: Sequence[Resident],
+    asking: str,
+    *,
+    now: float = 0.0,
+    min_residency_s: float = 0.0,
 ) -> Placement:
     """Where `asking` (needing `need_mib`, None if unknown) starts, and who makes way.
 
@@ -58,6 +65,8 @@ def place(
        unpinned engine there goes, so that what is measured is the model alone.
     2. Fits somewhere now: the GPU where it fits tightest (keeps big holes for big models).
     3. Fits after evicting idle engines: the GPU needing the fewest, least recently used stops.
+       Engines loaded less than `min_residency_s` ago go only if no other choice frees enough
+       (anti-thrash).
     4. Fits only once busy engines drain: wait.
     5. Larger than any GPU even empty: refuse, evicting nothing.
     """
@@ -74,22 +83,27 @@ def place(
     fitting = [(spare, index) for spare, index in fits if spare >= 0]
     if fitting:
         return Placement(gpu=min(fitting)[1])
-    options = []
-    for g in gpus:
-        evict = _evictions(g, others, need_mib)
-        if evict is not None:
-            recency = sum(next(r.last_used for r in others if r.name == n) for n in evict)
-            options.append((len(evict), recency, g.index, evict))
-    if options:
-        _, _, index, evict = min(options)
-        return Placement(gpu=index, evict=tuple(evict))
+    young = {r.name for r in others if now - r.loaded_at < min_residency_s}
+    for spared in (young, set()):
+        options = []
+        for g in gpus:
+            evict = _evictions(g, others, need_mib, spared)
+            if evict is not None:
+                recency = sum(next(r.last_used for r in others if r.name == n) for n in evict)
+                options.append((len(evict), recency, g.index, evict))
+        if options:
+            _, _, index, evict = min(options)
+            return Placement(gpu=index, evict=tuple(evict))
     return Placement(wait=True)
 
 
-def _evictions(gpu: GpuMemory, residents: Sequence[Resident], need_mib: int) -> list[str] | None:
+def _evictions(
+    gpu: GpuMemory, residents: Sequence[Resident], need_mib: int, spared: set[str]
+) -> list[str] | None:
     """The fewest least recently used idle engines on `gpu` whose stop makes `need_mib` fit."""
     candidates = sorted(
-        (r for r in residents if r.gpu == gpu.index and r.is_evictable), key=lambda r: r.last_used
+        (r for r in residents if r.gpu == gpu.index and r.is_evictable and r.name not in spared),
+        key=lambda r: r.last_used,
     )
     chosen: list[str] = []
     for r in candidates:

@@ -102,3 +102,20 @@ def test_discovery_prefers_the_gpu_it_can_have_alone():
 
 def test_the_asking_model_is_not_its_own_obstacle():
     assert place(4000, [gpu(used=4000)], [res("a", 4000)], "a") == Placement(gpu=0)
+
+
+def test_recently_loaded_engine_is_spared_while_another_can_go():
+    """Anti-thrash: an engine younger than min_residency goes only if nothing else frees enough."""
+    young = Resident("young", State.READY, True, 1.0, 0, 4500, loaded_at=95.0)
+    old = Resident("old", State.READY, True, 5.0, 0, 4500, loaded_at=10.0)
+    g = gpu(used=9000)
+    assert place(5000, [g], [young, old], "x") == Placement(gpu=0, evict=("young",))
+    spared = place(5000, [g], [young, old], "x", now=100.0, min_residency_s=30)
+    assert spared == Placement(gpu=0, evict=("old",))
+
+
+def test_recently_loaded_engine_goes_when_nothing_else_frees_enough():
+    young = Resident("young", State.READY, True, 1.0, 0, 5500, loaded_at=95.0)
+    old = Resident("old", State.READY, True, 5.0, 0, 3500, loaded_at=10.0)
+    decision = place(5000, [gpu(used=9000)], [young, old], "x", now=100.0, min_residency_s=30)
+    assert decision == Placement(gpu=0, evict=("young",))
