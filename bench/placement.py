@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vramgate.gpu.simulated import GpuMemory
+from vramgate.gpu.base import GpuMemory
 from vramgate.instances import State
 from vramgate.placement import Resident, place
 

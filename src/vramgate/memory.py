@@ -15,8 +15,10 @@ from typing import Any
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines.base import MemoryBudget
+from vramgate.gpu.base import GpuBackend
 from vramgate.gpu.estimate import Estimate, EstimateError, estimate_model
 from vramgate.gpu.footprints import FootprintStore, footprint_key
+from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.simulated import SimulatedGpus
 from vramgate.instances import Instance, State
 from vramgate.placement import Placement, Resident, place
@@ -30,8 +32,15 @@ class Memory:
         state_dir = Path(settings.state_dir)
         self.footprints = FootprintStore(state_dir / "footprints.json")
         gpus = settings.gpus
-        self.gpus = SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
-        self.enabled = bool(gpus.simulate_mib)
+        self.gpus: GpuBackend
+        if gpus.simulate_mib:
+            self.gpus = SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
+        elif nvml_available():
+            self.gpus = NvmlGpus(gpus.reserve_mib)
+        else:  # no GPU to account: engines are placed by count and time only
+            self.gpus = SimulatedGpus([], gpus.reserve_mib, state_dir)
+        self.enabled = bool(self.gpus.memory())
+        log.info("GPU accounting: %s", self.gpus.kind if self.enabled else "off (no GPU found)")
         self.policy = gpus.unknown_footprint
         self.min_residency = gpus.min_residency
         self.estimates: dict[str, Estimate | None] = {}
@@ -88,6 +97,13 @@ class Memory:
         inst.measured_requests = 0
         return self.gpus.attach(inst.name, gpu)
 
+    def track(self, inst: Instance, pid: int) -> None:
+        self.gpus.track(inst.name, pid)
+
+    async def wait_released(self, inst: Instance, timeout_s: float = 10.0) -> None:
+        if inst.gpu is not None:
+            await self.gpus.wait_released(inst.name, timeout_s)
+
     def detach(self, inst: Instance) -> None:
         if inst.gpu is not None:
             self.gpus.detach(inst.name)
@@ -116,7 +132,7 @@ class Memory:
         return [
             {
                 "index": g.index,
-                "kind": "simulated",
+                "kind": self.gpus.kind,
                 "total_mib": g.total_mib,
                 "used_mib": g.used_mib,
                 "free_mib": g.free_mib,

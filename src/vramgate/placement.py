@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vramgate.gpu.simulated import GpuMemory
+from vramgate.gpu.base import GpuMemory
 from vramgate.instances import State
 
 

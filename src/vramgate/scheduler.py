@@ -305,6 +305,8 @@ class Scheduler:
         await proc.spawn(env)
         assert proc.pid is not None
         self.watchdog.watch(proc.pid)
+        if gpu is not None:
+            self.memory.track(inst, proc.pid)
         where = "" if gpu is None else f", GPU {gpu}"
         self._record("start", name, f"starting {name} (pid {proc.pid}, port {port}{where})")
         assert self.http is not None
@@ -328,6 +330,7 @@ class Scheduler:
         if proc and proc.pid:
             await proc.stop(0)
             self.watchdog.forget(proc.pid)
+            await self.memory.wait_released(inst)
         self.memory.detach(inst)
 
     async def _fail_start(self, inst: Instance, exc: BaseException) -> None:
@@ -427,6 +430,8 @@ class Scheduler:
         if proc and proc.pid:
             code = await proc.stop(self.settings.model_setting(inst.name, "stop_timeout"))
             self.watchdog.forget(proc.pid)
+            # The next load must find the memory free, not merely the process gone.
+            await self.memory.wait_released(inst)
         self.memory.detach(inst)
         inst.state = State.STOPPED
         self._changed.set()

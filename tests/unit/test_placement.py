@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vramgate.gpu.simulated import GpuMemory
+from vramgate.gpu.base import GpuMemory
 from vramgate.instances import State
 from vramgate.placement import Placement, Resident, available_mib, place
 

@@ -8,25 +8,14 @@ engines on it now. So a fake engine can use more or less than its estimate, grow
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class GpuMemory:
-    """One GPU as the device reports it, in MiB."""
-
-    index: int
-    total_mib: int
-    used_mib: int
-    reserve_mib: int
-
-    @property
-    def free_mib(self) -> int:
-        return self.total_mib - self.used_mib
+from vramgate.gpu.base import GpuMemory
 
 
 class SimulatedGpus:
+    kind = "simulated"
+
     def __init__(self, totals_mib: list[int], reserve_mib: int, state_dir: Path) -> None:
         self.totals_mib = list(totals_mib)
         self.reserve_mib = reserve_mib
@@ -40,6 +29,12 @@ class SimulatedGpus:
         path.unlink(missing_ok=True)  # a previous run's figure is not this one's
         self._on_gpu[name] = gpu
         return {"VRAMGATE_SIM_USAGE_FILE": str(path), "CUDA_VISIBLE_DEVICES": str(gpu)}
+
+    def track(self, name: str, pid: int) -> None:
+        """Simulated use comes from the usage file, not from processes."""
+
+    async def wait_released(self, name: str, timeout_s: float) -> None:
+        """A stopped engine's simulated memory is free at once."""
 
     def detach(self, name: str) -> None:
         """The engine is gone: its memory is free again."""

@@ -1,0 +1,47 @@
+"""What a GPU memory backend offers the scheduler: per-GPU totals and per-engine use, in MiB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """One GPU as the device reports it, in MiB."""
+
+    index: int
+    total_mib: int
+    used_mib: int
+    reserve_mib: int
+
+    @property
+    def free_mib(self) -> int:
+        return self.total_mib - self.used_mib
+
+
+class GpuBackend(Protocol):
+    """NVML on real GPUs, or simulated GPUs; engines are known by model name."""
+
+    kind: str
+    reserve_mib: int
+
+    def attach(self, name: str, gpu: int) -> dict[str, str]:
+        """Registers an engine about to start on `gpu`; returns the environment it gets."""
+        ...
+
+    def track(self, name: str, pid: int) -> None:
+        """The engine's process (its group leader) now exists."""
+        ...
+
+    def used_by(self, name: str) -> int | None:
+        """MiB the engine uses now, or None if unknown yet."""
+        ...
+
+    def memory(self) -> list[GpuMemory]: ...
+
+    async def wait_released(self, name: str, timeout_s: float) -> None:
+        """After a stop: returns once the engine's memory is free again (or after `timeout_s`)."""
+        ...
+
+    def detach(self, name: str) -> None: ...

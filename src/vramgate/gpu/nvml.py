@@ -1,0 +1,93 @@
+"""Real NVIDIA GPUs through NVML (nvidia-ml-py): totals, free memory, and each engine's use.
+
+An engine's use is what NVML reports for every process of its tree (vLLM and SGLang run workers
+as children). On an H100 NVML reports each process's use, and a killed process's memory is free
+again within about 0.2 s; `wait_released` polls for that before the next load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from vramgate.gpu.base import GpuMemory
+from vramgate.gpu.proctree import process_tree
+
+log = logging.getLogger("vramgate.nvml")
+MIB = 1 << 20
+RELEASE_POLL_S = 0.05
+
+
+def nvml_available() -> bool:
+    """True where NVML loads and sees at least one GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetCount() > 0
+    except Exception:  # no library, no driver, no device: all mean "no NVML here"
+        return False
+
+
+class NvmlGpus:
+    kind = "nvml"
+
+    def __init__(self, reserve_mib: int) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nvml = pynvml
+        self.reserve_mib = reserve_mib
+        count = pynvml.nvmlDeviceGetCount()
+        self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        self._pids: dict[str, int] = {}
+        self._on_gpu: dict[str, int] = {}
+        self._trees: dict[str, set[int]] = {}  # last seen while alive: dead trees cannot be read
+
+    def attach(self, name: str, gpu: int) -> dict[str, str]:
+        self._on_gpu[name] = gpu
+        return {"CUDA_VISIBLE_DEVICES": str(gpu)}
+
+    def track(self, name: str, pid: int) -> None:
+        self._pids[name] = pid
+
+    def _process_use(self, gpu: int) -> dict[int, int]:
+        """pid -> MiB for every compute process on `gpu`."""
+        procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handles[gpu])
+        return {int(p.pid): int(p.usedGpuMemory or 0) // MIB for p in procs}
+
+    def used_by(self, name: str) -> int | None:
+        pid, gpu = self._pids.get(name), self._on_gpu.get(name)
+        if pid is None or gpu is None:
+            return None
+        use = self._process_use(gpu)
+        tree = process_tree(pid)
+        self._trees[name] = tree
+        found = [mib for p, mib in use.items() if p in tree]
+        return sum(found) if found else None
+
+    def memory(self) -> list[GpuMemory]:
+        out = []
+        for i, handle in enumerate(self.handles):
+            info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            total, used = int(info.total) // MIB, int(info.used) // MIB
+            out.append(GpuMemory(i, total, used, self.reserve_mib))
+        return out
+
+    async def wait_released(self, name: str, timeout_s: float) -> None:
+        pid, gpu = self._pids.get(name), self._on_gpu.get(name)
+        if pid is None or gpu is None:
+            return
+        tree = self._trees.get(name, set()) | {pid}
+        deadline = time.monotonic() + timeout_s
+        while any(p in tree for p in self._process_use(gpu)):
+            if time.monotonic() >= deadline:
+                log.warning("GPU %d still lists %s's processes after %.1f s", gpu, name, timeout_s)
+                return
+            await asyncio.sleep(RELEASE_POLL_S)
+
+    def detach(self, name: str) -> None:
+        self._pids.pop(name, None)
+        self._on_gpu.pop(name, None)
+        self._trees.pop(name, None)
