@@ -11,8 +11,9 @@ from vramgate.gpu.proctree import process_tree
 
 SPAWNER = """
 import subprocess, sys, time
-worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-escaped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+worker = subprocess.Popen(sleeper)
+escaped = subprocess.Popen(sleeper, start_new_session=True)
 print(worker.pid, escaped.pid, flush=True)
 time.sleep(30)
 """
