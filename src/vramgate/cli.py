@@ -102,7 +102,7 @@ def estimate(
     if found is None:
         typer.echo(f"{name}: no metadata to estimate from (a GGUF file or a safetensors folder)")
         raise typer.Exit(1)
-    typer.echo(f"{name}: {found.basis}, context {found.context}")
+    typer.echo(f"{name}: {found.basis}" + (f", context {found.context}" if found.context else ""))
     for part, mib in (
         ("weights", found.weights_mib),
         ("KV cache", found.kv_cache_mib),

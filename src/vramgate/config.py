@@ -59,6 +59,12 @@ class ModelConfig(_Strict):
     stop_timeout: float | None = Field(default=None, ge=0)
     max_concurrency: int | None = Field(default=None, ge=1, description="Requests relayed at once.")
     vram_mib: int | None = Field(default=None, gt=0, description="GPU memory hint until measured.")
+    param_count: float | None = Field(
+        default=None, gt=0, description="Billions of parameters, to estimate from when no file can."
+    )
+    precision: Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"] = Field(
+        default="bf16", description="Weight precision, with param_count."
+    )
     pinned: bool = Field(default=False, description="Started with the gateway, never stopped.")
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
 

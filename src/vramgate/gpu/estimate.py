@@ -30,6 +30,10 @@ KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 3
 # Architectures whose GGUF gives a sliding window but not which layers use it (llama.cpp sets
 # the pattern in code): every n-th layer is global, the others slide.
 SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+PRECISION_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+# With only a parameter count, KV cache and activations are unknown: this share of the weights
+# stands for them (a first guess; the first measurement replaces it).
+PARAM_ONLY_RUNTIME_SHARE = 0.2
 SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                      "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
@@ -59,14 +63,17 @@ class EstimateError(Exception):
 
 
 def estimate_model(model: ModelConfig) -> Estimate | None:
-    """An estimate for a configured model, or None where its source gives nothing to read."""
-    if not model.source:
-        return None
-    source = Path(model.source)
-    if source.suffix.lower() == ".gguf" and source.is_file():
+    """An estimate for a configured model: from its files, else from `param_count`, else None."""
+    source = Path(model.source) if model.source else None
+    if source and source.suffix.lower() == ".gguf" and source.is_file():
         return estimate_gguf(source, model.args)
-    if source.is_dir() and any(source.glob("*.safetensors")):
+    if source and source.is_dir() and any(source.glob("*.safetensors")):
         return estimate_safetensors(source)
+    if model.param_count is not None:
+        weights = model.param_count * 1e9 * PRECISION_BYTES[model.precision] / MIB
+        runtime = weights * PARAM_ONLY_RUNTIME_SHARE
+        basis = f"{model.param_count:g}B parameters at {model.precision}"
+        return Estimate(weights, runtime, 0.0, PROCESS_OVERHEAD_MIB, 0, basis)
     return None
 
 
