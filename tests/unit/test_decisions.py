@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from vramgate.decisions import Action, ModelView, Running, choose_eviction, decide, expired
 from vramgate.instances import State
-from vramgate.scheduler import Action, ModelView, Running, choose_eviction, decide, expired
 
 
 def view(state: State, in_flight=0, queued=0, max_concurrency=None, max_queue=4) -> ModelView:
