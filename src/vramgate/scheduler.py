@@ -254,12 +254,22 @@ class Scheduler:
         self.memory.detach(inst)
 
     async def _fail_start(self, inst: Instance, exc: BaseException) -> None:
+        # Still `starting` meanwhile: new requests join the start and share its error.
+        error = exc.message if isinstance(exc, GatewayError) else repr(exc)
+        await self._fail(inst, error, "start_failed", f"{inst.name} failed to start: {error}")
+
+    async def _fail(self, inst: Instance, error: str, kind: str, message: str) -> None:
+        """An engine failed: its process and memory go first, then the model is `failed`.
+
+        Only then, so that no new engine of the model can start (and register its memory) while
+        the old one is still being cleared away.
+        """
         inst.failures += 1
-        inst.last_error = exc.message if isinstance(exc, GatewayError) else repr(exc)
+        inst.last_error = error
         await self._discard_process(inst)
         inst.state = State.FAILED
         self._changed.set()
-        self._record("start_failed", inst.name, f"{inst.name} failed to start: {inst.last_error}")
+        self._record(kind, inst.name, message)
 
     async def _make_room(self, inst: Instance, *, isolate: bool) -> int | None:
         """Stops idle engines until `inst` may run; waits for busy ones. Returns its GPU."""
@@ -320,13 +330,12 @@ class Scheduler:
         assert proc.proc is not None
         code = await proc.proc.wait()
         if inst.process is proc and inst.state is State.READY:
-            # Died while serving: in-flight requests fail on their broken connections.
-            inst.state = State.FAILED
-            inst.failures += 1
-            inst.last_error = f"engine exited with code {code} while serving"
-            await self._discard_process(inst)
-            self._changed.set()
-            self._record("died", inst.name, f"{inst.name} died (exit code {code})")
+            # Died while serving: in-flight requests fail on their broken connections. New ones
+            # wait, as for any stop, until it is cleared away, then start it anew.
+            inst.state = State.STOPPING
+            inst.stop_task = asyncio.current_task()  # type: ignore[assignment]
+            error = f"engine exited with code {code} while serving"
+            await self._fail(inst, error, "died", f"{inst.name} died (exit code {code})")
 
     # -- stopping --------------------------------------------------------------------------
 
