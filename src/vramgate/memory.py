@@ -88,9 +88,8 @@ class Memory:
         need = self.footprint(inst)[0]
         if need is None or inst.gpu is None:
             return None
-        gpu = self.gpus.memory()[inst.gpu]
-        free = gpu.free_mib + (self.gpus.used_by(inst.name) or 0)  # its own file is not in use yet
-        return MemoryBudget(need, gpu.total_mib, free)
+        gpu = self.gpus.memory()[inst.gpu]  # read before its engine exists: free is pre-load
+        return MemoryBudget(need, gpu.total_mib, gpu.free_mib)
 
     def attach(self, inst: Instance, gpu: int) -> dict[str, str]:
         inst.gpu = gpu
