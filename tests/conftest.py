@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,28 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> 
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+def stream_beside(gw: Gateway, streamed: str, other: str) -> tuple[str, float, str, float]:
+    """Streams 8 tokens from `streamed` while a request to `other` is sent once it has begun.
+
+    Returns the streamed text, when the stream ended, the other's text and when it came back.
+    """
+    stream = gw.client.completions.create(model=streamed, prompt="x", max_tokens=8, stream=True)
+    first = next(iter(stream))
+    result: dict[str, Any] = {}
+
+    def send_other() -> None:
+        reply = gw.client.completions.create(model=other, prompt="x", max_tokens=1)
+        result["text"] = reply.choices[0].text
+        result["at"] = time.monotonic()
+
+    thread = threading.Thread(target=send_other)
+    thread.start()
+    text = first.choices[0].text + "".join(c.choices[0].text for c in stream)
+    stream_end = time.monotonic()
+    thread.join(20)
+    return text, stream_end, result["text"], result["at"]
 
 
 class Gateway:

@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
-from tests.conftest import fake_cmd, wait_until
+from tests.conftest import fake_cmd, stream_beside, wait_until
 from tests.unit.test_estimate import make_gguf
 
 
@@ -87,21 +86,10 @@ def test_busy_engine_is_not_evicted_mid_stream(gateway):
         "b": engine(6000, vram_mib=6000),
     }
     gw = gateway({"gpus": gpus(10_000), "models": models})
-    stream = gw.client.completions.create(model="a", prompt="x", max_tokens=8, stream=True)
-    first = next(iter(stream))
-    done = {}
-
-    def other() -> None:
-        ask(gw, "b")
-        done["at"] = time.monotonic()
-
-    t = threading.Thread(target=other)
-    t.start()
-    text = first.choices[0].text + "".join(c.choices[0].text for c in stream)
-    stream_end = time.monotonic()
-    t.join(20)
+    text, stream_end, other_text, other_at = stream_beside(gw, "a", "b")
     assert text.endswith("tok7 ")
-    assert done["at"] >= stream_end
+    assert other_text == "tok0 "
+    assert other_at >= stream_end
     assert states(gw) == {"a": "stopped", "b": "ready"}
 
 

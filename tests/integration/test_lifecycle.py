@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import threading
 import time
 
 import openai
 import pytest
 
-from tests.conftest import fake_cmd, pid_alive, wait_until
+from tests.conftest import fake_cmd, pid_alive, stream_beside, wait_until
 
 
 def model(*knobs: str, **extra) -> dict:
@@ -140,24 +139,11 @@ def test_max_running_evicts_the_least_recently_used_idle_engine(gateway):
 def test_busy_engine_is_not_evicted(gateway):
     """An engine streaming a request is never evicted; the new model waits for it to finish."""
     gw = gateway({"max_running": 1, "models": {"a": model("--tokens-per-s", "10"), "b": model()}})
-    stream = gw.client.completions.create(model="a", prompt="x", max_tokens=8, stream=True)
-    first = next(iter(stream))
     began = time.monotonic()
-    result = {}
-
-    def other() -> None:
-        reply = gw.client.completions.create(model="b", prompt="x", max_tokens=1)
-        result["text"] = reply.choices[0].text
-        result["at"] = time.monotonic()
-
-    t = threading.Thread(target=other)
-    t.start()
-    text = first.choices[0].text + "".join(c.choices[0].text for c in stream)
-    done_a = time.monotonic()
-    t.join(15)
+    text, done_a, other_text, other_at = stream_beside(gw, "a", "b")
     assert text.endswith("tok7 ")
-    assert result["text"] == "tok0 "
-    assert result["at"] >= done_a
+    assert other_text == "tok0 "
+    assert other_at >= done_a
     assert time.monotonic() - began < 15
 
 
