@@ -69,7 +69,7 @@ def vramgate_policy(
     used = sum(e.size_mib for e in resident.values())
     gpu = GpuMemory(0, TOTAL_MIB, used, RESERVE_MIB)
     residents = [
-        Resident(n, State.READY, e.busy_until <= now, e.last_used, 0, e.size_mib)
+        Resident(n, State.READY, e.busy_until <= now, e.last_used, (0,), e.size_mib)
         for n, e in resident.items()
     ]
     decision = place(size, [gpu], residents, name)

@@ -146,6 +146,11 @@ def _footprint(m: dict[str, Any]) -> str:
     return f"{m['footprint_mib']} MiB {m['footprint_source']}"
 
 
+def _on_one_gpu(model: dict[str, Any], mib: int) -> int:
+    """A model split over N GPUs holds 1/N of its memory on each."""
+    return mib // max(len(model.get("gpus") or ()), 1)
+
+
 def gpu_bar(gpu: dict[str, Any], models: list[dict[str, Any]], width: int = 50) -> str:
     """`GPU 0 [aaaabbb....:] 7000/10000 MiB used, 512 reserved` with a letter run per model."""
     total = gpu["total_mib"]
@@ -153,10 +158,10 @@ def gpu_bar(gpu: dict[str, Any], models: list[dict[str, Any]], width: int = 50) 
     legend = []
     for i, m in enumerate(models):
         letter = chr(ord("a") + i % 26)
-        used = m.get("used_mib") or m.get("footprint_mib") or 0
+        used = _on_one_gpu(m, m.get("used_mib") or m.get("footprint_mib") or 0)
         cells += [letter] * round(used / total * width)
         legend.append(f"{letter}={m['name']}")
-    other = max(0, gpu["used_mib"] - sum(m.get("used_mib") or 0 for m in models))
+    other = max(0, gpu["used_mib"] - sum(_on_one_gpu(m, m.get("used_mib") or 0) for m in models))
     cells += ["#"] * round(other / total * width)  # used by processes that are not ours
     reserve = ":" * round(gpu["reserved_mib"] / total * width)
     cells = cells[: width - len(reserve)]
@@ -179,7 +184,7 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
                 m["name"],
                 m["engine"],
                 m["state"] + (" (pinned)" if m.get("pinned") else ""),
-                "-" if m.get("gpu") is None else str(m["gpu"]),
+                ",".join(map(str, m.get("gpus") or ())) or "-",
                 _footprint(m),
                 str(m["pid"] or "-"),
                 str(m["port"] or "-"),
@@ -193,9 +198,8 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
     for r in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     for gpu in status.get("gpus", []):
-        typer.echo(
-            "\n" + gpu_bar(gpu, [m for m in status["models"] if m.get("gpu") == gpu["index"]])
-        )
+        on_it = [m for m in status["models"] if gpu["index"] in (m.get("gpus") or ())]
+        typer.echo("\n" + gpu_bar(gpu, on_it))
     failed = [m for m in status["models"] if m["state"] == "failed" and m["last_error"]]
     for m in failed:
         typer.echo(f"\n{m['name']} failed: {m['last_error'].splitlines()[0]}")

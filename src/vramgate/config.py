@@ -66,6 +66,9 @@ class ModelConfig(_Strict):
         default="bf16", description="Weight precision, with param_count."
     )
     pinned: bool = Field(default=False, description="Started with the gateway, never stopped.")
+    gpus: int = Field(
+        default=1, ge=1, description="GPUs the model is split over (tensor parallel), 1/N on each."
+    )
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
 
     @model_validator(mode="after")

@@ -39,7 +39,7 @@ class Instance:
     failures: int = 0
     requests: int = 0
     last_error: str | None = None
-    gpu: int | None = None  # where its engine holds memory (GPU accounting on)
+    gpus: tuple[int, ...] = ()  # where its engine holds memory (GPU accounting on)
     measured_requests: int = 0  # requests after which its memory was measured, this load
     start_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None

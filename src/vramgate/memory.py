@@ -19,6 +19,7 @@ from vramgate.gpu.base import GpuBackend
 from vramgate.gpu.estimate import Estimate, EstimateError, estimate_model
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
+from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
 from vramgate.instances import Instance, State
 from vramgate.placement import Placement, Resident, place
@@ -61,15 +62,19 @@ class Memory:
 
     def plan(self, inst: Instance, instances: Iterable[Instance], *, isolate: bool) -> Placement:
         """Where `inst` goes; `isolate` treats its footprint as unknown (a discovery run)."""
-        residents = [self._resident(i) for i in instances if i.gpu is not None]
+        residents = [self._resident(i) for i in instances if i.gpus]
         need = None if isolate else self.footprint(inst)[0]
-        memory = self.gpus.memory()
         return place(
-            need, memory, residents, inst.name, now=time.time(), min_residency_s=self.min_residency
+            need,
+            self.gpus.memory(),
+            residents,
+            inst.name,
+            gpu_count=inst.model.gpus,
+            now=time.time(),
+            min_residency_s=self.min_residency,
         )
 
     def _resident(self, inst: Instance) -> Resident:
-        assert inst.gpu is not None
         expected = self.footprint(inst)[0] or 0
         now = self.gpus.used_by(inst.name) or 0
         return Resident(
@@ -77,36 +82,41 @@ class Memory:
             inst.state,
             inst.is_idle,
             inst.last_used,
-            inst.gpu,
+            inst.gpus,
             max(expected, now),
             inst.model.pinned,
             inst.ready_at or time.time(),
         )
 
     def budget(self, inst: Instance) -> MemoryBudget | None:
-        """What an engine that sizes itself may take: its footprint, if one is known."""
-        need = self.footprint(inst)[0]
-        if need is None or inst.gpu is None:
-            return None
-        gpu = self.gpus.memory()[inst.gpu]  # read before its engine exists: free is pre-load
-        return MemoryBudget(need, gpu.total_mib, gpu.free_mib)
+        """What an engine that sizes itself may take on each of its GPUs, if its footprint is known.
 
-    def attach(self, inst: Instance, gpu: int) -> dict[str, str]:
-        inst.gpu = gpu
+        Split over several GPUs, each holds an equal share; the tightest GPU sets the figures.
+        """
+        need = self.footprint(inst)[0]
+        if need is None or not inst.gpus:
+            return None
+        memory = self.gpus.memory()  # read before its engine exists: free is pre-load
+        tightest = min((memory[i] for i in inst.gpus), key=lambda g: g.free_mib)
+        share = share_mib(need, len(inst.gpus))
+        return MemoryBudget(share, tightest.total_mib, tightest.free_mib)
+
+    def attach(self, inst: Instance, gpus: tuple[int, ...]) -> dict[str, str]:
+        inst.gpus = gpus
         inst.measured_requests = 0
-        return self.gpus.attach(inst.name, gpu)
+        return self.gpus.attach(inst.name, gpus)
 
     def track(self, inst: Instance, pid: int) -> None:
         self.gpus.track(inst.name, pid)
 
     async def wait_released(self, inst: Instance, timeout_s: float = 10.0) -> None:
-        if inst.gpu is not None:
+        if inst.gpus:
             await self.gpus.wait_released(inst.name, timeout_s)
 
     def detach(self, inst: Instance) -> None:
-        if inst.gpu is not None:
+        if inst.gpus:
             self.gpus.detach(inst.name)
-            inst.gpu = None
+            inst.gpus = ()
 
     def measure(self, inst: Instance, *, new_load: bool) -> int | None:
         """Reads what the engine uses now and learns it as (part of) its footprint."""
@@ -116,14 +126,14 @@ class Memory:
         return used
 
     def after_request(self, inst: Instance) -> None:
-        if self.enabled and inst.gpu is not None and inst.measured_requests < MEASURED_REQUESTS:
+        if self.enabled and inst.gpus and inst.measured_requests < MEASURED_REQUESTS:
             inst.measured_requests += 1
             self.measure(inst, new_load=False)
 
-    def overcommitted(self, gpu: int) -> bool:
-        """The engines on `gpu` report more than it has: simulated out-of-memory."""
-        memory = self.gpus.memory()[gpu]
-        return memory.used_mib > memory.total_mib
+    def overcommitted(self, gpus: tuple[int, ...]) -> bool:
+        """The engines on one of `gpus` report more than it has: simulated out-of-memory."""
+        memory = self.gpus.memory()
+        return any(memory[i].used_mib > memory[i].total_mib for i in gpus)
 
     def status(self) -> list[dict[str, Any]]:
         if not self.enabled:
@@ -142,11 +152,12 @@ class Memory:
 
     def model_status(self, inst: Instance) -> dict[str, Any]:
         mib, source = self.footprint(inst)
-        running = inst.state is not State.STOPPED and inst.gpu is not None
+        running = inst.state is not State.STOPPED and bool(inst.gpus)
         return {
             "footprint_mib": mib,
             "footprint_source": source,
-            "gpu": inst.gpu,
+            "gpus": list(inst.gpus),
+            "gpu_count": inst.model.gpus,
             "used_mib": self.gpus.used_by(inst.name) if running else None,
             "pinned": inst.model.pinned,
         }

@@ -1,9 +1,10 @@
 """Where a model goes in GPU memory and which idle engines make room: pure functions, in MiB.
 
-A model fits on a GPU when its footprint + the resident footprints + the reserve fit in the
-total, and also in what the GPU reports free minus the reserve (processes we do not own, engines
-that use more than we thought). Only idle, ready, unpinned engines are evicted, least recently
-used first, and then only as many as needed.
+A model fits on a GPU when its share + the resident shares + the reserve fit in the total, and
+also in what the GPU reports free minus the reserve (processes we do not own, engines that use
+more than we thought). A model split over N GPUs (tensor parallel) needs 1/N of its footprint on
+each of N GPUs. Only idle, ready, unpinned engines are evicted, least recently used first, and
+then only as many as needed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vramgate.gpu.base import GpuMemory
+from vramgate.gpu.share import share_mib
 from vramgate.instances import State
 
 
@@ -23,8 +25,8 @@ class Resident:
     state: State
     is_idle: bool
     last_used: float
-    gpu: int
-    footprint_mib: int  # the larger of what it is expected to use and what it uses now
+    gpus: tuple[int, ...]
+    footprint_mib: int  # in all, the larger of what it is expected to use and what it uses now
     pinned: bool = False
     loaded_at: float = 0.0  # when it became ready (time.time())
 
@@ -32,10 +34,14 @@ class Resident:
     def is_evictable(self) -> bool:
         return self.state is State.READY and self.is_idle and not self.pinned
 
+    def on(self, gpu: int) -> int:
+        """MiB it holds on `gpu`."""
+        return share_mib(self.footprint_mib, len(self.gpus)) if gpu in self.gpus else 0
+
 
 @dataclass(frozen=True)
 class Placement:
-    gpu: int | None = None  # start there once `evict` are stopped
+    gpus: tuple[int, ...] = ()  # start there once `evict` are stopped
     evict: tuple[str, ...] = ()
     wait: bool = False  # room exists only once busy engines drain: wait, then decide again
     refuse: str | None = None  # it can never fit: why
@@ -43,10 +49,10 @@ class Placement:
 
 def available_mib(gpu: GpuMemory, residents: Sequence[Resident], evicted: Sequence[str]) -> int:
     """MiB a new engine may take on `gpu` once `evicted` are gone."""
-    staying = [r for r in residents if r.gpu == gpu.index and r.name not in evicted]
-    leaving = [r for r in residents if r.gpu == gpu.index and r.name in evicted]
-    by_footprints = gpu.total_mib - gpu.reserve_mib - sum(r.footprint_mib for r in staying)
-    reported = gpu.free_mib + sum(r.footprint_mib for r in leaving) - gpu.reserve_mib
+    staying = sum(r.on(gpu.index) for r in residents if r.name not in evicted)
+    leaving = sum(r.on(gpu.index) for r in residents if r.name in evicted)
+    by_footprints = gpu.total_mib - gpu.reserve_mib - staying
+    reported = gpu.free_mib + leaving - gpu.reserve_mib
     return min(by_footprints, reported)
 
 
@@ -56,44 +62,53 @@ def place(
     residents: Sequence[Resident],
     asking: str,
     *,
+    gpu_count: int = 1,
     now: float = 0.0,
     min_residency_s: float = 0.0,
 ) -> Placement:
-    """Where `asking` (needing `need_mib`, None if unknown) starts, and who makes way.
+    """Where `asking` (needing `need_mib` in all, None if unknown) starts, and who makes way.
 
-    1. Unknown footprint: a discovery run. The GPU that needs the fewest stops; every idle
+    1. Unknown footprint: a discovery run. The GPUs that need the fewest stops; every idle
        unpinned engine there goes, so that what is measured is the model alone.
-    2. Fits somewhere now: the GPU where it fits tightest (keeps big holes for big models).
-    3. Fits after evicting idle engines: the GPU needing the fewest, least recently used stops.
+    2. Fits somewhere now: the GPUs where it fits tightest (keeps big holes for big models).
+    3. Fits after evicting idle engines: the GPUs needing the fewest, least recently used stops.
        Engines loaded less than `min_residency_s` ago go only if no other choice frees enough
        (anti-thrash).
     4. Fits only once busy engines drain: wait.
-    5. Larger than any GPU even empty: refuse, evicting nothing.
+    5. Larger than the GPUs even empty, or asks for more GPUs than there are: refuse, evicting
+       nothing.
     """
     others = [r for r in residents if r.name != asking]
+    if gpu_count > len(gpus):
+        return Placement(refuse=f"asks for {gpu_count} GPUs but there are {len(gpus)}")
     if need_mib is None:
-        return _discovery(gpus, others)
-    if all(need_mib > g.total_mib - g.reserve_mib for g in gpus):
+        return _discovery(gpus, others, gpu_count)
+    need = share_mib(need_mib, gpu_count)
+    roomy = sorted((g.total_mib - g.reserve_mib for g in gpus), reverse=True)
+    if need > roomy[gpu_count - 1]:
         biggest = max(gpus, key=lambda g: g.total_mib)
+        split = f" ({need} MiB on each of {gpu_count} GPUs)" if gpu_count > 1 else ""
         return Placement(
-            refuse=f"needs {need_mib} MiB but the largest GPU has {biggest.total_mib} MiB "
+            refuse=f"needs {need_mib} MiB{split} but the largest GPU has {biggest.total_mib} MiB "
             f"({biggest.reserve_mib} MiB reserved)"
         )
-    fits = [(available_mib(g, others, ()) - need_mib, g.index) for g in gpus]
-    fitting = [(spare, index) for spare, index in fits if spare >= 0]
-    if fitting:
-        return Placement(gpu=min(fitting)[1])
+    fitting = sorted(
+        (spare, g.index) for g in gpus if (spare := available_mib(g, others, ()) - need) >= 0
+    )
+    if len(fitting) >= gpu_count:
+        return Placement(gpus=tuple(sorted(index for _, index in fitting[:gpu_count])))
     young = {r.name for r in others if now - r.loaded_at < min_residency_s}
+    recency = {r.name: r.last_used for r in others}
     for spared in (young, set()):
         options = []
         for g in gpus:
-            evict = _evictions(g, others, need_mib, spared)
+            evict = _evictions(g, others, need, spared)
             if evict is not None:
-                recency = sum(next(r.last_used for r in others if r.name == n) for n in evict)
-                options.append((len(evict), recency, g.index, evict))
-        if options:
-            _, _, index, evict = min(options)
-            return Placement(gpu=index, evict=tuple(evict))
+                options.append((len(evict), sum(recency[n] for n in evict), g.index, evict))
+        if len(options) >= gpu_count:
+            chosen = sorted(options)[:gpu_count]
+            evicted = dict.fromkeys(name for *_, evict in chosen for name in evict)
+            return Placement(gpus=tuple(sorted(o[2] for o in chosen)), evict=tuple(evicted))
     return Placement(wait=True)
 
 
@@ -102,16 +117,17 @@ def _evictions(
 ) -> list[str] | None:
     """The fewest least recently used idle engines on `gpu` whose stop makes `need_mib` fit."""
     candidates = sorted(
-        (r for r in residents if r.gpu == gpu.index and r.is_evictable and r.name not in spared),
+        (r for r in residents if r.on(gpu.index) and r.is_evictable and r.name not in spared),
         key=lambda r: r.last_used,
     )
     chosen: list[str] = []
-    for r in candidates:
-        chosen.append(r.name)
-        if available_mib(gpu, residents, chosen) >= need_mib:
-            break
-    else:
-        return None
+    if available_mib(gpu, residents, chosen) < need_mib:
+        for r in candidates:
+            chosen.append(r.name)
+            if available_mib(gpu, residents, chosen) >= need_mib:
+                break
+        else:
+            return None
     # An early (old) pick may have been needless once a later, larger one joined: drop those.
     for name in list(chosen[:-1]):
         trial = [n for n in chosen if n != name]
@@ -120,14 +136,18 @@ def _evictions(
     return chosen
 
 
-def _discovery(gpus: Sequence[GpuMemory], residents: Sequence[Resident]) -> Placement:
-    def cost(g: GpuMemory) -> tuple[int, int, int]:
-        here = [r for r in residents if r.gpu == g.index and not r.pinned]
-        busy = sum(not r.is_evictable for r in here)
-        return (busy, len(here), -g.free_mib)
+def _discovery(gpus: Sequence[GpuMemory], residents: Sequence[Resident], count: int) -> Placement:
+    def here(g: GpuMemory) -> list[Resident]:
+        return [r for r in residents if g.index in r.gpus and not r.pinned]
 
-    gpu = min(gpus, key=cost)
-    here = [r for r in residents if r.gpu == gpu.index and not r.pinned]
-    if any(not r.is_evictable for r in here):
+    def cost(g: GpuMemory) -> tuple[int, int, int]:
+        return (sum(not r.is_evictable for r in here(g)), len(here(g)), -g.free_mib)
+
+    chosen = sorted(gpus, key=cost)[:count]
+    leaving = [r for g in chosen for r in here(g)]
+    if any(not r.is_evictable for r in leaving):
         return Placement(wait=True)
-    return Placement(gpu=gpu.index, evict=tuple(r.name for r in here))
+    return Placement(
+        gpus=tuple(sorted(g.index for g in chosen)),
+        evict=tuple(dict.fromkeys(r.name for r in leaving)),
+    )

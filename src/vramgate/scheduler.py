@@ -198,24 +198,27 @@ class Scheduler:
 
     async def _launch(self, inst: Instance, *, isolate: bool) -> EngineProcess:
         """Makes room, spawns the engine, waits until ready, measures what it uses."""
-        gpu = await self._make_room(inst, isolate=isolate)
+        gpus = await self._make_room(inst, isolate=isolate)
         env = dict(inst.model.env)
-        if gpu is None:
-            return await self._spawn_until_ready(inst, env, gpu)
-        env.update(self.memory.attach(inst, gpu))  # resident from now on: its room is taken
+        if not gpus:
+            return await self._spawn_until_ready(inst, env, gpus)
+        env.update(self.memory.attach(inst, gpus))  # resident from now on: its room is taken
         # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it);
-        # loads on different GPUs run in parallel.
-        async with self._loading.setdefault(gpu, asyncio.Lock()):
-            return await self._spawn_until_ready(inst, env, gpu)
+        # loads on different GPUs run in parallel. Locks are taken in GPU order: no deadlock
+        # between two models split over overlapping GPUs.
+        async with contextlib.AsyncExitStack() as held:
+            for gpu in gpus:
+                await held.enter_async_context(self._loading.setdefault(gpu, asyncio.Lock()))
+            return await self._spawn_until_ready(inst, env, gpus)
 
     async def _spawn_until_ready(
-        self, inst: Instance, env: dict[str, str], gpu: int | None
+        self, inst: Instance, env: dict[str, str], gpus: tuple[int, ...]
     ) -> EngineProcess:
         name = inst.name
         port = free_port()
         adapter = self.adapters[inst.model.engine]
         spec = adapter.launch(name, inst.model, port)
-        budget = self.memory.budget(inst) if gpu is not None else None
+        budget = self.memory.budget(inst) if gpus else None
         if budget is not None:  # engines that size themselves are told their share, in bytes
             spec = replace(spec, argv=spec.argv + adapter.memory_args(inst.model, budget))
         log_path = Path(self.settings.state_dir) / "logs" / f"{name}.log"
@@ -225,9 +228,9 @@ class Scheduler:
         await proc.spawn(env)
         assert proc.pid is not None
         self.watchdog.watch(proc.pid)
-        if gpu is not None:
+        if gpus:
             self.memory.track(inst, proc.pid)
-        where = "" if gpu is None else f", GPU {gpu}"
+        where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
         self._record("start", name, f"starting {name} (pid {proc.pid}, port {port}{where})")
         assert self.http is not None
         start_timeout_s = self.settings.model_setting(name, "start_timeout")
@@ -237,11 +240,12 @@ class Scheduler:
             if any(OOM_OUTPUT.search(line) for line in proc.tail(40)):
                 raise EngineOutOfMemory(exc.message) from exc
             raise
-        if gpu is not None:
+        if gpus:
             used = self.memory.measure(inst, new_load=True)
-            if self.memory.overcommitted(gpu):
+            if self.memory.overcommitted(gpus):
+                on = ",".join(map(str, gpus))
                 raise EngineOutOfMemory(
-                    f"model '{name}' reported {used} MiB, more than GPU {gpu} had left"
+                    f"model '{name}' reported {used} MiB, more than GPU {on} had left"
                 )
         return proc
 
@@ -271,15 +275,15 @@ class Scheduler:
         self._changed.set()
         self._record(kind, inst.name, message)
 
-    async def _make_room(self, inst: Instance, *, isolate: bool) -> int | None:
+    async def _make_room(self, inst: Instance, *, isolate: bool) -> tuple[int, ...]:
         """Stops idle engines until `inst` may run; waits for busy ones. Returns its GPU."""
         deadline = time.monotonic() + self.settings.defaults.evict_wait
         async with self._placement:
             while True:
                 self._changed.clear()
-                gpu, waiting_for = await self._room_step(inst, isolate)
+                gpus, waiting_for = await self._room_step(inst, isolate)
                 if waiting_for is None:
-                    return gpu
+                    return gpus
                 if not waiting_for:
                     continue  # engines were stopped: decide again
                 left = deadline - time.monotonic()
@@ -288,9 +292,9 @@ class Scheduler:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
 
-    async def _room_step(self, inst: Instance, isolate: bool) -> tuple[int | None, str | None]:
-        """One step toward room: (gpu, None) to start; (None, why) to wait; (None, '') again."""
-        gpu = None
+    async def _room_step(self, inst: Instance, isolate: bool) -> tuple[tuple[int, ...], str | None]:
+        """One step toward room: (gpus, None) to start; ((), why) to wait; ((), '') again."""
+        gpus: tuple[int, ...] = ()
         if self.memory.enabled:
             need, _ = self.memory.footprint(inst)
             if need is None and self.memory.policy == "refuse" and not isolate:
@@ -306,25 +310,23 @@ class Scheduler:
                 reason = "discovery" if unknown else "lru"
                 stops = [self.stop(n, reason, f"to start {inst.name}") for n in plan.evict]
                 await asyncio.gather(*stops)
-                return None, ""
+                return (), ""
             if plan.wait:
                 holders = ", ".join(
-                    f"{i.name}: {_why_held(i)}"
-                    for i in self.instances.values()
-                    if i.gpu is not None
+                    f"{i.name}: {_why_held(i)}" for i in self.instances.values() if i.gpus
                 )
-                return None, f"its GPU memory is held by engines that cannot make way ({holders})"
-            gpu = plan.gpu
+                return (), f"its GPU memory is held by engines that cannot make way ({holders})"
+            gpus = plan.gpus
         residents = [_running(i) for i in self.instances.values()]
         excess, victim = choose_eviction(residents, self.settings.max_running, inst.name)
         if excess <= 0:
-            return gpu, None
+            return gpus, None
         if victim is not None:
             await self.stop(victim, "lru", f"to start {inst.name}")
-            return None, ""
+            return (), ""
         busy = ", ".join(r.name for r in residents if r.state is not State.STOPPED)
         limit = self.settings.max_running
-        return None, f"max_running={limit} and every running engine is busy ({busy})"
+        return (), f"max_running={limit} and every running engine is busy ({busy})"
 
     async def _watch_exit(self, inst: Instance, proc: EngineProcess) -> None:
         assert proc.proc is not None

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import httpx
+
 from tests.conftest import fake_cmd, stream_beside, wait_until
 from tests.unit.test_estimate import make_gguf
 
@@ -45,7 +47,7 @@ def test_discovery_run_for_an_unknown_model(gateway):
     saved = json.loads((gw.state_dir / "footprints.json").read_text())
     assert [v["loads_mib"] for k, v in saved.items() if k.startswith("u@")] == [[2000]]
     u = gw.model("u")
-    assert (u["footprint_mib"], u["footprint_source"], u["gpu"]) == (2000, "measured", 0)
+    assert (u["footprint_mib"], u["footprint_source"], u["gpus"]) == (2000, "measured", [0])
 
 
 def test_known_model_runs_without_discovery_and_smaller_one_fits_beside(gateway):
@@ -149,9 +151,30 @@ def test_two_gpus_a_model_goes_where_it_fits(gateway):
     gw = gateway({"gpus": gpus(8000, 8000), "models": models})
     ask(gw, "a")
     ask(gw, "b")
-    placed = {m["name"]: (m["state"], m["gpu"]) for m in gw.status()["models"]}
-    assert placed == {"a": ("ready", 0), "b": ("ready", 1)}
+    placed = {m["name"]: (m["state"], m["gpus"]) for m in gw.status()["models"]}
+    assert placed == {"a": ("ready", [0]), "b": ("ready", [1])}
     assert [g["used_mib"] for g in gw.status()["gpus"]] == [6000, 6000]
+
+
+def test_tensor_parallel_model_is_split_over_gpus_with_room(gateway):
+    """`gpus: 2`: half of its footprint on each of two GPUs, which it sees as its only ones."""
+    models = {
+        "a": engine(6000, vram_mib=6000),
+        "tp": engine(8000, vram_mib=8000, gpus=2),
+    }
+    gw = gateway({"gpus": gpus(8000, 8000, 8000), "models": models})
+    ask(gw, "a")
+    ask(gw, "tp")
+    status = {m["name"]: m for m in gw.status()["models"]}
+    assert status["tp"]["gpus"] == [1, 2]
+    assert [g["used_mib"] for g in gw.status()["gpus"]] == [6000, 4000, 4000]
+    engine_stats = httpx.get(f"http://127.0.0.1:{status['tp']['port']}/stats").json()
+    assert engine_stats["cuda_visible"] == "1,2"
+    # Too big for two GPUs even empty: refused at once, nothing stopped.
+    gw2 = gateway({"gpus": gpus(8000, 8000), "models": {"huge": engine(1, vram_mib=16000, gpus=2)}})
+    resp = httpx.post(f"{gw2.url}/v1/completions", json={"model": "huge", "prompt": "x"})
+    assert resp.status_code == 507
+    assert "8000 MiB on each of 2 GPUs" in resp.json()["error"]["message"]
 
 
 def test_ps_shows_footprints_and_a_bar_per_gpu(gateway):

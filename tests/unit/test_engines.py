@@ -125,3 +125,15 @@ def test_memory_flags_given_by_hand_win():
         )
     hand = model(engine="sglang", source="x", args=["--mem-fraction-static", "0.3"])
     assert engines["sglang"].memory_args(hand, budget) == []
+
+
+def test_tensor_parallel_flags():
+    engines = adapters(settings())
+    vllm = engines["vllm"].launch("q", model(engine="vllm", source="q", gpus=2), 7).argv
+    assert vllm[-2:] == ["--tensor-parallel-size", "2"]
+    sglang = engines["sglang"].launch("q", model(engine="sglang", source="q", gpus=4), 7).argv
+    assert sglang[-2:] == ["--tp-size", "4"]
+    by_hand = model(engine="vllm", source="q", gpus=2, args=["-tp", "2"])
+    assert "--tensor-parallel-size" not in engines["vllm"].launch("q", by_hand, 7).argv
+    one = engines["vllm"].launch("q", model(engine="vllm", source="q"), 7).argv
+    assert "--tensor-parallel-size" not in one

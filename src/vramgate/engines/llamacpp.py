@@ -1,4 +1,8 @@
-"""llama.cpp's `llama-server`: one GGUF a process; /health is 503 while loading, 200 when ready."""
+"""llama.cpp's `llama-server`: one GGUF a process; /health is 503 while loading, 200 when ready.
+
+With `gpus: N` it needs no flag: llama-server splits layers over every GPU it sees (its default
+`--split-mode layer`), and the gateway shows it exactly the N GPUs it placed it on.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Flags as documented in SGLang's server arguments (docs.sglang.ai, "Server Arguments"):
 `--model-path`, `--host`, `--port`, `--served-model-name`, and `--is-embedding` for embedding
 models. `--mem-fraction-static` is the fraction of the memory free before the load that SGLang
-takes for weights and its KV pool.
+takes for weights and its KV pool, per GPU; `gpus: N` becomes `--tp-size N`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class SglangEngine(EngineAdapter):
         argv += ["--served-model-name", self.upstream_model(name, model)]
         if model.task in ("embed", "rerank") and "--is-embedding" not in model.args:
             argv.append("--is-embedding")
+        if model.gpus > 1 and not {"--tp-size", "--tp"} & set(model.args):
+            argv += ["--tp-size", str(model.gpus)]
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
 
     def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:

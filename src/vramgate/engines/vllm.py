@@ -4,7 +4,8 @@ Flags as documented for `vllm serve` (docs.vllm.ai, "vllm serve" CLI reference):
 positional argument, `--port`/`--host` bind the server, `--served-model-name` sets the name the API
 answers to, and `--runner pooling` serves embedding and scoring models. `--gpu-memory-utilization`
 is the fraction of the GPU's *total* memory vLLM may use (and that must be free when it starts);
-`--kv-cache-memory-bytes` fixes the KV cache instead, so either given by hand wins.
+`--kv-cache-memory-bytes` fixes the KV cache instead, so either given by hand wins. `gpus: N`
+becomes `--tensor-parallel-size N`; the utilization is then per GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class VllmEngine(EngineAdapter):
         argv += ["--served-model-name", self.upstream_model(name, model)]
         if model.task in ("embed", "rerank") and "--runner" not in model.args:
             argv += ["--runner", "pooling"]
+        if model.gpus > 1 and not {"--tensor-parallel-size", "-tp"} & set(model.args):
+            argv += ["--tensor-parallel-size", str(model.gpus)]
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
 
     def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:

@@ -26,8 +26,8 @@ class GpuBackend(Protocol):
     kind: str
     reserve_mib: int
 
-    def attach(self, name: str, gpu: int) -> dict[str, str]:
-        """Registers an engine about to start on `gpu`; returns the environment it gets."""
+    def attach(self, name: str, gpus: tuple[int, ...]) -> dict[str, str]:
+        """Registers an engine about to start on `gpus`; returns the environment it gets."""
         ...
 
     def track(self, name: str, pid: int) -> None:

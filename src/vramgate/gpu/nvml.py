@@ -42,12 +42,13 @@ class NvmlGpus:
         count = pynvml.nvmlDeviceGetCount()
         self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         self._pids: dict[str, int] = {}
-        self._on_gpu: dict[str, int] = {}
+        self._on_gpus: dict[str, tuple[int, ...]] = {}
         self._trees: dict[str, set[int]] = {}  # last seen while alive: dead trees cannot be read
 
-    def attach(self, name: str, gpu: int) -> dict[str, str]:
-        self._on_gpu[name] = gpu
-        return {"CUDA_VISIBLE_DEVICES": str(gpu)}
+    def attach(self, name: str, gpus: tuple[int, ...]) -> dict[str, str]:
+        self._on_gpus[name] = gpus
+        # CUDA's own order can differ from NVML's (fastest first); PCI bus order matches NVML.
+        return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
 
     def track(self, name: str, pid: int) -> None:
         self._pids[name] = pid
@@ -58,13 +59,13 @@ class NvmlGpus:
         return {int(p.pid): int(p.usedGpuMemory or 0) // MIB for p in procs}
 
     def used_by(self, name: str) -> int | None:
-        pid, gpu = self._pids.get(name), self._on_gpu.get(name)
-        if pid is None or gpu is None:
+        """MiB the engine's process tree uses over all its GPUs, None before it allocates."""
+        pid, gpus = self._pids.get(name), self._on_gpus.get(name)
+        if pid is None or gpus is None:
             return None
-        use = self._process_use(gpu)
         tree = process_tree(pid)
         self._trees[name] = tree
-        found = [mib for p, mib in use.items() if p in tree]
+        found = [mib for gpu in gpus for p, mib in self._process_use(gpu).items() if p in tree]
         return sum(found) if found else None
 
     def memory(self) -> list[GpuMemory]:
@@ -76,18 +77,18 @@ class NvmlGpus:
         return out
 
     async def wait_released(self, name: str, timeout_s: float) -> None:
-        pid, gpu = self._pids.get(name), self._on_gpu.get(name)
-        if pid is None or gpu is None:
+        pid, gpus = self._pids.get(name), self._on_gpus.get(name)
+        if pid is None or gpus is None:
             return
         tree = self._trees.get(name, set()) | {pid}
         deadline = time.monotonic() + timeout_s
-        while any(p in tree for p in self._process_use(gpu)):
+        while any(p in tree for gpu in gpus for p in self._process_use(gpu)):
             if time.monotonic() >= deadline:
-                log.warning("GPU %d still lists %s's processes after %.1f s", gpu, name, timeout_s)
+                log.warning("GPUs %s still list %s's processes after %.1f s", gpus, name, timeout_s)
                 return
             await asyncio.sleep(RELEASE_POLL_S)
 
     def detach(self, name: str) -> None:
         self._pids.pop(name, None)
-        self._on_gpu.pop(name, None)
+        self._on_gpus.pop(name, None)
         self._trees.pop(name, None)

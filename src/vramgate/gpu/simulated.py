@@ -2,7 +2,8 @@
 
 Every engine started on a simulated GPU gets VRAMGATE_SIM_USAGE_FILE; it writes its current use
 there in MiB, as a decimal integer. A GPU's used memory is the sum of those files for the
-engines on it now. So a fake engine can use more or less than its estimate, grow, or never say.
+engines on it now; an engine split over N GPUs (tensor parallel) holds 1/N of its figure on
+each. So a fake engine can use more or less than its estimate, grow, or never say.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 from vramgate.gpu.base import GpuMemory
+from vramgate.gpu.share import share_mib
 
 
 class SimulatedGpus:
@@ -20,15 +22,16 @@ class SimulatedGpus:
         self.totals_mib = list(totals_mib)
         self.reserve_mib = reserve_mib
         self.dir = state_dir / "simulated-gpu"
-        self._on_gpu: dict[str, int] = {}  # engines holding memory now, by model name
+        self._on_gpus: dict[str, tuple[int, ...]] = {}  # engines holding memory now, by model
 
-    def attach(self, name: str, gpu: int) -> dict[str, str]:
-        """Registers an engine about to start on `gpu`; returns the environment it gets."""
+    def attach(self, name: str, gpus: tuple[int, ...]) -> dict[str, str]:
+        """Registers an engine about to start on `gpus`; returns the environment it gets."""
         path = self.usage_file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a previous run's figure is not this one's
-        self._on_gpu[name] = gpu
-        return {"VRAMGATE_SIM_USAGE_FILE": str(path), "CUDA_VISIBLE_DEVICES": str(gpu)}
+        self._on_gpus[name] = gpus
+        visible = ",".join(map(str, gpus))
+        return {"VRAMGATE_SIM_USAGE_FILE": str(path), "CUDA_VISIBLE_DEVICES": visible}
 
     def track(self, name: str, pid: int) -> None:
         """Simulated use comes from the usage file, not from processes."""
@@ -38,7 +41,7 @@ class SimulatedGpus:
 
     def detach(self, name: str) -> None:
         """The engine is gone: its memory is free again."""
-        self._on_gpu.pop(name, None)
+        self._on_gpus.pop(name, None)
         with contextlib.suppress(OSError):
             self.usage_file(name).unlink()
 
@@ -54,8 +57,9 @@ class SimulatedGpus:
 
     def memory(self) -> list[GpuMemory]:
         used = [0] * len(self.totals_mib)
-        for name, gpu in self._on_gpu.items():
-            used[gpu] += self.used_by(name) or 0
+        for name, gpus in self._on_gpus.items():
+            for gpu in gpus:
+                used[gpu] += share_mib(self.used_by(name) or 0, len(gpus))
         return [
             GpuMemory(i, total, used[i], self.reserve_mib)
             for i, total in enumerate(self.totals_mib)

@@ -173,7 +173,8 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response({**request.app[STATS], "pid": os.getpid()})
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return web.json_response({**request.app[STATS], "pid": os.getpid(), "cuda_visible": visible})
 
 
 async def _load(app: web.Application) -> None:
