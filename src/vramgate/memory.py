@@ -1,12 +1,14 @@
 """The scheduler's view of GPU memory: footprints by trust, placement inputs, measurements.
 
-Footprint, in order of trust: measured (learned, state_dir/footprints.json) > the model's
+Footprint, in order of trust: measured (learned, state_dir/footprints.json; read from the GPU,
+or where it cannot tell, from the buffers the engine logged) > the model's
 `vram_mib` hint > an estimate from its metadata (with a safety margin) > unknown (a discovery
 run measures it). `gpus.unknown_footprint` decides what an unmeasured model without a hint gets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -18,13 +20,16 @@ from vramgate.engines.base import MemoryBudget
 from vramgate.gpu.base import GpuBackend
 from vramgate.gpu.estimate import Estimate, EstimateError, estimate_model
 from vramgate.gpu.footprints import FootprintStore, footprint_key
+from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
+from vramgate.hub import is_hub_id
 from vramgate.instances import Instance, State
 from vramgate.placement import Placement, Resident, place
 
 log = logging.getLogger("vramgate.memory")
+HUB_ESTIMATE_S = 30
 MEASURED_REQUESTS = 3  # re-measure after this many first requests: KV caches and buffers grow
 
 
@@ -45,9 +50,31 @@ class Memory:
         self.policy = gpus.unknown_footprint
         self.min_residency = gpus.min_residency
         self.estimates: dict[str, Estimate | None] = {}
+        # Hub repositories are asked for their metadata when first needed, not at startup.
+        self._hub_pending: set[str] = set()
         if self.enabled and self.policy != "isolate":
             for name, model in settings.models.items():
-                self.estimates[name] = _estimate_or_none(name, model)
+                self.estimates[name] = _estimate_or_none(name, model, hub=False)
+                if model.source and model.engine != "command" and is_hub_id(model.source):
+                    self._hub_pending.add(name)
+
+    async def prepare(self, inst: Instance) -> None:
+        """Fetches a hub model's estimate (safetensors headers, config.json) once, before its
+        first placement; a hub that does not answer leaves what was known."""
+        if inst.name not in self._hub_pending:
+            return
+        self._hub_pending.discard(inst.name)
+        try:
+            found = await asyncio.wait_for(
+                asyncio.to_thread(_estimate_or_none, inst.name, inst.model), HUB_ESTIMATE_S
+            )
+        except TimeoutError:
+            log.warning(
+                "model '%s': the hub gave no metadata within %d s", inst.name, HUB_ESTIMATE_S
+            )
+            return
+        if found is not None:
+            self.estimates[inst.name] = found
 
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
         measured = self.footprints.get_mib(footprint_key(inst.name, inst.model))
@@ -76,7 +103,7 @@ class Memory:
 
     def _resident(self, inst: Instance) -> Resident:
         expected = self.footprint(inst)[0] or 0
-        now = self.gpus.used_by(inst.name) or 0
+        now = self.used_now(inst) or 0
         return Resident(
             inst.name,
             inst.state,
@@ -118,9 +145,16 @@ class Memory:
             self.gpus.detach(inst.name)
             inst.gpus = ()
 
+    def used_now(self, inst: Instance) -> int | None:
+        """MiB the engine holds now: what the GPU says, else what the engine logged it took."""
+        used = self.gpus.used_by(inst.name)
+        if used is None and inst.process is not None:
+            used = logged_gpu_mib(inst.process.lines)
+        return used
+
     def measure(self, inst: Instance, *, new_load: bool) -> int | None:
         """Reads what the engine uses now and learns it as (part of) its footprint."""
-        used = self.gpus.used_by(inst.name)
+        used = self.used_now(inst)
         if used is not None:
             self.footprints.record(footprint_key(inst.name, inst.model), used, new_load=new_load)
         return used
@@ -158,14 +192,14 @@ class Memory:
             "footprint_source": source,
             "gpus": list(inst.gpus),
             "gpu_count": inst.model.gpus,
-            "used_mib": self.gpus.used_by(inst.name) if running else None,
+            "used_mib": self.used_now(inst) if running else None,
             "pinned": inst.model.pinned,
         }
 
 
-def _estimate_or_none(name: str, model: ModelConfig) -> Estimate | None:
+def _estimate_or_none(name: str, model: ModelConfig, *, hub: bool = True) -> Estimate | None:
     try:
-        return estimate_model(model)
+        return estimate_model(model, hub=hub)
     except EstimateError as exc:
         log.warning("model '%s': no footprint estimate: %s", name, exc)
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import pid_alive, wait_until
+from vramgate.gpu.logged import logged_buffers
 
 GGUF = os.environ.get("VRAMGATE_DEFAULT_GGUF", "")
 BINARY = os.environ.get("VRAMGATE_ENGINES__LLAMACPP__BINARY") or shutil.which("llama-server") or ""
@@ -44,6 +45,11 @@ def test_chat_through_llama_server(gemma):
     assert reply.choices[0].message.content
     assert reply.usage and 0 < reply.usage.completion_tokens <= 8
     assert gemma.model("gemma")["engine"] == "llamacpp"
+    # The buffer sizes it logged parse as vramgate reads them (on a GPU they measure its use).
+    buffers = logged_buffers(gemma.engine_log("gemma").splitlines(), gpu_only=False)
+    weights = sum(mib for kind, mib in buffers.items() if kind.endswith(" model"))
+    assert 200 < weights < 300, buffers  # gemma 3 270M Q4_K_M: about 241 MiB of tensors
+    assert any(kind.endswith(" KV") for kind in buffers), buffers
 
 
 def test_streaming_chat_through_llama_server(gemma):

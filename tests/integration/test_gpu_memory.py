@@ -120,6 +120,21 @@ def test_hint_lower_than_reality_is_corrected_by_measurement(gateway):
     assert states(gw) == {"a": "ready", "h": "stopped"}
 
 
+def test_buffers_the_engine_logged_measure_it_where_the_gpu_cannot(gateway):
+    """No per-process reading (it never reports use): llama.cpp's logged buffer sizes serve."""
+    logged = [
+        "load_tensors:        CUDA0 model buffer size =  1500.00 MiB",
+        "llama_kv_cache:      CUDA0 KV buffer size =   300.00 MiB",
+        "llama_context:  CUDA_Host compute buffer size =    99.00 MiB",
+    ]
+    cmd = fake_cmd(*(arg for line in logged for arg in ("--log-line", line)))
+    gw = gateway({"gpus": gpus(10_000), "models": {"l": {"engine": "command", "cmd": cmd}}})
+    ask(gw, "l")
+    l_status = gw.model("l")
+    assert (l_status["footprint_mib"], l_status["footprint_source"]) == (1928, "measured")
+    assert l_status["used_mib"] == 1928  # 1800 logged on CUDA0 + one CUDA context (128)
+
+
 def test_footprints_survive_a_gateway_restart(gateway, tmp_path):
     config = {
         "state_dir": str(tmp_path / "shared-state"),

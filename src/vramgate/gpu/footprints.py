@@ -24,6 +24,8 @@ KEPT_LOADS = 5  # the footprint is the max over this many recent loads
 
 def footprint_key(name: str, model: ModelConfig) -> str:
     parts = [model.engine, model.source or "", model.cmd or "", model.task, *model.args]
+    if model.gpus > 1:  # split over N GPUs, a load takes more in all (each holds its copies)
+        parts.append(f"gpus={model.gpus}")
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
     return f"{name}@{digest}"
 

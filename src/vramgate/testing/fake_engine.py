@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spawn-child", action="store_true", help="Start a worker grandchild too.")
     p.add_argument("--embedding-dim", type=int, default=8)
     p.add_argument("--vram-mib", type=int, default=None, help="Use to report (simulated GPU).")
+    p.add_argument(
+        "--log-line", action="append", default=[], help="Print this line at load (repeatable)."
+    )
     return p.parse_args(argv)
 
 
@@ -184,6 +187,8 @@ async def _load(app: web.Application) -> None:
     if opts.fail_start:
         print("fake engine: error: failed to load model (--fail-start)", flush=True)
         os._exit(3)
+    for line in opts.log_line:  # e.g. llama.cpp's buffer sizes
+        print(line, flush=True)
     usage_file = os.environ.get("VRAMGATE_SIM_USAGE_FILE")
     if opts.vram_mib is not None and usage_file:
         Path(usage_file).write_text(str(opts.vram_mib))  # noqa: ASYNC240 (tiny, once)
