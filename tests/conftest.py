@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import shlex
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -24,7 +28,7 @@ FAKE = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
 
 def fake_cmd(*knobs: str) -> str:
     """The command line of a fake engine with the given knobs, for a `command` model."""
-    return " ".join([FAKE, *knobs])
+    return " ".join([FAKE, *map(shlex.quote, knobs)])
 
 
 def pid_alive(pid: int) -> bool:
@@ -157,3 +161,67 @@ def gateway(tmp_path: Path) -> Iterator:
         for p in leftover:
             os.kill(p, signal.SIGKILL)
         assert not leftover, f"engines outlived the gateway: {leftover}"
+
+
+class Hub:
+    """A local Hugging Face Hub (vramgate.testing.fake_hub) serving repos from `root`."""
+
+    def __init__(self, root: Path, *knobs: str, token: str = "hub-token") -> None:
+        self.root = root
+        self.token = token
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "vramgate.testing.fake_hub", "--root", str(root)]
+        argv += ["--port", str(self.port), "--token", token, *knobs]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        if not wait_until(self._is_up, timeout_s=20):
+            raise RuntimeError("the fake hub did not start")
+
+    def _is_up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/_requests").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def repo(self, repo_id: str, files: dict[str, bytes | str] | None = None) -> Path:
+        folder = self.root / repo_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in (files or {}).items():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, str):
+                path.write_text(content)
+            else:
+                path.write_bytes(content)
+        return folder
+
+    def requests(self) -> list[list[Any]]:
+        return httpx.get(f"{self.url}/_requests").json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """A local hub, with HF_ENDPOINT pointing at it (for this process and gateways started)."""
+    started = Hub(tmp_path / "hub")
+    monkeypatch.setenv("HF_ENDPOINT", started.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield started
+    started.stop()
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]]) -> bytes:
+    """A safetensors file (zeros) with these tensors: name -> (dtype, shape)."""
+    sizes = {"F16": 2, "BF16": 2, "F32": 4}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = sizes[dtype] * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset

@@ -100,7 +100,10 @@ def estimate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if found is None:
-        typer.echo(f"{name}: no metadata to estimate from (a GGUF file or a safetensors folder)")
+        typer.echo(
+            f"{name}: no metadata to estimate from "
+            "(a GGUF file, a safetensors folder or a hub repository)"
+        )
         raise typer.Exit(1)
     typer.echo(f"{name}: {found.basis}" + (f", context {found.context}" if found.context else ""))
     for part, mib in (

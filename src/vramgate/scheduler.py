@@ -278,6 +278,7 @@ class Scheduler:
     async def _make_room(self, inst: Instance, *, isolate: bool) -> tuple[int, ...]:
         """Stops idle engines until `inst` may run; waits for busy ones. Returns its GPU."""
         deadline = time.monotonic() + self.settings.defaults.evict_wait
+        await self.memory.prepare(inst)
         async with self._placement:
             while True:
                 self._changed.clear()

@@ -125,13 +125,14 @@ def test_safetensors_folder_estimate(tmp_path):
 
 
 def test_nothing_to_read_is_no_estimate():
-    assert estimate_model(ModelConfig(engine="vllm", source="Org/not-local")) is None
+    assert estimate_model(ModelConfig(engine="vllm", source="Org/not-local"), hub=False) is None
     assert estimate_model(ModelConfig(engine="command", cmd="s ${PORT}")) is None
 
 
 def test_param_count_and_precision_when_no_file_can_be_read():
     est = estimate_model(
-        ModelConfig(engine="vllm", source="Org/Remote-8B", param_count=8, precision="fp8")
+        ModelConfig(engine="vllm", source="Org/Remote-8B", param_count=8, precision="fp8"),
+        hub=False,
     )
     assert est is not None and est.basis == "8B parameters at fp8"
     assert est.weights_mib == pytest.approx(8e9 / MIB)

@@ -11,7 +11,15 @@ def gpu(index=0, total=10_000, used=0, reserve=500) -> GpuMemory:
     return GpuMemory(index, total, used, reserve)
 
 
-def res(name, mib, last_used=0.0, gpu=0, state=State.READY, idle=True, pinned=False) -> Resident:
+def res(
+    name,
+    mib,
+    last_used=0.0,
+    gpu: int | tuple[int, ...] = 0,
+    state=State.READY,
+    idle=True,
+    pinned=False,
+) -> Resident:
     on = (gpu,) if isinstance(gpu, int) else gpu
     return Resident(name, state, idle, last_used, on, mib, pinned)
 

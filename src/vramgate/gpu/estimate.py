@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vramgate.config import ModelConfig
+from vramgate.hub import HubError, is_hub_id, repo_safetensors
 
 MIB = 1 << 20
 # CUDA context, cuBLAS workspace and small buffers of one engine process. Calibrated on the H100
@@ -62,13 +63,20 @@ class EstimateError(Exception):
     """The metadata could not be read; the message says why."""
 
 
-def estimate_model(model: ModelConfig) -> Estimate | None:
-    """An estimate for a configured model: from its files, else from `param_count`, else None."""
+def estimate_model(model: ModelConfig, *, hub: bool = True) -> Estimate | None:
+    """An estimate for a configured model: from its files (local, or a hub repository's metadata
+    when `hub`), else from `param_count`, else None."""
     source = Path(model.source) if model.source else None
     if source and source.suffix.lower() == ".gguf" and source.is_file():
         return estimate_gguf(source, model.args)
     if source and source.is_dir() and any(source.glob("*.safetensors")):
-        return estimate_safetensors(source)
+        return estimate_safetensors(source, model.args)
+    if hub and model.source and is_hub_id(model.source):
+        try:
+            return estimate_hub(model.source, model.args)
+        except EstimateError:
+            if model.param_count is None:
+                raise  # else the parameter count is the next best thing
     if model.param_count is not None:
         weights = model.param_count * 1e9 * PRECISION_BYTES[model.precision] / MIB
         runtime = weights * PARAM_ONLY_RUNTIME_SHARE
@@ -184,6 +192,19 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     )
 
 
+def estimate_hub(repo: str, args: Sequence[str] = ()) -> Estimate:
+    """A hub repository, from the safetensors headers and config.json alone (no weights)."""
+    try:
+        counts, config = repo_safetensors(repo)
+    except HubError as exc:
+        raise EstimateError(str(exc)) from exc
+    unknown = sorted(set(counts) - set(SAFETENSORS_BYTES))
+    if unknown:
+        raise EstimateError(f"{repo}: unknown safetensors dtypes {unknown}")
+    weights = sum(count * SAFETENSORS_BYTES[dtype] for dtype, count in counts.items())
+    return safetensors_estimate(weights, config, args, f"hub {repo} safetensors")
+
+
 def safetensors_bytes(path: Path) -> int:
     """Parameter bytes from a safetensors file's header, without reading the weights."""
     with path.open("rb") as f:
@@ -197,19 +218,32 @@ def safetensors_bytes(path: Path) -> int:
     return total
 
 
-def estimate_safetensors(directory: Path, context: int | None = None) -> Estimate:
+def estimate_safetensors(directory: Path, args: Sequence[str] = ()) -> Estimate:
+    """A local folder: parameter bytes from the safetensors headers, KV cache from config.json."""
     weights = sum(safetensors_bytes(p) for p in sorted(directory.glob("*.safetensors")))
-    kv = 0.0
     config_path = directory / "config.json"
-    context_used = context or 0
-    if config_path.exists():
-        cfg = json.loads(config_path.read_text())
-        cfg = cfg.get("text_config", cfg)
+    config = json.loads(config_path.read_text()) if config_path.exists() else None
+    return safetensors_estimate(weights, config, args, "safetensors")
+
+
+def safetensors_estimate(
+    weights_bytes: int, config: dict[str, Any] | None, args: Sequence[str], basis: str
+) -> Estimate:
+    """Weights + KV cache for the served context (vLLM's --max-model-len, SGLang's
+    --context-length, else the model's own) x the sequences allowed at once (--max-num-seqs,
+    --max-running-requests; else 1: the engines pool KV cache, so one full-length sequence is
+    the least they must hold) + one process's overhead."""
+    kv = 0.0
+    context = int(_arg(list(args), ("--max-model-len", "--context-length"), "0") or 0)
+    seqs = int(_arg(list(args), ("--max-num-seqs", "--max-running-requests"), "1") or 1)
+    if config is not None:
+        cfg = config.get("text_config", config)
         layers = int(cfg.get("num_hidden_layers", 0))
         heads = int(cfg.get("num_attention_heads", 1))
         kv_heads = int(cfg.get("num_key_value_heads", heads))
         head_dim = int(cfg.get("head_dim") or cfg.get("hidden_size", 0) // max(heads, 1))
-        context_used = context or int(cfg.get("max_position_embeddings", 2048))
-        dtype_bytes = 4 if cfg.get("torch_dtype") == "float32" else 2
-        kv = 2 * layers * kv_heads * head_dim * context_used * dtype_bytes
-    return Estimate(weights / MIB, kv / MIB, 0.0, PROCESS_OVERHEAD_MIB, context_used, "safetensors")
+        context = context or int(cfg.get("max_position_embeddings", 2048))
+        dtype = cfg.get("torch_dtype") or cfg.get("dtype")
+        dtype_bytes = 4 if dtype == "float32" else 2
+        kv = 2 * layers * kv_heads * head_dim * context * dtype_bytes * seqs
+    return Estimate(weights_bytes / MIB, kv / MIB, 0.0, PROCESS_OVERHEAD_MIB, context, basis)
