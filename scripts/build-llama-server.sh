@@ -6,7 +6,9 @@ set -euo pipefail
 
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 cache="${VRAMGATE_CACHE:-$HOME/.cache/vramgate}"
-dest="$cache/llama.cpp-$version"
+# Bump when the build flags change, so cached binaries built the old way are rebuilt.
+build_rev=2
+dest="$cache/llama.cpp-$version-r$build_rev"
 bin="$dest/bin/llama-server"
 
 if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
@@ -28,9 +30,14 @@ fi
 cuda=OFF
 if [ "${VRAMGATE_LLAMA_CUDA:-auto}" = on ] || { [ "${VRAMGATE_LLAMA_CUDA:-auto}" = auto ] &&
   command -v nvcc >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then cuda=ON; fi
+# Native CPU code, but no AMX: on Sapphire Rapids VMs (AMX in /proc/cpuinfo) ggml's AMX matmul
+# crashes llama-server with SIGSEGV on its first batch (seen here: ggml_backend_amx_mul_mat).
+# GCC honours an explicit -mno-* over what -march=native implies, whatever their order.
+no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S "$work/src/vendor/llama.cpp" -B "$work/build" \
   -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-  -DLLAMA_BUILD_SERVER=ON -DGGML_CUDA="$cuda" -DBUILD_SHARED_LIBS=OFF >&2
+  -DLLAMA_BUILD_SERVER=ON -DGGML_CUDA="$cuda" -DBUILD_SHARED_LIBS=OFF \
+  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >&2
 cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
 mkdir -p "$dest/bin"
 cp "$work/build/bin/llama-server" "$bin.tmp"
