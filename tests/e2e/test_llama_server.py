@@ -45,8 +45,16 @@ def test_chat_through_llama_server(gemma):
     assert reply.choices[0].message.content
     assert reply.usage and 0 < reply.usage.completion_tokens <= 8
     assert gemma.model("gemma")["engine"] == "llamacpp"
-    # The buffer sizes it logged parse as vramgate reads them (on a GPU they measure its use).
-    buffers = logged_buffers(gemma.engine_log("gemma").splitlines(), gpu_only=False)
+
+
+def test_llama_server_buffer_sizes_parse(gateway):
+    """At -lv 4 llama-server logs its buffers; they parse as vramgate reads them (on a GPU,
+    the device buffers measure its use where NVML cannot)."""
+    _require_e2e()
+    model = {"engine": "llamacpp", "source": GGUF, "args": ["-lv", "4", "-c", "4096"]}
+    gw = gateway({"models": {"g": model}})
+    gw.client.completions.create(model="g", prompt="Hi", max_tokens=2)
+    buffers = logged_buffers(gw.engine_log("g").splitlines(), gpu_only=False)
     weights = sum(mib for kind, mib in buffers.items() if kind.endswith(" model"))
     assert 200 < weights < 300, buffers  # gemma 3 270M Q4_K_M: about 241 MiB of tensors
     assert any(kind.endswith(" KV") for kind in buffers), buffers

@@ -8,6 +8,10 @@ llama.cpp (llama-server, and anything built on it) prints every buffer it alloca
 Device buffers (CUDA0, ROCm1, Vulkan0, SYCL0, Metal, ...) are GPU memory; CPU, CPU_Mapped and
 *_Host ones are not. Their sum plus a process's CUDA context is what the engine holds, which
 serves where NVML cannot attribute memory to a process (containers whose PIDs NVML does not see).
+Each line is an allocation of its own: gemma 3 logs two KV buffers (global and sliding-window
+layers), so lines of the same device and kind add up. llama-server of llama-cpp-python 0.3.36
+prints these lines only at `-lv 4` (add it to the model's `args`; it also logs ~30 lines per
+request, which is why vramgate does not add it by itself).
 """
 
 from __future__ import annotations
@@ -25,15 +29,13 @@ GPU_DEVICE = re.compile(r"^(CUDA|ROCm|HIP|Vulkan|SYCL|Metal|MUSA|CANN|OpenCL)\d*
 
 
 def logged_buffers(lines: Iterable[str], *, gpu_only: bool = True) -> dict[str, float]:
-    """MiB per device and buffer kind, e.g. {'CUDA0 model': 241.23}, from an engine's output.
-
-    A buffer logged twice (an engine restarting its context) counts once, at its last size.
-    """
+    """MiB per device and buffer kind, e.g. {'CUDA0 model': 241.23}, from an engine's output."""
     found: dict[str, float] = {}
     for line in lines:
         match = BUFFER_LINE.search(line)
         if match and (GPU_DEVICE.match(match["device"]) or not gpu_only):
-            found[f"{match['device']} {match['kind']}"] = float(match["mib"])
+            key = f"{match['device']} {match['kind']}"
+            found[key] = found.get(key, 0.0) + float(match["mib"])
     return found
 
 
