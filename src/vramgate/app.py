@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 from fastapi import FastAPI, Request
@@ -15,8 +17,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vramgate import __version__
-from vramgate.api import admin, openai
-from vramgate.config import Settings
+from vramgate.api import admin, manage, openai
+from vramgate.config import ConfigError, Settings
 from vramgate.errors import BadRequest, GatewayError, error_body
 from vramgate.scheduler import Scheduler
 
@@ -39,28 +41,69 @@ class GatewayApp:
         await self.api(scope, receive, send)
 
 
-def create_app(settings: Settings) -> GatewayApp:
+def create_app(
+    settings: Settings, reload_settings: Callable[[], Settings] | None = None
+) -> GatewayApp:
+    """The gateway for `settings`; `reload_settings` reads the configuration again (SIGHUP,
+    POST /admin/reload) and raises ConfigError for a bad one."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(settings)
         await scheduler.start()
         app.state.scheduler = scheduler
         app.state.started_at = time.time()
+        app.state.reload_settings = reload_settings or (lambda: scheduler.settings)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_in_background(app))
         names = ", ".join(settings.models) or "none"
         log.info("vramgate %s serving models: %s", __version__, names)
+        log.info("%s", _auth_summary(settings))
         try:
             yield
         finally:
-            # Shutdown: stop every engine (SIGTERM, then SIGKILL after stop_timeout).
+            loop.remove_signal_handler(signal.SIGHUP)
+            # Shutdown (after uvicorn's drain of in-flight requests): stop every engine
+            # (SIGTERM, then SIGKILL after stop_timeout).
             await scheduler.close()
 
     app = FastAPI(title="vramgate", version=__version__, lifespan=lifespan)
     app.include_router(openai.router)
+    app.include_router(manage.router)
     app.include_router(admin.router)
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     return GatewayApp(app)
+
+
+def _auth_summary(settings: Settings) -> str:
+    if not settings.auth_enabled:
+        return "auth: no API keys configured: every route is open to anyone who can connect"
+    auth = settings.auth
+    own = sum(bool(m.api_keys) for m in settings.models.values())
+    return (
+        f"auth: {len(auth.api_keys)} API key(s), {len(auth.admin_keys)} admin key(s), "
+        f"{own} model(s) with their own keys; /metrics {auth.metrics}, status page "
+        f"{auth.status_page}"
+    )
+
+
+def _reload_in_background(app: FastAPI) -> None:
+    async def reload() -> None:
+        try:
+            new = await asyncio.to_thread(app.state.reload_settings)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
+            return
+        app.state.scheduler.apply_settings(new)
+
+    task = asyncio.create_task(reload())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:

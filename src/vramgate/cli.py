@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import urllib.error
 import urllib.request
@@ -54,12 +55,17 @@ def serve(
     if config is None and not model:
         typer.echo("error: give --config FILE or at least one --model NAME=SOURCE", err=True)
         raise typer.Exit(2)
-    settings = _load(config, model or [], host=host, port=port, log_level=log_level)
+    overrides = {"host": host, "port": port, "log_level": log_level}
+    settings = _load(config, model or [], **overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+    def reload_settings() -> Settings:  # the same sources, read again (SIGHUP, /admin/reload)
+        return load_settings(config, models=model or [], overrides=overrides)
+
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, reload_settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -69,8 +75,9 @@ def serve(
         # Engines are reached on loopback only; no X-Forwarded-* rewriting, no extra headers.
         proxy_headers=False,
         server_header=False,
-        # Streams may run for minutes; on SIGTERM give them this long, then stop the engines.
-        timeout_graceful_shutdown=10,
+        # On SIGTERM, in-flight requests (streams too) get drain_timeout to finish; then the
+        # lifespan's end stops every engine.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
     )
 
 

@@ -6,6 +6,7 @@ Every error names the file, the key path (`models.gemma.ttl`) and what was expec
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,9 @@ class ModelConfig(_Strict):
         default=1, ge=1, description="GPUs the model is split over (tensor parallel), 1/N on each."
     )
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
+    api_keys: list[str] = Field(
+        default_factory=list, description="Only these keys (and admin keys) reach this model."
+    )
 
     @model_validator(mode="after")
     def _check_engine_fields(self) -> ModelConfig:
@@ -115,6 +119,24 @@ class Gpus(_Strict):
         return self
 
 
+class Auth(_Strict):
+    api_keys: list[str] = Field(default_factory=list, description="Keys that open /v1 routes.")
+    admin_keys: list[str] = Field(
+        default_factory=list, description="Keys that open everything, admin routes included."
+    )
+    metrics: Literal["open", "key"] = Field(
+        default="key", description="/metrics without a key (open) or with any key (key)."
+    )
+    status_page: Literal["open", "key"] = Field(
+        default="open",
+        description="The page at / without a key (its data still comes from keyed routes).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_keys)
+
+
 class Settings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -122,10 +144,22 @@ class Settings(_Strict):
     max_running: int | None = Field(default=None, ge=1, description="Engines at once; LRU evicts.")
     max_body_mb: float = Field(default=32, gt=0, description="Largest request body in MiB.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    models_dir: Path = Field(default=Path("./models"), description="Downloads and inventory.")
+    allow_adhoc: bool = Field(
+        default=False, description="Requests may name models in models_dir not configured."
+    )
+    drain_timeout: float = Field(
+        default=30, ge=0, description="Seconds in-flight requests may finish at SIGTERM."
+    )
+    auth: Auth = Auth()
     defaults: Defaults = Defaults()
     engines: Engines = Engines()
     gpus: Gpus = Gpus()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth.enabled or any(m.api_keys for m in self.models.values())
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -199,6 +233,40 @@ def _match_key(node: dict[str, Any], part: str) -> str:
     return next((k for k in node if k.lower() == part), part)
 
 
+ENV_REFERENCE = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def substitute_env(
+    data: Any, origin: str, where: str = "", environ: Mapping[str, str] | None = None
+) -> Any:
+    """Replaces `${env.NAME}` in every string of the file with the variable's value.
+
+    A variable that is not set is an error naming the key, so a key meant to come from the
+    environment can never silently be empty.
+    """
+    environ = os.environ if environ is None else environ
+    if isinstance(data, dict):
+        return {
+            k: substitute_env(v, origin, f"{where}.{k}".lstrip("."), environ)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [substitute_env(v, origin, f"{where}[{i}]", environ) for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def value(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in environ:
+            raise ConfigError(
+                f"{origin}: {where or '(top level)'}: ${{env.{name}}} is used but the environment "
+                f"variable {name} is not set; set it or write the value in the file"
+            )
+        return environ[name]
+
+    return ENV_REFERENCE.sub(value, data)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -225,7 +293,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """File, then environment, then `--model` flags and other command-line overrides."""
-    data: dict[str, Any] = read_yaml(path) if path else {}
+    data: dict[str, Any] = substitute_env(read_yaml(path), str(path)) if path else {}
     data = apply_env_overrides(data, os.environ if environ is None else environ)
     if models:
         data.setdefault("models", {})
@@ -256,7 +324,9 @@ def format_errors(exc: ValidationError, origin: str) -> str:
             continue
         msg = err["msg"].removeprefix("Value error, ")
         given = err.get("input")
-        shown = "" if isinstance(given, dict | list) or given is None else f", got {given!r}"
+        secret = any(str(p).endswith("_keys") for p in err["loc"])  # never echo a key
+        plain = isinstance(given, dict | list) or given is None or secret
+        shown = "" if plain else f", got {given!r}"
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 

@@ -2,7 +2,10 @@
 
 GatewayError                 {"error": {"message", "type", "code"}}
 ├── BadRequest               400 malformed JSON, no `model`, a route the model does not serve
+├── Unauthorized             401 no key, or a key that is not configured
+├── Forbidden                403 a valid key that does not open this model or route
 ├── ModelNotFound            404 unknown model; the message lists the known names
+├── Conflict                 409 a reload or download that clashes with the current state
 ├── PayloadTooLarge          413 body over max_body_mb
 ├── QueueFull                429 max_concurrency reached and the wait queue is full
 ├── EngineUnavailable        502 the engine died or dropped the connection mid-request
@@ -35,6 +38,24 @@ class BadRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "bad_request"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class ModelNotFound(GatewayError):

@@ -6,10 +6,12 @@ import asyncio
 import enum
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vramgate.config import ModelConfig
+from vramgate.events import Fanout
 from vramgate.runtime import EngineProcess
 
 
@@ -43,6 +45,25 @@ class Instance:
     measured_requests: int = 0  # requests after which its memory was measured, this load
     start_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
+    served_warm: int = 0  # requests that found the engine ready
+    needed_start: int = 0  # requests that had to wait for a start
+    evictions: int = 0  # stops to make room (lru, discovery, oom)
+    output: Fanout[str] = field(default_factory=lambda: Fanout(keep=0), repr=False)
+    replacement: ModelConfig | None = None  # a reload changed it: applied at its next stop
+    removed: bool = False  # a reload removed it: stopped and dropped once idle
+    # Told of every state change (old, new): the scheduler publishes them as events.
+    on_state: Callable[[Instance, State, State], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "state" and self.on_state is not None:
+            old = self.__dict__.get("state")
+            object.__setattr__(self, key, value)
+            if old is not None and old is not value:
+                self.on_state(self, old, value)
+            return
+        object.__setattr__(self, key, value)
 
     @property
     def is_running(self) -> bool:
@@ -76,5 +97,8 @@ class Instance:
             "starts": self.starts,
             "failures": self.failures,
             "requests": self.requests,
+            "served_warm": self.served_warm,
+            "needed_start": self.needed_start,
+            "evictions": self.evictions,
             "last_error": self.last_error,
         }

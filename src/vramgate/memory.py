@@ -58,6 +58,17 @@ class Memory:
                 if model.source and model.engine != "command" and is_hub_id(model.source):
                     self._hub_pending.add(name)
 
+    def refresh(self, inst: Instance) -> None:
+        """A model was added or its definition changed (reload): estimate it anew."""
+        self.estimates.pop(inst.name, None)
+        self._hub_pending.discard(inst.name)
+        if not self.enabled or self.policy == "isolate":
+            return
+        model = inst.model
+        self.estimates[inst.name] = _estimate_or_none(inst.name, model, hub=False)
+        if model.source and model.engine != "command" and is_hub_id(model.source):
+            self._hub_pending.add(inst.name)
+
     async def prepare(self, inst: Instance) -> None:
         """Fetches a hub model's estimate (safetensors headers, config.json) once, before its
         first placement; a hub that does not answer leaves what was known."""

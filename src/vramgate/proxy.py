@@ -8,6 +8,8 @@ engine connection, and engines stop generating for a closed connection).
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -20,6 +22,27 @@ UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = (b"content-type",)
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
+
+
+@dataclass
+class Timing:
+    """When one request passed each point (time.perf_counter()), for metrics and the header.
+
+    The gateway's own time is everything but waiting for an engine (start or slot) and the
+    engine's own work: (posted - arrived - waited) + (answer sent - answer received).
+    """
+
+    arrived: float
+    waited: float = 0.0
+    posted: float = 0.0
+    answered: float = 0.0
+    overhead: float | None = None
+    first_chunk: float | None = None
+    status: int = 0
+
+    def header(self, now: float) -> tuple[bytes, bytes]:
+        self.overhead = (self.posted - self.arrived - self.waited) + (now - self.answered)
+        return (b"x-vramgate-overhead-ms", f"{self.overhead * 1000:.3f}".encode())
 
 
 def new_upstream_session() -> aiohttp.ClientSession:
@@ -38,6 +61,7 @@ async def relay(
     is_stream: bool,
     receive: Receive,
     send: Send,
+    timing: Timing,
 ) -> None:
     """Posts `body` to the engine at `url` and sends its answer to the client.
 
@@ -58,7 +82,7 @@ async def relay(
     # lighter form measured about 0.3 ms less per request at concurrency 1 (bench/overhead.py).
     watcher = asyncio.get_running_loop().create_task(cancel_on_disconnect())
     try:
-        await _relay(http, model, url, body, is_stream, send)
+        await _relay(http, model, url, body, is_stream, send, timing)
         finished = True
     except asyncio.CancelledError:
         if not watcher.done() or watcher.cancelled():
@@ -69,27 +93,44 @@ async def relay(
 
 
 async def _relay(
-    http: aiohttp.ClientSession, model: str, url: str, body: bytes, is_stream: bool, send: Send
+    http: aiohttp.ClientSession,
+    model: str,
+    url: str,
+    body: bytes,
+    is_stream: bool,
+    send: Send,
+    timing: Timing,
 ) -> None:
     try:
+        timing.posted = time.perf_counter()
         async with http.post(url, data=body, headers=_JSON_HEADERS) as resp:
+            timing.answered = time.perf_counter()
+            timing.status = resp.status
             if is_stream and resp.status == 200:
-                await _relay_stream(model, resp, send)
+                await _relay_stream(model, resp, send, timing)
                 return
             content = await resp.read()
+            timing.answered = time.perf_counter()
     except (TimeoutError, aiohttp.ClientError) as exc:
-        await send_error(send, _broken(model, exc))
+        error = _broken(model, exc)
+        timing.status = error.status
+        await send_error(send, error)
         return
     headers = [*_pass_headers(resp), (b"content-length", str(len(content)).encode())]
+    headers.append(timing.header(time.perf_counter()))
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
 
 
-async def _relay_stream(model: str, resp: aiohttp.ClientResponse, send: Send) -> None:
-    headers = [*_pass_headers(resp), *_STREAM_HEADERS]
+async def _relay_stream(
+    model: str, resp: aiohttp.ClientResponse, send: Send, timing: Timing
+) -> None:
+    headers = [*_pass_headers(resp), *_STREAM_HEADERS, timing.header(time.perf_counter())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     try:
         async for chunk in resp.content.iter_any():
+            if timing.first_chunk is None:
+                timing.first_chunk = time.perf_counter()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (TimeoutError, aiohttp.ClientError) as exc:
         # Headers are gone already: tell the client in the stream itself, then end it.

@@ -23,6 +23,7 @@ import aiohttp
 
 from vramgate.engines.base import LaunchSpec
 from vramgate.errors import EngineStartFailed
+from vramgate.events import Fanout
 
 logger = logging.getLogger("vramgate.runtime")
 READY_POLL_S = 0.025
@@ -77,8 +78,16 @@ class Watchdog:
 class EngineProcess:
     """One engine child: its process, port, recent output and log file."""
 
-    def __init__(self, name: str, spec: LaunchSpec, port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: LaunchSpec,
+        port: int,
+        log_path: Path,
+        output: Fanout[str] | None = None,
+    ) -> None:
         self.name = name
+        self.output = output  # live readers of its output (the admin log stream)
         self.spec = spec
         self.port = port
         self.log_path = log_path
@@ -133,6 +142,8 @@ class EngineProcess:
                 break
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
             self.lines.append(line)
+            if self.output is not None:
+                self.output.publish(line)
             if log is not None:
                 log = self._write_log(log, line)
         if log is not None:

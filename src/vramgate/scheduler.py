@@ -12,7 +12,6 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from vramgate.config import Settings
+from vramgate.config import ModelConfig, Settings
 from vramgate.decisions import Action, ModelView, Running, choose_eviction, decide, expired
 from vramgate.engines import EngineAdapter, adapters
 from vramgate.errors import (
@@ -31,8 +30,10 @@ from vramgate.errors import (
     NoRoom,
     QueueFull,
 )
+from vramgate.events import Fanout
 from vramgate.instances import Instance, State
 from vramgate.memory import Memory
+from vramgate.metrics import Metrics
 from vramgate.proxy import new_upstream_session
 from vramgate.runtime import EngineProcess, Watchdog, free_port
 
@@ -56,8 +57,12 @@ class Scheduler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.adapters: dict[str, EngineAdapter] = adapters(settings)
-        self.instances = {name: Instance(name, model) for name, model in settings.models.items()}
-        self.events: deque[dict[str, Any]] = deque(maxlen=200)
+        self.events: Fanout[dict[str, Any]] = Fanout(keep=200)
+        self.metrics = Metrics()
+        self.metrics.attach(self)
+        self.instances: dict[str, Instance] = {}
+        for name, model in settings.models.items():
+            self._add(name, model)
         self.watchdog = Watchdog()
         self.memory = Memory(settings)
         self.http: aiohttp.ClientSession | None = None
@@ -66,6 +71,12 @@ class Scheduler:
         self._changed = asyncio.Event()  # set when an engine goes idle or stops
         self._ttl_task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+
+    def _add(self, name: str, model: ModelConfig) -> Instance:
+        inst = Instance(name, model)
+        inst.on_state = self._state_changed
+        self.instances[name] = inst
+        return inst
 
     # -- lifecycle of the scheduler itself -------------------------------------------------
 
@@ -92,7 +103,12 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:
-        self.instances[name].requests += 1
+        inst = self.instances[name]
+        inst.requests += 1
+        if inst.state is State.READY:
+            inst.served_warm += 1
+        else:
+            inst.needed_start += 1
         lease = await self.acquire(name)
         try:
             yield lease
@@ -191,7 +207,8 @@ class Scheduler:
         inst.state = State.READY
         inst.ready_at = time.time()
         inst.touch()
-        self._record("ready", name, f"{name} ready in {time.monotonic() - began:.2f} s")
+        took = time.monotonic() - began
+        self._record("ready", name, f"{name} ready in {took:.2f} s", seconds=took)
         watcher = asyncio.create_task(self._watch_exit(inst, proc))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -222,7 +239,7 @@ class Scheduler:
         if budget is not None:  # engines that size themselves are told their share, in bytes
             spec = replace(spec, argv=spec.argv + adapter.memory_args(inst.model, budget))
         log_path = Path(self.settings.state_dir) / "logs" / f"{name}.log"
-        proc = EngineProcess(name, spec, port, log_path)
+        proc = EngineProcess(name, spec, port, log_path, inst.output)
         inst.process = proc
         inst.starts += 1
         await proc.spawn(env)
@@ -307,8 +324,9 @@ class Scheduler:
             if plan.refuse:
                 raise NoRoom(f"cannot start '{inst.name}': it {plan.refuse}; nothing was evicted")
             if plan.evict:
-                unknown = isolate or self.memory.footprint(inst)[0] is None
-                reason = "discovery" if unknown else "lru"
+                # isolate: the retry after an out-of-memory start, alone on its GPU
+                unknown = self.memory.footprint(inst)[0] is None
+                reason = "oom" if isolate else "discovery" if unknown else "lru"
                 stops = [self.stop(n, reason, f"to start {inst.name}") for n in plan.evict]
                 await asyncio.gather(*stops)
                 return (), ""
@@ -365,31 +383,123 @@ class Scheduler:
             # The next load must find the memory free, not merely the process gone.
             await self.memory.wait_released(inst)
         self.memory.detach(inst)
+        if inst.replacement is not None:  # a reload changed it: the next start uses the new one
+            inst.model, inst.replacement = inst.replacement, None
+            self.memory.refresh(inst)
         inst.state = State.STOPPED
+        if reason in ("lru", "discovery", "oom"):
+            inst.evictions += 1
         self._changed.set()
         detail = f" {why}" if why else ""
         self._record(
             "stop",
             inst.name,
             f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}",
+            reason=reason,
         )
 
     async def unload(self, name: str) -> None:
         await self.stop(name, "admin")
 
     async def _ttl_loop(self) -> None:
-        ttl = {name: self.settings.ttl_s(name) for name in self.instances}
         while True:
             await asyncio.sleep(TTL_CHECK_S)
+            self._reload_step()
+            ttl = {
+                name: self.settings.ttl_s(name) if name in self.settings.models else 0
+                for name in self.instances
+            }
             residents = [_running(i) for i in self.instances.values()]
             for name in expired(residents, ttl, time.monotonic()):
                 self.stop(name, "ttl")
 
+    # -- reloading -------------------------------------------------------------------------
+
+    def apply_settings(self, new: Settings) -> dict[str, list[str]]:
+        """Takes a new, validated configuration without a restart.
+
+        Unchanged models keep running untouched; changed ones are restarted once idle (at
+        once if not running); removed ones stop taking requests, finish what is in flight,
+        then stop; added ones become available (pinned ones start).
+        """
+        old = self.settings
+        summary: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
+        restart = [
+            k for k in ("host", "port", "state_dir", "gpus") if getattr(old, k) != getattr(new, k)
+        ]
+        self.settings = new
+        self.adapters = adapters(new)
+        for name, inst in self.instances.items():
+            model = new.models.get(name)
+            if model is None:
+                inst.removed = True
+                summary["removed"].append(name)
+            elif model != inst.model or _engine_changed(old, new, model):
+                inst.removed = False
+                inst.replacement = model
+                summary["changed"].append(name)
+            else:
+                inst.removed, inst.replacement = False, None
+                summary["kept"].append(name)
+        for name, model in new.models.items():
+            if name not in self.instances:
+                inst = self._add(name, model)
+                self.memory.refresh(inst)
+                summary["added"].append(name)
+                if model.pinned:
+                    self._begin_start(inst)
+        self._reload_step()
+        summary["restart_required"] = restart
+        parts = [f"{k} {', '.join(v)}" for k, v in summary.items() if v and k != "kept"]
+        self._record("reload", "", "configuration reloaded: " + ("; ".join(parts) or "no change"))
+        return summary
+
+    def _reload_step(self) -> None:
+        """Carries out a reload's pending changes on the models that are idle now."""
+        for name, inst in list(self.instances.items()):
+            if inst.removed:
+                if inst.state in (State.STOPPED, State.FAILED):
+                    del self.instances[name]
+                elif inst.state is State.READY and inst.is_idle:
+                    self.stop(name, "reload", "removed from the configuration")
+            elif inst.replacement is not None:
+                if inst.state in (State.STOPPED, State.FAILED):
+                    inst.model, inst.replacement = inst.replacement, None
+                    self.memory.refresh(inst)
+                elif inst.state is State.READY and inst.is_idle:
+                    self.stop(name, "reload", "its definition changed")
+
+    async def drain(self, timeout_s: float) -> int:
+        """Waits up to `timeout_s` for in-flight requests to finish; returns how many did not."""
+        deadline = time.monotonic() + timeout_s
+
+        def busy() -> int:
+            return sum(i.in_flight + len(i.slot_waiters) for i in self.instances.values())
+
+        while busy() and (left := deadline - time.monotonic()) > 0:
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(0.25, left))
+        return busy()
+
     # -- reporting -------------------------------------------------------------------------
 
-    def _record(self, kind: str, model: str, message: str) -> None:
+    def _record(self, kind: str, model: str, message: str, **data: Any) -> None:
         log.info(message)
-        self.events.append({"time": time.time(), "kind": kind, "model": model, "message": message})
+        event = {"time": time.time(), "kind": kind, "model": model, "message": message, **data}
+        self.events.publish(event)
+        self.metrics.event(kind, model, data)
+
+    def _state_changed(self, inst: Instance, old: State, new: State) -> None:
+        event = {
+            "time": time.time(),
+            "kind": "state",
+            "model": inst.name,
+            "message": f"{inst.name}: {old.value} -> {new.value}",
+            "state": new.value,
+            "previous": old.value,
+        }
+        self.events.publish(event)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -399,7 +509,7 @@ class Scheduler:
                 for n, i in self.instances.items()
             ],
             "max_running": self.settings.max_running,
-            "events": list(self.events)[-50:],
+            "events": [e for e in self.events.recent if e["kind"] != "state"][-50:],
         }
 
 
@@ -415,6 +525,12 @@ async def _join(task: asyncio.Task[None]) -> None:
         current = asyncio.current_task()
         if not task.cancelled() or (current is not None and current.cancelling()):
             raise
+
+
+def _engine_changed(old: Settings, new: Settings, model: ModelConfig) -> bool:
+    """The engine settings of `model`'s kind (its binary) changed."""
+    kind = model.engine
+    return getattr(old.engines, kind, None) != getattr(new.engines, kind, None)
 
 
 def _why_held(inst: Instance) -> str:

@@ -1,16 +1,37 @@
-"""The gateway's own routes: liveness, status, and loading or unloading a model by hand."""
+"""The gateway's own routes: liveness, status, metrics, loading and unloading, logs, events,
+reloading the configuration."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response, StreamingResponse
 
 from vramgate import __version__
-from vramgate.api.common import resolve_or_404, scheduler_of, uptime_s
+from vramgate.api.common import (
+    access_of,
+    admin_key,
+    any_key,
+    resolve_or_404,
+    scheduler_of,
+    uptime_s,
+)
+from vramgate.config import ConfigError
+from vramgate.errors import BadRequest
+from vramgate.events import Fanout
 from vramgate.instances import State
+from vramgate.metrics import CONTENT_TYPE
 
 router = APIRouter()
+HEARTBEAT_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
+MAX_TAIL = 10_000
 
 
 @router.get("/health")
@@ -24,13 +45,21 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "uptime_s": uptime_s(request), "engines": engines}
 
 
-@router.get("/gateway/status")
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    scheduler = scheduler_of(request)
+    if scheduler.settings.auth.metrics == "key":
+        access_of(request).require_known()
+    return Response(scheduler.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/gateway/status", dependencies=[Depends(any_key)])
 async def status(request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     return {"version": __version__, "uptime_s": uptime_s(request), **scheduler.status()}
 
 
-@router.post("/admin/models/{label}/load")
+@router.post("/admin/models/{label}/load", dependencies=[Depends(admin_key)])
 async def load(label: str, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
@@ -38,9 +67,85 @@ async def load(label: str, request: Request) -> dict[str, Any]:
     return scheduler.instances[name].status(scheduler.settings.ttl_s(name))
 
 
-@router.post("/admin/models/{label}/unload")
+@router.post("/admin/models/{label}/unload", dependencies=[Depends(admin_key)])
 async def unload(label: str, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
     await scheduler.unload(name)
     return scheduler.instances[name].status(scheduler.settings.ttl_s(name))
+
+
+@router.get("/admin/models/{label}/logs", dependencies=[Depends(admin_key)])
+async def logs(
+    label: str, request: Request, tail: int = Query(200, ge=1, le=MAX_TAIL)
+) -> dict[str, Any]:
+    """The last `tail` lines the engine wrote, from its log file (kept across restarts)."""
+    scheduler = scheduler_of(request)
+    name = resolve_or_404(scheduler.settings, label)
+    path = Path(scheduler.settings.state_dir) / "logs" / f"{name}.log"
+    return {"model": name, "lines": _tail(path, tail)}
+
+
+@router.get("/admin/models/{label}/logs/stream", dependencies=[Depends(admin_key)])
+async def logs_stream(
+    label: str, request: Request, tail: int = Query(50, ge=0, le=MAX_TAIL)
+) -> StreamingResponse:
+    """SSE: the last `tail` lines, then each new line as the engine writes it."""
+    scheduler = scheduler_of(request)
+    name = resolve_or_404(scheduler.settings, label)
+    inst = scheduler.instances[name]
+    path = Path(scheduler.settings.state_dir) / "logs" / f"{name}.log"
+    recent = [{"line": line} for line in _tail(path, tail)] if tail else []
+    lines = _sse(inst.output, recent, lambda line: {"line": line})
+    return StreamingResponse(lines, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+@router.get("/admin/events", dependencies=[Depends(any_key)])
+async def events(request: Request, recent: int = Query(20, ge=0, le=200)) -> StreamingResponse:
+    """SSE: state changes and decisions (start, ready, stop and why, out of memory, reload)."""
+    scheduler = scheduler_of(request)
+    backlog = list(scheduler.events.recent)[-recent:] if recent else []
+    stream = _sse(scheduler.events, backlog, lambda event: event)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+@router.post("/admin/reload", dependencies=[Depends(admin_key)])
+async def reload(request: Request) -> dict[str, Any]:
+    """Reads the configuration again; a bad one is refused (400) and the running one stays."""
+    load_settings = request.app.state.reload_settings
+    try:
+        new = await asyncio.to_thread(load_settings)
+    except ConfigError as exc:
+        raise BadRequest(f"configuration not reloaded, the running one stays: {exc}") from None
+    return scheduler_of(request).apply_settings(new)
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _sse(source: Fanout[Any], backlog: list[Any], shape: Any) -> AsyncIterator[bytes]:
+    with source.listen() as queue:
+        for item in backlog:
+            yield _event(item)
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            missed = source.dropped(queue)
+            if missed:
+                yield _event({"missed": missed})
+            yield _event(shape(item))
+
+
+def _event(item: Any) -> bytes:
+    return b"data: " + json.dumps(item).encode() + b"\n\n"
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    lines: deque[str] = deque(maxlen=n)
+    with contextlib.suppress(OSError), path.open(errors="replace") as f:
+        for line in f:
+            lines.append(line.rstrip("\n"))
+    return list(lines)

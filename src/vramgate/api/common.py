@@ -1,4 +1,4 @@
-"""What the route modules share: the scheduler of the running app, names resolved or 404."""
+"""What the route modules share: the scheduler, names resolved or 404, keys checked."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 
 from fastapi import Request
 
+from vramgate.auth import Access, presented_key
 from vramgate.config import Settings
 from vramgate.errors import ModelNotFound
 from vramgate.scheduler import Scheduler
@@ -26,3 +27,21 @@ def resolve_or_404(settings: Settings, label: str) -> str:
         known = ", ".join(sorted(settings.models)) or "(none configured)"
         raise ModelNotFound(f"model '{label}' is not configured; known models: {known}")
     return name
+
+
+def access_of(request: Request) -> Access:
+    return Access(scheduler_of(request).settings, presented_key(request.scope["headers"]))
+
+
+async def any_key(request: Request) -> Access:
+    """Dependency of read-only routes: any valid key (or none, when none is configured)."""
+    access = access_of(request)
+    access.require_known()
+    return access
+
+
+async def admin_key(request: Request) -> Access:
+    """Dependency of routes that change things or show engine output: an admin key."""
+    access = access_of(request)
+    access.require_admin()
+    return access

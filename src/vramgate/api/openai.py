@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from vramgate.api.common import resolve_or_404, scheduler_of
+from vramgate.api.common import any_key, resolve_or_404, scheduler_of
+from vramgate.auth import Access, presented_key
 from vramgate.engines.base import ALL_ROUTES
 from vramgate.errors import BadRequest, GatewayError, PayloadTooLarge
-from vramgate.proxy import relay, send_error
+from vramgate.proxy import Timing, relay, send_error
 from vramgate.scheduler import Scheduler
 
 router = APIRouter()
 log = logging.getLogger("vramgate.api")
+CLIENT_CLOSED = 499  # the client left before the answer ended (nginx's code for it)
 
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
@@ -71,51 +74,78 @@ class RelayEndpoint:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scheduler: Scheduler = scope["app"].state.scheduler
+        timing = Timing(time.perf_counter())
+        served: list[str] = []  # the model, once known: the metrics' label
         try:
-            await self._serve(scope, receive, send)
+            await self._serve(scheduler, scope, receive, send, timing, served)
         except ClientDisconnect:
-            return
+            timing.status = CLIENT_CLOSED
         except GatewayError as exc:
+            timing.status = exc.status
             await send_error(send, exc)
         except Exception as exc:
             log.exception("relaying %s failed", self.path)
+            timing.status = 500
             with contextlib.suppress(RuntimeError):  # the answer had started: nothing to add
                 await send_error(send, GatewayError(f"internal error: {exc!r}"))
+        now = time.perf_counter()
+        first = None if timing.first_chunk is None else timing.first_chunk - timing.arrived
+        scheduler.metrics.request(
+            served[0] if served else "", self.path, timing.status or CLIENT_CLOSED,
+            now - timing.arrived, timing.overhead, first,
+        )  # fmt: skip
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scheduler: Scheduler = scope["app"].state.scheduler
+    async def _serve(
+        self,
+        scheduler: Scheduler,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        timing: Timing,
+        served: list[str],
+    ) -> None:
         settings = scheduler.settings
+        access = Access(settings, presented_key(scope["headers"]))
+        access.require_known()  # before the body is even read
         body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
         payload = parse_request(body)
         name = resolve_or_404(settings, payload["model"])
+        access.require_model(name)
+        served.append(name)
         model = settings.models[name]
         adapter = scheduler.adapters[model.engine]
         if self.path not in adapter.routes(model):
-            served = ", ".join(sorted(adapter.routes(model)))
+            routes = ", ".join(sorted(adapter.routes(model)))
             raise BadRequest(
                 f"model '{name}' (task: {model.task}) does not serve {self.path}; "
-                f"it serves {served}"
+                f"it serves {routes}"
             )
         upstream = adapter.upstream_model(name, model)
         if payload["model"] != upstream:
             payload["model"] = upstream
             body = orjson.dumps(payload)
         is_stream = payload.get("stream") is True
+        waiting = time.perf_counter()
         async with scheduler.lease(name) as lease:
+            timing.waited = time.perf_counter() - waiting
             assert scheduler.http is not None
             url = f"http://127.0.0.1:{lease.port}{self.path}"
-            await relay(scheduler.http, name, url, body, is_stream, receive, send)
+            await relay(scheduler.http, name, url, body, is_stream, receive, send, timing)
 
 
 RELAYS = {path: RelayEndpoint(path) for path in ALL_ROUTES}
 
 
 @router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
+async def list_models(request: Request, access: Access = Depends(any_key)) -> dict[str, Any]:
+    """The models this key may use (all of them when no key is configured)."""
     scheduler = scheduler_of(request)
     created = int(request.app.state.started_at)
     data = []
     for name, inst in scheduler.instances.items():
+        if name not in scheduler.settings.models or not access.may_use(name):
+            continue
         data.append(
             {
                 "id": name,

@@ -1,0 +1,79 @@
+"""Model management under /v1/models (seed designs): what is loaded, statistics, unloading."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from vramgate.api.common import admin_key, any_key, resolve_or_404, scheduler_of
+from vramgate.instances import State
+
+router = APIRouter()
+
+
+class UnloadRequest(BaseModel):
+    model: str
+
+
+@router.get("/v1/models/loaded", dependencies=[Depends(any_key)])
+async def loaded(request: Request) -> dict[str, Any]:
+    """Running models with when they started, their TTL and when they expire if left idle."""
+    scheduler = scheduler_of(request)
+    data = []
+    for name, inst in scheduler.instances.items():
+        if not inst.is_running:
+            continue
+        ttl = scheduler.settings.ttl_s(name) if name in scheduler.settings.models else 0
+        idle = inst.state is State.READY and inst.is_idle and inst.last_used_wall is not None
+        expires = inst.last_used_wall + ttl if idle and ttl and inst.last_used_wall else None
+        status = inst.status(ttl) | scheduler.memory.model_status(inst)
+        data.append({**status, "id": name, "expires_at": None if inst.model.pinned else expires})
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/stats", dependencies=[Depends(any_key)])
+async def stats(request: Request) -> dict[str, Any]:
+    """Per model: requests, served warm, needed a start, hit rate, loads, evictions."""
+    scheduler = scheduler_of(request)
+    data = []
+    for name, inst in scheduler.instances.items():
+        asked = inst.served_warm + inst.needed_start
+        data.append(
+            {
+                "id": name,
+                "requests": inst.requests,
+                "served_warm": inst.served_warm,
+                "needed_start": inst.needed_start,
+                "hit_rate": round(inst.served_warm / asked, 4) if asked else None,
+                "loads": inst.starts,
+                "failures": inst.failures,
+                "evictions": inst.evictions,
+            }
+        )
+    totals: dict[str, Any] = {
+        key: sum(d[key] for d in data)
+        for key in ("requests", "served_warm", "needed_start", "loads", "failures", "evictions")
+    }
+    asked = totals["served_warm"] + totals["needed_start"]
+    totals["hit_rate"] = round(totals["served_warm"] / asked, 4) if asked else None
+    return {"object": "list", "data": data, "total": totals}
+
+
+@router.post("/v1/models/unload", dependencies=[Depends(admin_key)])
+async def unload(body: UnloadRequest, request: Request) -> dict[str, Any]:
+    scheduler = scheduler_of(request)
+    name = resolve_or_404(scheduler.settings, body.model)
+    was = scheduler.instances[name].state.value
+    await scheduler.unload(name)
+    return {"model": name, "was": was, "state": scheduler.instances[name].state.value}
+
+
+@router.post("/v1/models/unload-all", dependencies=[Depends(admin_key)])
+async def unload_all(request: Request) -> dict[str, Any]:
+    scheduler = scheduler_of(request)
+    running = [n for n, i in scheduler.instances.items() if i.is_running]
+    await asyncio.gather(*(scheduler.unload(n) for n in running))
+    return {"unloaded": running}

@@ -1,0 +1,89 @@
+"""API keys: who may reach the /v1 routes, a given model, and the admin routes.
+
+A key comes as `Authorization: Bearer KEY` or `x-api-key: KEY` and is compared in constant time
+with every configured key (no early exit, so timing tells nothing about which or how close).
+Keys are never logged or echoed. With no key configured anywhere, everything is open.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from vramgate.config import Settings
+from vramgate.errors import Forbidden, Unauthorized
+
+MISSING = "no API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`"
+WRONG = "the API key is not valid"
+
+
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key of an ASGI request's headers, if it has one."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _among(key: str, keys: Iterable[str]) -> bool:
+    found = False
+    for candidate in keys:  # every one compared: the time does not depend on which matches
+        found |= hmac.compare_digest(key.encode(), candidate.encode())
+    return found
+
+
+class Access:
+    """What one presented key opens under the current settings."""
+
+    def __init__(self, settings: Settings, key: str | None) -> None:
+        self.settings = settings
+        self.open = not settings.auth_enabled
+        self.key = key
+        self.admin = self.api = False
+        self.models: set[str] = set()
+        if self.open or key is None:
+            return
+        auth = settings.auth
+        self.admin = _among(key, auth.admin_keys)
+        self.api = self.admin or _among(key, auth.api_keys)
+        self.models = {name for name, m in settings.models.items() if _among(key, m.api_keys)}
+
+    @property
+    def known(self) -> bool:
+        return self.open or self.api or bool(self.models)
+
+    def require_known(self) -> None:
+        """Any valid key (or none needed): else 401."""
+        if not self.known:
+            raise Unauthorized(MISSING if self.key is None else WRONG)
+
+    def require_model(self, name: str) -> None:
+        """May this key use `name`? A model with its own keys takes only those and admin keys."""
+        self.require_known()
+        if self.open or self.admin:
+            return
+        own = self.settings.models[name].api_keys
+        allowed = name in self.models if own else self.api
+        if not allowed:
+            raise Forbidden(f"this API key does not open model '{name}'")
+
+    def may_use(self, name: str) -> bool:
+        try:
+            self.require_model(name)
+        except (Unauthorized, Forbidden):
+            return False
+        return True
+
+    def require_admin(self) -> None:
+        self.require_known()
+        if self.open or self.admin:
+            return
+        if not self.settings.auth.admin_keys:
+            raise Forbidden(
+                "admin routes need an admin key and none is configured (auth.admin_keys)"
+            )
+        raise Forbidden("this route needs an admin key (auth.admin_keys)")

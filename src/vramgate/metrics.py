@@ -1,0 +1,147 @@
+"""Prometheus metrics (`GET /metrics`): requests, latencies, engine starts, evictions, memory.
+
+Counters and histograms are updated as things happen (requests by the relay, starts and stops
+by the scheduler's events); gauges (in flight, queued, GPU memory, footprints, states) are read
+from the scheduler at scrape time, so they can never drift from what the gateway knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from vramgate.scheduler import Scheduler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MIB = 1 << 20
+# Requests: from a millisecond (warm, tiny) to minutes (long generations).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+START_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+EVICTION_REASONS = ("lru", "ttl", "discovery", "admin", "oom", "reload")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "vramgate_requests", "Relayed requests.", ["model", "route", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "vramgate_request_duration_seconds",
+            "Time from arrival to the end of the answer.",
+            ["model", "route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "vramgate_time_to_first_token_seconds",
+            "Streams: time from arrival to the first chunk of the answer.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "vramgate_overhead_seconds",
+            "Time the gateway itself added (not engine starts, queueing or generation).",
+            ["model"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.starts = Counter(
+            "vramgate_engine_starts", "Engine starts by result.", ["model", "result"], registry=r
+        )
+        self.start_duration = Histogram(
+            "vramgate_engine_start_seconds",
+            "Time from a start's decision to the engine being ready.",
+            ["model"],
+            buckets=START_BUCKETS,
+            registry=r,
+        )
+        self.evictions = Counter(
+            "vramgate_evictions", "Engines stopped, by reason.", ["model", "reason"], registry=r
+        )
+
+    def attach(self, scheduler: Scheduler) -> None:
+        self.registry.register(_Gauges(scheduler))
+
+    def event(self, kind: str, model: str, data: dict[str, Any]) -> None:
+        """A scheduler event: starts, failures, stops."""
+        if kind == "ready":
+            self.starts.labels(model, "ready").inc()
+            self.start_duration.labels(model).observe(data.get("seconds", 0.0))
+        elif kind == "start_failed":
+            self.starts.labels(model, "failed").inc()
+        elif kind == "oom":
+            self.starts.labels(model, "out_of_memory").inc()
+        elif kind == "stop" and data.get("reason") in EVICTION_REASONS:
+            self.evictions.labels(model, data["reason"]).inc()
+
+    def request(
+        self,
+        model: str,
+        route: str,
+        status: int,
+        duration_s: float,
+        overhead_s: float | None,
+        first_chunk_s: float | None,
+    ) -> None:
+        self.requests.labels(model, route, str(status)).inc()
+        self.duration.labels(model, route).observe(duration_s)
+        if overhead_s is not None:
+            self.overhead.labels(model).observe(overhead_s)
+        if first_chunk_s is not None:
+            self.first_token.labels(model).observe(first_chunk_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Gauges(Collector):
+    """What the scheduler knows now, read at each scrape."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.scheduler
+        in_flight = GaugeMetricFamily(
+            "vramgate_in_flight_requests", "Requests being served.", labels=["model"]
+        )
+        queued = GaugeMetricFamily(
+            "vramgate_queued_requests", "Requests waiting for a slot.", labels=["model"]
+        )
+        state = GaugeMetricFamily(
+            "vramgate_model_state", "1 for the state each model is in.", labels=["model", "state"]
+        )
+        footprint = GaugeMetricFamily(
+            "vramgate_footprint_bytes",
+            "GPU memory a model is taken to need, by where the figure comes from.",
+            labels=["model", "source"],
+        )
+        for name, inst in s.instances.items():
+            in_flight.add_metric([name], inst.in_flight)
+            queued.add_metric([name], len(inst.slot_waiters))
+            state.add_metric([name, inst.state.value], 1)
+            mib, source = s.memory.footprint(inst)
+            if mib is not None:
+                footprint.add_metric([name, source], mib * MIB)
+        yield from (in_flight, queued, state, footprint)
+        gpus = s.memory.status()
+        families = {
+            key: GaugeMetricFamily(
+                f"vramgate_gpu_memory_{key}_bytes", f"GPU memory {key}.", labels=["gpu"]
+            )
+            for key in ("total", "used", "free", "reserved")
+        }
+        for gpu in gpus:
+            for key, family in families.items():
+                family.add_metric([str(gpu["index"])], gpu[f"{key}_mib"] * MIB)
+        if gpus:
+            yield from families.values()
