@@ -75,7 +75,9 @@ def stream_beside(gw: Gateway, streamed: str, other: str) -> tuple[str, float, s
 class Gateway:
     """A `vramgate serve` process and clients pointed at it."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any], extra_args: list[str]) -> None:
+    def __init__(
+        self, tmp: Path, config: dict[str, Any], extra_args: list[str], key: str | None = None
+    ) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.state_dir = tmp / "state"
@@ -95,7 +97,9 @@ class Gateway:
         self.proc = subprocess.Popen(
             argv + extra_args, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        # `key`: what the test's own status and admin calls present (an admin key, with auth on).
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, timeout=60, headers=headers)
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
         self.aclient = openai.AsyncOpenAI(
             base_url=self.url + "/v1", api_key="unused", max_retries=0
@@ -143,8 +147,8 @@ def gateway(tmp_path: Path) -> Iterator:
     """Starts gateways with a config dict; each is stopped (and checked for orphans) at the end."""
     started: list[Gateway] = []
 
-    def start(config: dict[str, Any], *extra_args: str) -> Gateway:
-        gw = Gateway(tmp_path / f"gw{len(started)}", config, list(extra_args))
+    def start(config: dict[str, Any], *extra_args: str, key: str | None = None) -> Gateway:
+        gw = Gateway(tmp_path / f"gw{len(started)}", config, list(extra_args), key)
         started.append(gw)
         return gw
 

@@ -176,7 +176,11 @@ class Settings(_Strict):
 
     def model_setting(self, name: str, key: str) -> float:
         """A model's own `key` (ttl, start_timeout, stop_timeout, max_queue), else the default."""
-        value = getattr(self.models[name], key)
+        return self.setting_of(self.models[name], key)
+
+    def setting_of(self, model: ModelConfig, key: str) -> float:
+        """`model`'s own `key`, else the default (for a model a reload has just removed, too)."""
+        value = getattr(model, key)
         return getattr(self.defaults, key) if value is None else value
 
     def ttl_s(self, name: str) -> float:

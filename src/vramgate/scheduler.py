@@ -123,7 +123,7 @@ class Scheduler:
                 in_flight=inst.in_flight,
                 queued=len(inst.slot_waiters),
                 max_concurrency=inst.model.max_concurrency,
-                max_queue=int(self.settings.model_setting(name, "max_queue")),
+                max_queue=int(self.settings.setting_of(inst.model, "max_queue")),
             )
             action = decide(view)
             if action is Action.SERVE:
@@ -250,7 +250,7 @@ class Scheduler:
         where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
         self._record("start", name, f"starting {name} (pid {proc.pid}, port {port}{where})")
         assert self.http is not None
-        start_timeout_s = self.settings.model_setting(name, "start_timeout")
+        start_timeout_s = self.settings.setting_of(inst.model, "start_timeout")
         try:
             await proc.wait_ready(self.http, start_timeout_s, adapter.is_ready)
         except EngineStartFailed as exc:
@@ -378,7 +378,7 @@ class Scheduler:
         idle_s = time.monotonic() - inst.last_used if inst.last_used else 0.0
         code = None
         if proc and proc.pid:
-            code = await proc.stop(self.settings.model_setting(inst.name, "stop_timeout"))
+            code = await proc.stop(self.settings.setting_of(inst.model, "stop_timeout"))
             self.watchdog.forget(proc.pid)
             # The next load must find the memory free, not merely the process gone.
             await self.memory.wait_released(inst)
@@ -405,10 +405,7 @@ class Scheduler:
         while True:
             await asyncio.sleep(TTL_CHECK_S)
             self._reload_step()
-            ttl = {
-                name: self.settings.ttl_s(name) if name in self.settings.models else 0
-                for name in self.instances
-            }
+            ttl = {n: self.settings.setting_of(i.model, "ttl") for n, i in self.instances.items()}
             residents = [_running(i) for i in self.instances.values()]
             for name in expired(residents, ttl, time.monotonic()):
                 self.stop(name, "ttl")
@@ -505,8 +502,8 @@ class Scheduler:
         return {
             "gpus": self.memory.status(),
             "models": [
-                i.status(self.settings.ttl_s(n)) | self.memory.model_status(i)
-                for n, i in self.instances.items()
+                i.status(self.settings.setting_of(i.model, "ttl")) | self.memory.model_status(i)
+                for i in self.instances.values()
             ],
             "max_running": self.settings.max_running,
             "events": [e for e in self.events.recent if e["kind"] != "state"][-50:],

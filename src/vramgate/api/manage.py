@@ -26,7 +26,7 @@ async def loaded(request: Request) -> dict[str, Any]:
     for name, inst in scheduler.instances.items():
         if not inst.is_running:
             continue
-        ttl = scheduler.settings.ttl_s(name) if name in scheduler.settings.models else 0
+        ttl = scheduler.settings.setting_of(inst.model, "ttl")
         idle = inst.state is State.READY and inst.is_idle and inst.last_used_wall is not None
         expires = inst.last_used_wall + ttl if idle and ttl and inst.last_used_wall else None
         status = inst.status(ttl) | scheduler.memory.model_status(inst)
