@@ -209,14 +209,28 @@ class Hub:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
-    """A local hub, with HF_ENDPOINT pointing at it (for this process and gateways started)."""
-    started = Hub(tmp_path / "hub")
-    monkeypatch.setenv("HF_ENDPOINT", started.url)
+def make_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Starts a local hub with knobs (--bytes-per-s, --fail-after-bytes); HF_ENDPOINT points at
+    the last one started (for this process and the gateways started after it)."""
+    started: list[Hub] = []
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield started
-    started.stop()
+
+    def start(*knobs: str) -> Hub:
+        one = Hub(tmp_path / "hub", *knobs)
+        monkeypatch.setenv("HF_ENDPOINT", one.url)
+        started.append(one)
+        return one
+
+    yield start
+    for one in started:
+        one.stop()
+
+
+@pytest.fixture
+def hub(make_hub) -> Hub:
+    """A local hub, with HF_ENDPOINT pointing at it (for this process and gateways started)."""
+    return make_hub()
 
 
 def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]]) -> bytes:

@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request
@@ -17,8 +18,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vramgate import __version__
-from vramgate.api import admin, manage, openai
+from vramgate.api import admin, downloads, manage, openai
 from vramgate.config import ConfigError, Settings
+from vramgate.downloads import Downloads
 from vramgate.errors import BadRequest, GatewayError, error_body
 from vramgate.scheduler import Scheduler
 
@@ -52,9 +54,13 @@ def create_app(
         scheduler = Scheduler(settings)
         await scheduler.start()
         app.state.scheduler = scheduler
+        loop = asyncio.get_running_loop()
+        app.state.downloads = Downloads(
+            Path(settings.models_dir),
+            on_change=lambda job: loop.call_soon_threadsafe(scheduler.download_changed, job),
+        )
         app.state.started_at = time.time()
         app.state.reload_settings = reload_settings or (lambda: scheduler.settings)
-        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload_in_background(app))
         names = ", ".join(settings.models) or "none"
         log.info("vramgate %s serving models: %s", __version__, names)
@@ -63,6 +69,7 @@ def create_app(
             yield
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
+            app.state.downloads.close()
             # Shutdown (after uvicorn's drain of in-flight requests): stop every engine
             # (SIGTERM, then SIGKILL after stop_timeout).
             await scheduler.close()
@@ -70,6 +77,7 @@ def create_app(
     app = FastAPI(title="vramgate", version=__version__, lifespan=lifespan)
     app.include_router(openai.router)
     app.include_router(manage.router)
+    app.include_router(downloads.router)
     app.include_router(admin.router)
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]

@@ -1,10 +1,11 @@
-"""The `vramgate` command: serve, check, ps, load, unload."""
+"""The `vramgate` command: serve, check, ps, load, unload, pull, estimate, config-schema."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -127,7 +128,10 @@ def estimate(
 
 
 def _call(url: str, method: str, path: str) -> dict[str, Any]:
-    req = urllib.request.Request(url.rstrip("/") + path, method=method)
+    """Calls the gateway; VRAMGATE_API_KEY (an admin key, for load and unload) is sent if set."""
+    key = os.environ.get("VRAMGATE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(url.rstrip("/") + path, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=900) as resp:
             return json.loads(resp.read())
@@ -227,3 +231,59 @@ def unload(name: str, url: UrlOpt = DEFAULT_URL) -> None:
     """Stop a model's engine now."""
     m = _call(url, "POST", f"/admin/models/{name}/unload")
     typer.echo(f"{m['name']}: {m['state']}")
+
+
+@app.command()
+def pull(
+    repo: Annotated[str, typer.Argument(help="Hub repository id or URL (owner/name).")],
+    quant: Annotated[
+        str | None, typer.Option("--quant", "-q", help="GGUF quantization, e.g. Q4_K_M.")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="Glob of files to fetch.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob of files to skip.")] = None,
+    dest: Annotated[
+        str | None, typer.Option(help="Folder inside models_dir (default: owner/name).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Download a model from the Hub into models_dir, with a progress bar (HF_TOKEN, HF_ENDPOINT
+    apply). Ctrl-C stops it; running it again resumes."""
+    from tqdm import tqdm
+
+    from vramgate.downloads import DownloadError, Downloads
+
+    settings = _load(config, [])
+    downloads = Downloads(Path(settings.models_dir))
+    try:
+        job = downloads.create(repo, revision, include, exclude, quant, dest)
+    except DownloadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    names = ", ".join(f.path for f in job.files)
+    typer.echo(f"{job.repo}@{job.revision[:12]}: {len(job.files)} file(s): {names}")
+    bar = tqdm(total=job.bytes_total, unit="B", unit_scale=True, unit_divisor=1024)
+    try:
+        while job.state in ("queued", "running"):
+            time.sleep(0.2)
+            bar.update(job.bytes_done - bar.n)
+    except KeyboardInterrupt:
+        downloads.cancel(job.id)
+        while job.state in ("queued", "running"):
+            time.sleep(0.1)
+    finally:
+        bar.update(job.bytes_done - bar.n)
+        bar.close()
+        downloads.close()
+    if job.state != "done":
+        typer.echo(f"error: download {job.state}: {job.error or 'interrupted'}", err=True)
+        raise typer.Exit(130 if job.state == "cancelled" else 1)
+    typer.echo(f"saved to {job.destination}")
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON schema of the config file (for editors: yaml-language-server)."""
+    schema = Settings.model_json_schema()
+    schema["title"] = "vramgate configuration"
+    typer.echo(json.dumps(schema, indent=2))

@@ -422,7 +422,9 @@ class Scheduler:
         old = self.settings
         summary: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
         restart = [
-            k for k in ("host", "port", "state_dir", "gpus") if getattr(old, k) != getattr(new, k)
+            k
+            for k in ("host", "port", "state_dir", "gpus", "models_dir")
+            if getattr(old, k) != getattr(new, k)
         ]
         self.settings = new
         self.adapters = adapters(new)
@@ -486,6 +488,15 @@ class Scheduler:
         event = {"time": time.time(), "kind": kind, "model": model, "message": message, **data}
         self.events.publish(event)
         self.metrics.event(kind, model, data)
+
+    def download_changed(self, job: Any) -> None:
+        """A download job moved (queued, running, a file done, finished): tell listeners."""
+        info = job.public()
+        progress = f"{info['bytes_done']}/{info['bytes_total']} bytes"
+        message = f"download {job.repo}: {job.state}, {progress}"
+        if job.error:
+            message += f": {job.error}"
+        self._record("download", job.repo, message, job=job.id, state=job.state)
 
     def _state_changed(self, inst: Instance, old: State, new: State) -> None:
         event = {

@@ -6,9 +6,10 @@ revision `main` only, whose commit hash is derived from the files' names, sizes 
   GET  /api/models/{repo}/tree/{rev}[/{path}] file listing (recursive=true walks subfolders)
   HEAD /{repo}/resolve/{rev}/{path}           X-Repo-Commit, ETag / X-Linked-Etag, sizes
   GET  /{repo}/resolve/{rev}/{path}           the file, with Range (206)
-A `.gated` file in a repo folder makes it gated (the `--token` opens it); `.private` hides it
-without the token. Knobs for download tests: `--bytes-per-s` (slow), `--fail-after-bytes` (the
-first transfer of each file breaks off after N bytes, as a dropped connection does).
+A `.gated` file in a repo folder makes it gated (described to all, its files only to `--token`);
+`.private` hides it without the token. Knobs for download tests: `--bytes-per-s` (slow),
+`--fail-after-bytes` (the first transfer of each file breaks off after N bytes, as a dropped
+connection does).
 
     python -m vramgate.testing.fake_hub --root DIR --port 8090 [--token T]
 """
@@ -96,15 +97,20 @@ class FakeHub:
 
     # --- access ------------------------------------------------------------------------------
 
-    def check(self, request: web.Request, repo: str, revision: str) -> tuple[Path, list[HubFile]]:
-        """The repo's folder and files, or the error the Hub gives (with its X-Error-Code)."""
+    def check(
+        self, request: web.Request, repo: str, revision: str, *, content: bool = True
+    ) -> tuple[Path, list[HubFile]]:
+        """The repo's folder and files, or the error the Hub gives (with its X-Error-Code).
+
+        As on the Hub, a gated repo's description is public; its files (`content`) are not.
+        """
         folder = self.repo_dir(repo)
         authorized = self.token is not None and (
             request.headers.get("Authorization") == f"Bearer {self.token}"
         )
         if folder is None or ((folder / ".private").exists() and not authorized):
             raise _error(401, "RepoNotFound", f"Repository Not Found for url: {request.url}.")
-        if (folder / ".gated").exists() and not authorized:
+        if content and (folder / ".gated").exists() and not authorized:
             raise _error(
                 401,
                 "GatedRepo",
@@ -143,7 +149,7 @@ async def repo_info(request: web.Request) -> web.Response:
         return await tree(request, repo, rest.removeprefix("tree/"))
     elif rest:
         raise web.HTTPNotFound()
-    folder, files = hub.check(request, repo, revision)
+    folder, files = hub.check(request, repo, revision, content=False)
     siblings = []
     for f in files:
         sibling: dict[str, object] = {"rfilename": f.path}
