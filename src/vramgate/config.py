@@ -183,6 +183,10 @@ class Settings(_Strict):
         value = getattr(model, key)
         return getattr(self.defaults, key) if value is None else value
 
+    def engine_log(self, name: str) -> Path:
+        """Where a model's engine output is kept (ad-hoc model names may hold '/')."""
+        return Path(self.state_dir) / "logs" / f"{name.replace('/', '--')}.log"
+
     def ttl_s(self, name: str) -> float:
         return self.model_setting(name, "ttl")
 

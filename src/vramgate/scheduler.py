@@ -19,14 +19,17 @@ from typing import Any
 
 import aiohttp
 
+from vramgate import inventory
 from vramgate.config import ModelConfig, Settings
 from vramgate.decisions import Action, ModelView, Running, choose_eviction, decide, expired
 from vramgate.engines import EngineAdapter, adapters
 from vramgate.errors import (
+    Conflict,
     EngineOutOfMemory,
     EngineStartFailed,
     GatewayBusy,
     GatewayError,
+    ModelNotFound,
     NoRoom,
     QueueFull,
 )
@@ -61,6 +64,7 @@ class Scheduler:
         self.metrics = Metrics()
         self.metrics.attach(self)
         self.instances: dict[str, Instance] = {}
+        self.adhoc_names: set[str] = set()  # models a request named from models_dir
         for name, model in settings.models.items():
             self._add(name, model)
         self.watchdog = Watchdog()
@@ -238,7 +242,7 @@ class Scheduler:
         budget = self.memory.budget(inst) if gpus else None
         if budget is not None:  # engines that size themselves are told their share, in bytes
             spec = replace(spec, argv=spec.argv + adapter.memory_args(inst.model, budget))
-        log_path = Path(self.settings.state_dir) / "logs" / f"{name}.log"
+        log_path = self.settings.engine_log(name)
         proc = EngineProcess(name, spec, port, log_path, inst.output)
         inst.process = proc
         inst.starts += 1
@@ -410,6 +414,44 @@ class Scheduler:
             for name in expired(residents, ttl, time.monotonic()):
                 self.stop(name, "ttl")
 
+    # -- ad-hoc models (allow_adhoc) -------------------------------------------------------
+
+    def adhoc(self, label: str, options: Any) -> str:
+        """Makes an inventory model that is not configured servable under the name asked for.
+
+        It lives until a reload (which does not list it, so it drains and goes) or a restart.
+        Asked again with other settings while its engine runs: 409, unload it first.
+        """
+        root = Path(self.settings.models_dir).resolve()
+        entry = inventory.find(root, label)
+        if entry is None:
+            known = ", ".join(sorted(self.settings.models)) or "(none configured)"
+            raise ModelNotFound(
+                f"model '{label}' is neither configured ({known}) nor in models_dir ({root}); "
+                "GET /v1/models/inventory lists what is there"
+            )
+        inst = self.instances.get(label)
+        if inst is not None and options is None and label in self.adhoc_names:
+            return label  # no settings of its own: whatever it runs with
+        model = inventory.adhoc_model(entry, root, options)
+        if inst is None:
+            inst = self._add(label, model)
+            self.memory.refresh(inst)
+            self._record("adhoc", label, f"{label}: ad-hoc model from {entry.path}")
+        elif inst.model != model:
+            if inst.state not in (State.STOPPED, State.FAILED):
+                raise Conflict(
+                    f"model '{label}' runs with other settings; unload it first "
+                    f"(POST /v1/models/unload) to start it with these"
+                )
+            inst.model = model
+            self.memory.refresh(inst)
+        inst.removed = False
+        self.adhoc_names.add(label)
+        models = {**self.settings.models, label: model}
+        self.settings = self.settings.model_copy(update={"models": models})
+        return label
+
     # -- reloading -------------------------------------------------------------------------
 
     def apply_settings(self, new: Settings) -> dict[str, list[str]]:
@@ -421,6 +463,10 @@ class Scheduler:
         """
         old = self.settings
         summary: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
+        if new.allow_adhoc:  # ad-hoc models are in no file: they stay, unless named there now
+            kept = {n: self.instances[n].model for n in self.adhoc_names if n not in new.models}
+            new = new.model_copy(update={"models": {**new.models, **kept}})
+        self.adhoc_names &= set(new.models)
         restart = [
             k
             for k in ("host", "port", "state_dir", "gpus", "models_dir")

@@ -59,7 +59,7 @@ async def status(request: Request) -> dict[str, Any]:
     return {"version": __version__, "uptime_s": uptime_s(request), **scheduler.status()}
 
 
-@router.post("/admin/models/{label}/load", dependencies=[Depends(admin_key)])
+@router.post("/admin/models/{label:path}/load", dependencies=[Depends(admin_key)])
 async def load(label: str, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
@@ -67,7 +67,7 @@ async def load(label: str, request: Request) -> dict[str, Any]:
     return scheduler.instances[name].status(scheduler.settings.ttl_s(name))
 
 
-@router.post("/admin/models/{label}/unload", dependencies=[Depends(admin_key)])
+@router.post("/admin/models/{label:path}/unload", dependencies=[Depends(admin_key)])
 async def unload(label: str, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
@@ -75,18 +75,18 @@ async def unload(label: str, request: Request) -> dict[str, Any]:
     return scheduler.instances[name].status(scheduler.settings.ttl_s(name))
 
 
-@router.get("/admin/models/{label}/logs", dependencies=[Depends(admin_key)])
+@router.get("/admin/models/{label:path}/logs", dependencies=[Depends(admin_key)])
 async def logs(
     label: str, request: Request, tail: int = Query(200, ge=1, le=MAX_TAIL)
 ) -> dict[str, Any]:
     """The last `tail` lines the engine wrote, from its log file (kept across restarts)."""
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
-    path = Path(scheduler.settings.state_dir) / "logs" / f"{name}.log"
+    path = scheduler.settings.engine_log(name)
     return {"model": name, "lines": _tail(path, tail)}
 
 
-@router.get("/admin/models/{label}/logs/stream", dependencies=[Depends(admin_key)])
+@router.get("/admin/models/{label:path}/logs/stream", dependencies=[Depends(admin_key)])
 async def logs_stream(
     label: str, request: Request, tail: int = Query(50, ge=0, le=MAX_TAIL)
 ) -> StreamingResponse:
@@ -94,7 +94,7 @@ async def logs_stream(
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
     inst = scheduler.instances[name]
-    path = Path(scheduler.settings.state_dir) / "logs" / f"{name}.log"
+    path = scheduler.settings.engine_log(name)
     recent = [{"line": line} for line in _tail(path, tail)] if tail else []
     lines = _sse(inst.output, recent, lambda line: {"line": line})
     return StreamingResponse(lines, media_type="text/event-stream", headers=_SSE_HEADERS)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from vramgate import inventory
 from vramgate.api.common import admin_key, any_key, resolve_or_404, scheduler_of
 from vramgate.instances import State
 
@@ -60,6 +62,19 @@ async def stats(request: Request) -> dict[str, Any]:
     asked = totals["served_warm"] + totals["needed_start"]
     totals["hit_rate"] = round(totals["served_warm"] / asked, 4) if asked else None
     return {"object": "list", "data": data, "total": totals}
+
+
+@router.get("/v1/models/inventory", dependencies=[Depends(any_key)])
+async def inventory_list(request: Request) -> dict[str, Any]:
+    """What is in models_dir: format, quantization, engine, estimated footprint, configured."""
+    settings = scheduler_of(request).settings
+
+    def listing() -> list[dict[str, Any]]:
+        entries = inventory.scan(Path(settings.models_dir))
+        return [inventory.describe(e, settings) for e in entries]
+
+    data = await asyncio.to_thread(listing)  # estimates read file headers
+    return {"object": "list", "models_dir": str(settings.models_dir), "data": data}
 
 
 @router.post("/v1/models/unload", dependencies=[Depends(admin_key)])

@@ -110,7 +110,15 @@ class RelayEndpoint:
         access.require_known()  # before the body is even read
         body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
         payload = parse_request(body)
-        name = resolve_or_404(settings, payload["model"])
+        name = settings.resolve(payload["model"])
+        options = payload.pop("vramgate", None)  # the gateway's, never the engine's
+        if options is not None:
+            body = orjson.dumps(payload)
+        if settings.allow_adhoc and (name is None or name in scheduler.adhoc_names):
+            name = scheduler.adhoc(payload["model"], options)
+            settings = scheduler.settings
+        elif name is None:
+            name = resolve_or_404(settings, payload["model"])
         access.require_model(name)
         served.append(name)
         model = settings.models[name]

@@ -46,7 +46,7 @@ class SimulatedGpus:
             self.usage_file(name).unlink()
 
     def usage_file(self, name: str) -> Path:
-        return self.dir / f"{name}.mib"
+        return self.dir / f"{name.replace('/', '--')}.mib"
 
     def used_by(self, name: str) -> int | None:
         """What the engine last reported, or None if it has not (yet)."""
