@@ -463,10 +463,11 @@ class Scheduler:
         """
         old = self.settings
         summary: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
-        if new.allow_adhoc:  # ad-hoc models are in no file: they stay, unless named there now
-            kept = {n: self.instances[n].model for n in self.adhoc_names if n not in new.models}
-            new = new.model_copy(update={"models": {**new.models, **kept}})
-        self.adhoc_names &= set(new.models)
+        # Ad-hoc models are in no file: they stay (unless the file now names them, or ad-hoc
+        # use was turned off, which drains and drops them).
+        self.adhoc_names = {n for n in self.adhoc_names if new.allow_adhoc and n not in new.models}
+        kept = {n: self.instances[n].model for n in self.adhoc_names}
+        new = new.model_copy(update={"models": {**new.models, **kept}})
         restart = [
             k
             for k in ("host", "port", "state_dir", "gpus", "models_dir")
