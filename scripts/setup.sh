@@ -12,6 +12,14 @@ fi
 "$root/.venv/bin/python" -m pip install --quiet --upgrade pip >&2
 "$root/.venv/bin/python" -m pip install --quiet -e "$root[dev]" >&2
 
+# Headless Chromium for the status page's browser test: Debian's package, where this machine
+# can install it (root with apt); elsewhere that one test is skipped.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (Debian) for the browser test" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2 ||
+    echo "could not install chromium; the browser test will be skipped" >&2
+fi
+
 llama_server="$("$root/scripts/build-llama-server.sh" | tail -n 1)"
 gguf="$("$root/.venv/bin/python" - "$cache/models" <<'PY'
 import sys

@@ -10,4 +10,6 @@ ruff format --check .
 # pyright runs on Node.js; where the machine has none it would try to download one.
 if command -v node >/dev/null 2>&1; then pyright; else echo "pyright skipped: no node" >&2; fi
 export VRAMGATE_REQUIRE_E2E=1
+# The browser test is required wherever Chromium is there (setup.sh installs it as root).
+if command -v chromium >/dev/null 2>&1; then export VRAMGATE_REQUIRE_BROWSER=1; fi
 python -m pytest "$@"

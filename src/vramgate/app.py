@@ -15,10 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from vramgate import __version__
-from vramgate.api import admin, downloads, manage, openai
+from vramgate.api import admin, downloads, manage, openai, page
 from vramgate.config import ConfigError, Settings
 from vramgate.downloads import Downloads
 from vramgate.errors import BadRequest, GatewayError, error_body
@@ -79,6 +80,8 @@ def create_app(
     app.include_router(manage.router)
     app.include_router(downloads.router)
     app.include_router(admin.router)
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

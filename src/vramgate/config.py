@@ -127,9 +127,9 @@ class Auth(_Strict):
     metrics: Literal["open", "key"] = Field(
         default="key", description="/metrics without a key (open) or with any key (key)."
     )
-    status_page: Literal["open", "key"] = Field(
+    status_page: Literal["open", "off"] = Field(
         default="open",
-        description="The page at / without a key (its data still comes from keyed routes).",
+        description="The page at / (open to all; the data it shows still needs a key) or off.",
     )
 
     @property

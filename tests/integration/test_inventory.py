@@ -71,8 +71,10 @@ def test_inventory_lists_models_with_format_quant_engine_estimate(gateway, tmp_p
     assert (st["format"], st["engine"], st["quantization"]) == ("safetensors", "vllm", "bfloat16")
 
 
-def test_adhoc_models_by_name_with_per_request_settings(gateway, tmp_path):
+def test_adhoc_models_by_name_with_per_request_settings(gateway, tmp_path, monkeypatch):
     root = build(tmp_path)
+    # The environment wins over the file: scripts/setup.sh points this at the real llama-server.
+    monkeypatch.setenv("VRAMGATE_ENGINES__LLAMACPP__BINARY", stand_in(tmp_path))
     gw = gateway(
         {
             "models_dir": str(root),

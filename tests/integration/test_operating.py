@@ -136,7 +136,7 @@ def write_config(gw, config: dict) -> None:
 
 def test_reload_keeps_unchanged_restarts_changed_once_idle_and_drains_removed(gateway):
     slow = fake_cmd("--tokens-per-s", "20")
-    config = {
+    config: dict = {
         "models": {
             "keep": {"engine": "command", "cmd": fake_cmd()},
             "change": {"engine": "command", "cmd": slow},

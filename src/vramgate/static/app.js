@@ -1,0 +1,207 @@
+// vramgate's status page: reads /gateway/status, follows /admin/events live, and loads or
+// unloads models (admin key). SSE is read with fetch (not EventSource) so that the API key can
+// travel in a header, never in a URL.
+"use strict";
+
+const COLORS = ["#0969da", "#bf3989", "#1a7f37", "#9a6700", "#8250df", "#cf222e", "#1b7c83", "#953800"];
+const $ = (sel) => document.querySelector(sel);
+let key = localStorage.getItem("vramgate.key") || "";
+let logStream = null;
+
+function headers() {
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function call(method, path) {
+  const resp = await fetch(path, { method, headers: headers() });
+  if (resp.status === 401 || resp.status === 403) {
+    $("#keyform").hidden = false;
+  }
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    throw new Error(body.error ? body.error.message : `${method} ${path}: HTTP ${resp.status}`);
+  }
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function color(name, names) {
+  return COLORS[names.indexOf(name) % COLORS.length];
+}
+
+function renderGpus(status) {
+  const box = $("#gpus");
+  if (!status.gpus.length) return;
+  box.replaceChildren();
+  const names = status.models.map((m) => m.name);
+  for (const gpu of status.gpus) {
+    const bar = el("div", { class: "bar" });
+    let ours = 0;
+    for (const m of status.models) {
+      if (!(m.gpus || []).includes(gpu.index)) continue;
+      const mib = Math.round((m.used_mib || m.footprint_mib || 0) / m.gpus.length);
+      ours += m.used_mib ? mib : 0;
+      const seg = el("div", { class: "seg", "data-model": m.name, title: `${m.name}: ${mib} MiB` }, m.name);
+      seg.style.width = `${(100 * mib) / gpu.total_mib}%`;
+      seg.style.background = color(m.name, names);
+      bar.append(seg);
+    }
+    const other = Math.max(0, gpu.used_mib - ours);
+    if (other) {
+      const seg = el("div", { class: "seg other", title: `other processes: ${other} MiB` });
+      seg.style.width = `${(100 * other) / gpu.total_mib}%`;
+      bar.append(seg);
+    }
+    const reserved = el("div", { class: "seg reserved", title: `reserved: ${gpu.reserved_mib} MiB` });
+    reserved.style.width = `${(100 * gpu.reserved_mib) / gpu.total_mib}%`;
+    bar.append(reserved);
+    const label = el("div", { class: "label" },
+      `GPU ${gpu.index} (${gpu.kind}): ${gpu.used_mib} of ${gpu.total_mib} MiB used, ` +
+      `${gpu.free_mib} free, ${gpu.reserved_mib} reserved`);
+    box.append(el("div", { class: "gpu", "data-gpu": gpu.index }, label, bar));
+  }
+}
+
+function renderModels(status) {
+  const body = $("#models tbody");
+  body.replaceChildren();
+  for (const m of status.models) {
+    const footprint = m.footprint_mib == null ? m.footprint_source : `${m.footprint_mib} MiB (${m.footprint_source})`;
+    const running = ["starting", "ready", "stopping"].includes(m.state);
+    const action = running
+      ? el("button", { type: "button", "data-action": "unload", onclick: () => act("unload", m.name) }, "Unload")
+      : el("button", { type: "button", "data-action": "load", onclick: () => act("load", m.name) }, "Load");
+    const logs = el("button", { type: "button", "data-action": "logs", onclick: () => openLog(m.name) }, "Log");
+    const state = el("span", { class: `state ${m.state}` }, m.state + (m.pinned ? " (pinned)" : ""));
+    if (m.last_error) state.title = m.last_error;
+    body.append(el("tr", { "data-model": m.name },
+      el("td", {}, m.name), el("td", {}, state), el("td", {}, m.engine), el("td", {}, footprint || "-"),
+      el("td", {}, (m.gpus || []).join(",") || "-"), el("td", {}, String(m.in_flight)),
+      el("td", {}, String(m.queued)), el("td", {}, String(m.requests)), el("td", {}, String(m.starts)),
+      el("td", {}, action, " ", logs)));
+  }
+}
+
+function renderEvents(events) {
+  const list = $("#events");
+  list.replaceChildren();
+  for (const e of events.slice().reverse()) {
+    const when = new Date(e.time * 1000).toLocaleTimeString();
+    list.append(el("li", {}, el("time", {}, when), e.message));
+  }
+}
+
+async function refresh() {
+  try {
+    const status = await call("GET", "/gateway/status");
+    $("#version").textContent = `${status.version} · up ${Math.round(status.uptime_s)} s`;
+    renderGpus(status);
+    renderModels(status);
+    renderEvents(status.events);
+    $("#error").textContent = "";
+  } catch (err) {
+    $("#error").textContent = err.message;
+  }
+}
+
+async function act(what, name) {
+  try {
+    $("#error").textContent = `${what === "load" ? "loading" : "unloading"} ${name}…`;
+    await call("POST", `/admin/models/${name}/${what}`);
+    $("#error").textContent = "";
+  } catch (err) {
+    $("#error").textContent = err.message;
+  }
+  refresh();
+}
+
+// Reads an SSE stream with fetch; calls onData with each parsed `data:` payload.
+async function follow(path, onData, signal) {
+  const resp = await fetch(path, { headers: headers(), signal });
+  if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
+  if (path.startsWith("/admin/events")) $("#live").classList.add("on");
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffered += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffered.indexOf("\n\n")) >= 0) {
+      const event = buffered.slice(0, cut);
+      buffered = buffered.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (line.startsWith("data: ")) onData(JSON.parse(line.slice(6)));
+      }
+    }
+  }
+}
+
+let pending = null;
+function refreshSoon() {
+  if (pending) return;
+  pending = setTimeout(() => { pending = null; refresh(); }, 100);
+}
+
+let events = null;  // the AbortController of the live event stream
+
+// Follows /admin/events; reconnects 2 s after a failure, at once after a new key.
+async function followEvents() {
+  if (events) events.abort();
+  const mine = (events = new AbortController());
+  while (!mine.signal.aborted) {
+    try {
+      await follow("/admin/events?recent=0", refreshSoon, mine.signal);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      if (err.message.includes("HTTP 401") || err.message.includes("HTTP 403")) {
+        $("#keyform").hidden = false;
+      }
+    }
+    $("#live").classList.remove("on");
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+function openLog(name) {
+  if (logStream) logStream.abort();
+  logStream = new AbortController();
+  $("#logname").textContent = name;
+  $("#logpanel").hidden = false;
+  const pre = $("#log");
+  pre.textContent = "";
+  follow(`/admin/models/${name}/logs/stream?tail=200`, (item) => {
+    if (item.line !== undefined) pre.textContent += item.line + "\n";
+    pre.scrollTop = pre.scrollHeight;
+  }, logStream.signal).catch((err) => {
+    if (err.name !== "AbortError") pre.textContent += `[${err.message}]\n`;
+  });
+}
+
+$("#closelog").addEventListener("click", () => {
+  if (logStream) logStream.abort();
+  $("#logpanel").hidden = true;
+});
+$("#keyform").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  key = $("#key").value.trim();
+  localStorage.setItem("vramgate.key", key);
+  $("#keyform").hidden = true;
+  refresh();
+  followEvents();
+});
+
+refresh();
+followEvents();
+setInterval(refresh, 5000);  // uptime, idle times; events bring the rest at once

@@ -1,0 +1,68 @@
+"""The status page in headless Chromium (Debian's, driven by Playwright): a model goes from
+stopped to running after a request, the page follows live, Unload works, a log opens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+
+from tests.integration.test_gpu_memory import engine, gpus
+
+ADMIN = "k-admin-page"
+CHROMIUM = os.environ.get("VRAMGATE_CHROMIUM") or shutil.which("chromium") or ""
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM:
+        why = "needs chromium (scripts/setup.sh installs Debian's as root)"
+        if os.environ.get("VRAMGATE_REQUIRE_BROWSER"):
+            pytest.fail(why)
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright  # a dev dependency
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def test_status_page_follows_a_model_live_and_unloads_it(gateway, browser, tmp_path):
+    models = {"m": engine(3000, "--load-delay", "0.5", vram_mib=3000)}
+    gw = gateway(
+        {"gpus": gpus(10_000), "auth": {"admin_keys": [ADMIN]}, "models": models}, key=ADMIN
+    )
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(gw.url + "/")
+    # No key yet: the data routes answer 401 and the page asks for one.
+    page.wait_for_selector("#keyform:not([hidden])")
+    page.fill("#key", ADMIN)
+    page.click("#keyform button")
+    page.wait_for_selector('tr[data-model="m"] .state.stopped')
+    page.wait_for_selector("#live.on")  # following /admin/events
+    assert page.inner_text('tr[data-model="m"] td:nth-child(4)') == "3000 MiB (hint)"
+
+    client = gw.client.with_options(api_key=ADMIN)
+    threading.Thread(
+        target=lambda: client.completions.create(model="m", prompt="x", max_tokens=1)
+    ).start()
+    page.wait_for_selector('tr[data-model="m"] .state.starting', timeout=10_000)  # live, no reload
+    page.wait_for_selector('tr[data-model="m"] .state.ready', timeout=10_000)
+    page.wait_for_selector('.gpu[data-gpu="0"] .seg[data-model="m"]')
+    assert "3000 of 10000 MiB used" in page.inner_text('.gpu[data-gpu="0"] .label')
+    assert "starting m" in page.inner_text("#events")
+    page.screenshot(path=str(tmp_path / "status-page-ready.png"), full_page=True)
+
+    page.click('tr[data-model="m"] button[data-action="logs"]')
+    page.wait_for_function(
+        "document.querySelector('#log').textContent.includes('fake engine: ready')"
+    )
+
+    page.click('tr[data-model="m"] button[data-action="unload"]')
+    page.wait_for_selector('tr[data-model="m"] .state.stopped', timeout=10_000)
+    assert gw.model("m")["state"] == "stopped"
+    page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
+    assert (tmp_path / "status-page.png").stat().st_size > 10_000
