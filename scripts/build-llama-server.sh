@@ -2,6 +2,8 @@
 # Builds llama.cpp's llama-server (MIT) from the sources inside llama-cpp-python's PyPI sdist.
 # The binary is cached under $VRAMGATE_CACHE (default ~/.cache/vramgate) keyed by the sdist version,
 # so only a fresh machine pays the ~4 minute build. Prints the binary's path on its last line.
+# VRAMGATE_LLAMA_CUDA=on|off|auto picks CUDA; VRAMGATE_LLAMA_CMAKE_ARGS adds cmake flags (the
+# Dockerfile builds for any x86-64 with AVX2 rather than for the build machine's CPU).
 set -euo pipefail
 
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -37,7 +39,7 @@ no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S "$work/src/vendor/llama.cpp" -B "$work/build" \
   -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=ON -DGGML_CUDA="$cuda" -DBUILD_SHARED_LIBS=OFF \
-  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" >&2
+  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" ${VRAMGATE_LLAMA_CMAKE_ARGS:-} >&2
 cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
 mkdir -p "$dest/bin"
 cp "$work/build/bin/llama-server" "$bin.tmp"

@@ -163,3 +163,19 @@ def test_serve_refuses_a_bad_config(tmp_path):
     out = vramgate("serve", "--config", str(bad))
     assert out.returncode == 1
     assert "modles: unknown key; expected one of: host, port" in out.stderr
+
+
+def test_config_schema_is_json_schema_of_the_file():
+    out = subprocess.run(
+        [sys.executable, "-m", "vramgate", "config-schema"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0
+    import json
+
+    schema = json.loads(out.stdout)
+    assert schema["title"] == "vramgate configuration"
+    assert {"models", "auth", "gpus", "models_dir", "drain_timeout"} <= set(schema["properties"])
+    assert "api_keys" in schema["$defs"]["ModelConfig"]["properties"]

@@ -227,3 +227,32 @@ def test_sigterm_drains_in_flight_streams_then_stops_engines(gateway):
     assert gw.proc.wait(30) in (0, -signal.SIGTERM)
     assert not pid_alive(pid)  # the engine was stopped before the gateway exited
     assert "stop m (shutdown" in gw.log()
+
+
+def test_drain_timeout_bounds_the_wait_for_streams(gateway):
+    gw = gateway(
+        {
+            "drain_timeout": 1,
+            "models": {"m": {"engine": "command", "cmd": fake_cmd("--tokens-per-s", "5")}},
+        }
+    )
+    got: list[str] = []
+
+    def stream() -> None:
+        try:
+            for c in gw.client.completions.create(
+                model="m", prompt="x", max_tokens=100, stream=True
+            ):
+                got.append(c.choices[0].text)
+        except openai.APIError:
+            pass  # cut off: expected
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert wait_until(lambda: len(got) >= 1, 10)
+    began = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    gw.proc.wait(30)
+    reader.join(10)
+    assert time.monotonic() - began < 8  # 1 s of drain, then the engine's stop
+    assert len(got) < 100

@@ -1,0 +1,48 @@
+"""The deployment files agree with the code: their settings exist and their paths match."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from vramgate.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(re.findall(r"(\w+)=(\S+)", line))
+    return env
+
+
+def test_the_image_environment_sets_real_settings():
+    env = {k: v for k, v in dockerfile_env().items() if k.startswith("VRAMGATE_")}
+    assert len(env) == 4
+    settings = load_settings(None, environ=env)
+    assert settings.host == "0.0.0.0"
+    assert str(settings.state_dir) == "/var/lib/vramgate"
+    assert str(settings.models_dir) == "/models"
+    assert settings.engines.llamacpp.binary == "/usr/local/bin/llama-server"
+
+
+def test_the_example_config_is_valid(monkeypatch):
+    monkeypatch.setenv("VRAMGATE_ADMIN_KEY", "k")
+    settings = load_settings(ROOT / "deploy" / "vramgate.yaml", environ={})
+    assert settings.auth.admin_keys == ["k"] and "gemma" in settings.models
+
+
+def test_compose_and_unit_use_the_image_paths():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["vramgate"]
+    targets = {v.split(":")[1] for v in service["volumes"]}
+    assert {"/models", "/etc/vramgate/config.yaml", "/var/lib/vramgate"} <= targets
+    assert '"/etc/vramgate/config.yaml"' in (ROOT / "Dockerfile").read_text()
+    unit = (ROOT / "deploy" / "vramgate.service").read_text()
+    assert "--config /etc/vramgate/config.yaml" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit  # reload is SIGHUP
