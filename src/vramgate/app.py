@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from vramgate import __version__
+from vramgate import __version__, reconfigure
 from vramgate.api import admin, downloads, manage, openai, page
 from vramgate.config import ConfigError, Settings
 from vramgate.downloads import Downloads
@@ -107,7 +107,7 @@ def _reload_in_background(app: FastAPI) -> None:
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
             return
-        app.state.scheduler.apply_settings(new)
+        reconfigure.apply_settings(app.state.scheduler, new)
 
     task = asyncio.create_task(reload())
     _background.add(task)

@@ -14,22 +14,19 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from vramgate import inventory
+from vramgate import reconfigure
 from vramgate.config import ModelConfig, Settings
 from vramgate.decisions import Action, ModelView, Running, choose_eviction, decide, expired
 from vramgate.engines import EngineAdapter, adapters
 from vramgate.errors import (
-    Conflict,
     EngineOutOfMemory,
     EngineStartFailed,
     GatewayBusy,
     GatewayError,
-    ModelNotFound,
     NoRoom,
     QueueFull,
 )
@@ -66,7 +63,7 @@ class Scheduler:
         self.instances: dict[str, Instance] = {}
         self.adhoc_names: set[str] = set()  # models a request named from models_dir
         for name, model in settings.models.items():
-            self._add(name, model)
+            self.add_instance(name, model)
         self.watchdog = Watchdog()
         self.memory = Memory(settings)
         self.http: aiohttp.ClientSession | None = None
@@ -76,7 +73,7 @@ class Scheduler:
         self._ttl_task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
 
-    def _add(self, name: str, model: ModelConfig) -> Instance:
+    def add_instance(self, name: str, model: ModelConfig) -> Instance:
         inst = Instance(name, model)
         inst.on_state = self._state_changed
         self.instances[name] = inst
@@ -90,7 +87,7 @@ class Scheduler:
         self._ttl_task = asyncio.create_task(self._ttl_loop())
         for inst in self.instances.values():
             if inst.model.pinned:  # pinned models are up from the start, and stay
-                self._begin_start(inst)
+                self.begin_start(inst)
 
     async def close(self) -> None:
         if self._ttl_task:
@@ -143,7 +140,7 @@ class Scheduler:
                     headers={"Retry-After": "1"},
                 )
             if action is Action.START:
-                self._begin_start(inst)
+                self.begin_start(inst)
             elif action is Action.JOIN:
                 assert inst.start_task is not None
                 await _join(inst.start_task)
@@ -186,7 +183,7 @@ class Scheduler:
 
     # -- starting --------------------------------------------------------------------------
 
-    def _begin_start(self, inst: Instance) -> None:
+    def begin_start(self, inst: Instance) -> None:
         inst.state = State.STARTING
         inst.last_error = None
         task = asyncio.create_task(self._start(inst))
@@ -202,7 +199,7 @@ class Scheduler:
                 proc = await self._launch(inst, isolate=False)
             except EngineOutOfMemory as exc:
                 # What it used is learned now (or, for a real OOM, unknown): make more room, once.
-                self._record("oom", name, f"{name} out of memory at start; retrying: {exc.message}")
+                self.record("oom", name, f"{name} out of memory at start; retrying: {exc.message}")
                 await self._discard_process(inst)
                 proc = await self._launch(inst, isolate=True)
         except BaseException as exc:
@@ -212,7 +209,7 @@ class Scheduler:
         inst.ready_at = time.time()
         inst.touch()
         took = time.monotonic() - began
-        self._record("ready", name, f"{name} ready in {took:.2f} s", seconds=took)
+        self.record("ready", name, f"{name} ready in {took:.2f} s", seconds=took)
         watcher = asyncio.create_task(self._watch_exit(inst, proc))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -252,7 +249,7 @@ class Scheduler:
         if gpus:
             self.memory.track(inst, proc.pid)
         where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
-        self._record("start", name, f"starting {name} (pid {proc.pid}, port {port}{where})")
+        self.record("start", name, f"starting {name} (pid {proc.pid}, port {port}{where})")
         assert self.http is not None
         start_timeout_s = self.settings.setting_of(inst.model, "start_timeout")
         try:
@@ -294,7 +291,7 @@ class Scheduler:
         await self._discard_process(inst)
         inst.state = State.FAILED
         self._changed.set()
-        self._record(kind, inst.name, message)
+        self.record(kind, inst.name, message)
 
     async def _make_room(self, inst: Instance, *, isolate: bool) -> tuple[int, ...]:
         """Stops idle engines until `inst` may run; waits for busy ones. Returns its GPU."""
@@ -395,7 +392,7 @@ class Scheduler:
             inst.evictions += 1
         self._changed.set()
         detail = f" {why}" if why else ""
-        self._record(
+        self.record(
             "stop",
             inst.name,
             f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}",
@@ -408,129 +405,15 @@ class Scheduler:
     async def _ttl_loop(self) -> None:
         while True:
             await asyncio.sleep(TTL_CHECK_S)
-            self._reload_step()
+            reconfigure.reload_step(self)
             ttl = {n: self.settings.setting_of(i.model, "ttl") for n, i in self.instances.items()}
             residents = [_running(i) for i in self.instances.values()]
             for name in expired(residents, ttl, time.monotonic()):
                 self.stop(name, "ttl")
 
-    # -- ad-hoc models (allow_adhoc) -------------------------------------------------------
-
-    def adhoc(self, label: str, options: Any) -> str:
-        """Makes an inventory model that is not configured servable under the name asked for.
-
-        It lives until a reload (which does not list it, so it drains and goes) or a restart.
-        Asked again with other settings while its engine runs: 409, unload it first.
-        """
-        root = Path(self.settings.models_dir).resolve()
-        entry = inventory.find(root, label)
-        if entry is None:
-            known = ", ".join(sorted(self.settings.models)) or "(none configured)"
-            raise ModelNotFound(
-                f"model '{label}' is neither configured ({known}) nor in models_dir ({root}); "
-                "GET /v1/models/inventory lists what is there"
-            )
-        inst = self.instances.get(label)
-        if inst is not None and options is None and label in self.adhoc_names:
-            return label  # no settings of its own: whatever it runs with
-        model = inventory.adhoc_model(entry, root, options)
-        if inst is None:
-            inst = self._add(label, model)
-            self.memory.refresh(inst)
-            self._record("adhoc", label, f"{label}: ad-hoc model from {entry.path}")
-        elif inst.model != model:
-            if inst.state not in (State.STOPPED, State.FAILED):
-                raise Conflict(
-                    f"model '{label}' runs with other settings; unload it first "
-                    f"(POST /v1/models/unload) to start it with these"
-                )
-            inst.model = model
-            self.memory.refresh(inst)
-        inst.removed = False
-        self.adhoc_names.add(label)
-        models = {**self.settings.models, label: model}
-        self.settings = self.settings.model_copy(update={"models": models})
-        return label
-
-    # -- reloading -------------------------------------------------------------------------
-
-    def apply_settings(self, new: Settings) -> dict[str, list[str]]:
-        """Takes a new, validated configuration without a restart.
-
-        Unchanged models keep running untouched; changed ones are restarted once idle (at
-        once if not running); removed ones stop taking requests, finish what is in flight,
-        then stop; added ones become available (pinned ones start).
-        """
-        old = self.settings
-        summary: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
-        # Ad-hoc models are in no file: they stay (unless the file now names them, or ad-hoc
-        # use was turned off, which drains and drops them).
-        self.adhoc_names = {n for n in self.adhoc_names if new.allow_adhoc and n not in new.models}
-        kept = {n: self.instances[n].model for n in self.adhoc_names}
-        new = new.model_copy(update={"models": {**new.models, **kept}})
-        restart = [
-            k
-            for k in ("host", "port", "state_dir", "gpus", "models_dir")
-            if getattr(old, k) != getattr(new, k)
-        ]
-        self.settings = new
-        self.adapters = adapters(new)
-        for name, inst in self.instances.items():
-            model = new.models.get(name)
-            if model is None:
-                inst.removed = True
-                summary["removed"].append(name)
-            elif model != inst.model or _engine_changed(old, new, model):
-                inst.removed = False
-                inst.replacement = model
-                summary["changed"].append(name)
-            else:
-                inst.removed, inst.replacement = False, None
-                summary["kept"].append(name)
-        for name, model in new.models.items():
-            if name not in self.instances:
-                inst = self._add(name, model)
-                self.memory.refresh(inst)
-                summary["added"].append(name)
-                if model.pinned:
-                    self._begin_start(inst)
-        self._reload_step()
-        summary["restart_required"] = restart
-        parts = [f"{k} {', '.join(v)}" for k, v in summary.items() if v and k != "kept"]
-        self._record("reload", "", "configuration reloaded: " + ("; ".join(parts) or "no change"))
-        return summary
-
-    def _reload_step(self) -> None:
-        """Carries out a reload's pending changes on the models that are idle now."""
-        for name, inst in list(self.instances.items()):
-            if inst.removed:
-                if inst.state in (State.STOPPED, State.FAILED):
-                    del self.instances[name]
-                elif inst.state is State.READY and inst.is_idle:
-                    self.stop(name, "reload", "removed from the configuration")
-            elif inst.replacement is not None:
-                if inst.state in (State.STOPPED, State.FAILED):
-                    inst.model, inst.replacement = inst.replacement, None
-                    self.memory.refresh(inst)
-                elif inst.state is State.READY and inst.is_idle:
-                    self.stop(name, "reload", "its definition changed")
-
-    async def drain(self, timeout_s: float) -> int:
-        """Waits up to `timeout_s` for in-flight requests to finish; returns how many did not."""
-        deadline = time.monotonic() + timeout_s
-
-        def busy() -> int:
-            return sum(i.in_flight + len(i.slot_waiters) for i in self.instances.values())
-
-        while busy() and (left := deadline - time.monotonic()) > 0:
-            self._changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(0.25, left))
-        return busy()
-
     # -- reporting -------------------------------------------------------------------------
 
-    def _record(self, kind: str, model: str, message: str, **data: Any) -> None:
+    def record(self, kind: str, model: str, message: str, **data: Any) -> None:
         log.info(message)
         event = {"time": time.time(), "kind": kind, "model": model, "message": message, **data}
         self.events.publish(event)
@@ -543,7 +426,7 @@ class Scheduler:
         message = f"download {job.repo}: {job.state}, {progress}"
         if job.error:
             message += f": {job.error}"
-        self._record("download", job.repo, message, job=job.id, state=job.state)
+        self.record("download", job.repo, message, job=job.id, state=job.state)
 
     def _state_changed(self, inst: Instance, old: State, new: State) -> None:
         event = {
@@ -580,12 +463,6 @@ async def _join(task: asyncio.Task[None]) -> None:
         current = asyncio.current_task()
         if not task.cancelled() or (current is not None and current.cancelling()):
             raise
-
-
-def _engine_changed(old: Settings, new: Settings, model: ModelConfig) -> bool:
-    """The engine settings of `model`'s kind (its binary) changed."""
-    kind = model.engine
-    return getattr(old.engines, kind, None) != getattr(new.engines, kind, None)
 
 
 def _why_held(inst: Instance) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from vramgate import __version__
+from vramgate import __version__, reconfigure
 from vramgate.api.common import (
     access_of,
     admin_key,
@@ -117,7 +117,7 @@ async def reload(request: Request) -> dict[str, Any]:
         new = await asyncio.to_thread(load_settings)
     except ConfigError as exc:
         raise BadRequest(f"configuration not reloaded, the running one stays: {exc}") from None
-    return scheduler_of(request).apply_settings(new)
+    return reconfigure.apply_settings(scheduler_of(request), new)
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

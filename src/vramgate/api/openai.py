@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from vramgate import reconfigure
 from vramgate.api.common import any_key, resolve_or_404, scheduler_of
 from vramgate.auth import Access, presented_key
 from vramgate.engines.base import ALL_ROUTES
@@ -115,7 +116,7 @@ class RelayEndpoint:
         if options is not None:
             body = orjson.dumps(payload)
         if settings.allow_adhoc and (name is None or name in scheduler.adhoc_names):
-            name = scheduler.adhoc(payload["model"], options)
+            name = reconfigure.adhoc(scheduler, payload["model"], options)
             settings = scheduler.settings
         elif name is None:
             name = resolve_or_404(settings, payload["model"])
