@@ -64,6 +64,7 @@ class Metrics:
             buckets=START_BUCKETS,
             registry=r,
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
         self.evictions = Counter(
             "vramgate_evictions", "Engines stopped, by reason.", ["model", "reason"], registry=r
         )
@@ -92,12 +93,24 @@ class Metrics:
         overhead_s: float | None,
         first_chunk_s: float | None,
     ) -> None:
-        self.requests.labels(model, route, str(status)).inc()
-        self.duration.labels(model, route).observe(duration_s)
+        # On the hot path: the labelled children are looked up once per (model, route, status)
+        # and kept; prometheus_client's labels() validates and locks on every call.
+        key = (model, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(model, route, str(status)),
+                self.duration.labels(model, route),
+                self.overhead.labels(model),
+                self.first_token.labels(model),
+            )
+        requests, duration, overhead, first_token = children
+        requests.inc()
+        duration.observe(duration_s)
         if overhead_s is not None:
-            self.overhead.labels(model).observe(overhead_s)
+            overhead.observe(overhead_s)
         if first_chunk_s is not None:
-            self.first_token.labels(model).observe(first_chunk_s)
+            first_token.observe(first_chunk_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
