@@ -78,12 +78,85 @@ def vramgate_policy(
     return None if decision.wait else list(decision.evict)
 
 
+class VramgateFrequency:
+    """vramgate's placement with `gpus.eviction: frequency`: the same `place()`, residents ranked
+    by GreedyDual-Size-Frequency priority (requests so far + the last evicted priority), as
+    the scheduler computes it."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.priority: dict[str, float] = {}
+        self.inflation = 0.0
+
+    def on_request(self, name: str) -> None:
+        self.requests[name] = self.requests.get(name, 0) + 1
+        self.priority[name] = self.inflation + self.requests[name]
+
+    def __call__(
+        self, name: str, size: int, resident: dict[str, Engine], now: float
+    ) -> list[str] | None:
+        used = sum(e.size_mib for e in resident.values())
+        gpu = GpuMemory(0, TOTAL_MIB, used, RESERVE_MIB)
+        residents = [
+            Resident(
+                n,
+                State.READY,
+                e.busy_until <= now,
+                e.last_used,
+                (0,),
+                e.size_mib,
+                rank=self.priority.get(n, 0.0),
+            )
+            for n, e in resident.items()
+        ]
+        decision = place(size, [gpu], residents, name)
+        if decision.refuse:
+            raise RuntimeError(decision.refuse)
+        if decision.wait:
+            return None
+        for victim in decision.evict:
+            self.inflation = max(self.inflation, self.priority.get(victim, 0.0))
+        return list(decision.evict)
+
+
 def count_lru_policy(keep: int) -> Policy:
     def policy(name: str, size: int, resident: dict[str, Engine], now: float) -> list[str] | None:
         if len(resident) < keep:
             return []
         idle = [n for n, e in resident.items() if e.busy_until <= now]
         return [min(idle, key=lambda n: resident[n].last_used)] if idle else None
+
+    return policy
+
+
+def farthest_next_use(trace: list[tuple[float, str]]) -> Policy:
+    """Belady's offline rule, in bytes: evict the idle engines asked for again the latest.
+
+    It knows the future, so no online policy can be expected to beat it by much: a reference
+    for what the trace allows, not a policy anyone can run.
+    """
+    uses: dict[str, list[float]] = {}
+    for arrival, name in trace:
+        uses.setdefault(name, []).append(arrival)
+
+    def next_use(name: str, now: float) -> float:
+        later = [t for t in uses.get(name, []) if t > now]
+        return later[0] if later else float("inf")
+
+    def policy(name: str, size: int, resident: dict[str, Engine], now: float) -> list[str] | None:
+        free = TOTAL_MIB - RESERVE_MIB - sum(e.size_mib for e in resident.values())
+        idle = sorted(
+            (n for n, e in resident.items() if e.busy_until <= now),
+            key=lambda n: next_use(n, now),
+            reverse=True,
+        )
+        evict: list[str] = []
+        for victim in idle:
+            if free >= size:
+                break
+            evict.append(victim)
+            free += resident[victim].size_mib
+        return evict if free >= size else None
 
     return policy
 
@@ -102,9 +175,12 @@ def replay(
     result = Result(policy_name)
     resident: dict[str, Engine] = {}
     gpu_free_at = 0.0  # loads go one at a time
+    on_request = getattr(policy, "on_request", None)
     for arrival, name in trace:
         size = SIZES_MIB[int(name[1:])]
         now = arrival
+        if on_request is not None:
+            on_request(name)
         while name not in resident:
             evict = policy(name, size, resident, now)
             if evict is None:  # wait for the first busy engine to finish, then decide again
@@ -169,11 +245,13 @@ def main() -> None:
     trace = make_trace(args.requests, args.rate, args.zipf, args.seed)
     policies: dict[str, Policy] = {
         "vramgate (bytes, LRU)": vramgate_policy,
+        "vramgate (bytes, frequency)": VramgateFrequency(),
         # keep 2 is the largest K with which the two biggest models never overfill the GPU.
         "count LRU, keep 2": count_lru_policy(2),
         "count LRU, keep 3": count_lru_policy(3),
         "count LRU, keep 4": count_lru_policy(4),
         "one at a time": one_at_a_time,
+        "offline optimum (Belady)": farthest_next_use(trace),
     }
     rows = [
         replay(name, policy, trace, args.service_s, args.load_s_per_gib).summary()
@@ -183,9 +261,9 @@ def main() -> None:
     print(f"{len(SIZES_MIB)} models {SIZES_MIB} MiB on {gpu}; {args.requests} requests, "
           f"Zipf {args.zipf}, {args.rate}/s, seed {args.seed}")  # fmt: skip
     header = ("policy", "loads", "evictions", "OOMs", "mean wait s", "p99 wait s")
-    print("{:24} {:>6} {:>9} {:>5} {:>11} {:>10}".format(*header))
+    print("{:28} {:>6} {:>9} {:>5} {:>11} {:>10}".format(*header))
     for r in rows:
-        print(f"{r['policy']:24} {r['loads']:>6} {r['evictions']:>9} {r['ooms']:>5} "
+        print(f"{r['policy']:28} {r['loads']:>6} {r['evictions']:>9} {r['ooms']:>5} "
               f"{r['mean_wait_s']:>11.3f} {r['p99_wait_s']:>10.3f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

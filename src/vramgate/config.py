@@ -104,6 +104,11 @@ class Gpus(_Strict):
     min_residency: float = Field(
         default=0, ge=0, description="Seconds a loaded model is evicted only if nothing else can."
     )
+    eviction: Literal["lru", "frequency"] = Field(
+        default="lru",
+        description="Which idle engines make room first: least recently used, or least often "
+        "asked for with aging (GreedyDual-Size-Frequency; fewer loads on skewed traffic).",
+    )
     unknown_footprint: Literal["estimate", "isolate", "refuse"] = Field(
         default="estimate",
         description="Not yet measured, no vram_mib: use the metadata estimate (else a discovery "

@@ -48,6 +48,7 @@ class Instance:
     served_warm: int = 0  # requests that found the engine ready
     needed_start: int = 0  # requests that had to wait for a start
     evictions: int = 0  # stops to make room (lru, discovery, oom)
+    priority: float = 0.0  # GreedyDual-Size-Frequency: kept longer the higher (eviction: frequency)
     output: Fanout[str] = field(default_factory=lambda: Fanout(keep=0), repr=False)
     replacement: ModelConfig | None = None  # a reload changed it: applied at its next stop
     removed: bool = False  # a reload removed it: stopped and dropped once idle

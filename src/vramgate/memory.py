@@ -49,6 +49,7 @@ class Memory:
         log.info("GPU accounting: %s", self.gpus.kind if self.enabled else "off (no GPU found)")
         self.policy = gpus.unknown_footprint
         self.min_residency = gpus.min_residency
+        self.eviction = gpus.eviction
         self.estimates: dict[str, Estimate | None] = {}
         # Hub repositories are asked for their metadata when first needed, not at startup.
         self._hub_pending: set[str] = set()
@@ -124,6 +125,7 @@ class Memory:
             max(expected, now),
             inst.model.pinned,
             inst.ready_at or time.time(),
+            inst.priority if self.eviction == "frequency" else None,
         )
 
     def budget(self, inst: Instance) -> MemoryBudget | None:

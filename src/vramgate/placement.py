@@ -29,6 +29,13 @@ class Resident:
     footprint_mib: int  # in all, the larger of what it is expected to use and what it uses now
     pinned: bool = False
     loaded_at: float = 0.0  # when it became ready (time.time())
+    # Eviction order, lowest first: None = least recently used first; else a priority such as
+    # GreedyDual-Size-Frequency's (gpus.eviction: frequency).
+    rank: float | None = None
+
+    @property
+    def order(self) -> float:
+        return self.last_used if self.rank is None else self.rank
 
     @property
     def is_evictable(self) -> bool:
@@ -71,7 +78,8 @@ def place(
     1. Unknown footprint: a discovery run. The GPUs that need the fewest stops; every idle
        unpinned engine there goes, so that what is measured is the model alone.
     2. Fits somewhere now: the GPUs where it fits tightest (keeps big holes for big models).
-    3. Fits after evicting idle engines: the GPUs needing the fewest, least recently used stops.
+    3. Fits after evicting idle engines: the GPUs needing the fewest, least recently used stops
+       (or lowest ranked: `Resident.rank`).
        Engines loaded less than `min_residency_s` ago go only if no other choice frees enough
        (anti-thrash).
     4. Fits only once busy engines drain: wait.
@@ -98,7 +106,7 @@ def place(
     if len(fitting) >= gpu_count:
         return Placement(gpus=tuple(sorted(index for _, index in fitting[:gpu_count])))
     young = {r.name for r in others if now - r.loaded_at < min_residency_s}
-    recency = {r.name: r.last_used for r in others}
+    recency = {r.name: r.order for r in others}
     for spared in (young, set()):
         options = []
         for g in gpus:
@@ -118,7 +126,7 @@ def _evictions(
     """The fewest least recently used idle engines on `gpu` whose stop makes `need_mib` fit."""
     candidates = sorted(
         (r for r in residents if r.on(gpu.index) and r.is_evictable and r.name not in spared),
-        key=lambda r: r.last_used,
+        key=lambda r: r.order,
     )
     chosen: list[str] = []
     if available_mib(gpu, residents, chosen) < need_mib:

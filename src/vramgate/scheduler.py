@@ -62,6 +62,7 @@ class Scheduler:
         self.metrics.attach(self)
         self.instances: dict[str, Instance] = {}
         self.adhoc_names: set[str] = set()  # models a request named from models_dir
+        self.inflation = 0.0  # GreedyDual's L: the priority of the last engine evicted
         for name, model in settings.models.items():
             self.add_instance(name, model)
         self.watchdog = Watchdog()
@@ -106,6 +107,9 @@ class Scheduler:
     async def lease(self, name: str) -> AsyncIterator[Lease]:
         inst = self.instances[name]
         inst.requests += 1
+        # GreedyDual-Size-Frequency with a load cost proportional to size: frequency plus the
+        # priority of the last engine evicted (aging), so that past popularity fades.
+        inst.priority = self.inflation + inst.requests
         if inst.state is State.READY:
             inst.served_warm += 1
         else:
@@ -390,6 +394,7 @@ class Scheduler:
         inst.state = State.STOPPED
         if reason in ("lru", "discovery", "oom"):
             inst.evictions += 1
+            self.inflation = max(self.inflation, inst.priority)
         self._changed.set()
         detail = f" {why}" if why else ""
         self.record(

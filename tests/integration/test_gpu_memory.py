@@ -304,3 +304,17 @@ def test_vllm_is_told_its_budget_on_its_gpu(gateway, tmp_path):
     line = next(x for x in gw.engine_log("q").splitlines() if x.startswith("fake vllm argv:"))
     assert line.endswith("serve Org/Model --host 127.0.0.1 --port " + str(gw.model("q")["port"])
                          + " --served-model-name q --gpu-memory-utilization 0.2500")  # fmt: skip
+
+
+def test_frequency_eviction_keeps_the_model_asked_for_most(gateway):
+    """gpus.eviction: frequency: the least often asked for goes, although used more recently."""
+    models = {n: engine(4000, vram_mib=4000) for n in ("a", "b", "c")}
+    gw = gateway({"gpus": gpus(9000) | {"eviction": "frequency"}, "models": models})
+    for name in ("a", "a", "a", "b"):
+        ask(gw, name)
+    ask(gw, "c")
+    assert states(gw) == {"a": "ready", "b": "stopped", "c": "ready"}
+    lru = gateway({"gpus": gpus(9000), "models": models})
+    for name in ("a", "a", "a", "b", "c"):
+        ask(lru, name)
+    assert states(lru) == {"a": "stopped", "b": "ready", "c": "ready"}

@@ -163,3 +163,11 @@ def test_tensor_parallel_discovery_takes_the_emptiest_gpus():
     gpus = [gpu(0, used=3000), gpu(1), gpu(2)]
     decision = place(None, gpus, [res("a", 3000, gpu=0)], "tp", gpu_count=2)
     assert decision == Placement(gpus=(1, 2))
+
+
+def test_a_rank_replaces_recency_in_the_eviction_order():
+    """gpus.eviction: frequency ranks residents by priority; the lowest goes first."""
+    often = Resident("often", State.READY, True, 1.0, (0,), 4500, rank=9.0)
+    once = Resident("once", State.READY, True, 5.0, (0,), 4500, rank=1.0)
+    decision = place(4000, [gpu(used=9000)], [often, once], "x")
+    assert decision == Placement(gpus=(0,), evict=("once",))  # LRU would have taken "often"
