@@ -78,7 +78,7 @@ def test_download_a_gguf_by_quantization_and_verify_it_first(gateway, hub, model
     )
     assert "the repository has Q4_K_M, Q8_0" in wrong.json()["error"]
 
-    job = download(gw, repo="google/gemma-3-270m-GGUF", quantization="Q4_K_M")
+    job = download(gw, url="https://huggingface.co/google/gemma-3-270m-GGUF", quantization="Q4_K_M")
     done = finished(gw, job["id"])
     assert done["state"] == "done", done
     assert done["bytes_done"] == done["bytes_total"] == check["bytes_total"]

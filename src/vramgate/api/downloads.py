@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from vramgate.api.common import admin_key
@@ -19,7 +19,7 @@ router = APIRouter(dependencies=[Depends(admin_key)])
 
 class DownloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    repo: str
+    repo: str = Field(validation_alias=AliasChoices("repo", "url"))  # `url`: the seed's name
     revision: str | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
