@@ -179,3 +179,12 @@ def test_config_schema_is_json_schema_of_the_file():
     assert schema["title"] == "vramgate configuration"
     assert {"models", "auth", "gpus", "models_dir", "drain_timeout"} <= set(schema["properties"])
     assert "api_keys" in schema["$defs"]["ModelConfig"]["properties"]
+
+
+def test_status_page_is_served_and_can_be_turned_off(gateway):
+    on = gateway({"models": {}})
+    page = on.http.get("/")
+    assert page.status_code == 200 and "<title>vramgate</title>" in page.text
+    assert on.http.get("/static/app.js").status_code == 200
+    off = gateway({"auth": {"status_page": "off"}, "models": {}})
+    assert off.http.get("/").status_code == 404
