@@ -31,7 +31,8 @@ def browser():
 
 
 def test_status_page_follows_a_model_live_and_unloads_it(gateway, browser, tmp_path):
-    models = {"m": engine(3000, "--load-delay", "0.5", vram_mib=3000)}
+    # A load of 1.5 s: time enough for the page to show "starting" on a busy CI machine.
+    models = {"m": engine(3000, "--load-delay", "1.5", vram_mib=3000)}
     gw = gateway(
         {"gpus": gpus(10_000), "auth": {"admin_keys": [ADMIN]}, "models": models}, key=ADMIN
     )
