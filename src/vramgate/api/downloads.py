@@ -11,8 +11,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from vramgate.api.common import admin_key
-from vramgate.downloads import DownloadError, Downloads, verify
+from vramgate.downloads import DownloadError, Downloads
 from vramgate.errors import BadRequest, ModelNotFound
+from vramgate.repo_check import verify
 
 router = APIRouter(dependencies=[Depends(admin_key)])
 
