@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -63,6 +64,8 @@ def create_app(
         app.state.started_at = time.time()
         app.state.reload_settings = reload_settings or (lambda: scheduler.settings)
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload_in_background(app))
+        app.state.stopping = asyncio.Event()
+        _tell_on_exit_signals(loop, app.state.stopping)
         names = ", ".join(settings.models) or "none"
         log.info("vramgate %s serving models: %s", __version__, names)
         log.info("%s", _auth_summary(settings))
@@ -98,6 +101,23 @@ def _auth_summary(settings: Settings) -> str:
         f"{own} model(s) with their own keys; /metrics {auth.metrics}, status page "
         f"{auth.status_page}"
     )
+
+
+def _tell_on_exit_signals(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+    """Sets `stopping` on SIGTERM and SIGINT, then lets uvicorn's own handler run.
+
+    uvicorn drains open responses before the lifespan ends; live streams (events, logs) must
+    learn of it to end themselves, or they hold the shutdown for all of drain_timeout.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(stopping.set)
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, handler)
 
 
 def _reload_in_background(app: FastAPI) -> None:

@@ -256,3 +256,23 @@ def test_drain_timeout_bounds_the_wait_for_streams(gateway):
     reader.join(10)
     assert time.monotonic() - began < 8  # 1 s of drain, then the engine's stop
     assert len(got) < 100
+
+
+def test_open_event_streams_do_not_hold_the_shutdown(gateway):
+    """An open status page (its SSE streams) ends with the gateway, not after drain_timeout."""
+    gw = gateway({"drain_timeout": 30, "models": {"m": {"engine": "command", "cmd": fake_cmd()}}})
+    ended = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", gw.url + "/admin/events", timeout=60) as resp:
+            for _ in resp.iter_lines():
+                pass
+        ended.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    time.sleep(0.5)  # the stream is open
+    began = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+    gw.proc.wait(30)
+    assert time.monotonic() - began < 10  # not the 30 s of drain_timeout
+    assert ended.wait(5)
