@@ -21,9 +21,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from vramgate.testing import gpu_load
+
 STATS = web.AppKey("stats", dict)
 OPTS = web.AppKey("opts", argparse.Namespace)
 READY = web.AppKey("ready", asyncio.Event)
+GPU_HELD = web.AppKey("gpu_held", list)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--log-line", action="append", default=[], help="Print this line at load (repeatable)."
     )
+    gpu_load.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -189,6 +193,7 @@ async def _load(app: web.Application) -> None:
         os._exit(3)
     for line in opts.log_line:  # e.g. llama.cpp's buffer sizes
         print(line, flush=True)
+    app[GPU_HELD] = gpu_load.allocate(opts)  # real GPU memory, where asked for (PyTorch)
     usage_file = os.environ.get("VRAMGATE_SIM_USAGE_FILE")
     if opts.vram_mib is not None and usage_file:
         Path(usage_file).write_text(str(opts.vram_mib))  # noqa: ASYNC240 (tiny, once)
