@@ -60,6 +60,11 @@ class Running:
     is_idle: bool
     last_used: float
     pinned: bool = False
+    rank: float | None = None  # eviction order, lowest first; None = least recently used first
+
+    @property
+    def order(self) -> float:
+        return self.last_used if self.rank is None else self.rank
 
 
 def choose_eviction(
@@ -67,7 +72,8 @@ def choose_eviction(
 ) -> tuple[int, str | None]:
     """How many engines must make way for `asking` to start, and the one to stop first.
 
-    Only idle, ready, unpinned engines may go, least recently used first; a busy one never.
+    Only idle, ready, unpinned engines may go, least recently used (or lowest ranked) first; a
+    busy one never.
     Returns (0, None) when it fits, (n, None) when n must go but none can now.
     """
     running = [r for r in residents if r.state is not State.STOPPED and r.name != asking]
@@ -77,7 +83,7 @@ def choose_eviction(
     candidates = [r for r in running if r.state is State.READY and r.is_idle and not r.pinned]
     if not candidates:
         return excess, None
-    return excess, min(candidates, key=lambda r: r.last_used).name
+    return excess, min(candidates, key=lambda r: r.order).name
 
 
 def expired(residents: Sequence[Running], ttl_s: Mapping[str, float], now: float) -> list[str]:

@@ -116,6 +116,8 @@ def reload_step(scheduler: Scheduler) -> None:
             if inst.state in (State.STOPPED, State.FAILED):
                 inst.model, inst.replacement = inst.replacement, None
                 scheduler.memory.refresh(inst)
+                if inst.model.pinned:
+                    scheduler.begin_start(inst)
             elif inst.state is State.READY and inst.is_idle:
                 scheduler.stop(name, "reload", "its definition changed")
 

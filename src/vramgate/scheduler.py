@@ -341,7 +341,7 @@ class Scheduler:
                 )
                 return (), f"its GPU memory is held by engines that cannot make way ({holders})"
             gpus = plan.gpus
-        residents = [_running(i) for i in self.instances.values()]
+        residents = [self._running(i) for i in self.instances.values()]
         excess, victim = choose_eviction(residents, self.settings.max_running, inst.name)
         if excess <= 0:
             return gpus, None
@@ -388,8 +388,9 @@ class Scheduler:
             # The next load must find the memory free, not merely the process gone.
             await self.memory.wait_released(inst)
         self.memory.detach(inst)
-        if inst.replacement is not None:  # a reload changed it: the next start uses the new one
-            inst.model, inst.replacement = inst.replacement, None
+        swapped = (changed := inst.replacement) is not None
+        if changed is not None:  # a reload changed it: the next start uses the new definition
+            inst.model, inst.replacement = changed, None
             self.memory.refresh(inst)
         inst.state = State.STOPPED
         if reason in ("lru", "discovery", "oom"):
@@ -403,6 +404,8 @@ class Scheduler:
             f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}",
             reason=reason,
         )
+        if swapped and inst.model.pinned:
+            self.begin_start(inst)  # pinned models are up at all times, in their new form too
 
     async def unload(self, name: str) -> None:
         await self.stop(name, "admin")
@@ -412,7 +415,7 @@ class Scheduler:
             await asyncio.sleep(TTL_CHECK_S)
             reconfigure.reload_step(self)
             ttl = {n: self.settings.setting_of(i.model, "ttl") for n, i in self.instances.items()}
-            residents = [_running(i) for i in self.instances.values()]
+            residents = [self._running(i) for i in self.instances.values()]
             for name in expired(residents, ttl, time.monotonic()):
                 self.stop(name, "ttl")
 
@@ -432,6 +435,10 @@ class Scheduler:
         if job.error:
             message += f": {job.error}"
         self.record("download", job.repo, message, job=job.id, state=job.state)
+
+    def _running(self, inst: Instance) -> Running:
+        rank = inst.priority if self.settings.gpus.eviction == "frequency" else None
+        return Running(inst.name, inst.state, inst.is_idle, inst.last_used, inst.model.pinned, rank)
 
     def _state_changed(self, inst: Instance, old: State, new: State) -> None:
         event = {
@@ -476,7 +483,3 @@ def _why_held(inst: Instance) -> str:
     if inst.state is State.READY:
         return "idle" if inst.is_idle else f"busy, {inst.in_flight} in flight"
     return inst.state.value
-
-
-def _running(inst: Instance) -> Running:
-    return Running(inst.name, inst.state, inst.is_idle, inst.last_used, inst.model.pinned)

@@ -276,3 +276,16 @@ def test_open_event_streams_do_not_hold_the_shutdown(gateway):
     gw.proc.wait(30)
     assert time.monotonic() - began < 10  # not the 30 s of drain_timeout
     assert ended.wait(5)
+
+
+def test_reload_restarts_a_changed_pinned_model_by_itself(gateway):
+    """A pinned model is up at all times: changed by a reload, it comes back in its new form."""
+    config: dict = {"models": {"p": {"engine": "command", "cmd": fake_cmd(), "pinned": True}}}
+    gw = gateway(config)
+    assert wait_until(lambda: gw.model("p")["state"] == "ready", 10)
+    pid = gw.model("p")["pid"]
+    config["models"]["p"]["args"] = ["--max-tokens", "3"]
+    write_config(gw, config)
+    assert gw.http.post("/admin/reload").json()["changed"] == ["p"]
+    assert wait_until(lambda: gw.model("p")["state"] == "ready" and gw.model("p")["pid"] != pid, 10)
+    assert gw.client.completions.create(model="p", prompt="x").choices[0].text.count("tok") == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramgate.decisions import Action, ModelView, Running, choose_eviction, decide, expired
 from vramgate.instances import State
 
@@ -92,3 +94,14 @@ def test_pinned_engine_is_neither_evicted_nor_expired():
     assert choose_eviction([res("p", 1, pinned=True), res("a", 5)], 2, "c") == (1, "a")
     assert choose_eviction([res("p", 1, pinned=True)], 1, "c") == (1, None)
     assert expired([res("p", 0, pinned=True)], {"p": 10}, now=100) == []
+
+
+def test_count_limit_evicts_the_lowest_ranked_when_ranks_are_given():
+    """gpus.eviction: frequency applies to max_running too: the least asked for goes first."""
+    often = Running("often", State.READY, True, last_used=1.0, rank=9.0)
+    once = Running("once", State.READY, True, last_used=5.0, rank=2.0)
+    assert choose_eviction([often, once], 2, "new") == (1, "once")
+    assert choose_eviction([replace(often, rank=None), replace(once, rank=None)], 2, "new") == (
+        1,
+        "often",
+    )
