@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vramgate.hub import HubError, describe_error, endpoint, repo_id
+from vramgate.inventory import within
 
 log = logging.getLogger("vramgate.downloads")
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -160,10 +161,9 @@ def inside(models_dir: Path, destination: str | None, repo: str) -> Path:
     relative = destination if destination else repo
     if Path(relative).is_absolute():
         raise DownloadError(f"destination {relative!r} must be relative to models_dir")
-    target = (root / relative).resolve()
-    if target != root and root not in target.parents:
+    if not within(root, root / relative):
         raise DownloadError(f"destination {relative!r} is outside models_dir ({root})")
-    return target
+    return (root / relative).resolve()
 
 
 class Downloads:

@@ -132,10 +132,7 @@ def find(models_dir: Path, label: str) -> Entry | None:
     with 400, before anything is looked up.
     """
     root = models_dir.resolve()
-    if Path(label).is_absolute() or ".." in Path(label).parts:
-        raise BadRequest(f"model {label!r}: ad-hoc models must be inside models_dir ({root})")
-    target = (root / label).resolve()
-    if target != root and root not in target.parents:
+    if Path(label).is_absolute() or ".." in Path(label).parts or not within(root, root / label):
         raise BadRequest(f"model {label!r}: ad-hoc models must be inside models_dir ({root})")
     for entry in scan(root):
         if label in (entry.name, entry.path.relative_to(root).as_posix()):
@@ -150,7 +147,7 @@ CONTEXT_FLAG = {"llamacpp": "-c", "vllm": "--max-model-len", "sglang": "--contex
 def adhoc_model(entry: Entry, root: Path, options: Any) -> ModelConfig:
     """The model definition for an inventory entry named by a request, with the request's own
     settings (its `vramgate` object): engine, context_length, ttl, gpu_memory_mib."""
-    if not _same_or_inside(entry.path, root):
+    if not within(root, entry.path):
         raise BadRequest(f"model {entry.name!r} leads outside models_dir ({root})")
     options = options or {}
     if not isinstance(options, dict):
@@ -176,6 +173,7 @@ def adhoc_model(entry: Entry, root: Path, options: Any) -> ModelConfig:
         raise BadRequest(format_errors(exc, "the request's `vramgate` settings")) from None
 
 
-def _same_or_inside(path: Path, root: Path) -> bool:
+def within(root: Path, path: Path) -> bool:
+    """`path`, symlinks followed, is `root` (resolved) or inside it."""
     target = path.resolve()
     return target == root or root in target.parents

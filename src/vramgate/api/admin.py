@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -157,8 +156,15 @@ def _event(item: Any) -> bytes:
 
 
 def _tail(path: Path, n: int) -> list[str]:
-    lines: deque[str] = deque(maxlen=n)
-    with contextlib.suppress(OSError), path.open(errors="replace") as f:
-        for line in f:
-            lines.append(line.rstrip("\n"))
-    return list(lines)
+    """The last `n` lines of a log, read backwards from its end (logs grow to gigabytes)."""
+    block = 64 << 10
+    data = b""
+    with contextlib.suppress(OSError), path.open("rb") as f:
+        end = f.seek(0, 2)
+        while end > 0 and data.count(b"\n") <= n:
+            start = max(0, end - block)
+            f.seek(start)
+            data = f.read(end - start) + data
+            end = start
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-n:]
