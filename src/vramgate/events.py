@@ -43,7 +43,3 @@ class Fanout(Generic[T]):
             yield queue
         finally:
             self._listeners.pop(queue, None)
-
-    @property
-    def listeners(self) -> int:
-        return len(self._listeners)
