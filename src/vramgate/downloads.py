@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import logging
-import re
 import threading
 import time
 import uuid
@@ -24,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from vramgate.hub import HubError, describe_error, endpoint, repo_id
-from vramgate.inventory import within
+from vramgate.inventory import gguf_quantization, within
 
 log = logging.getLogger("vramgate.downloads")
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-QUANT_IN_NAME = re.compile(r"(?:^|[-_.])((?:I?Q\d|F16|BF16|F32)[A-Z0-9_]*)(?:[-_.]|$)", re.I)
-SPLIT_PART = re.compile(r"-\d{5}-of-\d{5}\.gguf$")
 PARALLEL_JOBS = 2
 
 
@@ -118,9 +115,9 @@ def select_files(
         chosen = [f for f in chosen if not any(fnmatch.fnmatch(f.path, p) for p in exclude)]
     if quantization:
         ggufs = [f for f in chosen if f.path.lower().endswith(".gguf")]
-        wanted = [f for f in ggufs if _quant(f.path) == quantization.upper()]
+        wanted = [f for f in ggufs if gguf_quantization(f.path) == quantization.upper()]
         if not wanted:
-            found = sorted({q for f in ggufs if (q := _quant(f.path))})
+            found = sorted({q for f in ggufs if (q := gguf_quantization(f.path))})
             have = ", ".join(found) or "none (no GGUF files)"
             raise DownloadError(
                 f"no GGUF file with quantization {quantization}; the repository has {have}"
@@ -129,12 +126,6 @@ def select_files(
     if not chosen:
         raise DownloadError("no file of the repository matches include/exclude")
     return chosen
-
-
-def _quant(path: str) -> str | None:
-    name = SPLIT_PART.sub(".gguf", Path(path).name)
-    matches = QUANT_IN_NAME.findall(Path(name).stem)
-    return matches[-1].upper() if matches else None
 
 
 def list_repo(repo: str, revision: str | None) -> tuple[str, list[RepoFile], Any]:

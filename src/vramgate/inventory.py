@@ -20,7 +20,14 @@ from vramgate.errors import BadRequest
 from vramgate.gpu.estimate import Estimate, EstimateError, estimate_gguf, estimate_safetensors
 
 SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.I)
-QUANT = re.compile(r"(?:^|[-_.])((?:I?Q\d|F16|BF16|F32)[A-Z0-9_]*)$", re.I)
+QUANT_IN_NAME = re.compile(r"(?:^|[-_.])((?:I?Q\d|F16|BF16|F32)[A-Z0-9_]*)(?:[-_.]|$)", re.I)
+
+
+def gguf_quantization(filename: str) -> str | None:
+    """The quantization a GGUF file's name gives (model-Q4_K_M-00001-of-00002.gguf: Q4_K_M)."""
+    stem = Path(SPLIT_PART.sub(".gguf", Path(filename).name)).stem
+    matches = QUANT_IN_NAME.findall(stem)
+    return matches[-1].upper() if matches else None
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,7 @@ def scan(models_dir: Path) -> list[Entry]:
             files = tuple(sorted(gguf.parent.glob(pattern)))
         stem = SPLIT_PART.sub("", gguf.name) if split else gguf.stem
         name = (gguf.parent.relative_to(root) / stem).as_posix()
-        quant = QUANT.search(stem)
-        entries.append(
-            Entry(name, gguf, "gguf", "llamacpp", files, quant[1].upper() if quant else None)
-        )
+        entries.append(Entry(name, gguf, "gguf", "llamacpp", files, gguf_quantization(gguf.name)))
     for config in sorted(root.rglob("config.json")):
         folder = config.parent
         weights = tuple(sorted(folder.glob("*.safetensors")))

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vramgate.downloads import SPLIT_PART, DownloadError, RepoFile, list_repo, select_files
+from vramgate.downloads import DownloadError, RepoFile, list_repo, select_files
 from vramgate.hub import HubError, endpoint, repo_id
+from vramgate.inventory import SPLIT_PART
 
 GGUF_HEAD_BYTES = 32 << 20  # a GGUF header (metadata + tensor list) fits; weights follow it
 
