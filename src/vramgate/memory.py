@@ -53,22 +53,22 @@ class Memory:
         self.estimates: dict[str, Estimate | None] = {}
         # Hub repositories are asked for their metadata when first needed, not at startup.
         self._hub_pending: set[str] = set()
-        if self.enabled and self.policy != "isolate":
-            for name, model in settings.models.items():
-                self.estimates[name] = _estimate_or_none(name, model, hub=False)
-                if model.source and model.engine != "command" and is_hub_id(model.source):
-                    self._hub_pending.add(name)
+        for name, model in settings.models.items():
+            self._estimate(name, model)
 
     def refresh(self, inst: Instance) -> None:
         """A model was added or its definition changed (reload): estimate it anew."""
-        self.estimates.pop(inst.name, None)
-        self._hub_pending.discard(inst.name)
+        self._estimate(inst.name, inst.model)
+
+    def _estimate(self, name: str, model: ModelConfig) -> None:
+        """Estimates from local files now; a hub id is only marked, for `prepare`."""
+        self.estimates.pop(name, None)
+        self._hub_pending.discard(name)
         if not self.enabled or self.policy == "isolate":
             return
-        model = inst.model
-        self.estimates[inst.name] = _estimate_or_none(inst.name, model, hub=False)
+        self.estimates[name] = _estimate_or_none(name, model, hub=False)
         if model.source and model.engine != "command" and is_hub_id(model.source):
-            self._hub_pending.add(inst.name)
+            self._hub_pending.add(name)
 
     async def prepare(self, inst: Instance) -> None:
         """Fetches a hub model's estimate (safetensors headers, config.json) once, before its
