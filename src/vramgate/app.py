@@ -123,11 +123,9 @@ def _tell_on_exit_signals(loop: asyncio.AbstractEventLoop, stopping: asyncio.Eve
 def _reload_in_background(app: FastAPI) -> None:
     async def reload() -> None:
         try:
-            new = await asyncio.to_thread(app.state.reload_settings)
+            await reconfigure.reload(app.state.scheduler, app.state.reload_settings)
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
-            return
-        reconfigure.apply_settings(app.state.scheduler, new)
 
     task = asyncio.create_task(reload())
     _background.add(task)

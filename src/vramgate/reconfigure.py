@@ -5,6 +5,8 @@ start and stop paths; nothing here stops an engine that is busy.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +55,12 @@ def adhoc(scheduler: Scheduler, label: str, options: Any) -> str:
     models = {**scheduler.settings.models, label: model}
     scheduler.settings = scheduler.settings.model_copy(update={"models": models})
     return label
+
+
+async def reload(scheduler: Scheduler, load: Callable[[], Settings]) -> dict[str, list[str]]:
+    """Reads the configuration again (in a thread: it is file I/O) and applies it; a bad one
+    raises ConfigError and changes nothing."""
+    return apply_settings(scheduler, await asyncio.to_thread(load))
 
 
 def apply_settings(scheduler: Scheduler, new: Settings) -> dict[str, list[str]]:
@@ -114,8 +122,7 @@ def reload_step(scheduler: Scheduler) -> None:
                 scheduler.stop(name, "reload", "removed from the configuration")
         elif inst.replacement is not None:
             if inst.state in (State.STOPPED, State.FAILED):
-                inst.model, inst.replacement = inst.replacement, None
-                scheduler.memory.refresh(inst)
+                scheduler.take_replacement(inst)
                 if inst.model.pinned:
                     scheduler.begin_start(inst)
             elif inst.state is State.READY and inst.is_idle:

@@ -388,10 +388,7 @@ class Scheduler:
             # The next load must find the memory free, not merely the process gone.
             await self.memory.wait_released(inst)
         self.memory.detach(inst)
-        swapped = (changed := inst.replacement) is not None
-        if changed is not None:  # a reload changed it: the next start uses the new definition
-            inst.model, inst.replacement = changed, None
-            self.memory.refresh(inst)
+        swapped = self.take_replacement(inst)
         inst.state = State.STOPPED
         if reason in ("lru", "discovery", "oom"):
             inst.evictions += 1
@@ -406,6 +403,15 @@ class Scheduler:
         )
         if swapped and inst.model.pinned:
             self.begin_start(inst)  # pinned models are up at all times, in their new form too
+
+    def take_replacement(self, inst: Instance) -> bool:
+        """A reload changed the model: from now on (its next start) it has its new definition."""
+        changed = inst.replacement
+        if changed is None:
+            return False
+        inst.model, inst.replacement = changed, None
+        self.memory.refresh(inst)
+        return True
 
     async def unload(self, name: str) -> None:
         await self.stop(name, "admin")

@@ -111,12 +111,10 @@ async def events(request: Request, recent: int = Query(20, ge=0, le=200)) -> Str
 @router.post("/admin/reload", dependencies=[Depends(admin_key)])
 async def reload(request: Request) -> dict[str, Any]:
     """Reads the configuration again; a bad one is refused (400) and the running one stays."""
-    load_settings = request.app.state.reload_settings
     try:
-        new = await asyncio.to_thread(load_settings)
+        return await reconfigure.reload(scheduler_of(request), request.app.state.reload_settings)
     except ConfigError as exc:
         raise BadRequest(f"configuration not reloaded, the running one stays: {exc}") from None
-    return reconfigure.apply_settings(scheduler_of(request), new)
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
