@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from vramgate.runtime import free_port
 
 SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"

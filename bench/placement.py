@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vramgate.placement import Resident, place
+
 from vramgate.gpu.base import GpuMemory
 from vramgate.instances import State
-from vramgate.placement import Resident, place
 
 SIZES_MIB = [2000, 3000, 4000, 5000, 6000, 7000, 8000, 10_000]
 TOTAL_MIB, RESERVE_MIB = 24_000, 512

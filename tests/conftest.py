@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from vramgate.runtime import free_port
+from vramgate.runtimes.local import free_port
 
 FAKE = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
 

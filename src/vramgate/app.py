@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ from vramgate.api import admin, downloads, manage, openai, page
 from vramgate.config import ConfigError, Settings
 from vramgate.downloads import Downloads
 from vramgate.errors import BadRequest, GatewayError, error_body
-from vramgate.scheduler import Scheduler
+from vramgate.events import Events
+from vramgate.gpu.base import GpuBackend
+from vramgate.gpu.footprints import FootprintStore
+from vramgate.memory import Memory, footprint_store, gpu_backend
+from vramgate.metrics import Metrics
+from vramgate.runtimes.base import Runtime
+from vramgate.runtimes.local import LocalRuntime
+from vramgate.scheduling.driver import Scheduler
+from vramgate.status import gateway_status
 
 log = logging.getLogger("vramgate")
 
@@ -45,24 +54,48 @@ class GatewayApp:
         await self.api(scope, receive, send)
 
 
+@dataclass
+class Collaborators:
+    """What the gateway is made of; tests and embedders may pass their own."""
+
+    runtime: Runtime
+    gpus: GpuBackend
+    footprints: FootprintStore
+    events: Events = field(default_factory=Events)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Collaborators:
+        return cls(LocalRuntime(), gpu_backend(settings), footprint_store(settings))
+
+
 def create_app(
-    settings: Settings, reload_settings: Callable[[], Settings] | None = None
+    settings: Settings,
+    reload_settings: Callable[[], Settings] | None = None,
+    parts: Collaborators | None = None,
 ) -> GatewayApp:
     """The gateway for `settings`; `reload_settings` reads the configuration again (SIGHUP,
-    POST /admin/reload) and raises ConfigError for a bad one."""
+    POST /admin/reload) and raises ConfigError for a bad one; `parts` defaults to a local
+    runtime and the GPU backend and footprint store the settings name."""
+    made = parts or Collaborators.for_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = Scheduler(settings)
+        memory = Memory(settings, made.gpus, made.footprints)
+        scheduler = Scheduler(settings, made.runtime, memory, made.events)
+        made.events.hooks.append(made.metrics.event)
+        made.metrics.attach(lambda: gateway_status(scheduler))
         await scheduler.start()
         app.state.scheduler = scheduler
+        app.state.metrics = made.metrics
         loop = asyncio.get_running_loop()
         app.state.downloads = Downloads(
             Path(settings.models_dir),
-            on_change=lambda job: loop.call_soon_threadsafe(scheduler.download_changed, job),
+            on_change=lambda job: loop.call_soon_threadsafe(_download_changed, made.events, job),
         )
         app.state.started_at = time.time()
         app.state.reload_settings = reload_settings or (lambda: scheduler.settings)
+        app.state.background = set()
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload_in_background(app))
         app.state.stopping = asyncio.Event()
         _tell_on_exit_signals(loop, app.state.stopping)
@@ -89,6 +122,15 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     return GatewayApp(app)
+
+
+def _download_changed(events: Events, job: Any) -> None:
+    """A download job moved (queued, running, a file done, finished): tell listeners."""
+    info = job.public()
+    message = f"download {job.repo}: {job.state}, {info['bytes_done']}/{info['bytes_total']} bytes"
+    if job.error:
+        message += f": {job.error}"
+    events.record("download", job.repo, message, job=job.id, state=job.state)
 
 
 def _auth_summary(settings: Settings) -> str:
@@ -128,11 +170,8 @@ def _reload_in_background(app: FastAPI) -> None:
             log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
 
     task = asyncio.create_task(reload())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[None]] = set()
+    app.state.background.add(task)  # held until done: the loop keeps only weak references
+    task.add_done_callback(app.state.background.discard)
 
 
 def _json(body: object, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -140,7 +179,8 @@ def _json(body: object, status: int, headers: dict[str, str] | None = None) -> R
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-    return _json(exc.body(), exc.status, exc.headers)
+    # FastAPI routes that start engines (load) take admin keys only: they may see its output.
+    return _json(exc.body(detail=True), exc.status, exc.headers)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

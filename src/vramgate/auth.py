@@ -17,22 +17,31 @@ MISSING = "no API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`"
 WRONG = "the API key is not valid"
 
 
+# HTTP's own whitespace around a header value (RFC 9110 OWS), and nothing else: str.strip()
+# would also remove a non-breaking space (0xA0 in latin-1) and match it to an empty key.
+_OWS = " \t"
+
+
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key of an ASGI request's headers, if it has one."""
+    """The key of an ASGI request's headers, if it has a non-empty one."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif name == b"x-api-key" and value:
-            return value.decode("latin-1").strip()
+            token = token.strip(_OWS)
+            if scheme.lower() == "bearer" and token:
+                return token
+        elif name == b"x-api-key":
+            token = value.decode("latin-1").strip(_OWS)
+            if token:
+                return token
     return None
 
 
 def _among(key: str, keys: Iterable[str]) -> bool:
     found = False
     for candidate in keys:  # every one compared: the time does not depend on which matches
-        found |= hmac.compare_digest(key.encode(), candidate.encode())
+        # An empty configured key never matches (the config refuses them; this is the backstop).
+        found |= hmac.compare_digest(key.encode(), candidate.encode()) and bool(candidate)
     return found
 
 
@@ -66,7 +75,8 @@ class Access:
         self.require_known()
         if self.open or self.admin:
             return
-        own = self.settings.models[name].api_keys
+        model = self.settings.models.get(name)  # an ad-hoc model is in no file: no keys of its own
+        own = model.api_keys if model else []
         allowed = name in self.models if own else self.api
         if not allowed:
             raise Forbidden(f"this API key does not open model '{name}'")

@@ -9,12 +9,19 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-EngineKind = Literal["llamacpp", "vllm", "sglang", "command"]
 Task = Literal["generate", "embed", "rerank"]
 ENV_PREFIX = "VRAMGATE_"
 
@@ -33,20 +40,56 @@ class Defaults(_Strict):
     stop_timeout: float = Field(default=10, ge=0, description="Seconds from SIGTERM to SIGKILL.")
     max_queue: int = Field(default=256, ge=0, description="Requests that may wait for a slot.")
     evict_wait: float = Field(default=120, gt=0, description="Seconds to wait for busy engines.")
+    read_timeout: float = Field(
+        default=600, gt=0, description="Seconds an engine may send nothing mid-answer; then 502."
+    )
+    health_interval: float = Field(
+        default=10, ge=0, description="Seconds between checks that ready engines answer; 0 = off."
+    )
+    health_failures: int = Field(
+        default=3, ge=1, description="Checks in a row a ready engine may miss before it is killed."
+    )
 
 
 class EngineSettings(_Strict):
     binary: str | None = Field(default=None, description="Executable (default: usual name).")
 
 
-class Engines(_Strict):
-    llamacpp: EngineSettings = EngineSettings()
-    vllm: EngineSettings = EngineSettings()
-    sglang: EngineSettings = EngineSettings()
+def engine_kinds() -> list[str]:
+    """The engine kinds of the registry (vramgate.engines), read when a file is validated."""
+    from vramgate.engines import REGISTRY  # the engines import this module: not at import time
+
+    return sorted(REGISTRY)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in engine_kinds():
+        raise ValueError(f"unknown engine {kind!r}; expected one of: {', '.join(engine_kinds())}")
+    return kind
+
+
+def _kinds_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = list[Any](engine_kinds())
+
+
+def _check_keys(keys: list[str]) -> list[str]:
+    """A blank key (an empty `${env.X}`) would match a blank header: refuse the file instead."""
+    for i, key in enumerate(keys):
+        if not key.strip():
+            raise ValueError(
+                f"key [{i}] is empty (an unset or empty ${{env.X}}?); remove it or give it a value"
+            )
+    return keys
+
+
+Keys = Annotated[list[str], AfterValidator(_check_keys)]
+EngineKind = Annotated[str, AfterValidator(_check_kind)]
 
 
 class ModelConfig(_Strict):
-    engine: EngineKind
+    engine: EngineKind = Field(
+        description="The engine kind.", json_schema_extra=lambda schema: _kinds_enum(schema)
+    )
     source: str | None = Field(default=None, description="Model path or hub id.")
     cmd: str | None = Field(default=None, description="A `command` engine's command line.")
     args: list[str] = Field(default_factory=list, description="Extra arguments for the engine.")
@@ -71,7 +114,7 @@ class ModelConfig(_Strict):
         default=1, ge=1, description="GPUs the model is split over (tensor parallel), 1/N on each."
     )
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
-    api_keys: list[str] = Field(
+    api_keys: Keys = Field(
         default_factory=list, description="Only these keys (and admin keys) reach this model."
     )
 
@@ -125,8 +168,8 @@ class Gpus(_Strict):
 
 
 class Auth(_Strict):
-    api_keys: list[str] = Field(default_factory=list, description="Keys that open /v1 routes.")
-    admin_keys: list[str] = Field(
+    api_keys: Keys = Field(default_factory=list, description="Keys that open /v1 routes.")
+    admin_keys: Keys = Field(
         default_factory=list, description="Keys that open everything, admin routes included."
     )
     metrics: Literal["open", "key"] = Field(
@@ -158,13 +201,22 @@ class Settings(_Strict):
     )
     auth: Auth = Auth()
     defaults: Defaults = Defaults()
-    engines: Engines = Engines()
+    engines: dict[str, EngineSettings] = Field(
+        default_factory=dict, description="Per engine kind: its settings (binary)."
+    )
     gpus: Gpus = Gpus()
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @property
     def auth_enabled(self) -> bool:
         return self.auth.enabled or any(m.api_keys for m in self.models.values())
+
+    @field_validator("engines")
+    @classmethod
+    def _known_engines(cls, engines: dict[str, EngineSettings]) -> dict[str, EngineSettings]:
+        for kind in engines:
+            _check_kind(kind)
+        return engines
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:
@@ -205,7 +257,7 @@ class Settings(_Strict):
         return None
 
 
-def guess_engine(source: str) -> EngineKind:
+def guess_engine(source: str) -> str:
     """The engine a bare source implies: a GGUF file is llama.cpp's, anything else vLLM's."""
     return "llamacpp" if source.lower().endswith(".gguf") else "vllm"
 

@@ -10,7 +10,10 @@ GatewayError                 {"error": {"message", "type", "code"}}
 ├── QueueFull                429 max_concurrency reached and the wait queue is full
 ├── EngineUnavailable        502 the engine died or dropped the connection mid-request
 ├── EngineStartFailed        503 the engine exited while starting or never became ready
+├── Unloaded                 503 the model was stopped (unload, shutdown) while starting
 └── GatewayBusy              503 no room: every engine that could make way is busy
+
+An error may carry a `detail` that only admin keys see: an engine's last output lines.
 """
 
 from __future__ import annotations
@@ -25,13 +28,20 @@ class GatewayError(Exception):
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.detail = detail
 
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.code)
+    def body(self, *, detail: bool = False) -> dict[str, Any]:
+        """OpenAI's error shape; `detail` (engine output) only for those allowed to see logs."""
+        message = self.message
+        if self.detail:
+            message += f"\n{self.detail}" if detail else " (engine output: admin log route)"
+        return error_body(message, self.type, self.code)
 
 
 class BadRequest(GatewayError):
@@ -90,6 +100,12 @@ class EngineStartFailed(GatewayError):
 
 class EngineOutOfMemory(EngineStartFailed):
     code = "engine_out_of_memory"
+
+
+class Unloaded(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "model_unloaded"
 
 
 class NoRoom(GatewayError):

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections import deque
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 LISTENER_QUEUE = 1000
+log = logging.getLogger("vramgate.scheduler")
 
 
 class Fanout(Generic[T]):
@@ -43,3 +46,31 @@ class Fanout(Generic[T]):
             yield queue
         finally:
             self._listeners.pop(queue, None)
+
+
+Event = dict[str, Any]
+
+
+class Events(Fanout[Event]):
+    """The gateway's decisions and state changes: logged (decisions), fanned out, and passed to
+    hooks (metrics). Engine output never goes in here: events reach every key, logs only admins."""
+
+    def __init__(self, keep: int = 200) -> None:
+        super().__init__(keep)
+        self.hooks: list[Callable[[Event], None]] = []
+
+    def record(self, kind: str, model: str, message: str, **data: Any) -> None:
+        log.info(message)
+        self._emit({"time": time.time(), "kind": kind, "model": model, "message": message, **data})
+
+    def state(self, model: str, old: str, new: str) -> None:
+        message = f"{model}: {old} -> {new}"
+        self._emit(
+            {"time": time.time(), "kind": "state", "model": model, "message": message,
+             "state": new, "previous": old}
+        )  # fmt: skip
+
+    def _emit(self, event: Event) -> None:
+        self.publish(event)
+        for hook in self.hooks:
+            hook(event)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections import deque
 from collections.abc import Callable
@@ -12,31 +11,24 @@ from typing import Any
 
 from vramgate.config import ModelConfig
 from vramgate.events import Fanout
-from vramgate.runtime import EngineProcess
+from vramgate.runtimes.base import EngineHandle
+from vramgate.scheduling.snapshot import Pending, State
 
 
-class State(enum.Enum):
-    STOPPED = "stopped"  # no engine; the next request starts one
-    STARTING = "starting"  # engine spawned, not ready yet; requests wait for it
-    READY = "ready"  # serving requests
-    STOPPING = "stopping"  # being stopped (ttl, eviction, admin); requests wait, then start it anew
-    FAILED = "failed"  # last start failed or the engine died; the next request starts it again
-
-
-@dataclass
+@dataclass(eq=False)
 class Instance:
     name: str
     model: ModelConfig
     state: State = State.STOPPED
-    process: EngineProcess | None = None
+    handle: EngineHandle | None = None
     in_flight: int = 0
-    # Requests waiting for a max_concurrency slot, oldest first; a release hands its slot over.
-    slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-    last_used: float = (
-        0.0  # time.monotonic() when the last request finished (or the engine started)
-    )
+    # Requests waiting for a max_concurrency slot, oldest first. A finishing request hands its
+    # slot over (True); when the engine goes away, each is told to decide again (False).
+    slot_waiters: deque[asyncio.Future[bool]] = field(default_factory=deque)
+    last_used: float = 0.0  # time.monotonic() when the last request finished (or it started)
     last_used_wall: float | None = None
     ready_at: float | None = None
+    loaded_at: float = 0.0  # time.monotonic() when it became ready
     starts: int = 0
     failures: int = 0
     requests: int = 0
@@ -50,8 +42,10 @@ class Instance:
     evictions: int = 0  # stops to make room (lru, discovery, oom)
     priority: float = 0.0  # GreedyDual-Size-Frequency: kept longer the higher (eviction: frequency)
     output: Fanout[str] = field(default_factory=lambda: Fanout(keep=0), repr=False)
-    replacement: ModelConfig | None = None  # a reload changed it: applied at its next stop
-    removed: bool = False  # a reload removed it: stopped and dropped once idle
+    pending: Pending | None = None  # a reload's change, applied once it is idle
+    replacement: ModelConfig | None = None  # with Pending.CHANGED: the new definition
+    draining_for: str | None = None  # making way for this model (or "reload"): no new requests
+    health_failures: int = 0  # readiness probes in a row that a ready engine did not answer
     # Told of every state change (old, new): the scheduler publishes them as events.
     on_state: Callable[[Instance, State, State], None] | None = field(
         default=None, repr=False, compare=False
@@ -80,21 +74,24 @@ class Instance:
         self.last_used_wall = time.time()
 
     def status(self, ttl_s: float) -> dict[str, Any]:
-        proc = self.process
+        handle = self.handle
         return {
             "name": self.name,
             "engine": self.model.engine,
             "task": self.model.task,
             "aliases": list(self.model.aliases),
             "state": self.state.value,
-            "pid": proc.pid if proc else None,
-            "port": proc.port if proc else None,
-            "started_at": proc.started_at if proc else None,
+            "pid": handle.pid if handle else None,
+            "port": handle.port if handle else None,
+            "url": handle.base_url if handle else None,
+            "started_at": handle.started_at if handle else None,
             "ready_at": self.ready_at,
             "last_used": self.last_used_wall,
             "in_flight": self.in_flight,
             "queued": len(self.slot_waiters),
             "ttl_s": ttl_s,
+            "draining_for": self.draining_for,
+            "pending": self.pending.value if self.pending else None,
             "starts": self.starts,
             "failures": self.failures,
             "requests": self.requests,

@@ -10,57 +10,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines.base import MemoryBudget
-from vramgate.gpu.base import GpuBackend
-from vramgate.gpu.estimate import Estimate, EstimateError, estimate_model
+from vramgate.gpu.base import GpuBackend, GpuMemory
+from vramgate.gpu.estimate import Estimate, estimate_model
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
 from vramgate.hub import is_hub_id
-from vramgate.instances import Instance, State
-from vramgate.placement import Placement, Resident, place
+from vramgate.instances import Instance
+from vramgate.scheduling.snapshot import State
 
 log = logging.getLogger("vramgate.memory")
 HUB_ESTIMATE_S = 30
 MEASURED_REQUESTS = 3  # re-measure after this many first requests: KV caches and buffers grow
 
 
+def gpu_backend(settings: Settings) -> GpuBackend:
+    """Simulated GPUs where configured, else NVML where it finds a GPU, else none to account."""
+    gpus, state_dir = settings.gpus, Path(settings.state_dir)
+    if gpus.simulate_mib:
+        return SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
+    if nvml_available():
+        return NvmlGpus(gpus.reserve_mib)
+    return SimulatedGpus([], gpus.reserve_mib, state_dir)  # placed by count and time only
+
+
+def footprint_store(settings: Settings) -> FootprintStore:
+    return FootprintStore(Path(settings.state_dir) / "footprints.json")
+
+
 class Memory:
-    def __init__(self, settings: Settings) -> None:
-        state_dir = Path(settings.state_dir)
-        self.footprints = FootprintStore(state_dir / "footprints.json")
-        gpus = settings.gpus
-        self.gpus: GpuBackend
-        if gpus.simulate_mib:
-            self.gpus = SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
-        elif nvml_available():
-            self.gpus = NvmlGpus(gpus.reserve_mib)
-        else:  # no GPU to account: engines are placed by count and time only
-            self.gpus = SimulatedGpus([], gpus.reserve_mib, state_dir)
+    def __init__(self, settings: Settings, gpus: GpuBackend, footprints: FootprintStore) -> None:
+        self.footprints = footprints
+        self.gpus = gpus
         self.enabled = bool(self.gpus.memory())
         log.info("GPU accounting: %s", self.gpus.kind if self.enabled else "off (no GPU found)")
-        self.policy = gpus.unknown_footprint
-        self.min_residency = gpus.min_residency
-        self.eviction = gpus.eviction
+        self.policy = settings.gpus.unknown_footprint
         self.estimates: dict[str, Estimate | None] = {}
         # Hub repositories are asked for their metadata when first needed, not at startup.
         self._hub_pending: set[str] = set()
+        self._measuring: set[str] = set()  # models with a measurement running in a thread
         for name, model in settings.models.items():
-            self._estimate(name, model)
+            self.refresh(name, model)
 
-    def refresh(self, inst: Instance) -> None:
+    def refresh(self, name: str, model: ModelConfig) -> None:
         """A model was added or its definition changed (reload): estimate it anew."""
-        self._estimate(inst.name, inst.model)
-
-    def _estimate(self, name: str, model: ModelConfig) -> None:
         """Estimates from local files now; a hub id is only marked, for `prepare`."""
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
@@ -99,34 +99,15 @@ class Memory:
             return estimate.placement_mib, "estimate"
         return None, "unknown"
 
-    def plan(self, inst: Instance, instances: Iterable[Instance], *, isolate: bool) -> Placement:
-        """Where `inst` goes; `isolate` treats its footprint as unknown (a discovery run)."""
-        residents = [self._resident(i) for i in instances if i.gpus]
-        need = None if isolate else self.footprint(inst)[0]
-        return place(
-            need,
-            self.gpus.memory(),
-            residents,
-            inst.name,
-            gpu_count=inst.model.gpus,
-            now=time.time(),
-            min_residency_s=self.min_residency,
-        )
+    def memory(self) -> tuple[GpuMemory, ...]:
+        """Every GPU now; none when accounting is off."""
+        return tuple(self.gpus.memory()) if self.enabled else ()
 
-    def _resident(self, inst: Instance) -> Resident:
-        expected = self.footprint(inst)[0] or 0
-        now = self.used_now(inst) or 0
-        return Resident(
-            inst.name,
-            inst.state,
-            inst.is_idle,
-            inst.last_used,
-            inst.gpus,
-            max(expected, now),
-            inst.model.pinned,
-            inst.ready_at or time.time(),
-            inst.priority if self.eviction == "frequency" else None,
-        )
+    def held_mib(self, inst: Instance) -> int:
+        """While resident: the larger of what it is expected to use and what it uses now."""
+        if not inst.gpus:
+            return 0
+        return max(self.footprint(inst)[0] or 0, self.used_now(inst) or 0)
 
     def budget(self, inst: Instance) -> MemoryBudget | None:
         """What an engine that sizes itself may take on each of its GPUs, if its footprint is known.
@@ -146,8 +127,9 @@ class Memory:
         inst.measured_requests = 0
         return self.gpus.attach(inst.name, gpus)
 
-    def track(self, inst: Instance, pid: int) -> None:
-        self.gpus.track(inst.name, pid)
+    def track(self, inst: Instance, pids: list[int]) -> None:
+        for pid in pids:
+            self.gpus.track(inst.name, pid)
 
     async def wait_released(self, inst: Instance, timeout_s: float = 10.0) -> None:
         if inst.gpus:
@@ -161,8 +143,8 @@ class Memory:
     def used_now(self, inst: Instance) -> int | None:
         """MiB the engine holds now: what the GPU says, else what the engine logged it took."""
         used = self.gpus.used_by(inst.name)
-        if used is None and inst.process is not None:
-            used = logged_gpu_mib(inst.process.lines)
+        if used is None and inst.handle is not None:
+            used = logged_gpu_mib(inst.handle.lines)
         return used
 
     def measure(self, inst: Instance, *, new_load: bool) -> int | None:
@@ -173,9 +155,25 @@ class Memory:
         return used
 
     def after_request(self, inst: Instance) -> None:
-        if self.enabled and inst.gpus and inst.measured_requests < MEASURED_REQUESTS:
-            inst.measured_requests += 1
-            self.measure(inst, new_load=False)
+        """Re-measures after the first few requests (KV caches and buffers grow), in a thread:
+        reading the GPU and /proc and saving with fsync must not hold the event loop, and
+        nothing here may fail a request's release."""
+        if not (self.enabled and inst.gpus and inst.measured_requests < MEASURED_REQUESTS):
+            return
+        if inst.name in self._measuring:
+            return
+        inst.measured_requests += 1
+        self._measuring.add(inst.name)
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._measure, inst))
+        task.add_done_callback(lambda t: self._measured(inst.name, t))
+
+    def _measure(self, inst: Instance) -> None:
+        self.measure(inst, new_load=False)
+
+    def _measured(self, name: str, task: asyncio.Task[None]) -> None:
+        self._measuring.discard(name)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("model '%s': measuring its GPU memory failed: %r", name, task.exception())
 
     def overcommitted(self, gpus: tuple[int, ...]) -> bool:
         """The engines on one of `gpus` report more than it has: simulated out-of-memory."""
@@ -211,8 +209,10 @@ class Memory:
 
 
 def _estimate_or_none(name: str, model: ModelConfig, *, hub: bool = True) -> Estimate | None:
+    """An estimate, or None: whatever the metadata holds (an unknown dtype, arguments an
+    estimator cannot read), a failed estimate only means an unknown footprint."""
     try:
         return estimate_model(model, hub=hub)
-    except EstimateError as exc:
+    except Exception as exc:
         log.warning("model '%s': no footprint estimate: %s", name, exc)
         return None

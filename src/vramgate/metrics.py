@@ -2,20 +2,17 @@
 
 Counters and histograms are updated as things happen (requests by the relay, starts and stops
 by the scheduler's events); gauges (in flight, queued, GPU memory, footprints, states) are read
-from the scheduler at scrape time, so they can never drift from what the gateway knows.
+from the gateway's status at scrape time, so they can never drift from what the gateway knows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from vramgate.scheduler import Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MIB = 1 << 20
@@ -69,11 +66,13 @@ class Metrics:
             "vramgate_evictions", "Engines stopped, by reason.", ["model", "reason"], registry=r
         )
 
-    def attach(self, scheduler: Scheduler) -> None:
-        self.registry.register(_Gauges(scheduler))
+    def attach(self, status: Callable[[], dict[str, Any]]) -> None:
+        """Gauges read `status()` (the shape of GET /gateway/status) at each scrape."""
+        self.registry.register(_Gauges(status))
 
-    def event(self, kind: str, model: str, data: dict[str, Any]) -> None:
+    def event(self, event: dict[str, Any]) -> None:
         """A scheduler event: starts, failures, stops."""
+        kind, model, data = event["kind"], event["model"], event
         if kind == "ready":
             self.starts.labels(model, "ready").inc()
             self.start_duration.labels(model).observe(data.get("seconds", 0.0))
@@ -117,13 +116,13 @@ class Metrics:
 
 
 class _Gauges(Collector):
-    """What the scheduler knows now, read at each scrape."""
+    """What the gateway knows now, read at each scrape."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        s = self.scheduler
+        status = self.status()
         in_flight = GaugeMetricFamily(
             "vramgate_in_flight_requests", "Requests being served.", labels=["model"]
         )
@@ -138,15 +137,15 @@ class _Gauges(Collector):
             "GPU memory a model is taken to need, by where the figure comes from.",
             labels=["model", "source"],
         )
-        for name, inst in s.instances.items():
-            in_flight.add_metric([name], inst.in_flight)
-            queued.add_metric([name], len(inst.slot_waiters))
-            state.add_metric([name, inst.state.value], 1)
-            mib, source = s.memory.footprint(inst)
-            if mib is not None:
-                footprint.add_metric([name, source], mib * MIB)
+        for m in status["models"]:
+            name = m["name"]
+            in_flight.add_metric([name], m["in_flight"])
+            queued.add_metric([name], m["queued"])
+            state.add_metric([name, m["state"]], 1)
+            if m["footprint_mib"] is not None:
+                footprint.add_metric([name, m["footprint_source"]], m["footprint_mib"] * MIB)
         yield from (in_flight, queued, state, footprint)
-        gpus = s.memory.status()
+        gpus = status["gpus"]
         families = {
             key: GaugeMetricFamily(
                 f"vramgate_gpu_memory_{key}_bytes", f"GPU memory {key}.", labels=["gpu"]

@@ -1,24 +1,26 @@
 """Relaying one request to an engine and its answer back, chunk by chunk for streams.
 
-While it relays, one small task listens for the client going away and cancels the relay, so a
-client that disconnects aborts the upstream request at once (leaving `async with` closes the
-engine connection, and engines stop generating for a closed connection).
+While a request waits or relays, one small task listens for the client going away and cancels
+it, so a client that disconnects leaves its queue place and aborts the upstream request at once
+(leaving `async with` closes the engine connection, and engines stop generating for a closed
+connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Send
 
 from vramgate.errors import EngineUnavailable, GatewayError, sse_error_event
 
-# Generation may take long: no total timeout, only on connecting to the engine on loopback.
-UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = (b"content-type",)
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
@@ -45,54 +47,47 @@ class Timing:
         return (b"x-vramgate-overhead-ms", f"{self.overhead * 1000:.3f}".encode())
 
 
-def new_upstream_session() -> aiohttp.ClientSession:
+def new_upstream_session(read_timeout_s: float) -> aiohttp.ClientSession:
+    """Generation may take long: no total timeout; but an engine that sends nothing for
+    `read_timeout_s` (hung) fails the request, rather than holding its client forever."""
     # No connection limit: concurrency is bounded by the scheduler, not by the pool.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        connector=connector, timeout=UPSTREAM_TIMEOUT, auto_decompress=False
-    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
 
-async def relay(
-    http: aiohttp.ClientSession,
-    model: str,
-    url: str,
-    body: bytes,
-    is_stream: bool,
-    receive: Receive,
-    send: Send,
-    timing: Timing,
-) -> None:
-    """Posts `body` to the engine at `url` and sends its answer to the client.
+@contextlib.asynccontextmanager
+async def hangup_cancels(receive: Receive) -> AsyncIterator[None]:
+    """While inside, a client that hangs up cancels what the request is doing (waiting for a
+    start or a slot, or relaying), which then ends with ClientDisconnect.
 
-    Errors before the answer starts become a 502 in OpenAI's shape; a stream that breaks later
-    ends with an SSE error event.
+    One watcher task, not a task per side plus asyncio.wait: this is the hot path, and the
+    lighter form measured about 0.3 ms less per request at concurrency 1 (bench/overhead.py).
     """
-    relaying = asyncio.current_task()
-    assert relaying is not None
-    finished = False
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
 
-    async def cancel_on_disconnect() -> None:
+    async def watch() -> None:
+        nonlocal left
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not finished:
-            relaying.cancel()
+        left = True
+        task.cancel()
 
-    # One watcher task, not a task per side plus asyncio.wait: this is the hot path, and the
-    # lighter form measured about 0.3 ms less per request at concurrency 1 (bench/overhead.py).
-    watcher = asyncio.get_running_loop().create_task(cancel_on_disconnect())
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await _relay(http, model, url, body, is_stream, send, timing)
-        finished = True
+        yield
     except asyncio.CancelledError:
-        if not watcher.done() or watcher.cancelled():
+        if not left:
             raise  # cancelled from elsewhere (shutdown), not by the client leaving
-        relaying.uncancel()
+        task.uncancel()
+        raise ClientDisconnect() from None
     finally:
         watcher.cancel()
 
 
-async def _relay(
+async def relay(
     http: aiohttp.ClientSession,
     model: str,
     url: str,
@@ -148,8 +143,8 @@ def _pass_headers(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in resp.raw_headers if k.lower() in _PASSED_HEADERS]
 
 
-async def send_error(send: Send, exc: GatewayError) -> None:
-    body = orjson.dumps(exc.body())
+async def send_error(send: Send, exc: GatewayError, *, detail: bool = False) -> None:
+    body = orjson.dumps(exc.body(detail=detail))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})

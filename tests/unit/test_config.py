@@ -74,9 +74,8 @@ def test_unknown_top_level_and_nested_keys(tmp_path):
 
 def test_unknown_engine_kind(tmp_path):
     path = write(tmp_path, "models:\n  g: {engine: ollama, source: x}\n")
-    assert "models.g.engine: Input should be 'llamacpp', 'vllm', 'sglang' or 'command'" in (
-        error_of(path)
-    )
+    expected = "models.g.engine: unknown engine 'ollama'; expected one of: command, llamacpp, "
+    assert expected + "sglang, vllm" in error_of(path)
 
 
 def test_command_engine_needs_cmd_with_port(tmp_path):
@@ -124,7 +123,7 @@ def test_environment_overrides_scalars(tmp_path):
     assert settings.port == 9001
     assert settings.defaults.ttl == 60
     assert settings.ttl_s("Gemma") == 0
-    assert settings.engines.llamacpp.binary == "/opt/llama-server"
+    assert settings.engines["llamacpp"].binary == "/opt/llama-server"
 
 
 def test_bad_environment_value_is_reported_with_its_key(tmp_path):

@@ -28,7 +28,7 @@ def test_the_image_environment_sets_real_settings():
     assert settings.host == "0.0.0.0"
     assert str(settings.state_dir) == "/var/lib/vramgate"
     assert str(settings.models_dir) == "/models"
-    assert settings.engines.llamacpp.binary == "/usr/local/bin/llama-server"
+    assert settings.engines["llamacpp"].binary == "/usr/local/bin/llama-server"
 
 
 def test_the_example_config_is_valid(monkeypatch):

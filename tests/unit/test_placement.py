@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from vramgate.gpu.base import GpuMemory
-from vramgate.instances import State
-from vramgate.placement import Placement, Resident, available_mib, place
+from vramgate.scheduling.placement import Placement, available_mib, place
+from vramgate.scheduling.snapshot import ModelSnap, State
 
 
 def gpu(index=0, total=10_000, used=0, reserve=500) -> GpuMemory:
@@ -19,9 +19,14 @@ def res(
     state=State.READY,
     idle=True,
     pinned=False,
-) -> Resident:
+    loaded_at=0.0,
+    rank=None,
+) -> ModelSnap:
     on = (gpu,) if isinstance(gpu, int) else gpu
-    return Resident(name, state, idle, last_used, on, mib, pinned)
+    return ModelSnap(
+        name, state, in_flight=0 if idle else 1, last_used=last_used, pinned=pinned, gpus=on,
+        held_mib=mib, loaded_at=loaded_at, rank=rank,
+    )  # fmt: skip
 
 
 def test_fits_on_an_empty_gpu():
@@ -61,9 +66,10 @@ def test_fewest_engines_are_stopped():
     assert place(7000, [gpu(used=8000)], residents, "x") == Placement(gpus=(0,), evict=("big",))
 
 
-def test_busy_engine_is_never_evicted():
+def test_busy_engine_is_never_evicted_but_drained():
+    """It finishes its requests (taking no more) and then makes way: no model starves."""
     residents = [res("busy", 6000, last_used=0, idle=False), res("idle", 2000, last_used=5)]
-    assert place(7000, [gpu(used=8000)], residents, "x") == Placement(wait=True)
+    assert place(7000, [gpu(used=8000)], residents, "x") == Placement(gpus=(0,), drain=("busy",))
     assert place(3000, [gpu(used=8000)], residents, "x") == Placement(gpus=(0,), evict=("idle",))
 
 
@@ -100,8 +106,14 @@ def test_unknown_footprint_is_a_discovery_run_alone_on_a_gpu():
     assert place(None, [gpu(used=6000)], residents, "new") == Placement(gpus=(0,), evict=("a", "b"))
 
 
-def test_discovery_waits_for_busy_engines_on_its_gpu():
+def test_discovery_drains_busy_engines_on_its_gpu():
+    """Busy engines are not stopped: they drain (no new requests), then make way."""
     residents = [res("a", 3000, idle=False)]
+    assert place(None, [gpu(used=3000)], residents, "new") == Placement(gpus=(0,), drain=("a",))
+
+
+def test_discovery_waits_for_a_start_under_way_on_its_gpu():
+    residents = [res("a", 3000, state=State.STARTING)]
     assert place(None, [gpu(used=3000)], residents, "new") == Placement(wait=True)
 
 
@@ -116,8 +128,8 @@ def test_the_asking_model_is_not_its_own_obstacle():
 
 def test_recently_loaded_engine_is_spared_while_another_can_go():
     """Anti-thrash: an engine younger than min_residency goes only if nothing else frees enough."""
-    young = Resident("young", State.READY, True, 1.0, (0,), 4500, loaded_at=95.0)
-    old = Resident("old", State.READY, True, 5.0, (0,), 4500, loaded_at=10.0)
+    young = res("young", 4500, 1.0, loaded_at=95.0)
+    old = res("old", 4500, 5.0, loaded_at=10.0)
     g = gpu(used=9000)
     assert place(5000, [g], [young, old], "x") == Placement(gpus=(0,), evict=("young",))
     spared = place(5000, [g], [young, old], "x", now=100.0, min_residency_s=30)
@@ -125,8 +137,8 @@ def test_recently_loaded_engine_is_spared_while_another_can_go():
 
 
 def test_recently_loaded_engine_goes_when_nothing_else_frees_enough():
-    young = Resident("young", State.READY, True, 1.0, (0,), 5500, loaded_at=95.0)
-    old = Resident("old", State.READY, True, 5.0, (0,), 3500, loaded_at=10.0)
+    young = res("young", 5500, 1.0, loaded_at=95.0)
+    old = res("old", 3500, 5.0, loaded_at=10.0)
     decision = place(5000, [gpu(used=9000)], [young, old], "x", now=100.0, min_residency_s=30)
     assert decision == Placement(gpus=(0,), evict=("young",))
 
@@ -167,7 +179,7 @@ def test_tensor_parallel_discovery_takes_the_emptiest_gpus():
 
 def test_a_rank_replaces_recency_in_the_eviction_order():
     """gpus.eviction: frequency ranks residents by priority; the lowest goes first."""
-    often = Resident("often", State.READY, True, 1.0, (0,), 4500, rank=9.0)
-    once = Resident("once", State.READY, True, 5.0, (0,), 4500, rank=1.0)
+    often = res("often", 4500, 1.0, rank=9.0)
+    once = res("once", 4500, 5.0, rank=1.0)
     decision = place(4000, [gpu(used=9000)], [often, once], "x")
     assert decision == Placement(gpus=(0,), evict=("once",))  # LRU would have taken "often"

@@ -25,8 +25,9 @@ from vramgate.api.common import (
 from vramgate.config import ConfigError
 from vramgate.errors import BadRequest
 from vramgate.events import Fanout
-from vramgate.instances import State
 from vramgate.metrics import CONTENT_TYPE
+from vramgate.scheduling.snapshot import State
+from vramgate.status import gateway_status
 
 router = APIRouter()
 HEARTBEAT_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
@@ -49,13 +50,13 @@ async def metrics(request: Request) -> Response:
     scheduler = scheduler_of(request)
     if scheduler.settings.auth.metrics == "key":
         access_of(request).require_known()
-    return Response(scheduler.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/gateway/status", dependencies=[Depends(any_key)])
 async def status(request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
-    return {"version": __version__, "uptime_s": uptime_s(request), **scheduler.status()}
+    return {"version": __version__, "uptime_s": uptime_s(request), **gateway_status(scheduler)}
 
 
 @router.post("/admin/models/{label:path}/load", dependencies=[Depends(admin_key)])

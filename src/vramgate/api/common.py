@@ -9,7 +9,7 @@ from fastapi import Request
 from vramgate.auth import Access, presented_key
 from vramgate.config import Settings
 from vramgate.errors import ModelNotFound
-from vramgate.scheduler import Scheduler
+from vramgate.scheduling.driver import Scheduler
 
 
 def scheduler_of(request: Request) -> Scheduler:

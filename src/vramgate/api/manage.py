@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from vramgate import inventory
 from vramgate.api.common import admin_key, any_key, resolve_or_404, scheduler_of
-from vramgate.instances import State
+from vramgate.scheduling.snapshot import State
 
 router = APIRouter()
 

@@ -17,8 +17,8 @@ from vramgate.api.common import any_key, resolve_or_404, scheduler_of
 from vramgate.auth import Access, presented_key
 from vramgate.engines.base import ALL_ROUTES
 from vramgate.errors import BadRequest, GatewayError, PayloadTooLarge
-from vramgate.proxy import Timing, relay, send_error
-from vramgate.scheduler import Scheduler
+from vramgate.proxy import Timing, hangup_cancels, relay, send_error
+from vramgate.scheduling.driver import Scheduler
 
 router = APIRouter()
 log = logging.getLogger("vramgate.api")
@@ -75,16 +75,19 @@ class RelayEndpoint:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scheduler: Scheduler = scope["app"].state.scheduler
+        state = scope["app"].state
+        scheduler: Scheduler = state.scheduler
         timing = Timing(time.perf_counter())
         served: list[str] = []  # the model, once known: the metrics' label
+        access = Access(scheduler.settings, presented_key(scope["headers"]))
         try:
-            await self._serve(scheduler, scope, receive, send, timing, served)
+            await self._serve(scheduler, access, scope, receive, send, timing, served)
         except ClientDisconnect:
             timing.status = CLIENT_CLOSED
         except GatewayError as exc:
             timing.status = exc.status
-            await send_error(send, exc)
+            # An engine's output is for those who may read its logs.
+            await send_error(send, exc, detail=access.open or access.admin)
         except Exception as exc:
             log.exception("relaying %s failed", self.path)
             timing.status = 500
@@ -92,7 +95,7 @@ class RelayEndpoint:
                 await send_error(send, GatewayError(f"internal error: {exc!r}"))
         now = time.perf_counter()
         first = None if timing.first_chunk is None else timing.first_chunk - timing.arrived
-        scheduler.metrics.request(
+        state.metrics.request(
             served[0] if served else "", self.path, timing.status or CLIENT_CLOSED,
             now - timing.arrived, timing.overhead, first,
         )  # fmt: skip
@@ -100,6 +103,7 @@ class RelayEndpoint:
     async def _serve(
         self,
         scheduler: Scheduler,
+        access: Access,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -107,7 +111,6 @@ class RelayEndpoint:
         served: list[str],
     ) -> None:
         settings = scheduler.settings
-        access = Access(settings, presented_key(scope["headers"]))
         access.require_known()  # before the body is even read
         body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
         payload = parse_request(body)
@@ -116,7 +119,7 @@ class RelayEndpoint:
         if options is not None:
             body = orjson.dumps(payload)
         if settings.allow_adhoc and (name is None or name in scheduler.adhoc_names):
-            name = reconfigure.adhoc(scheduler, payload["model"], options)
+            name = await reconfigure.adhoc(scheduler, payload["model"], options)
             settings = scheduler.settings
         elif name is None:
             name = resolve_or_404(settings, payload["model"])
@@ -136,11 +139,10 @@ class RelayEndpoint:
             body = orjson.dumps(payload)
         is_stream = payload.get("stream") is True
         waiting = time.perf_counter()
-        async with scheduler.lease(name) as lease:
+        async with hangup_cancels(receive), scheduler.lease(name) as lease:
             timing.waited = time.perf_counter() - waiting
             assert scheduler.http is not None
-            url = f"http://127.0.0.1:{lease.port}{self.path}"
-            await relay(scheduler.http, name, url, body, is_stream, receive, send, timing)
+            await relay(scheduler.http, name, lease.url + self.path, body, is_stream, send, timing)
 
 
 RELAYS = {path: RelayEndpoint(path) for path in ALL_ROUTES}

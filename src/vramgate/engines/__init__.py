@@ -1,20 +1,32 @@
-"""Engine adapters by kind; adding an engine means adding a module and a line here."""
+"""Engine adapters by kind, found by module: adding an engine kind is adding one file here that
+defines an EngineAdapter subclass with its `kind`. Config validation and the CLI read REGISTRY."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+
 from vramgate.config import Settings
 from vramgate.engines.base import EngineAdapter, LaunchSpec
-from vramgate.engines.command import CommandEngine
-from vramgate.engines.llamacpp import LlamaCppEngine
-from vramgate.engines.sglang import SglangEngine
-from vramgate.engines.vllm import VllmEngine
 
-REGISTRY: dict[str, type[EngineAdapter]] = {
-    "llamacpp": LlamaCppEngine,
-    "vllm": VllmEngine,
-    "sglang": SglangEngine,
-    "command": CommandEngine,
-}
+
+def _discover() -> dict[str, type[EngineAdapter]]:
+    found: dict[str, type[EngineAdapter]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, EngineAdapter)
+                and obj.__module__ == module.__name__
+                and not inspect.isabstract(obj)
+            ):
+                found[obj.kind] = obj
+    return dict(sorted(found.items()))
+
+
+REGISTRY: dict[str, type[EngineAdapter]] = _discover()
 
 
 def adapters(settings: Settings) -> dict[str, EngineAdapter]:

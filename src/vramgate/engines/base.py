@@ -44,7 +44,7 @@ class EngineAdapter(ABC):
         self.settings = settings
 
     def binary(self) -> str:
-        configured = getattr(self.settings.engines, self.kind, None)
+        configured = self.settings.engines.get(self.kind)
         return (configured.binary if configured else None) or self.default_binary
 
     @abstractmethod

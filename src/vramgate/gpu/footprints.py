@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class FootprintStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, dict] = self._load()
+        # Measurements are recorded from worker threads (off the event loop: fsync is slow).
+        self._lock = threading.Lock()
 
     def _load(self) -> dict[str, dict]:
         try:
@@ -60,6 +63,10 @@ class FootprintStore:
 
     def record(self, key: str, mib: int, *, new_load: bool) -> None:
         """Adds a load's measurement, or raises the current load's if it grew."""
+        with self._lock:
+            self._record(key, mib, new_load=new_load)
+
+    def _record(self, key: str, mib: int, *, new_load: bool) -> None:
         entry = self.entries.setdefault(key, {"loads_mib": []})
         loads: list[int] = entry["loads_mib"]
         if new_load or not loads:

@@ -1,10 +1,10 @@
-"""Where a model goes in GPU memory and which idle engines make room: pure functions, in MiB.
+"""Where a model goes in GPU memory and which engines make room: pure functions, in MiB.
 
 A model fits on a GPU when its share + the resident shares + the reserve fit in the total, and
 also in what the GPU reports free minus the reserve (processes we do not own, engines that use
 more than we thought). A model split over N GPUs (tensor parallel) needs 1/N of its footprint on
-each of N GPUs. Only idle, ready, unpinned engines are evicted, least recently used first, and
-then only as many as needed.
+each of N GPUs. Only idle, ready, unpinned engines are stopped, least recently used first, and
+then only as many as needed; busy ones are drained first, never stopped mid-request.
 """
 
 from __future__ import annotations
@@ -14,47 +14,20 @@ from dataclasses import dataclass
 
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
-from vramgate.instances import State
-
-
-@dataclass(frozen=True)
-class Resident:
-    """An engine holding (or about to hold) GPU memory."""
-
-    name: str
-    state: State
-    is_idle: bool
-    last_used: float
-    gpus: tuple[int, ...]
-    footprint_mib: int  # in all, the larger of what it is expected to use and what it uses now
-    pinned: bool = False
-    loaded_at: float = 0.0  # when it became ready (time.time())
-    # Eviction order, lowest first: None = least recently used first; else a priority such as
-    # GreedyDual-Size-Frequency's (gpus.eviction: frequency).
-    rank: float | None = None
-
-    @property
-    def order(self) -> float:
-        return self.last_used if self.rank is None else self.rank
-
-    @property
-    def is_evictable(self) -> bool:
-        return self.state is State.READY and self.is_idle and not self.pinned
-
-    def on(self, gpu: int) -> int:
-        """MiB it holds on `gpu`."""
-        return share_mib(self.footprint_mib, len(self.gpus)) if gpu in self.gpus else 0
+from vramgate.scheduling.snapshot import ModelSnap
 
 
 @dataclass(frozen=True)
 class Placement:
     gpus: tuple[int, ...] = ()  # start there once `evict` are stopped
     evict: tuple[str, ...] = ()
-    wait: bool = False  # room exists only once busy engines drain: wait, then decide again
+    # Room exists once these (busy, or idle with them) finish and go: they take no new requests.
+    drain: tuple[str, ...] = ()
+    wait: bool = False  # room exists only once starts or stops under way end: decide again then
     refuse: str | None = None  # it can never fit: why
 
 
-def available_mib(gpu: GpuMemory, residents: Sequence[Resident], evicted: Sequence[str]) -> int:
+def available_mib(gpu: GpuMemory, residents: Sequence[ModelSnap], evicted: Sequence[str]) -> int:
     """MiB a new engine may take on `gpu` once `evicted` are gone."""
     staying = sum(r.on(gpu.index) for r in residents if r.name not in evicted)
     leaving = sum(r.on(gpu.index) for r in residents if r.name in evicted)
@@ -66,7 +39,7 @@ def available_mib(gpu: GpuMemory, residents: Sequence[Resident], evicted: Sequen
 def place(
     need_mib: int | None,
     gpus: Sequence[GpuMemory],
-    residents: Sequence[Resident],
+    residents: Sequence[ModelSnap],
     asking: str,
     *,
     gpu_count: int = 1,
@@ -79,11 +52,13 @@ def place(
        unpinned engine there goes, so that what is measured is the model alone.
     2. Fits somewhere now: the GPUs where it fits tightest (keeps big holes for big models).
     3. Fits after evicting idle engines: the GPUs needing the fewest, least recently used stops
-       (or lowest ranked: `Resident.rank`).
+       (or lowest ranked: `ModelSnap.rank`).
        Engines loaded less than `min_residency_s` ago go only if no other choice frees enough
        (anti-thrash).
-    4. Fits only once busy engines drain: wait.
-    5. Larger than the GPUs even empty, or asks for more GPUs than there are: refuse, evicting
+    4. Fits once busy engines finish: the same choice among every ready, unpinned engine; they
+       drain (take no new requests), so that a model never waits for traffic that never ends.
+    5. Fits only once starts and stops under way end: wait.
+    6. Larger than the GPUs even empty, or asks for more GPUs than there are: refuse, evicting
        nothing.
     """
     others = [r for r in residents if r.name != asking]
@@ -107,26 +82,37 @@ def place(
         return Placement(gpus=tuple(sorted(index for _, index in fitting[:gpu_count])))
     young = {r.name for r in others if now - r.loaded_at < min_residency_s}
     recency = {r.name: r.order for r in others}
-    for spared in (young, set()):
-        options = []
-        for g in gpus:
-            evict = _evictions(g, others, need, spared)
-            if evict is not None:
-                options.append((len(evict), sum(recency[n] for n in evict), g.index, evict))
-        if len(options) >= gpu_count:
-            chosen = sorted(options)[:gpu_count]
-            evicted = dict.fromkeys(name for *_, evict in chosen for name in evict)
-            return Placement(gpus=tuple(sorted(o[2] for o in chosen)), evict=tuple(evicted))
+    for busy_too in (False, True):
+        for spared in (young, set()):
+            options = []
+            for g in gpus:
+                evict = _evictions(g, others, need, spared, busy_too)
+                if evict is not None:
+                    options.append((len(evict), sum(recency[n] for n in evict), g.index, evict))
+            if len(options) >= gpu_count:
+                chosen = sorted(options)[:gpu_count]
+                names = tuple(dict.fromkeys(name for *_, evict in chosen for name in evict))
+                on = tuple(sorted(o[2] for o in chosen))
+                return Placement(gpus=on, drain=names) if busy_too else Placement(on, names)
     return Placement(wait=True)
 
 
 def _evictions(
-    gpu: GpuMemory, residents: Sequence[Resident], need_mib: int, spared: set[str]
+    gpu: GpuMemory,
+    residents: Sequence[ModelSnap],
+    need_mib: int,
+    spared: set[str],
+    busy_too: bool = False,
 ) -> list[str] | None:
-    """The fewest least recently used idle engines on `gpu` whose stop makes `need_mib` fit."""
+    """The fewest least recently used engines on `gpu` whose stop makes `need_mib` fit: idle
+    ones only, or (`busy_too`) busy ones as well, idle ones first."""
+
+    def may_go(r: ModelSnap) -> bool:
+        return r.is_drainable if busy_too else r.is_evictable
+
     candidates = sorted(
-        (r for r in residents if r.on(gpu.index) and r.is_evictable and r.name not in spared),
-        key=lambda r: r.order,
+        (r for r in residents if r.on(gpu.index) and may_go(r) and r.name not in spared),
+        key=lambda r: (not r.is_idle, r.order),
     )
     chosen: list[str] = []
     if available_mib(gpu, residents, chosen) < need_mib:
@@ -144,8 +130,8 @@ def _evictions(
     return chosen
 
 
-def _discovery(gpus: Sequence[GpuMemory], residents: Sequence[Resident], count: int) -> Placement:
-    def here(g: GpuMemory) -> list[Resident]:
+def _discovery(gpus: Sequence[GpuMemory], residents: Sequence[ModelSnap], count: int) -> Placement:
+    def here(g: GpuMemory) -> list[ModelSnap]:
         return [r for r in residents if g.index in r.gpus and not r.pinned]
 
     def cost(g: GpuMemory) -> tuple[int, int, int]:
@@ -153,9 +139,10 @@ def _discovery(gpus: Sequence[GpuMemory], residents: Sequence[Resident], count: 
 
     chosen = sorted(gpus, key=cost)[:count]
     leaving = [r for g in chosen for r in here(g)]
-    if any(not r.is_evictable for r in leaving):
-        return Placement(wait=True)
-    return Placement(
-        gpus=tuple(sorted(g.index for g in chosen)),
-        evict=tuple(dict.fromkeys(r.name for r in leaving)),
-    )
+    on = tuple(sorted(g.index for g in chosen))
+    names = tuple(dict.fromkeys(r.name for r in leaving))
+    if all(r.is_evictable for r in leaving):
+        return Placement(gpus=on, evict=names)
+    if all(r.is_drainable for r in leaving):
+        return Placement(gpus=on, drain=names)
+    return Placement(wait=True)

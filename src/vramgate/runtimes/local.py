@@ -1,4 +1,4 @@
-"""Engine child processes: spawn on a free port, keep their output, detect readiness, stop them.
+"""The local runtime: engines as child processes on a free loopback port, with their output kept.
 
 Each engine runs in its own process group so that a stop reaches its workers too, and it dies with
 the gateway: PR_SET_PDEATHSIG for the engine itself, the watchdog process for its whole group.
@@ -24,10 +24,14 @@ import aiohttp
 from vramgate.engines.base import LaunchSpec
 from vramgate.errors import EngineStartFailed
 from vramgate.events import Fanout
+from vramgate.runtimes.base import IsReady, SpecForPort
 
 logger = logging.getLogger("vramgate.runtime")
 READY_POLL_S = 0.025
 LOG_LINES_KEPT = 400
+# After SIGKILL the kernel reaps at once; a process stuck in the kernel (a GPU driver that hangs
+# in uninterruptible sleep) may never exit: the stop gives up waiting rather than hang with it.
+KILL_WAIT_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -75,6 +79,35 @@ class Watchdog:
                 await asyncio.wait_for(self._proc.wait(), 10)
 
 
+class LocalRuntime:
+    """Engines as local process groups, watched so that none outlives the gateway."""
+
+    kind = "local"
+
+    def __init__(self) -> None:
+        self.watchdog = Watchdog()
+
+    async def start(self) -> None:
+        await self.watchdog.start()
+
+    async def close(self) -> None:
+        await self.watchdog.close()
+
+    async def spawn(
+        self,
+        name: str,
+        spec_for_port: SpecForPort,
+        env: dict[str, str],
+        gpus: tuple[int, ...],
+        log_path: Path,
+        output: Fanout[str],
+    ) -> EngineProcess:
+        port = free_port()
+        proc = EngineProcess(name, spec_for_port(port), port, log_path, output, self.watchdog)
+        await proc.spawn(env)
+        return proc
+
+
 class EngineProcess:
     """One engine child: its process, port, recent output and log file."""
 
@@ -85,8 +118,11 @@ class EngineProcess:
         port: int,
         log_path: Path,
         output: Fanout[str] | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.name = name
+        self.watchdog = watchdog
+        self.base_url = f"http://127.0.0.1:{port}"
         self.output = output  # live readers of its output (the admin log stream)
         self.spec = spec
         self.port = port
@@ -99,6 +135,9 @@ class EngineProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
 
     @property
     def returncode(self) -> int | None:
@@ -122,6 +161,8 @@ class EngineProcess:
             raise EngineStartFailed(
                 f"model '{self.name}': cannot run {self.spec.argv[0]!r}: {exc.strerror}"
             ) from exc
+        if self.watchdog:
+            self.watchdog.watch(self.proc.pid)
         self._reader = asyncio.create_task(self._keep_output())
 
     async def _keep_output(self) -> None:
@@ -184,10 +225,19 @@ class EngineProcess:
     def tail(self, n: int = 20) -> list[str]:
         return list(self.lines)[-n:]
 
-    async def wait_ready(self, http: aiohttp.ClientSession, timeout_s: float, is_ready) -> None:
+    async def wait(self) -> int | None:
+        assert self.proc
+        return await self.proc.wait()
+
+    async def probe(self, http: aiohttp.ClientSession, timeout_s: float, is_ready: IsReady) -> bool:
+        return await self._probe(http, self.base_url + self.spec.health_path, is_ready, timeout_s)
+
+    async def wait_ready(
+        self, http: aiohttp.ClientSession, timeout_s: float, is_ready: IsReady
+    ) -> None:
         """Polls the readiness path until it is ready; fails at once if the process exits."""
         assert self.proc
-        url = f"http://127.0.0.1:{self.port}{self.spec.health_path}"
+        url = self.base_url + self.spec.health_path
         deadline = time.monotonic() + timeout_s
         exited = asyncio.create_task(self.proc.wait())
         try:
@@ -205,9 +255,11 @@ class EngineProcess:
         finally:
             exited.cancel()
 
-    async def _probe(self, http: aiohttp.ClientSession, url: str, is_ready) -> bool:
+    async def _probe(
+        self, http: aiohttp.ClientSession, url: str, is_ready: IsReady, timeout_s: float = 2.0
+    ) -> bool:
         try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 return bool(is_ready(resp.status))
         except (TimeoutError, aiohttp.ClientError):
             return False
@@ -221,7 +273,7 @@ class EngineProcess:
     def _start_error(self, what: str) -> EngineStartFailed:
         lines = "\n".join(self.tail(15)) or "(no output)"
         return EngineStartFailed(
-            f"model '{self.name}' failed to start: engine {what}. Last output:\n{lines}"
+            f"model '{self.name}' failed to start: engine {what}.", detail=f"Last output:\n{lines}"
         )
 
     async def stop(self, timeout_s: float) -> int | None:
@@ -235,9 +287,17 @@ class EngineProcess:
                 await asyncio.wait_for(self.proc.wait(), timeout_s)
             except TimeoutError:
                 _killpg(pgid, signal.SIGKILL)
-                await self.proc.wait()
+                try:
+                    await asyncio.wait_for(self.proc.wait(), KILL_WAIT_S)
+                except TimeoutError:
+                    logger.error(
+                        "model '%s': pid %d did not exit %g s after SIGKILL; giving up on it",
+                        self.name, pgid, KILL_WAIT_S,
+                    )  # fmt: skip
         # Workers may outlive their leader, holding memory and our pipe; they go too.
         _killpg(pgid, signal.SIGKILL)
+        if self.watchdog:
+            self.watchdog.forget(pgid)
         await self._drain_output()
         if self._reader and not self._reader.done():
             # A grandchild that escaped the group still holds the pipe open: stop reading it.

@@ -1,0 +1,197 @@
+"""The one decision function: given one snapshot and what is asked, the steps to take.
+
+Pure: no I/O, no clock of its own, no mutation; tested case by case (tests/unit/test_decide.py).
+Three things are asked of it:
+- `Request(name)`: a request for a model arrived (serve, queue, refuse, start, join, wait);
+- `Room(name, isolate)`: a start needs room (start where, stop whom, drain whom, wait, refuse);
+- `Tick()`: time passed (TTL, a reload's pending changes, pinned models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramgate.errors import NoRoom, QueueFull
+from vramgate.scheduling.placement import place
+from vramgate.scheduling.snapshot import ModelSnap, Pending, Snapshot, State
+from vramgate.scheduling.steps import (
+    Begin,
+    Drain,
+    Forget,
+    Join,
+    Queue,
+    Refuse,
+    Replace,
+    Serve,
+    Start,
+    Step,
+    Stop,
+    Wait,
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    name: str
+
+
+@dataclass(frozen=True)
+class Room:
+    name: str
+    isolate: bool = False  # the retry after an out-of-memory start: alone on its GPUs
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+Ask = Request | Room | Tick
+
+
+def decide(snap: Snapshot, ask: Ask) -> list[Step]:
+    """The steps for `ask` in the world `snap` describes."""
+    if isinstance(ask, Request):
+        return [_request(snap.models[ask.name])]
+    if isinstance(ask, Room):
+        return _room(snap, snap.models[ask.name], ask.isolate)
+    return _tick(snap)
+
+
+def _request(m: ModelSnap) -> Step:
+    """A request, as a list of cases."""
+    # 1. A start is under way: join it, never start a second engine.
+    if m.state is State.STARTING:
+        return Join()
+    # 2. Being stopped (TTL, eviction, unload): wait for the stop, then start it again.
+    if m.state is State.STOPPING:
+        return Wait(f"'{m.name}' is stopping")
+    # 3. Not running (never started, stopped, failed): start it.
+    if m.state is not State.READY:
+        return Begin(m.name)
+    # 4. Making way for another model (or a reload): no new requests until it has gone.
+    if m.draining_for is not None:
+        return Wait(f"'{m.name}' is making way for {m.draining_for}")
+    # 5. Ready with a free slot and nobody queued ahead: serve.
+    limit = m.max_concurrency
+    if limit is None or (m.in_flight < limit and m.queued == 0):
+        return Serve()
+    # 6. Ready but full: queue while there is room, else refuse.
+    if m.queued < m.max_queue:
+        return Queue()
+    return Refuse(
+        QueueFull(
+            f"model '{m.name}' is at max_concurrency={limit} with {m.queued} requests queued; "
+            "retry later",
+            headers={"Retry-After": "1"},
+        )
+    )
+
+
+def _room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
+    """Room for `me` to start: GPU memory first, then the count limit."""
+    gpus: tuple[int, ...] = ()
+    if snap.gpus:
+        need = None if isolate else me.footprint_mib
+        if need is None and snap.unknown_footprint == "refuse" and not isolate:
+            return [
+                Refuse(
+                    NoRoom(
+                        f"cannot start '{me.name}': its footprint is unknown (never measured, no "
+                        "vram_mib, no estimate) and gpus.unknown_footprint is 'refuse'; set "
+                        "vram_mib"
+                    )
+                )
+            ]
+        residents = [m for m in snap.models.values() if m.gpus]
+        plan = place(
+            need,
+            snap.gpus,
+            residents,
+            me.name,
+            gpu_count=me.gpu_count,
+            now=snap.now,
+            min_residency_s=snap.min_residency_s,
+        )
+        if plan.refuse:
+            return [
+                Refuse(NoRoom(f"cannot start '{me.name}': it {plan.refuse}; nothing was evicted"))
+            ]
+        reason = "oom" if isolate else "discovery" if need is None else "lru"
+        if plan.evict:
+            return [Stop(n, reason, f"to start {me.name}") for n in plan.evict]
+        if plan.drain:
+            return _drain(snap, me, plan.drain, reason, "its GPU memory")
+        if plan.wait:
+            held = ", ".join(f"{r.name}: {_why_held(r)}" for r in residents if r.name != me.name)
+            return [Wait(f"its GPU memory is held by engines that cannot make way ({held})")]
+        gpus = plan.gpus
+    # The count limit: at most max_running engines at once.
+    running = [m for m in snap.models.values() if m.is_running and m.name != me.name]
+    limit = snap.max_running
+    if limit is None or len(running) < limit:
+        return [Start(gpus)]
+    idle = [m for m in running if m.is_evictable]
+    if idle:
+        return [Stop(min(idle, key=lambda m: m.order).name, "lru", f"to start {me.name}")]
+    busy = [m for m in running if m.is_drainable]
+    if busy:
+        victim = min(busy, key=lambda m: m.order)
+        return _drain(snap, me, (victim.name,), "lru", f"max_running={limit}")
+    names = ", ".join(f"{m.name}: {_why_held(m)}" for m in running)
+    return [Wait(f"max_running={limit} and no running engine can make way ({names})")]
+
+
+def _drain(
+    snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str, what: str
+) -> list[Step]:
+    """Idle ones among `names` go now; busy ones finish their requests first, taking no more."""
+    steps: list[Step] = []
+    for name in names:
+        m = snap.models[name]
+        if m.is_evictable:
+            steps.append(Stop(name, reason, f"to start {me.name}"))
+        elif m.draining_for is None:
+            steps.append(Drain(name, me.name))
+    busy = ", ".join(n for n in names if not snap.models[n].is_evictable)
+    steps.append(Wait(f"{what} is held by busy engines that are finishing first ({busy})"))
+    return steps
+
+
+def _tick(snap: Snapshot) -> list[Step]:
+    """Housekeeping: a reload's pending changes, idle engines past their TTL, pinned models."""
+    steps: list[Step] = []
+    for m in snap.models.values():
+        if m.pending is not None:
+            steps.extend(_pending(m))
+        elif m.state is State.READY and m.is_idle and not m.pinned and m.ttl_s > 0:
+            if snap.now - m.last_used >= m.ttl_s:
+                steps.append(Stop(m.name, "ttl"))
+        elif m.pinned and m.state is State.STOPPED:
+            steps.append(Begin(m.name))  # pinned models are up at all times
+    return steps
+
+
+def _pending(m: ModelSnap) -> list[Step]:
+    """A reload's change: applied at once when no engine runs, else once it has drained."""
+    why = (
+        "removed from the configuration"
+        if m.pending is Pending.REMOVED
+        else "its definition changed"
+    )
+    if m.state in (State.STOPPED, State.FAILED):
+        return [Forget(m.name) if m.pending is Pending.REMOVED else Replace(m.name)]
+    if m.state is not State.READY:
+        return []  # a start or stop is under way: decided again once it ends
+    if m.is_idle:
+        return [Stop(m.name, "reload", why)]
+    # Under steady traffic it would never be idle: new requests wait while it drains.
+    return [] if m.draining_for is not None else [Drain(m.name, "reload")]
+
+
+def _why_held(m: ModelSnap) -> str:
+    if m.pinned:
+        return "pinned"
+    if m.state is State.READY:
+        return "idle" if m.is_idle else f"busy, {m.in_flight} in flight"
+    return m.state.value

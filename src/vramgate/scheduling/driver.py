@@ -1,0 +1,424 @@
+"""The driver: asks `decide` what to do and carries the steps out with the runtime and memory.
+
+It decides nothing itself. Cold start: a request asks `decide(Request)` -> Begin; the start task
+asks `decide(Room)` until it says Start(gpus) (stopping or draining others meanwhile); the runtime
+spawns the engine; its readiness is awaited; every request that joined the start is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from vramgate.config import ModelConfig, Settings
+from vramgate.engines import adapters
+from vramgate.errors import (
+    EngineOutOfMemory,
+    GatewayBusy,
+    GatewayError,
+    Unloaded,
+)
+from vramgate.events import Events
+from vramgate.instances import Instance
+from vramgate.memory import Memory
+from vramgate.proxy import new_upstream_session
+from vramgate.runtimes.base import EngineHandle, Runtime
+from vramgate.scheduling.decide import Request, Room, Tick, decide
+from vramgate.scheduling.lifecycle import Lifecycle
+from vramgate.scheduling.snapshot import Pending, State
+from vramgate.scheduling.steps import (
+    Begin,
+    Drain,
+    Forget,
+    Join,
+    Queue,
+    Refuse,
+    Replace,
+    Serve,
+    Start,
+    Stop,
+    Wait,
+)  # fmt: skip
+from vramgate.scheduling.view import snapshot
+
+log = logging.getLogger("vramgate.scheduler")
+TICK_S = 0.25
+
+
+@dataclass
+class Lease:
+    """A request's hold on a ready engine; release it when the response is done."""
+
+    instance: Instance
+    handle: EngineHandle
+
+    @property
+    def url(self) -> str:
+        return self.handle.base_url
+
+
+class Scheduler:
+    def __init__(
+        self, settings: Settings, runtime: Runtime, memory: Memory, events: Events
+    ) -> None:
+        self.settings = settings
+        self.adapters = adapters(settings)
+        self.runtime, self.memory, self.events = runtime, memory, events
+        self.life = Lifecycle(runtime, memory, events)
+        self.instances: dict[str, Instance] = {}
+        self.adhoc_names: set[str] = set()  # models a request named from models_dir
+        self.inflation = 0.0  # GreedyDual's L: the priority of the last engine evicted
+        self.http: aiohttp.ClientSession | None = None
+        self._loading: dict[int, asyncio.Lock] = {}  # one load at a time per GPU
+        self._changed = asyncio.Event()  # set (and replaced) whenever anything changes
+        self._room_queue: list[str] = []  # starts waiting for room, in arrival order
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_health = 0.0
+        self._ticker: asyncio.Task[None] | None = None
+        for name, model in settings.models.items():
+            self.add_model(name, model)
+
+    def add_model(self, name: str, model: ModelConfig) -> Instance:
+        inst = self.instances[name] = Instance(name, model)
+        inst.on_state = lambda i, old, new: self._state_changed(i.name, old, new)
+        return inst
+
+    async def start(self) -> None:
+        await self.runtime.start()
+        self.http = self.life.http = new_upstream_session(self.settings.defaults.read_timeout)
+        self._ticker = self._spawn(self._tick_loop())
+
+    async def close(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        running = [self.stop(i.name, "shutdown") for i in self.instances.values() if i.is_running]
+        await asyncio.gather(*running, return_exceptions=True)
+        if self.http:
+            await self.http.close()
+        await self.runtime.close()
+
+    # -- requests --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Lease]:
+        inst = self.instances[name]
+        inst.requests += 1
+        # GreedyDual-Size-Frequency with a load cost proportional to size: frequency plus the
+        # priority of the last engine evicted (aging), so that past popularity fades.
+        inst.priority = self.inflation + inst.requests
+        if inst.state is State.READY:
+            inst.served_warm += 1
+        else:
+            inst.needed_start += 1
+        lease = await self.acquire(name)
+        try:
+            yield lease
+        finally:
+            self.release(lease)
+
+    async def acquire(self, name: str) -> Lease:
+        inst = self.instances[name]
+        while True:
+            changed = self._changed
+            [step] = decide(
+                snapshot((inst,), self.settings, self.memory, with_memory=False), Request(name)
+            )
+            match step:
+                case Serve():
+                    assert inst.handle is not None
+                    inst.in_flight += 1
+                    return Lease(inst, inst.handle)
+                case Queue():
+                    lease = await self._wait_for_slot(inst)
+                    if lease is not None:
+                        return lease
+                case Refuse(error=error):
+                    raise error
+                case Begin() | Join():
+                    if isinstance(step, Begin):
+                        self.begin_start(inst)
+                    await self._join(inst)
+                case Wait():
+                    await changed.wait()
+
+    async def _wait_for_slot(self, inst: Instance) -> Lease | None:
+        """A slot handed over by a finishing request, or None: decide again (engine gone)."""
+        handle = inst.handle
+        slot: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        inst.slot_waiters.append(slot)
+        try:
+            handed = await slot
+        except asyncio.CancelledError:  # the client left
+            if slot.done() and not slot.cancelled() and slot.result():
+                self._free_slot(inst, handle)  # handed to us just as we left: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    inst.slot_waiters.remove(slot)
+                self._notify()
+            raise
+        if not handed:
+            return None
+        if inst.state is State.READY and handle is not None and inst.handle is handle:
+            return Lease(inst, handle)
+        self._free_slot(inst, handle)  # it went away between the handover and now
+        return None
+
+    def release(self, lease: Lease) -> None:
+        """The request is done. Bookkeeping first: nothing after it can leak the slot."""
+        inst = lease.instance
+        self._free_slot(inst, lease.handle)
+        inst.touch()
+        self.memory.after_request(inst)
+
+    def _free_slot(self, inst: Instance, handle: EngineHandle | None) -> None:
+        if inst.state is State.READY and inst.handle is handle:
+            while inst.slot_waiters:
+                slot = inst.slot_waiters.popleft()
+                if not slot.done():
+                    slot.set_result(True)  # the slot goes straight to the oldest waiter
+                    return
+        inst.in_flight -= 1
+        if inst.in_flight == 0:
+            self._notify()
+
+    async def _join(self, inst: Instance) -> None:
+        """Waits for the start under way; its failure is ours too."""
+        task = inst.start_task
+        assert task is not None
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # our own client left
+            raise Unloaded(f"model '{inst.name}' was stopped while starting; retry") from None
+
+    async def ensure_ready(self, name: str) -> None:
+        """Starts a model if needed and waits for it, without holding a request slot."""
+        self.release(await self.acquire(name))
+
+    # -- starting --------------------------------------------------------------------------
+
+    def begin_start(self, inst: Instance) -> None:
+        inst.state = State.STARTING
+        inst.last_error = None
+        inst.start_task = self._spawn(self._start(inst))
+
+    async def _start(self, inst: Instance) -> None:
+        began = time.monotonic()
+        try:
+            try:
+                await self._launch(inst, isolate=False)
+            except EngineOutOfMemory as exc:
+                # What it used is learned now (or, for a real OOM, unknown): make more room, once.
+                message = f"{inst.name} out of memory at start; retrying: {exc.message}"
+                self.events.record("oom", inst.name, message)
+                await self.life.discard(inst)
+                await self._launch(inst, isolate=True)
+        except asyncio.CancelledError:
+            await self.life.discard(inst)  # stopped meanwhile (unload, shutdown): not a failure
+            raise
+        except Exception as exc:
+            error = exc.message if isinstance(exc, GatewayError) else repr(exc)
+            await self.life.fail(
+                inst, error, "start_failed", f"{inst.name} failed to start: {error}"
+            )
+            raise
+        inst.state = State.READY
+        inst.ready_at, inst.loaded_at = time.time(), time.monotonic()
+        inst.touch()
+        took = time.monotonic() - began
+        self.events.record("ready", inst.name, f"{inst.name} ready in {took:.2f} s", seconds=took)
+        assert inst.handle is not None
+        self._spawn(self.life.watch_exit(inst, inst.handle))
+
+    async def _launch(self, inst: Instance, *, isolate: bool) -> None:
+        await self.memory.prepare(inst)
+        gpus, env = await self._make_room(inst, isolate)
+        # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it);
+        # loads on different GPUs run in parallel. Locks are taken in GPU order: no deadlock
+        # between two models split over overlapping GPUs.
+        async with contextlib.AsyncExitStack() as held:
+            for gpu in gpus:
+                await held.enter_async_context(self._loading.setdefault(gpu, asyncio.Lock()))
+            adapter = self.adapters[inst.model.engine]
+            await self.life.spawn_until_ready(self.settings, adapter, inst, env, gpus)
+
+    async def _make_room(self, inst: Instance, isolate: bool) -> tuple[tuple[int, ...], dict]:
+        """Carries out Room decisions until one says Start; returns its GPUs and environment.
+
+        Starts that need others to make way take turns in arrival order; one that fits now
+        starts at once, whoever waits. Nothing is locked while waiting.
+        """
+        deadline = time.monotonic() + self.settings.defaults.evict_wait
+        self._room_queue.append(inst.name)
+        try:
+            while True:
+                changed = self._changed
+                now = snapshot(
+                    self.instances.values(), self.settings, self.memory, with_memory=True
+                )
+                steps = decide(now, Room(inst.name, isolate))
+                match steps:
+                    case [Start(gpus=gpus)]:  # decided and reserved with no await between
+                        return gpus, self.memory.attach(inst, gpus) if gpus else {}
+                    case [Refuse(error=error)]:
+                        raise error
+                first = self._room_queue[0]
+                if first != inst.name:
+                    why = f"waiting for {first}'s start to get its room first"
+                else:
+                    why = next((s.why for s in steps if isinstance(s, Wait)), "")
+                    stops = [
+                        self.stop(s.name, s.reason, s.why) for s in steps if isinstance(s, Stop)
+                    ]
+                    for step in steps:
+                        if isinstance(step, Drain):
+                            self._drain(step.name, step.for_)
+                    if stops:
+                        await asyncio.gather(*stops, return_exceptions=True)
+                        continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise GatewayBusy(f"cannot start '{inst.name}': {why}; retry later")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+        finally:
+            self._room_queue.remove(inst.name)
+            for other in self.instances.values():
+                if other.draining_for == inst.name:
+                    other.draining_for = None
+            self._notify()
+
+    def _drain(self, name: str, for_: str) -> None:
+        self.instances[name].draining_for = for_
+        self.events.record(
+            "drain", name, f"drain {name}: no new requests until it makes way for {for_}"
+        )
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def stop(self, name: str, reason: str, why: str = "") -> asyncio.Task[None]:
+        """Stops a model's engine (shared by TTL, eviction, admin, reload and shutdown)."""
+        inst = self.instances[name]
+        if inst.state is State.STOPPING and inst.stop_task and not inst.stop_task.done():
+            return inst.stop_task
+        inst.state = State.STOPPING
+        inst.stop_task = self._spawn(self._stop(inst, reason, why))
+        return inst.stop_task
+
+    async def _stop(self, inst: Instance, reason: str, why: str) -> None:
+        idle_s = time.monotonic() - inst.last_used if inst.last_used else 0.0
+        code = None
+        try:
+            if inst.start_task and not inst.start_task.done():
+                inst.start_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await inst.start_task
+            code = await self.life.discard(
+                inst, self.settings.setting_of(inst.model, "stop_timeout")
+            )
+        finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`
+            if inst.pending is Pending.CHANGED:
+                self._replace(inst)
+            inst.draining_for = None
+            inst.state = State.STOPPED
+            if reason in ("lru", "discovery", "oom"):
+                inst.evictions += 1
+                self.inflation = max(self.inflation, inst.priority)
+            detail = f" {why}" if why else ""
+            message = f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}"
+            self.events.record("stop", inst.name, message, reason=reason)
+
+    async def unload(self, name: str) -> None:
+        await self.stop(name, "admin")
+
+    # -- reload and housekeeping -----------------------------------------------------------
+
+    def define_adhoc(self, name: str, model: ModelConfig, message: str) -> None:
+        """Adds (or redefines, when no engine runs) a model a request named from models_dir."""
+        self.settings = self.settings.model_copy(
+            update={"models": {**self.settings.models, name: model}}
+        )
+        inst = self.instances.get(name) or self.add_model(name, model)
+        inst.model, inst.pending, inst.replacement = model, None, None
+        self.memory.refresh(name, model)
+        self.adhoc_names.add(name)
+        self.events.record("adhoc", name, message)
+
+    def apply(
+        self, settings: Settings, changed: set[str], removed: set[str], adhoc: set[str]
+    ) -> None:
+        """Takes a reloaded configuration: new models now, changed and removed ones once idle."""
+        self.settings, self.adapters, self.adhoc_names = settings, adapters(settings), adhoc
+        for name, inst in self.instances.items():
+            inst.pending = Pending.REMOVED if name in removed else None
+            inst.replacement = settings.models.get(name) if name in changed else None
+            if inst.replacement is not None:
+                inst.pending = Pending.CHANGED
+        for name, model in settings.models.items():
+            if name not in self.instances:
+                self.memory.refresh(name, model)
+                self.add_model(name, model)
+        self._tick()
+
+    def _replace(self, inst: Instance) -> None:
+        assert inst.replacement is not None
+        inst.model, inst.replacement, inst.pending = inst.replacement, None, None
+        self.memory.refresh(inst.name, inst.model)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:  # one bad step must not end TTL, reload and health handling for every model
+                self._tick()
+            except Exception:
+                log.exception("housekeeping failed; trying again in %.2f s", TICK_S)
+
+    def _tick(self) -> None:
+        now = snapshot(self.instances.values(), self.settings, self.memory, with_memory=False)
+        for step in decide(now, Tick()):
+            match step:
+                case Stop(name=name, reason=reason, why=why):
+                    self.stop(name, reason, why)
+                case Drain(name=name, for_=for_):
+                    self._drain(name, for_)
+                case Forget(name=name):
+                    del self.instances[name]
+                case Replace(name=name):
+                    self._replace(self.instances[name])
+                case Begin(name=name):
+                    self.begin_start(self.instances[name])
+        interval = self.settings.defaults.health_interval
+        if interval and time.monotonic() - self._last_health >= interval:
+            self._last_health = time.monotonic()
+            for inst in self.instances.values():
+                if inst.state is State.READY and inst.handle is not None:
+                    adapter = self.adapters[inst.model.engine]
+                    check = self.life.check_health(self.settings, adapter, inst, inst.handle)
+                    self._spawn(check)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wakes everything waiting for a change (requests, starts that need room)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _state_changed(self, name: str, old: State, new: State) -> None:
+        self.events.state(name, old.value, new.value)
+        self._notify()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        # Waiters see a start's exception through their own await; this keeps asyncio quiet.
+        task.add_done_callback(lambda t: self._tasks.discard(t) or t.cancelled() or t.exception())
+        return task

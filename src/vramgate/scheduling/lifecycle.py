@@ -1,0 +1,131 @@
+"""One engine's life as the driver carries it out: spawned until ready, watched (exit, health),
+cleared away on failure, discarded on stop. Bounded everywhere: nothing here can hang a model."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, replace
+
+import aiohttp
+
+from vramgate.config import Settings
+from vramgate.engines.base import EngineAdapter, LaunchSpec
+from vramgate.errors import EngineOutOfMemory, EngineStartFailed
+from vramgate.events import Events
+from vramgate.instances import Instance
+from vramgate.memory import Memory
+from vramgate.runtimes.base import EngineHandle, Runtime
+from vramgate.scheduling.snapshot import State
+
+# What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
+OOM_OUTPUT = re.compile(r"out of memory|cudaMalloc failed|hipMalloc failed|OutOfMemoryError", re.I)
+
+
+@dataclass
+class Lifecycle:
+    runtime: Runtime
+    memory: Memory
+    events: Events
+    http: aiohttp.ClientSession | None = None
+
+    async def spawn_until_ready(
+        self,
+        settings: Settings,
+        adapter: EngineAdapter,
+        inst: Instance,
+        env: dict[str, str],
+        gpus: tuple[int, ...],
+    ) -> None:
+        """Spawns `inst`'s engine and returns once it is ready and (on GPUs) measured."""
+        name, model = inst.name, inst.model
+        budget = self.memory.budget(inst) if gpus else None
+        # Engines that size themselves are told their share, in bytes.
+        extra = adapter.memory_args(model, budget) if budget is not None else []
+
+        def spec_for_port(port: int) -> LaunchSpec:
+            spec = adapter.launch(name, model, port)
+            return replace(spec, argv=spec.argv + extra)
+
+        inst.starts += 1
+        handle = await self.runtime.spawn(
+            name, spec_for_port, {**model.env, **env}, gpus, settings.engine_log(name), inst.output
+        )
+        inst.handle = handle
+        if gpus:
+            self.memory.track(inst, handle.pids())
+        where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
+        message = f"starting {name} (pid {handle.pid}, {handle.base_url}{where})"
+        self.events.record("start", name, message)
+        assert self.http is not None
+        try:
+            timeout_s = settings.setting_of(model, "start_timeout")
+            await handle.wait_ready(self.http, timeout_s, adapter.is_ready)
+        except EngineStartFailed as exc:
+            if any(OOM_OUTPUT.search(line) for line in handle.tail(40)):
+                raise EngineOutOfMemory(exc.message, detail=exc.detail) from exc
+            raise
+        if gpus:
+            used = await asyncio.to_thread(self.memory.measure, inst, new_load=True)
+            if self.memory.overcommitted(gpus):
+                on = ",".join(map(str, gpus))
+                raise EngineOutOfMemory(
+                    f"model '{name}' reported {used} MiB, more than GPU {on} had left"
+                )
+
+    async def discard(self, inst: Instance, stop_timeout_s: float = 0.0) -> int | None:
+        """Its engine goes (bounded), then its memory; requests queued for a slot decide again."""
+        handle, inst.handle = inst.handle, None
+        for slot in inst.slot_waiters:
+            if not slot.done():
+                slot.set_result(False)
+        inst.slot_waiters.clear()
+        try:
+            if handle is None:
+                return None
+            code = await handle.stop(stop_timeout_s)
+            # The next load must find the memory free, not merely the process gone.
+            await self.memory.wait_released(inst)
+            return code
+        finally:
+            self.memory.detach(inst)
+
+    async def fail(self, inst: Instance, error: str, kind: str, message: str) -> None:
+        """Its process and memory go first, then it reads `failed`: until then no new engine of
+        the model can start (and register its memory) while the old one is being cleared."""
+        inst.failures += 1
+        inst.last_error = error
+        try:
+            await self.discard(inst)
+        finally:
+            inst.draining_for = None
+            inst.state = State.FAILED
+            self.events.record(kind, inst.name, message)
+
+    async def lost(self, inst: Instance, error: str, kind: str, message: str) -> None:
+        """A ready engine died or hung: requests on it fail; the next request starts it anew."""
+        inst.state = State.STOPPING
+        inst.stop_task = asyncio.current_task()  # type: ignore[assignment]
+        await self.fail(inst, error, kind, message)
+
+    async def watch_exit(self, inst: Instance, handle: EngineHandle) -> None:
+        code = await handle.wait()
+        if inst.handle is handle and inst.state is State.READY:
+            error = f"engine exited with code {code} while serving"
+            await self.lost(inst, error, "died", f"{inst.name} died (exit code {code})")
+
+    async def check_health(
+        self, settings: Settings, adapter: EngineAdapter, inst: Instance, handle: EngineHandle
+    ) -> None:
+        """A ready engine that stops answering its readiness probe is hung: it is killed, so
+        that its clients get an error and the next request starts it anew."""
+        assert self.http is not None
+        ok = await handle.probe(self.http, settings.defaults.health_interval, adapter.is_ready)
+        if inst.handle is not handle or inst.state is not State.READY:
+            return
+        inst.health_failures = 0 if ok else inst.health_failures + 1
+        limit = settings.defaults.health_failures
+        if inst.health_failures >= limit:
+            inst.health_failures = 0
+            error = f"engine stopped answering {handle.base_url} ({limit} health checks failed)"
+            await self.lost(inst, error, "hung", f"{inst.name} hung: {error}; killed")

@@ -1,0 +1,87 @@
+"""What the decision function sees: every model's state and memory at one moment, as plain data."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vramgate.gpu.base import GpuMemory
+from vramgate.gpu.share import share_mib
+
+
+class State(enum.Enum):
+    STOPPED = "stopped"  # no engine; the next request starts one
+    STARTING = "starting"  # engine spawned, not ready yet; requests join the start
+    READY = "ready"  # serving requests
+    STOPPING = "stopping"  # being stopped (ttl, eviction, admin); requests wait, then start it anew
+    FAILED = "failed"  # last start failed or the engine died; the next request starts it again
+
+
+class Pending(enum.Enum):
+    """A reload's change that waits for the model's engine to go idle and stop."""
+
+    REMOVED = "removed"  # no longer configured: drain, stop, forget
+    CHANGED = "changed"  # a new definition: drain, stop, then take it
+
+
+@dataclass(frozen=True)
+class ModelSnap:
+    """One model as the decisions see it."""
+
+    name: str
+    state: State = State.STOPPED
+    in_flight: int = 0
+    queued: int = 0  # requests waiting for a max_concurrency slot
+    last_used: float = 0.0  # time.monotonic() of its last request's end (or of its start)
+    pinned: bool = False
+    rank: float | None = None  # eviction order, lowest first; None = least recently used first
+    gpus: tuple[int, ...] = ()  # where its engine holds memory now
+    gpu_count: int = 1  # GPUs it is split over when it runs (tensor parallel)
+    footprint_mib: int | None = None  # what it is expected to need; None = unknown
+    held_mib: int = 0  # while resident: the larger of its footprint and what it uses now
+    loaded_at: float = 0.0  # time.monotonic() when it became ready
+    max_concurrency: int | None = None
+    max_queue: int = 256
+    ttl_s: float = 0.0  # idle seconds before a stop; 0 = never
+    draining_for: str | None = None  # chosen to make way (a model's name, or "reload")
+    pending: Pending | None = None
+
+    @property
+    def is_idle(self) -> bool:
+        return self.in_flight == 0 and self.queued == 0
+
+    @property
+    def is_running(self) -> bool:
+        """Holds (or is about to hold) resources: counts toward max_running."""
+        return self.state in (State.STARTING, State.READY, State.STOPPING)
+
+    @property
+    def is_evictable(self) -> bool:
+        """May be stopped now to make room: ready, idle, not pinned."""
+        return self.state is State.READY and self.is_idle and not self.pinned
+
+    @property
+    def is_drainable(self) -> bool:
+        """May be asked to make room once its requests finish: ready and not pinned."""
+        return self.state is State.READY and not self.pinned
+
+    @property
+    def order(self) -> float:
+        return self.last_used if self.rank is None else self.rank
+
+    def on(self, gpu: int) -> int:
+        """MiB it holds on `gpu`."""
+        return share_mib(self.held_mib, len(self.gpus)) if gpu in self.gpus else 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every model and GPU at one moment, with the settings the decisions read."""
+
+    models: Mapping[str, ModelSnap]
+    gpus: tuple[GpuMemory, ...] = ()  # empty: no GPU accounting (placed by count and time only)
+    max_running: int | None = None
+    now: float = 0.0  # time.monotonic()
+    min_residency_s: float = 0.0
+    unknown_footprint: str = "estimate"  # gpus.unknown_footprint

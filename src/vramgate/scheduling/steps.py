@@ -1,0 +1,80 @@
+"""The steps a decision returns, for the driver to carry out; each says what and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramgate.errors import GatewayError
+
+
+@dataclass(frozen=True)
+class Serve:
+    """Ready with a free slot: relay now."""
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Ready but at max_concurrency: wait for a slot, handed over by a finishing request."""
+
+
+@dataclass(frozen=True)
+class Begin:
+    """Not running: begin its start (then join it)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Join:
+    """A start is under way: wait for it and share its outcome (one engine, however many ask)."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """Room is there: start now on these GPUs (none without GPU accounting)."""
+
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stop:
+    name: str
+    reason: str  # lru, discovery, oom, ttl, reload (metrics and events use it)
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """A busy engine must make way: it takes no new requests until it is idle and stopped."""
+
+    name: str
+    for_: str  # the model it makes way for, or "reload"
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do now: wait for a change (a start, a stop, a request's end); decide again."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    error: GatewayError
+
+
+@dataclass(frozen=True)
+class Forget:
+    """A reload removed it and its engine is gone: drop it."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Replace:
+    """A reload changed it and no engine runs: its next start uses the new definition."""
+
+    name: str
+
+
+Step = Serve | Queue | Begin | Join | Start | Stop | Drain | Wait | Refuse | Forget | Replace

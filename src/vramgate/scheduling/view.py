@@ -1,0 +1,49 @@
+"""The snapshot `decide` reads, made from the instances and memory at one moment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from vramgate.config import Settings
+from vramgate.instances import Instance
+from vramgate.memory import Memory
+from vramgate.scheduling.snapshot import ModelSnap, Snapshot
+
+
+def snapshot(
+    instances: Iterable[Instance], settings: Settings, memory: Memory, *, with_memory: bool
+) -> Snapshot:
+    """Every model given; GPU figures only `with_memory` (reading them costs I/O: NVML, /proc)."""
+    models = {i.name: _snap(i, settings, memory, with_memory) for i in instances}
+    return Snapshot(
+        models,
+        memory.memory() if with_memory else (),
+        settings.max_running,
+        time.monotonic(),
+        settings.gpus.min_residency,
+        memory.policy,
+    )
+
+
+def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool) -> ModelSnap:
+    model, setting = inst.model, settings.setting_of
+    return ModelSnap(
+        name=inst.name,
+        state=inst.state,
+        in_flight=inst.in_flight,
+        queued=len(inst.slot_waiters),
+        last_used=inst.last_used,
+        pinned=model.pinned,
+        rank=inst.priority if settings.gpus.eviction == "frequency" else None,
+        gpus=inst.gpus,
+        gpu_count=model.gpus,
+        footprint_mib=memory.footprint(inst)[0] if with_memory else None,
+        held_mib=memory.held_mib(inst) if with_memory else 0,
+        loaded_at=inst.loaded_at,
+        max_concurrency=model.max_concurrency,
+        max_queue=int(setting(model, "max_queue")),
+        ttl_s=setting(model, "ttl"),
+        draining_for=inst.draining_for,
+        pending=inst.pending,
+    )

@@ -1,0 +1,21 @@
+"""What the gateway reports about itself (GET /gateway/status, the page, metrics' gauges)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramgate.scheduling.driver import Scheduler
+
+
+def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
+    memory, settings = scheduler.memory, scheduler.settings
+    return {
+        "gpus": memory.status(),
+        "models": [
+            i.status(settings.setting_of(i.model, "ttl")) | memory.model_status(i)
+            for i in scheduler.instances.values()
+        ],
+        "max_running": settings.max_running,
+        "runtime": scheduler.runtime.kind,
+        "events": [e for e in scheduler.events.recent if e["kind"] != "state"][-50:],
+    }
