@@ -50,10 +50,13 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> 
     return bool(predicate())
 
 
-def stream_beside(gw: Gateway, streamed: str, other: str) -> tuple[str, float, str, float]:
+def stream_beside(
+    gw: Gateway, streamed: str, other: str
+) -> tuple[str, float, str, float, set[str]]:
     """Streams 8 tokens from `streamed` while a request to `other` is sent once it has begun.
 
-    Returns the streamed text, when the stream ended, the other's text and when it came back.
+    Returns the streamed text, when the stream ended, the other's text, when it came back, and
+    the states `streamed` was seen in while its stream ran (a stop would abort it).
     """
     stream = gw.client.completions.create(model=streamed, prompt="x", max_tokens=8, stream=True)
     first = next(iter(stream))
@@ -66,10 +69,14 @@ def stream_beside(gw: Gateway, streamed: str, other: str) -> tuple[str, float, s
 
     thread = threading.Thread(target=send_other)
     thread.start()
-    text = first.choices[0].text + "".join(c.choices[0].text for c in stream)
+    text, seen = first.choices[0].text, set()
+    for chunk in stream:
+        text += chunk.choices[0].text
+        if chunk.choices[0].finish_reason is None:
+            seen.add(gw.model(streamed)["state"])
     stream_end = time.monotonic()
     thread.join(20)
-    return text, stream_end, result["text"], result["at"]
+    return text, stream_end, result["text"], result["at"], seen
 
 
 class Gateway:

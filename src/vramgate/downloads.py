@@ -139,7 +139,27 @@ def list_repo(repo: str, revision: str | None) -> tuple[str, list[RepoFile], Any
     files = [
         RepoFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []
     ]
+    for f in files:
+        _check_name(repo, f.path)
     return info.sha or (revision or "main"), files, info
+
+
+def _check_name(repo: str, name: str) -> None:
+    """A file name from the hub is data from the network: it may only name a path inside the
+    download folder (no absolute path, no `..`, no backslash or NUL games)."""
+    parts = name.split("/")
+    unsafe = (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\0" in name
+        or any(p in ("", ".", "..") for p in parts)
+        or Path(name).is_absolute()
+    )
+    if unsafe:
+        raise DownloadError(
+            f"{repo}: the hub lists a file with an unsafe name ({name!r}); nothing was downloaded"
+        )
 
 
 def inside(models_dir: Path, destination: str | None, repo: str) -> Path:
@@ -263,6 +283,8 @@ def fetch(job: Job, f: RepoFile) -> None:
     from huggingface_hub.utils import build_hf_headers
 
     final = job.destination / f.path
+    if not within(job.destination.resolve(), final):  # a symlink inside that leads out
+        raise DownloadError(f"{f.path}: its path leads outside {job.destination}")
     if final.is_file() and (f.size is None or final.stat().st_size == f.size):
         job.done_bytes[f.path] = final.stat().st_size  # fetched before
         return

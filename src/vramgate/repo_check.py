@@ -4,6 +4,7 @@ safetensors headers, or the first megabytes of a GGUF file)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,27 +76,33 @@ def _estimate_remote(repo: str, commit: str, files: list[RepoFile]) -> Any:
             raise DownloadError(
                 f"{len(ggufs)} GGUF files; name one `quantization` to estimate its footprint"
             )
-        return estimate_gguf(_fetch_head(repo, commit, ggufs[0]))
+        with tempfile.TemporaryDirectory(prefix="vramgate-gguf-") as tmp:
+            return estimate_gguf(_fetch_head(repo, commit, ggufs[0], Path(tmp)))
     if any(f.path.endswith(".safetensors") for f in files):
         return estimate_hub(repo)
     return None
 
 
-def _fetch_head(repo: str, commit: str, path: str) -> Path:
-    """The first GGUF_HEAD_BYTES of a file, by Range request, in a temporary file."""
-    import tempfile
-
+def _fetch_head(repo: str, commit: str, path: str, folder: Path) -> Path:
+    """The first GGUF_HEAD_BYTES of a file, by Range request, in a file in `folder`."""
     import httpx
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
     url = hf_hub_url(repo, path, revision=commit, endpoint=endpoint())
     headers = build_hf_headers() | {"Range": f"bytes=0-{GGUF_HEAD_BYTES - 1}"}
+    head = bytearray()
     try:
-        resp = httpx.get(url, headers=headers, follow_redirects=True, timeout=60)
-        resp.raise_for_status()
+        # Streamed and cut at the limit: a server that ignores Range sends the whole file,
+        # which must not end up in memory (GGUF files run to tens of GiB).
+        with httpx.stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as resp:
+            resp.raise_for_status()
+            for chunk in resp.iter_bytes():
+                head += chunk
+                if len(head) >= GGUF_HEAD_BYTES:
+                    break
     except httpx.HTTPError as exc:
         raise DownloadError(f"{repo}/{path}: cannot read its header ({exc})") from exc
-    tmp = Path(tempfile.mkdtemp(prefix="vramgate-gguf-")) / Path(path).name
-    tmp.write_bytes(resp.content[:GGUF_HEAD_BYTES])
-    return tmp
+    copy = folder / "head.gguf"
+    copy.write_bytes(bytes(head[:GGUF_HEAD_BYTES]))
+    return copy

@@ -88,7 +88,8 @@ def test_busy_engine_is_not_evicted_mid_stream(gateway):
         "b": engine(6000, vram_mib=6000),
     }
     gw = gateway({"gpus": gpus(10_000), "models": models})
-    text, stream_end, other_text, other_at = stream_beside(gw, "a", "b")
+    text, stream_end, other_text, other_at, seen = stream_beside(gw, "a", "b")
+    assert seen == {"ready"}  # never stopped under the stream (the engine dies at SIGTERM)
     assert text.endswith("tok7 ")
     assert other_text == "tok0 "
     assert other_at >= stream_end

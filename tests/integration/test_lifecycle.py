@@ -111,7 +111,11 @@ def test_ttl_never_stops_an_engine_with_requests_in_flight(gateway):
     """The TTL clock starts when the last request finishes, not while one streams."""
     gw = gateway({"defaults": {"ttl": 0.5}, "models": {"fake": model("--tokens-per-s", "10")}})
     stream = gw.client.completions.create(model="fake", prompt="x", max_tokens=15, stream=True)
-    text = "".join(c.choices[0].text for c in stream)
+    text, seen = "", set()
+    for chunk in stream:
+        text += chunk.choices[0].text
+        seen.add(gw.model("fake")["state"])
+    assert seen == {"ready"}  # 1.5 s of streaming, three TTLs: never stopped under it
     assert text.endswith("tok14 ")
     assert gw.model("fake")["starts"] == 1
     assert wait_until(lambda: gw.model("fake")["state"] == "stopped", 5)
@@ -140,7 +144,8 @@ def test_busy_engine_is_not_evicted(gateway):
     """An engine streaming a request is never evicted; the new model waits for it to finish."""
     gw = gateway({"max_running": 1, "models": {"a": model("--tokens-per-s", "10"), "b": model()}})
     began = time.monotonic()
-    text, done_a, other_text, other_at = stream_beside(gw, "a", "b")
+    text, done_a, other_text, other_at, seen = stream_beside(gw, "a", "b")
+    assert seen == {"ready"}  # never stopped under the stream (the engine dies at SIGTERM)
     assert text.endswith("tok7 ")
     assert other_text == "tok0 "
     assert other_at >= done_a

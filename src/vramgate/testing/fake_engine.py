@@ -3,7 +3,8 @@
     python -m vramgate.testing.fake_engine --port 8001 --load-delay 2 --tokens-per-s 50
 
 It listens at once and answers /health with 503 until `--load-delay` has passed, like
-llama-server. Use it through the `command` engine in your own tests of a vramgate setup.
+llama-server, and like llama-server it dies at once on SIGTERM, aborting what it was doing
+(`--graceful` finishes open requests first). Use it through the `command` engine in your own tests of a vramgate setup.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--listen-after-load", action="store_true", help="Refuse connections while loading (vLLM)."
     )
     p.add_argument("--ignore-sigterm", action="store_true", help="Only SIGKILL stops it.")
+    p.add_argument(
+        "--graceful",
+        action="store_true",
+        help="On SIGTERM, finish open requests before exiting (default: exit at once, aborting "
+        "them, as llama-server does).",
+    )
+    p.add_argument(
+        "--hang-after-tokens",
+        type=int,
+        default=None,
+        help="Hang (the whole process: no answers, no health) after this many tokens.",
+    )
     p.add_argument("--spawn-child", action="store_true", help="Start a worker grandchild too.")
     p.add_argument("--embedding-dim", type=int, default=8)
     p.add_argument("--vram-mib", type=int, default=None, help="Use to report (simulated GPU).")
@@ -68,6 +81,9 @@ async def _generate(request: web.Request, n: int):
         if opts.crash_after_tokens is not None and i >= opts.crash_after_tokens:
             print(f"fake engine: crashing after {i} tokens", flush=True)
             os._exit(17)
+        if opts.hang_after_tokens is not None and i >= opts.hang_after_tokens:
+            print(f"fake engine: hanging after {i} tokens", flush=True)
+            time.sleep(1e6)  # noqa: ASYNC251 (a hung engine blocks everything: that is the point)
         if opts.tokens_per_s:
             await asyncio.sleep(1 / opts.tokens_per_s)
         yield _token(i)
@@ -245,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         print=None,
         access_log=None,
         handler_cancellation=True,
-        handle_signals=not opts.ignore_sigterm,
+        # Without aiohttp's handlers SIGTERM keeps its default action: the process ends at once.
+        handle_signals=opts.graceful and not opts.ignore_sigterm,
     )
 
 

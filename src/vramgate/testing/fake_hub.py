@@ -9,7 +9,9 @@ revision `main` only, whose commit hash is derived from the files' names, sizes 
 A `.gated` file in a repo folder makes it gated (described to all, its files only to `--token`);
 `.private` hides it without the token. Knobs for download tests: `--bytes-per-s` (slow),
 `--fail-after-bytes` (the first transfer of each file breaks off after N bytes, as a dropped
-connection does).
+connection does), `--corrupt` (every file is served with its last byte flipped, under the listed
+size and checksum). A `.names.json` file in a repo folder ({"local name": "listed name"}) lists
+a file under another name, such as a hostile `../../x` or `/etc/x`.
 
     python -m vramgate.testing.fake_hub --root DIR --port 8090 [--token T]
 """
@@ -42,8 +44,16 @@ class HubFile:
 
 
 class FakeHub:
-    def __init__(self, root: Path, token: str | None, bytes_per_s: float, fail_after: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        token: str | None,
+        bytes_per_s: float,
+        fail_after: int,
+        corrupt: bool = False,
+    ) -> None:
         self.root = root
+        self.corrupt = corrupt
         self.token = token
         self.bytes_per_s = bytes_per_s
         self.fail_after = fail_after
@@ -60,12 +70,14 @@ class FakeHub:
         return folder if folder.is_dir() else None
 
     def files(self, folder: Path) -> list[HubFile]:
+        names_file = folder / ".names.json"
+        names = json.loads(names_file.read_text()) if names_file.exists() else {}
         found = []
         for local in sorted(folder.rglob("*")):
             rel = local.relative_to(folder).as_posix()
             if rel.startswith(".") or not local.is_file():
                 continue
-            found.append(self._describe(rel, local))
+            found.append(self._describe(names.get(rel, rel), local))
         return found
 
     def _describe(self, rel: str, local: Path) -> HubFile:
@@ -263,6 +275,8 @@ async def resolve(request: web.Request) -> web.StreamResponse:
             block = f.read(min(CHUNK // 4, length - sent))
             if not block:
                 break
+            if hub.corrupt and sent + len(block) == length:
+                block = block[:-1] + bytes([block[-1] ^ 0xFF])
             if breaks and sent + len(block) > hub.fail_after:
                 await response.write(block[: hub.fail_after - sent])
                 hub.broken.add(found.path)
@@ -302,8 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--fail-after-bytes", type=int, default=0, help="First transfer of a file breaks here."
     )
+    p.add_argument("--corrupt", action="store_true", help="Flip the last byte of every file.")
     opts = p.parse_args(argv)
-    hub = FakeHub(opts.root, opts.token, opts.bytes_per_s, opts.fail_after_bytes)
+    hub = FakeHub(opts.root, opts.token, opts.bytes_per_s, opts.fail_after_bytes, opts.corrupt)
     web.run_app(build_app(hub), host=opts.host, port=opts.port, print=None)
 
 

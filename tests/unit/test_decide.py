@@ -1,0 +1,233 @@
+"""The one decision function, case by case: snapshots in, typed steps out; no processes."""
+
+from __future__ import annotations
+
+from vramgate.errors import NoRoom, QueueFull
+from vramgate.gpu.base import GpuMemory
+from vramgate.scheduling.decide import Request, Room, Tick, decide
+from vramgate.scheduling.snapshot import ModelSnap, Pending, Snapshot, State
+from vramgate.scheduling.steps import (
+    Begin,
+    Drain,
+    Forget,
+    Join,
+    Queue,
+    Refuse,
+    Replace,
+    Serve,
+    Start,
+    Stop,
+    Wait,
+)
+
+READY, STOPPED, STARTING = State.READY, State.STOPPED, State.STARTING
+
+
+def m(name: str, state: State = STOPPED, **fields) -> ModelSnap:
+    return ModelSnap(name, state, **fields)
+
+
+def world(*models: ModelSnap, gpus=(), max_running=None, now=100.0, **extra) -> Snapshot:
+    return Snapshot({x.name: x for x in models}, tuple(gpus), max_running, now, **extra)
+
+
+def gpu(index=0, total=10_000, used=0) -> GpuMemory:
+    return GpuMemory(index, total, used, 500)
+
+
+def one(snap: Snapshot, ask) -> object:
+    [step] = decide(snap, ask)
+    return step
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def test_stopped_or_failed_model_is_begun():
+    assert one(world(m("a")), Request("a")) == Begin("a")
+    assert one(world(m("a", State.FAILED)), Request("a")) == Begin("a")
+
+
+def test_request_during_a_start_joins_it():
+    assert one(world(m("a", STARTING)), Request("a")) == Join()
+
+
+def test_request_during_a_stop_waits_for_it():
+    assert isinstance(one(world(m("a", State.STOPPING)), Request("a")), Wait)
+
+
+def test_ready_model_is_served_without_limit():
+    assert one(world(m("a", READY, in_flight=1000)), Request("a")) == Serve()
+
+
+def test_newcomer_does_not_overtake_the_queue():
+    busy = m("a", READY, in_flight=1, queued=1, max_concurrency=2)
+    assert one(world(busy), Request("a")) == Queue()
+
+
+def test_full_model_queues_then_refuses_with_429():
+    def full(queued: int) -> ModelSnap:
+        return m("a", READY, in_flight=2, queued=queued, max_concurrency=2, max_queue=4)
+
+    assert one(world(full(3)), Request("a")) == Queue()
+    step = one(world(full(4)), Request("a"))
+    assert isinstance(step, Refuse) and isinstance(step.error, QueueFull)
+
+
+def test_draining_engine_takes_no_new_requests():
+    """It makes way for another model: new requests wait until it has stopped."""
+    step = one(world(m("a", READY, in_flight=1, draining_for="b")), Request("a"))
+    assert isinstance(step, Wait) and "making way for b" in step.why
+
+
+# -- room: the count limit ----------------------------------------------------------------------
+
+
+def test_room_without_limits_starts_at_once():
+    assert decide(world(m("a"), m("b", READY)), Room("a")) == [Start(())]
+
+
+def test_count_limit_stops_the_least_recently_used_idle_engine():
+    snap = world(m("new"), m("a", READY, last_used=5), m("b", READY, last_used=1), max_running=2)
+    assert decide(snap, Room("new")) == [Stop("b", "lru", "to start new")]
+
+
+def test_count_limit_drains_a_busy_engine_rather_than_wait_forever():
+    snap = world(m("new"), m("a", READY, in_flight=2, last_used=3), max_running=1)
+    steps = decide(snap, Room("new"))
+    assert steps[0] == Drain("a", "new")
+    assert isinstance(steps[1], Wait)
+
+
+def test_count_limit_waits_for_starts_and_stops_under_way():
+    snap = world(m("new"), m("a", STARTING), m("b", State.STOPPING), max_running=2)
+    [step] = decide(snap, Room("new"))
+    assert isinstance(step, Wait) and "a: starting" in step.why
+
+
+def test_pinned_engine_never_makes_way_for_the_count_limit():
+    snap = world(m("new"), m("p", READY, pinned=True), max_running=1)
+    [step] = decide(snap, Room("new"))
+    assert isinstance(step, Wait) and "p: pinned" in step.why
+
+
+def test_failed_models_do_not_count_as_running():
+    snap = world(m("new"), m("f", State.FAILED), max_running=1)
+    assert decide(snap, Room("new")) == [Start(())]
+
+
+def test_an_engine_already_draining_is_not_drained_twice():
+    snap = world(m("new"), m("a", READY, in_flight=1, draining_for="new"), max_running=1)
+    [step] = decide(snap, Room("new"))
+    assert isinstance(step, Wait)
+
+
+# -- room: GPU memory ---------------------------------------------------------------------------
+
+
+def test_fits_on_the_gpu_starts_there():
+    snap = world(m("a", footprint_mib=4000), gpus=[gpu(0, used=7000), gpu(1)])
+    assert decide(snap, Room("a")) == [Start((1,))]
+
+
+def test_idle_engines_are_stopped_to_make_room():
+    resident = m("b", READY, gpus=(0,), held_mib=6000, last_used=1)
+    snap = world(m("a", footprint_mib=6000), resident, gpus=[gpu(used=6000)])
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a")]
+
+
+def test_busy_engines_drain_to_make_room():
+    resident = m("b", READY, in_flight=1, gpus=(0,), held_mib=6000)
+    snap = world(m("a", footprint_mib=6000), resident, gpus=[gpu(used=6000)])
+    steps = decide(snap, Room("a"))
+    assert steps[0] == Drain("b", "a") and isinstance(steps[1], Wait)
+
+
+def test_once_drained_idle_the_engine_is_stopped():
+    resident = m("b", READY, gpus=(0,), held_mib=6000, draining_for="a")
+    snap = world(m("a", footprint_mib=6000), resident, gpus=[gpu(used=6000)])
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a")]
+
+
+def test_unknown_footprint_is_a_discovery_run():
+    resident = m("b", READY, gpus=(0,), held_mib=2000)
+    snap = world(m("a"), resident, gpus=[gpu(used=2000)])
+    assert decide(snap, Room("a")) == [Stop("b", "discovery", "to start a")]
+
+
+def test_unknown_footprint_refused_when_the_policy_says_so():
+    snap = world(m("a"), gpus=[gpu()], unknown_footprint="refuse")
+    [step] = decide(snap, Room("a"))
+    assert isinstance(step, Refuse) and "footprint is unknown" in step.error.message
+
+
+def test_the_retry_after_out_of_memory_runs_alone():
+    """isolate: the footprint is treated as unknown, so everything idle on its GPU goes."""
+    resident = m("b", READY, gpus=(0,), held_mib=1000)
+    snap = world(m("a", footprint_mib=1000), resident, gpus=[gpu(used=1000)])
+    assert decide(snap, Room("a", isolate=True)) == [Stop("b", "oom", "to start a")]
+
+
+def test_too_big_for_every_gpu_is_refused_and_nothing_stops():
+    resident = m("b", READY, gpus=(0,), held_mib=1000)
+    [step] = decide(world(m("a", footprint_mib=20_000), resident, gpus=[gpu()]), Room("a"))
+    assert isinstance(step, Refuse) and isinstance(step.error, NoRoom)
+
+
+def test_memory_held_by_a_start_under_way_means_wait():
+    starting = m("b", STARTING, gpus=(0,), held_mib=8000)
+    [step] = decide(world(m("a", footprint_mib=4000), starting, gpus=[gpu(used=1000)]), Room("a"))
+    assert isinstance(step, Wait) and "b: starting" in step.why
+
+
+def test_memory_and_count_limit_both_apply():
+    resident = m("b", READY, gpus=(1,), held_mib=1000, last_used=1)
+    snap = world(m("a", footprint_mib=1000), resident, gpus=[gpu(0), gpu(1)], max_running=1)
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a")]
+
+
+# -- tick: TTL, reload, pinned ------------------------------------------------------------------
+
+
+def test_idle_engine_past_its_ttl_stops():
+    snap = world(m("old", READY, last_used=50, ttl_s=10), m("fresh", READY, last_used=95, ttl_s=10))
+    assert decide(snap, Tick()) == [Stop("old", "ttl")]
+
+
+def test_ttl_spares_busy_pinned_and_ttl_zero_engines():
+    snap = world(
+        m("busy", READY, in_flight=1, ttl_s=10),
+        m("pinned", READY, pinned=True, ttl_s=10),
+        m("forever", READY, ttl_s=0),
+        m("starting", STARTING, ttl_s=10),
+    )
+    assert decide(snap, Tick()) == []
+
+
+def test_a_stopped_pinned_model_is_begun():
+    assert decide(world(m("p", pinned=True)), Tick()) == [Begin("p")]
+    assert decide(world(m("p", State.FAILED, pinned=True)), Tick()) == []
+
+
+def test_removed_model_is_forgotten_once_stopped_and_stopped_once_idle():
+    assert decide(world(m("r", pending=Pending.REMOVED)), Tick()) == [Forget("r")]
+    idle = m("r", READY, pending=Pending.REMOVED)
+    assert decide(world(idle), Tick()) == [Stop("r", "reload", "removed from the configuration")]
+
+
+def test_changed_model_is_replaced_at_once_when_not_running():
+    assert decide(world(m("c", pending=Pending.CHANGED)), Tick()) == [Replace("c")]
+
+
+def test_changed_model_under_steady_traffic_drains_then_stops():
+    """It would never be idle on its own: new requests wait while it drains."""
+    busy = m("c", READY, in_flight=3, pending=Pending.CHANGED)
+    assert decide(world(busy), Tick()) == [Drain("c", "reload")]
+    draining = m("c", READY, in_flight=3, pending=Pending.CHANGED, draining_for="reload")
+    assert decide(world(draining), Tick()) == []
+    drained = m("c", READY, pending=Pending.CHANGED, draining_for="reload")
+    assert decide(world(drained), Tick()) == [Stop("c", "reload", "its definition changed")]
+
+
+def test_a_pending_change_waits_for_a_start_under_way():
+    assert decide(world(m("c", STARTING, pending=Pending.CHANGED)), Tick()) == []
