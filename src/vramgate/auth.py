@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from vramgate.config import Settings
 from vramgate.errors import Forbidden, Unauthorized
@@ -34,6 +35,31 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
             token = value.decode("latin-1").strip(_OWS)
             if token:
                 return token
+    return None
+
+
+def cross_site(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a request comes from another site's page, or None.
+
+    A page on any site can make a browser POST to this gateway (a form, or fetch with a
+    text/plain body, needs no CORS preflight); with auth off nothing else would stop it from
+    unloading models or starting engines. Browsers say where such a request comes from (Origin,
+    Sec-Fetch-Site); programs (curl, SDKs) send neither and are not affected.
+    """
+    origin = host = site = None
+    for name, value in headers:
+        if name == b"origin":
+            origin = value.decode("latin-1")
+        elif name == b"host":
+            host = value.decode("latin-1")
+        elif name == b"sec-fetch-site":
+            site = value.decode("latin-1")
+    if site in ("cross-site", "same-site"):
+        return f"a request from another site's page (Sec-Fetch-Site: {site})"
+    if origin is not None and origin != "null" and urlsplit(origin).netloc != host:
+        return f"a request from another site's page (Origin {origin}, not {host})"
+    if origin == "null":
+        return "a request from an opaque origin (Origin: null)"
     return None
 
 

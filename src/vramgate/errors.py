@@ -7,8 +7,10 @@ GatewayError                 {"error": {"message", "type", "code"}}
 ├── ModelNotFound            404 unknown model; the message lists the known names
 ├── Conflict                 409 a reload or download that clashes with the current state
 ├── PayloadTooLarge          413 body over max_body_mb
+├── UnsupportedMediaType     415 a body that is not JSON where JSON is required
 ├── QueueFull                429 max_concurrency reached and the wait queue is full
 ├── EngineUnavailable        502 the engine died or dropped the connection mid-request
+│   └── EngineGone           502 the engine refused the connection: nothing reached it
 ├── EngineStartFailed        503 the engine exited while starting or never became ready
 ├── Unloaded                 503 the model was stopped (unload, shutdown) while starting
 └── GatewayBusy              503 no room: every engine that could make way is busy
@@ -80,6 +82,12 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class QueueFull(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -90,6 +98,10 @@ class EngineUnavailable(GatewayError):
     status = 502
     type = "server_error"
     code = "engine_unavailable"
+
+
+class EngineGone(EngineUnavailable):
+    """Raised before anything was sent to the engine or the client: safe to try again."""
 
 
 class EngineStartFailed(GatewayError):

@@ -19,7 +19,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Send
 
-from vramgate.errors import EngineUnavailable, GatewayError, sse_error_event
+from vramgate.errors import EngineGone, EngineUnavailable, GatewayError, sse_error_event
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = (b"content-type",)
@@ -106,6 +106,10 @@ async def relay(
                 return
             content = await resp.read()
             timing.answered = time.perf_counter()
+    except aiohttp.ClientConnectorError as exc:
+        # Nothing reached the engine: the caller may try again once the scheduler knows it is
+        # gone (it died just as this request was handed its slot).
+        raise EngineGone(f"model '{model}': the engine refused the connection ({exc})") from exc
     except (TimeoutError, aiohttp.ClientError) as exc:
         error = _broken(model, exc)
         timing.status = error.status

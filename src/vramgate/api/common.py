@@ -6,9 +6,9 @@ import time
 
 from fastapi import Request
 
-from vramgate.auth import Access, presented_key
+from vramgate.auth import Access, cross_site, presented_key
 from vramgate.config import Settings
-from vramgate.errors import ModelNotFound
+from vramgate.errors import Forbidden, ModelNotFound, UnsupportedMediaType
 from vramgate.scheduling.driver import Scheduler
 
 
@@ -41,7 +41,22 @@ async def any_key(request: Request) -> Access:
 
 
 async def admin_key(request: Request) -> Access:
-    """Dependency of routes that change things or show engine output: an admin key."""
+    """Dependency of routes that change things or show engine output: an admin key, and (for
+    changes) a request that no other site's page made: JSON only, never a form or text/plain."""
     access = access_of(request)
     access.require_admin()
+    if request.method != "GET":
+        refuse_cross_site(request.scope["headers"])
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        sized = request.headers.get("content-length", "0") != "0"
+        if (sized or "transfer-encoding" in request.headers) and kind != "application/json":
+            raise UnsupportedMediaType(
+                f"this route takes a JSON body (Content-Type: application/json), not {kind!r}"
+            )
     return access
+
+
+def refuse_cross_site(headers: list[tuple[bytes, bytes]]) -> None:
+    why = cross_site(headers)
+    if why is not None:
+        raise Forbidden(f"{why} was refused: call the gateway from a program or its own page")

@@ -13,16 +13,19 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from vramgate import reconfigure
-from vramgate.api.common import any_key, resolve_or_404, scheduler_of
+from vramgate.api.common import any_key, refuse_cross_site, resolve_or_404, scheduler_of
 from vramgate.auth import Access, presented_key
 from vramgate.engines.base import ALL_ROUTES
-from vramgate.errors import BadRequest, GatewayError, PayloadTooLarge
+from vramgate.errors import BadRequest, EngineGone, GatewayError, PayloadTooLarge
 from vramgate.proxy import Timing, hangup_cancels, relay, send_error
 from vramgate.scheduling.driver import Scheduler
 
 router = APIRouter()
 log = logging.getLogger("vramgate.api")
 CLIENT_CLOSED = 499  # the client left before the answer ended (nginx's code for it)
+# An engine that died just as a request got its slot refuses the connection: the request is
+# decided again once (the model restarts for it) rather than failed.
+RELAY_ATTEMPTS = 2
 
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
@@ -112,6 +115,7 @@ class RelayEndpoint:
     ) -> None:
         settings = scheduler.settings
         access.require_known()  # before the body is even read
+        refuse_cross_site(scope["headers"])
         body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
         payload = parse_request(body)
         name = settings.resolve(payload["model"])
@@ -139,10 +143,19 @@ class RelayEndpoint:
             body = orjson.dumps(payload)
         is_stream = payload.get("stream") is True
         waiting = time.perf_counter()
-        async with hangup_cancels(receive), scheduler.lease(name) as lease:
-            timing.waited = time.perf_counter() - waiting
-            assert scheduler.http is not None
-            await relay(scheduler.http, name, lease.url + self.path, body, is_stream, send, timing)
+        async with hangup_cancels(receive):
+            for attempt in range(RELAY_ATTEMPTS):
+                async with scheduler.lease(name) as lease:
+                    timing.waited = time.perf_counter() - waiting
+                    assert scheduler.http is not None
+                    url = lease.url + self.path
+                    try:
+                        await relay(scheduler.http, name, url, body, is_stream, send, timing)
+                        return
+                    except EngineGone:
+                        if attempt + 1 == RELAY_ATTEMPTS:
+                            raise
+                        await scheduler.confirm_exit(lease)
 
 
 RELAYS = {path: RelayEndpoint(path) for path in ALL_ROUTES}

@@ -200,6 +200,13 @@ class Scheduler:
                 raise  # our own client left
             raise Unloaded(f"model '{inst.name}' was stopped while starting; retry") from None
 
+    async def confirm_exit(self, lease: Lease, timeout_s: float = 2.0) -> None:
+        """The engine refused a connection: wait (bounded) until its exit has been seen, so
+        that the next decision knows it is gone."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(lease.handle.wait()), timeout_s)
+        await asyncio.sleep(0)  # let the exit watcher mark the model first
+
     async def ensure_ready(self, name: str) -> None:
         """Starts a model if needed and waits for it, without holding a request slot."""
         self.release(await self.acquire(name))
