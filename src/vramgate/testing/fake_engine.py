@@ -4,7 +4,8 @@
 
 It listens at once and answers /health with 503 until `--load-delay` has passed, like
 llama-server, and like llama-server it dies at once on SIGTERM, aborting what it was doing
-(`--graceful` finishes open requests first). Use it through the `command` engine in your own tests of a vramgate setup.
+(`--graceful` finishes open requests first). Use it through the `command` engine in your own
+tests of a vramgate setup.
 """
 
 from __future__ import annotations
