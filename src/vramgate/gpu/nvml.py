@@ -12,11 +12,14 @@ import logging
 import time
 
 from vramgate.gpu.base import GpuMemory
-from vramgate.gpu.proctree import process_tree
+from vramgate.gpu.proctree import process_table, process_tree
 
 log = logging.getLogger("vramgate.nvml")
 MIB = 1 << 20
 RELEASE_POLL_S = 0.05
+# One /proc scan serves every model for this long: status, metrics and placement each ask for
+# every model's use, and a scan of /proc costs milliseconds on a busy host.
+TABLE_MAX_AGE_S = 0.5
 
 
 def nvml_available() -> bool:
@@ -44,6 +47,8 @@ class NvmlGpus:
         self._pids: dict[str, int] = {}
         self._on_gpus: dict[str, tuple[int, ...]] = {}
         self._trees: dict[str, set[int]] = {}  # last seen while alive: dead trees cannot be read
+        self._table: dict[int, tuple[int, int]] = {}
+        self._table_at = float("-inf")
 
     def attach(self, name: str, gpus: tuple[int, ...]) -> dict[str, str]:
         self._on_gpus[name] = gpus
@@ -52,6 +57,7 @@ class NvmlGpus:
 
     def track(self, name: str, pid: int) -> None:
         self._pids[name] = pid
+        self._table_at = float("-inf")  # a new engine: the next reading scans /proc again
 
     def _process_use(self, gpu: int) -> dict[int, int]:
         """pid -> MiB for every compute process on `gpu`."""
@@ -63,7 +69,9 @@ class NvmlGpus:
         pid, gpus = self._pids.get(name), self._on_gpus.get(name)
         if pid is None or gpus is None:
             return None
-        tree = process_tree(pid)
+        if time.monotonic() - self._table_at > TABLE_MAX_AGE_S:
+            self._table, self._table_at = process_table(), time.monotonic()
+        tree = process_tree(pid, self._table)
         self._trees[name] = tree
         found = [mib for gpu in gpus for p, mib in self._process_use(gpu).items() if p in tree]
         return sum(found) if found else None

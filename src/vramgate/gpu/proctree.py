@@ -8,7 +8,7 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
-def _parents() -> dict[int, tuple[int, int]]:
+def process_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, process group) for every process we can read."""
     table = {}
     for entry in PROC.iterdir():
@@ -24,9 +24,9 @@ def _parents() -> dict[int, tuple[int, int]]:
     return table
 
 
-def process_tree(root: int) -> set[int]:
+def process_tree(root: int, table: dict[int, tuple[int, int]] | None = None) -> set[int]:
     """`root`, its descendants, and every process still in its process group."""
-    table = _parents()
+    table = process_table() if table is None else table
     tree = {root} | {pid for pid, (_, group) in table.items() if group == root}
     grew = True
     while grew:
