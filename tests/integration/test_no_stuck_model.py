@@ -253,3 +253,38 @@ def test_changed_model_restarts_under_steady_traffic(gateway):
     assert restarted, gw.model("m")
     assert not failures and answered[0] > 10
     assert gw.model("m").get("pending") is None
+
+
+def test_no_model_starves_behind_steady_traffic_to_the_resident_ones(gateway):
+    """Reproduced: under steady traffic to the resident models, a model that needed room
+    waited for busy engines that never drained and got 503 after evict_wait. Now the engine
+    chosen to make way drains (its new requests wait) and every model gets its turn."""
+    models = {n: model("--tokens-per-s", "100") for n in ("a", "b", "c")}
+    gw = gateway({"max_running": 2, "defaults": {"evict_wait": 30}, "models": models})
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def traffic(name: str) -> None:
+        client = httpx.Client(base_url=gw.url, timeout=60)
+        while not stop.is_set():
+            resp = client.post("/v1/completions", json={"model": name, "max_tokens": 10})
+            if resp.status_code != 200:
+                failures.append(resp.text)
+
+    threads = [threading.Thread(target=traffic, args=(n,)) for n in ("a", "a", "b", "b")]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: {gw.model(n)["state"] for n in ("a", "b")} == {"ready"}, 10)
+    time.sleep(0.5)
+    began = time.monotonic()
+    reply = gw.client.completions.create(model="c", prompt="x", max_tokens=1)
+    waited = time.monotonic() - began
+    print(f"c waited {waited:.2f} s")
+    time.sleep(1)  # the model that made way gets its turn back too
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert reply.choices[0].text == "tok0 "
+    assert waited < 10
+    assert not failures, failures[:3]
+    assert any(e["kind"] == "drain" for e in gw.status()["events"])

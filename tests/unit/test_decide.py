@@ -100,9 +100,15 @@ def test_count_limit_drains_a_busy_engine_rather_than_wait_forever():
 
 
 def test_count_limit_waits_for_starts_and_stops_under_way():
-    snap = world(m("new"), m("a", STARTING), m("b", State.STOPPING), max_running=2)
+    snap = world(m("new"), m("a", STARTING, admitted=True), m("b", State.STOPPING), max_running=2)
     [step] = decide(snap, Room("new"))
     assert isinstance(step, Wait) and "a: starting" in step.why
+
+
+def test_a_start_still_waiting_for_room_does_not_count():
+    """Else two starts that each wait for room would wait for each other until evict_wait."""
+    snap = world(m("new"), m("a", STARTING), m("b", READY, last_used=1), max_running=2)
+    assert decide(snap, Room("new")) == [Start(())]
 
 
 def test_pinned_engine_never_makes_way_for_the_count_limit():

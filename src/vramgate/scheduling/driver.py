@@ -275,6 +275,7 @@ class Scheduler:
                 steps = decide(now, Room(inst.name, isolate))
                 match steps:
                     case [Start(gpus=gpus)]:  # decided and reserved with no await between
+                        inst.admitted = True
                         return gpus, self.memory.attach(inst, gpus) if gpus else {}
                     case [Refuse(error=error)]:
                         raise error

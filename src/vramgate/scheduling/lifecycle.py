@@ -76,6 +76,7 @@ class Lifecycle:
     async def discard(self, inst: Instance, stop_timeout_s: float = 0.0) -> int | None:
         """Its engine goes (bounded), then its memory; requests queued for a slot decide again."""
         handle, inst.handle = inst.handle, None
+        inst.admitted = False
         for slot in inst.slot_waiters:
             if not slot.done():
                 slot.set_result(False)

@@ -45,6 +45,7 @@ class ModelSnap:
     max_queue: int = 256
     ttl_s: float = 0.0  # idle seconds before a stop; 0 = never
     draining_for: str | None = None  # chosen to make way (a model's name, or "reload")
+    admitted: bool = False  # starting: its room was granted (until then it holds nothing)
     pending: Pending | None = None
 
     @property
@@ -53,8 +54,11 @@ class ModelSnap:
 
     @property
     def is_running(self) -> bool:
-        """Holds (or is about to hold) resources: counts toward max_running."""
-        return self.state in (State.STARTING, State.READY, State.STOPPING)
+        """Holds (or is about to hold) resources: counts toward max_running. A start still
+        waiting for room does not: two such starts would otherwise wait for each other."""
+        if self.state is State.STARTING:
+            return self.admitted
+        return self.state in (State.READY, State.STOPPING)
 
     @property
     def is_evictable(self) -> bool:

@@ -46,4 +46,5 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         ttl_s=setting(model, "ttl"),
         draining_for=inst.draining_for,
         pending=inst.pending,
+        admitted=inst.admitted,
     )
