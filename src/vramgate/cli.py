@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vramgate.config import ConfigError, Settings, load_settings
+from vramgate.config import ConfigError, Settings, engine_kinds, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -23,6 +23,10 @@ ConfigOpt = Annotated[
 ]
 UrlOpt = Annotated[str, typer.Option("--url", help="The gateway to ask.", envvar="VRAMGATE_URL")]
 DEFAULT_URL = "http://127.0.0.1:8080"
+MODEL_HELP = (
+    f"NAME=[ENGINE:]SOURCE, ENGINE one of {', '.join(engine_kinds())} (default: llamacpp for "
+    "a .gguf, else vllm; command takes a command line with ${PORT}). Repeatable."
+)
 PS_COLUMNS: tuple[str, ...] = (
     "MODEL", "ENGINE", "STATE", "GPU", "FOOTPRINT", "PID", "PORT", "UP", "IDLE", "IN-FLIGHT",
     "STARTS",
@@ -42,7 +46,7 @@ def serve(
     config: ConfigOpt = None,
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="NAME=SOURCE; a .gguf runs on llama.cpp. Repeatable."),
+        typer.Option("--model", "-m", help=MODEL_HELP),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,

@@ -263,10 +263,19 @@ def guess_engine(source: str) -> str:
 
 
 def parse_model_flag(flag: str) -> tuple[str, dict[str, Any]]:
-    """`NAME=SOURCE` from `vramgate serve --model` as a model entry."""
+    """`NAME=[ENGINE:]SOURCE` from `vramgate serve --model` as a model entry; for the command
+    engine, SOURCE is its command line (`NAME=command:my-server --port ${PORT}`)."""
     name, sep, source = flag.partition("=")
     if not sep or not name or not source:
-        raise ConfigError(f"--model {flag!r}: expected NAME=SOURCE, e.g. gemma=/models/gemma.gguf")
+        raise ConfigError(
+            f"--model {flag!r}: expected NAME=[ENGINE:]SOURCE, e.g. gemma=/models/gemma.gguf or "
+            "qwen=vllm:Qwen/Qwen3-0.6B"
+        )
+    kind, colon, rest = source.partition(":")
+    if colon and kind in engine_kinds():
+        return name, {"engine": kind, "cmd": rest} if kind == "command" else {
+            "engine": kind, "source": rest
+        }  # fmt: skip
     return name, {"engine": guess_engine(source), "source": source}
 
 

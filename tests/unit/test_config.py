@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vramgate.config import ConfigError, guess_engine, load_settings
+from vramgate.config import ConfigError, engine_kinds, guess_engine, load_settings, parse_model_flag
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -142,7 +142,7 @@ def test_model_flag_needs_no_file():
 
 
 def test_model_flag_must_be_name_equals_source():
-    with pytest.raises(ConfigError, match="expected NAME=SOURCE"):
+    with pytest.raises(ConfigError, match=r"expected NAME=\[ENGINE:\]SOURCE"):
         load_settings(None, models=["gemma"], environ={})
 
 
@@ -155,3 +155,30 @@ def test_flags_override_file_and_environment(tmp_path):
 def test_guess_engine():
     assert guess_engine("/x/Model.GGUF") == "llamacpp"
     assert guess_engine("meta-llama/Llama-3.1-8B") == "vllm"
+
+
+def test_model_flag_may_name_its_engine():
+    """`--model NAME=ENGINE:SOURCE`; the choices are the registry's kinds."""
+    assert parse_model_flag("q=vllm:Qwen/Qwen3-0.6B") == (
+        "q",
+        {"engine": "vllm", "source": "Qwen/Qwen3-0.6B"},
+    )
+    assert parse_model_flag("s=command:srv --port ${PORT}") == (
+        "s",
+        {"engine": "command", "cmd": "srv --port ${PORT}"},
+    )
+    assert parse_model_flag("g=/m/g.gguf")[1]["engine"] == "llamacpp"
+    assert parse_model_flag("x=nope:thing")[1] == {"engine": "vllm", "source": "nope:thing"}
+
+
+def test_every_engine_module_registers_its_kind():
+    """Adding an engine kind is adding one module to vramgate/engines: config and CLI follow."""
+    import pkgutil
+
+    import vramgate.engines as engines
+
+    modules = {f"vramgate.engines.{m.name}" for m in pkgutil.iter_modules(engines.__path__)}
+    assert {cls.__module__ for cls in engines.REGISTRY.values()} == modules - {
+        "vramgate.engines.base"
+    }
+    assert engine_kinds() == sorted(engines.REGISTRY)
