@@ -70,6 +70,16 @@ class Instance:
     def is_idle(self) -> bool:
         return self.in_flight == 0 and not self.slot_waiters
 
+    def count_request(self, inflation: float) -> None:
+        self.requests += 1
+        # GreedyDual-Size-Frequency with a load cost proportional to size: frequency plus the
+        # priority of the last engine evicted (aging), so that past popularity fades.
+        self.priority = inflation + self.requests
+        if self.state is State.READY:
+            self.served_warm += 1
+        else:
+            self.needed_start += 1
+
     def touch(self) -> None:
         self.last_used = time.monotonic()
         self.last_used_wall = time.time()

@@ -19,6 +19,7 @@ from vramgate.engines.base import ALL_ROUTES
 from vramgate.errors import BadRequest, EngineGone, GatewayError, PayloadTooLarge
 from vramgate.proxy import Timing, hangup_cancels, relay, send_error
 from vramgate.scheduling.driver import Scheduler
+from vramgate.scheduling.slots import confirm_exit
 
 router = APIRouter()
 log = logging.getLogger("vramgate.api")
@@ -155,7 +156,7 @@ class RelayEndpoint:
                     except EngineGone:
                         if attempt + 1 == RELAY_ATTEMPTS:
                             raise
-                        await scheduler.confirm_exit(lease)
+                        await confirm_exit(lease)
 
 
 RELAYS = {path: RelayEndpoint(path) for path in ALL_ROUTES}

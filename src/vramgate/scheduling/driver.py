@@ -11,63 +11,32 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines import adapters
-from vramgate.errors import (
-    EngineOutOfMemory,
-    GatewayBusy,
-    GatewayError,
-    Unloaded,
-)
+from vramgate.errors import EngineOutOfMemory, GatewayBusy, GatewayError
 from vramgate.events import Events
 from vramgate.instances import Instance
 from vramgate.memory import Memory
 from vramgate.proxy import new_upstream_session
-from vramgate.runtimes.base import EngineHandle, Runtime
+from vramgate.runtimes.base import Runtime
+from vramgate.scheduling import steps as do
 from vramgate.scheduling.decide import Request, Room, Tick, decide
 from vramgate.scheduling.lifecycle import Lifecycle
+from vramgate.scheduling.slots import Lease, free_slot, join_start, wait_for_slot
 from vramgate.scheduling.snapshot import Pending, State
-from vramgate.scheduling.steps import (
-    Begin,
-    Drain,
-    Forget,
-    Join,
-    Queue,
-    Refuse,
-    Replace,
-    Serve,
-    Start,
-    Stop,
-    Wait,
-)  # fmt: skip
 from vramgate.scheduling.view import snapshot
 
 log = logging.getLogger("vramgate.scheduler")
 TICK_S = 0.25
 
 
-@dataclass
-class Lease:
-    """A request's hold on a ready engine; release it when the response is done."""
-
-    instance: Instance
-    handle: EngineHandle
-
-    @property
-    def url(self) -> str:
-        return self.handle.base_url
-
-
 class Scheduler:
-    def __init__(
-        self, settings: Settings, runtime: Runtime, memory: Memory, events: Events
-    ) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime, memory: Memory, events: Events):
         self.settings = settings
         self.adapters = adapters(settings)
         self.runtime, self.memory, self.events = runtime, memory, events
@@ -108,15 +77,7 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Lease]:
-        inst = self.instances[name]
-        inst.requests += 1
-        # GreedyDual-Size-Frequency with a load cost proportional to size: frequency plus the
-        # priority of the last engine evicted (aging), so that past popularity fades.
-        inst.priority = self.inflation + inst.requests
-        if inst.state is State.READY:
-            inst.served_warm += 1
-        else:
-            inst.needed_start += 1
+        self.instances[name].count_request(self.inflation)
         lease = await self.acquire(name)
         try:
             yield lease
@@ -127,85 +88,31 @@ class Scheduler:
         inst = self.instances[name]
         while True:
             changed = self._changed
-            [step] = decide(
-                snapshot((inst,), self.settings, self.memory, with_memory=False), Request(name)
-            )
+            [step] = decide(self._snapshot((inst,)), Request(name))
             match step:
-                case Serve():
+                case do.Serve():
                     assert inst.handle is not None
                     inst.in_flight += 1
                     return Lease(inst, inst.handle)
-                case Queue():
-                    lease = await self._wait_for_slot(inst)
+                case do.Queue():
+                    lease = await wait_for_slot(inst, self._notify)
                     if lease is not None:
                         return lease
-                case Refuse(error=error):
+                case do.Refuse(error=error):
                     raise error
-                case Begin() | Join():
-                    if isinstance(step, Begin):
+                case do.Begin() | do.Join():
+                    if isinstance(step, do.Begin):
                         self.begin_start(inst)
-                    await self._join(inst)
-                case Wait():
+                    await join_start(inst)
+                case do.Wait():
                     await changed.wait()
-
-    async def _wait_for_slot(self, inst: Instance) -> Lease | None:
-        """A slot handed over by a finishing request, or None: decide again (engine gone)."""
-        handle = inst.handle
-        slot: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        inst.slot_waiters.append(slot)
-        try:
-            handed = await slot
-        except asyncio.CancelledError:  # the client left
-            if slot.done() and not slot.cancelled() and slot.result():
-                self._free_slot(inst, handle)  # handed to us just as we left: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    inst.slot_waiters.remove(slot)
-                self._notify()
-            raise
-        if not handed:
-            return None
-        if inst.state is State.READY and handle is not None and inst.handle is handle:
-            return Lease(inst, handle)
-        self._free_slot(inst, handle)  # it went away between the handover and now
-        return None
 
     def release(self, lease: Lease) -> None:
         """The request is done. Bookkeeping first: nothing after it can leak the slot."""
         inst = lease.instance
-        self._free_slot(inst, lease.handle)
+        free_slot(inst, lease.handle, self._notify)
         inst.touch()
         self.memory.after_request(inst)
-
-    def _free_slot(self, inst: Instance, handle: EngineHandle | None) -> None:
-        if inst.state is State.READY and inst.handle is handle:
-            while inst.slot_waiters:
-                slot = inst.slot_waiters.popleft()
-                if not slot.done():
-                    slot.set_result(True)  # the slot goes straight to the oldest waiter
-                    return
-        inst.in_flight -= 1
-        if inst.in_flight == 0:
-            self._notify()
-
-    async def _join(self, inst: Instance) -> None:
-        """Waits for the start under way; its failure is ours too."""
-        task = inst.start_task
-        assert task is not None
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not task.cancelled() or (current is not None and current.cancelling()):
-                raise  # our own client left
-            raise Unloaded(f"model '{inst.name}' was stopped while starting; retry") from None
-
-    async def confirm_exit(self, lease: Lease, timeout_s: float = 2.0) -> None:
-        """The engine refused a connection: wait (bounded) until its exit has been seen, so
-        that the next decision knows it is gone."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(lease.handle.wait()), timeout_s)
-        await asyncio.sleep(0)  # let the exit watcher mark the model first
 
     async def ensure_ready(self, name: str) -> None:
         """Starts a model if needed and waits for it, without holding a request slot."""
@@ -234,9 +141,8 @@ class Scheduler:
             raise
         except Exception as exc:
             error = exc.message if isinstance(exc, GatewayError) else repr(exc)
-            await self.life.fail(
-                inst, error, "start_failed", f"{inst.name} failed to start: {error}"
-            )
+            message = f"{inst.name} failed to start: {error}"
+            await self.life.fail(inst, error, "start_failed", message)
             raise
         inst.state = State.READY
         inst.ready_at, inst.loaded_at = time.time(), time.monotonic()
@@ -269,26 +175,23 @@ class Scheduler:
         try:
             while True:
                 changed = self._changed
-                now = snapshot(
-                    self.instances.values(), self.settings, self.memory, with_memory=True
-                )
-                steps = decide(now, Room(inst.name, isolate))
+                steps = decide(self._snapshot(with_memory=True), Room(inst.name, isolate))
                 match steps:
-                    case [Start(gpus=gpus)]:  # decided and reserved with no await between
+                    case [do.Start(gpus=gpus)]:  # decided and reserved with no await between
                         inst.admitted = True
                         return gpus, self.memory.attach(inst, gpus) if gpus else {}
-                    case [Refuse(error=error)]:
+                    case [do.Refuse(error=error)]:
                         raise error
                 first = self._room_queue[0]
                 if first != inst.name:
                     why = f"waiting for {first}'s start to get its room first"
                 else:
-                    why = next((s.why for s in steps if isinstance(s, Wait)), "")
+                    why = next((s.why for s in steps if isinstance(s, do.Wait)), "")
                     stops = [
-                        self.stop(s.name, s.reason, s.why) for s in steps if isinstance(s, Stop)
+                        self.stop(s.name, s.reason, s.why) for s in steps if isinstance(s, do.Stop)
                     ]
                     for step in steps:
-                        if isinstance(step, Drain):
+                        if isinstance(step, do.Drain):
                             self._drain(step.name, step.for_)
                     if stops:
                         await asyncio.gather(*stops, return_exceptions=True)
@@ -307,9 +210,8 @@ class Scheduler:
 
     def _drain(self, name: str, for_: str) -> None:
         self.instances[name].draining_for = for_
-        self.events.record(
-            "drain", name, f"drain {name}: no new requests until it makes way for {for_}"
-        )
+        message = f"drain {name}: no new requests until it makes way for {for_}"
+        self.events.record("drain", name, message)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -330,9 +232,8 @@ class Scheduler:
                 inst.start_task.cancel()
                 with contextlib.suppress(BaseException):
                     await inst.start_task
-            code = await self.life.discard(
-                inst, self.settings.setting_of(inst.model, "stop_timeout")
-            )
+            timeout_s = self.settings.setting_of(inst.model, "stop_timeout")
+            code = await self.life.discard(inst, timeout_s)
         finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`
             if inst.pending is Pending.CHANGED:
                 self._replace(inst)
@@ -361,9 +262,7 @@ class Scheduler:
         self.adhoc_names.add(name)
         self.events.record("adhoc", name, message)
 
-    def apply(
-        self, settings: Settings, changed: set[str], removed: set[str], adhoc: set[str]
-    ) -> None:
+    def apply(self, settings: Settings, changed: set[str], removed: set[str], adhoc: set[str]):
         """Takes a reloaded configuration: new models now, changed and removed ones once idle."""
         self.settings, self.adapters, self.adhoc_names = settings, adapters(settings), adhoc
         for name, inst in self.instances.items():
@@ -391,18 +290,17 @@ class Scheduler:
                 log.exception("housekeeping failed; trying again in %.2f s", TICK_S)
 
     def _tick(self) -> None:
-        now = snapshot(self.instances.values(), self.settings, self.memory, with_memory=False)
-        for step in decide(now, Tick()):
+        for step in decide(self._snapshot(), Tick()):
             match step:
-                case Stop(name=name, reason=reason, why=why):
+                case do.Stop(name=name, reason=reason, why=why):
                     self.stop(name, reason, why)
-                case Drain(name=name, for_=for_):
+                case do.Drain(name=name, for_=for_):
                     self._drain(name, for_)
-                case Forget(name=name):
+                case do.Forget(name=name):
                     del self.instances[name]
-                case Replace(name=name):
+                case do.Replace(name=name):
                     self._replace(self.instances[name])
-                case Begin(name=name):
+                case do.Begin(name=name):
                     self.begin_start(self.instances[name])
         interval = self.settings.defaults.health_interval
         if interval and time.monotonic() - self._last_health >= interval:
@@ -414,6 +312,10 @@ class Scheduler:
                     self._spawn(check)
 
     # -- plumbing --------------------------------------------------------------------------
+
+    def _snapshot(self, insts: Iterable[Instance] | None = None, *, with_memory: bool = False):
+        chosen = self.instances.values() if insts is None else insts
+        return snapshot(chosen, self.settings, self.memory, with_memory=with_memory)
 
     def _notify(self) -> None:
         """Wakes everything waiting for a change (requests, starts that need room)."""

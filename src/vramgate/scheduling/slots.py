@@ -1,0 +1,83 @@
+"""Request slots: a lease on a ready engine, max_concurrency slots handed from a finishing request
+to the oldest waiter, and joining a start under way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vramgate.errors import Unloaded
+from vramgate.instances import Instance
+from vramgate.runtimes.base import EngineHandle
+from vramgate.scheduling.snapshot import State
+
+
+@dataclass
+class Lease:
+    """A request's hold on a ready engine; release it when the response is done."""
+
+    instance: Instance
+    handle: EngineHandle
+
+    @property
+    def url(self) -> str:
+        return self.handle.base_url
+
+
+async def wait_for_slot(inst: Instance, notify: Callable[[], None]) -> Lease | None:
+    """A slot handed over by a finishing request, or None: decide again (engine gone)."""
+    handle = inst.handle
+    slot: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    inst.slot_waiters.append(slot)
+    try:
+        handed = await slot
+    except asyncio.CancelledError:  # the client left
+        if slot.done() and not slot.cancelled() and slot.result():
+            free_slot(inst, handle, notify)  # handed to us just as we left: pass it on
+        else:
+            with contextlib.suppress(ValueError):
+                inst.slot_waiters.remove(slot)
+            notify()
+        raise
+    if not handed:
+        return None
+    if inst.state is State.READY and handle is not None and inst.handle is handle:
+        return Lease(inst, handle)
+    free_slot(inst, handle, notify)  # it went away between the handover and now
+    return None
+
+
+def free_slot(inst: Instance, handle: EngineHandle | None, notify: Callable[[], None]) -> None:
+    """A request gave its slot back: to the oldest waiter, if its engine still serves."""
+    if inst.state is State.READY and inst.handle is handle:
+        while inst.slot_waiters:
+            slot = inst.slot_waiters.popleft()
+            if not slot.done():
+                slot.set_result(True)  # the slot goes straight to the oldest waiter
+                return
+    inst.in_flight -= 1
+    if inst.in_flight == 0:
+        notify()
+
+
+async def join_start(inst: Instance) -> None:
+    """Waits for the start under way; its failure is ours too."""
+    task = inst.start_task
+    assert task is not None
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise  # our own client left
+        raise Unloaded(f"model '{inst.name}' was stopped while starting; retry") from None
+
+
+async def confirm_exit(lease: Lease, timeout_s: float = 2.0) -> None:
+    """The engine refused a connection: wait (bounded) until its exit has been seen, so
+    that the next decision knows it is gone."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(lease.handle.wait()), timeout_s)
+    await asyncio.sleep(0)  # let the exit watcher mark the model first
