@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from vramgate.runtime import free_port
 
 from vramgate.config import ModelConfig
 from vramgate.gpu.estimate import estimate_model, estimate_safetensors
 from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import nvml_available
+from vramgate.runtimes.local import free_port
 
 FAKE = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
 

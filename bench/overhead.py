@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from vramgate.runtime import free_port
+
+from vramgate.runtimes.local import free_port
 
 SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
 LUA = """

@@ -5,7 +5,8 @@
 A simulated GPU holds about half of 8 models of mixed sizes; requests pick a model by a Zipf law
 (popularity unrelated to size) and arrive as a Poisson process; loading takes time proportional
 to size, one load at a time; an engine serving a request is busy and cannot be stopped. The
-vramgate policy is the scheduler's own pure function (`vramgate.placement.place`); the others are
+vramgate policy is the scheduler's own pure function (`vramgate.scheduling.placement.place`);
+the others are
 what llama.cpp's router and LocalAI do (keep the last K models) and llama-swap's default group
 (one model at a time). A count-based policy that loads past the GPU's memory is an OOM: the load
 fails, it evicts until the model fits and loads again.
@@ -22,10 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vramgate.placement import Resident, place
-
 from vramgate.gpu.base import GpuMemory
-from vramgate.instances import State
+from vramgate.scheduling.placement import place
+from vramgate.scheduling.snapshot import ModelSnap, State
 
 SIZES_MIB = [2000, 3000, 4000, 5000, 6000, 7000, 8000, 10_000]
 TOTAL_MIB, RESERVE_MIB = 24_000, 512
@@ -69,14 +69,20 @@ def vramgate_policy(
 ) -> list[str] | None:
     used = sum(e.size_mib for e in resident.values())
     gpu = GpuMemory(0, TOTAL_MIB, used, RESERVE_MIB)
-    residents = [
-        Resident(n, State.READY, e.busy_until <= now, e.last_used, (0,), e.size_mib)
-        for n, e in resident.items()
-    ]
+    residents = [_snap(n, e, now) for n, e in resident.items()]
     decision = place(size, [gpu], residents, name)
     if decision.refuse:
         raise RuntimeError(decision.refuse)
-    return None if decision.wait else list(decision.evict)
+    # Draining busy engines is waiting for them here: the simulation has no new requests to hold.
+    return None if decision.wait or decision.drain else list(decision.evict)
+
+
+def _snap(name: str, e: Engine, now: float, rank: float | None = None) -> ModelSnap:
+    busy = int(e.busy_until > now)
+    return ModelSnap(
+        name, State.READY, in_flight=busy, last_used=e.last_used, gpus=(0,), held_mib=e.size_mib,
+        rank=rank,
+    )  # fmt: skip
 
 
 class VramgateFrequency:
@@ -98,22 +104,11 @@ class VramgateFrequency:
     ) -> list[str] | None:
         used = sum(e.size_mib for e in resident.values())
         gpu = GpuMemory(0, TOTAL_MIB, used, RESERVE_MIB)
-        residents = [
-            Resident(
-                n,
-                State.READY,
-                e.busy_until <= now,
-                e.last_used,
-                (0,),
-                e.size_mib,
-                rank=self.priority.get(n, 0.0),
-            )
-            for n, e in resident.items()
-        ]
+        residents = [_snap(n, e, now, self.priority.get(n, 0.0)) for n, e in resident.items()]
         decision = place(size, [gpu], residents, name)
         if decision.refuse:
             raise RuntimeError(decision.refuse)
-        if decision.wait:
+        if decision.wait or decision.drain:
             return None
         for victim in decision.evict:
             self.inflation = max(self.inflation, self.priority.get(victim, 0.0))

@@ -112,9 +112,10 @@ def test_ttl_never_stops_an_engine_with_requests_in_flight(gateway):
     gw = gateway({"defaults": {"ttl": 0.5}, "models": {"fake": model("--tokens-per-s", "10")}})
     stream = gw.client.completions.create(model="fake", prompt="x", max_tokens=15, stream=True)
     text, seen = "", set()
-    for chunk in stream:
+    for i, chunk in enumerate(stream):
         text += chunk.choices[0].text
-        seen.add(gw.model("fake")["state"])
+        if i < 10:  # well before the end: the client may lag behind a stream the gateway ended
+            seen.add(gw.model("fake")["state"])
     assert seen == {"ready"}  # 1.5 s of streaming, three TTLs: never stopped under it
     assert text.endswith("tok14 ")
     assert gw.model("fake")["starts"] == 1

@@ -81,13 +81,17 @@ def test_queued_request_whose_engine_crashes_is_served_after_a_restart(gateway):
     assert wait_until(lambda: settled(gw, "one"), 5)
 
 
-def test_estimator_error_in_a_reload_leaves_no_model_stuck_in_stopping(gateway, tmp_path):
+def test_estimator_error_in_a_reload_leaves_no_model_stuck_in_stopping(
+    gateway, tmp_path, monkeypatch
+):
     """Reproduced: an estimator raising anything but EstimateError (here `-c 8k`) during a
     reload left the model `stopping` for good: every request 500, unload 500, and the TTL loop
     ended for every model."""
     gguf = tmp_path / "m.gguf"
     make_gguf(gguf)
     binary = stand_in(tmp_path)
+    # The environment wins over the file: scripts/setup.sh points this at the real llama-server.
+    monkeypatch.setenv("VRAMGATE_ENGINES__LLAMACPP__BINARY", binary)
     config = {
         "gpus": {"simulate_mib": [10_000]},
         "engines": {"llamacpp": {"binary": binary}},
