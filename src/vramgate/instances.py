@@ -19,7 +19,7 @@ from vramgate.scheduling.snapshot import Pending, State
 class Instance:
     name: str
     model: ModelConfig
-    state: State = State.STOPPED
+    _state: State = State.STOPPED  # `state`: its changes are told to `on_state`
     handle: EngineHandle | None = None
     in_flight: int = 0
     # Requests waiting for a max_concurrency slot, oldest first. A finishing request hands its
@@ -52,14 +52,15 @@ class Instance:
         default=None, repr=False, compare=False
     )
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        if key == "state" and self.on_state is not None:
-            old = self.__dict__.get("state")
-            object.__setattr__(self, key, value)
-            if old is not None and old is not value:
-                self.on_state(self, old, value)
-            return
-        object.__setattr__(self, key, value)
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, new: State) -> None:
+        old, self._state = self._state, new
+        if old is not new and self.on_state is not None:
+            self.on_state(self, old, new)
 
     @property
     def is_running(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
@@ -25,9 +25,9 @@ class Pending(enum.Enum):
     CHANGED = "changed"  # a new definition: drain, stop, then take it
 
 
-@dataclass(frozen=True)
-class ModelSnap:
-    """One model as the decisions see it."""
+class ModelSnap(NamedTuple):
+    """One model as the decisions see it. (A NamedTuple: one is built per request, and a tuple
+    builds in a third of a frozen dataclass's time.)"""
 
     name: str
     state: State = State.STOPPED
@@ -79,8 +79,7 @@ class ModelSnap:
         return share_mib(self.held_mib, len(self.gpus)) if gpu in self.gpus else 0
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """Every model and GPU at one moment, with the settings the decisions read."""
 
     models: Mapping[str, ModelSnap]
