@@ -47,6 +47,8 @@ class Tick:
 
 
 Ask = Request | Room | Tick
+# Steps without fields are shared: one decision per request must not allocate more than it must.
+SERVE, QUEUE, JOIN = Serve(), Queue(), Join()
 
 
 def decide(snap: Snapshot, ask: Ask) -> list[Step]:
@@ -62,7 +64,7 @@ def _request(m: ModelSnap) -> Step:
     """A request, as a list of cases."""
     # 1. A start is under way: join it, never start a second engine.
     if m.state is State.STARTING:
-        return Join()
+        return JOIN
     # 2. Being stopped (TTL, eviction, unload): wait for the stop, then start it again.
     if m.state is State.STOPPING:
         return Wait(f"'{m.name}' is stopping")
@@ -75,10 +77,10 @@ def _request(m: ModelSnap) -> Step:
     # 5. Ready with a free slot and nobody queued ahead: serve.
     limit = m.max_concurrency
     if limit is None or (m.in_flight < limit and m.queued == 0):
-        return Serve()
+        return SERVE
     # 6. Ready but full: queue while there is room, else refuse.
     if m.queued < m.max_queue:
-        return Queue()
+        return QUEUE
     return Refuse(
         QueueFull(
             f"model '{m.name}' is at max_concurrency={limit} with {m.queued} requests queued; "

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -33,6 +33,22 @@ from vramgate.scheduling.view import snapshot
 
 log = logging.getLogger("vramgate.scheduler")
 TICK_S = 0.25
+
+
+class LeaseHold:
+    """The context manager `Scheduler.lease` returns (a class, not a generator: hot path)."""
+
+    def __init__(self, scheduler: Scheduler, name: str) -> None:
+        self.scheduler, self.name = scheduler, name
+        self.lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        self.lease = await self.scheduler.acquire(self.name)
+        return self.lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.lease is not None
+        self.scheduler.release(self.lease)
 
 
 class Scheduler:
@@ -75,14 +91,11 @@ class Scheduler:
 
     # -- requests --------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[Lease]:
+    def lease(self, name: str) -> LeaseHold:
+        """`async with scheduler.lease(name) as lease`: a slot on its ready engine, released
+        at the end whatever happens."""
         self.instances[name].count_request(self.inflation)
-        lease = await self.acquire(name)
-        try:
-            yield lease
-        finally:
-            self.release(lease)
+        return LeaseHold(self, name)
 
     async def acquire(self, name: str) -> Lease:
         inst = self.instances[name]

@@ -27,7 +27,7 @@ def snapshot(
 
 
 def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool) -> ModelSnap:
-    model, setting = inst.model, settings.setting_of
+    model, defaults = inst.model, settings.defaults
     return ModelSnap(
         name=inst.name,
         state=inst.state,
@@ -42,8 +42,8 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         held_mib=memory.held_mib(inst) if with_memory else 0,
         loaded_at=inst.loaded_at,
         max_concurrency=model.max_concurrency,
-        max_queue=int(setting(model, "max_queue")),
-        ttl_s=setting(model, "ttl"),
+        max_queue=defaults.max_queue if model.max_queue is None else model.max_queue,
+        ttl_s=defaults.ttl if model.ttl is None else model.ttl,
         draining_for=inst.draining_for,
         pending=inst.pending,
         admitted=inst.admitted,
