@@ -6,10 +6,9 @@ A simulated GPU holds about half of 8 models of mixed sizes; requests pick a mod
 (popularity unrelated to size) and arrive as a Poisson process; loading takes time proportional
 to size, one load at a time; an engine serving a request is busy and cannot be stopped. The
 vramgate policy is the scheduler's own pure function (`vramgate.scheduling.placement.place`);
-the others are
-what llama.cpp's router and LocalAI do (keep the last K models) and llama-swap's default group
-(one model at a time). A count-based policy that loads past the GPU's memory is an OOM: the load
-fails, it evicts until the model fits and loads again.
+the others are what llama.cpp's router and LocalAI do (keep the last K models) and llama-swap's
+default group (one model at a time). A count-based policy that loads past the GPU's memory is an
+OOM: the load fails, it evicts until the model fits and loads again.
 """
 
 from __future__ import annotations
