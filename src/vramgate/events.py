@@ -60,7 +60,7 @@ class Events(Fanout[Event]):
         self.hooks: list[Callable[[Event], None]] = []
 
     def record(self, kind: str, model: str, message: str, **data: Any) -> None:
-        log.info(message)
+        log.log(logging.WARNING if data.get("level") == "warning" else logging.INFO, message)
         self._emit({"time": time.time(), "kind": kind, "model": model, "message": message, **data})
 
     def state(self, model: str, old: str, new: str) -> None:

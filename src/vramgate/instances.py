@@ -45,6 +45,7 @@ class Instance:
     pending: Pending | None = None  # a reload's change, applied once it is idle
     replacement: ModelConfig | None = None  # with Pending.CHANGED: the new definition
     draining_for: str | None = None  # making way for this model (or "reload"): no new requests
+    notes: list[str] | None = None  # the adapter's notes on this definition (None: not read yet)
     admitted: bool = False  # its start was granted room; False again once its engine is gone
     health_failures: int = 0  # readiness probes in a row that a ready engine did not answer
     # Told of every state change (old, new): the scheduler publishes them as events.
@@ -111,4 +112,5 @@ class Instance:
             "needed_start": self.needed_start,
             "evictions": self.evictions,
             "last_error": self.last_error,
+            "notes": self.notes or [],
         }

@@ -13,12 +13,14 @@ from tests.conftest import pid_alive, wait_until
 from vramgate.gpu.logged import logged_buffers
 
 GGUF = os.environ.get("VRAMGATE_DEFAULT_GGUF", "")
+CHAT_GGUF = os.environ.get("VRAMGATE_CHAT_GGUF", "")  # SmolLM2-135M-Instruct
 BINARY = os.environ.get("VRAMGATE_ENGINES__LLAMACPP__BINARY") or shutil.which("llama-server") or ""
 
 
-def _require_e2e() -> None:
-    missing = [what for what, path in (("GGUF", GGUF), ("llama-server", BINARY)) if not path]
-    missing += [p for p in (GGUF, BINARY) if p and not Path(p).exists()]
+def _require_e2e(*more: tuple[str, str]) -> None:
+    needed = (("GGUF", GGUF), ("llama-server", BINARY), *more)
+    missing = [what for what, path in needed if not path]
+    missing += [p for _, p in needed if p and not Path(p).exists()]
     if not missing:
         return
     why = f"needs the gemma GGUF and llama-server (run scripts/setup.sh); missing: {missing}"
@@ -45,6 +47,33 @@ def test_chat_through_llama_server(gemma):
     assert reply.choices[0].message.content
     assert reply.usage and 0 < reply.usage.completion_tokens <= 8
     assert gemma.model("gemma")["engine"] == "llamacpp"
+
+
+def test_default_chat_model_answers_without_chatml_markers(gateway):
+    """The default setup (scripts/serve-default.sh) serves an instruction-tuned chat model beside
+    gemma; its chat answer is an answer, not a base model running on in ChatML. gemma, whose GGUF
+    has no chat template, says so in the log and its status."""
+    _require_e2e(("chat GGUF", CHAT_GGUF))
+    gw = gateway({}, "--model", f"smollm2={CHAT_GGUF}", "--model", f"gemma={GGUF}")
+    # The README's example (a 135M model answers better with a system message; without one,
+    # this one's answer to this question is French word salad, but still no ChatML).
+    for system in (True, False):
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        if system:
+            messages.insert(0, {"role": "system", "content": "You are a helpful assistant."})
+        reply = gw.client.chat.completions.create(
+            model="smollm2", messages=messages, max_tokens=48, temperature=0
+        )
+        text = reply.choices[0].message.content or ""
+        assert not any(marker in text for marker in ("<|im_start|>", "<|im_end|>", "<|")), text
+        if system:
+            assert "Paris" in text, text
+    assert gw.model("smollm2")["notes"] == []
+    completion = gw.client.completions.create(model="gemma", prompt="One, two,", max_tokens=4)
+    assert completion.choices[0].text
+    [note] = gw.model("gemma")["notes"]
+    assert "no chat template" in note
+    assert "model 'gemma': its GGUF has no chat template" in gw.log()
 
 
 def test_llama_server_buffer_sizes_parse(gateway):

@@ -137,3 +137,19 @@ def test_tensor_parallel_flags():
     assert "--tensor-parallel-size" not in engines["vllm"].launch("q", by_hand, 7).argv
     one = engines["vllm"].launch("q", model(engine="vllm", source="q"), 7).argv
     assert "--tensor-parallel-size" not in one
+
+
+def test_a_gguf_without_a_chat_template_gets_a_note(tmp_path):
+    """So that nobody takes a base model's run-on chat answer for a gateway fault."""
+    from tests.unit.test_estimate import make_gguf
+
+    engine = adapters(settings())["llamacpp"]
+    base = str(make_gguf(tmp_path / "base.gguf"))
+    tuned = str(make_gguf(tmp_path / "it.gguf", chat_template="{{ messages }}"))
+    [note] = engine.notes(model(engine="llamacpp", source=base))
+    assert "no chat template" in note
+    assert engine.notes(model(engine="llamacpp", source=tuned)) == []
+    given = model(engine="llamacpp", source=base, args=["--chat-template", "chatml"])
+    assert engine.notes(given) == []
+    assert engine.notes(model(engine="llamacpp", source=base, task="embed")) == []
+    assert engine.notes(model(engine="llamacpp", source=str(tmp_path / "missing.gguf"))) == []

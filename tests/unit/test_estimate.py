@@ -21,9 +21,13 @@ from vramgate.gpu.estimate import (
 )
 
 
-def make_gguf(path: Path, *, arch="gemma3", layers=12, window=512, vocab=1000) -> Path:
+def make_gguf(
+    path: Path, *, arch="gemma3", layers=12, window=512, vocab=1000, chat_template=None
+) -> Path:
     """A small GGUF: 12 layers, 2 KV heads of 64, a 2 MiB f32 tensor, a 1 MiB f16 one."""
     w = GGUFWriter(str(path), arch)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     w.add_block_count(layers)
     w.add_embedding_length(256)
     w.add_head_count(4)

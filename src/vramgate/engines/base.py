@@ -67,6 +67,11 @@ class EngineAdapter(ABC):
         """The `model` value the engine expects in request bodies."""
         return model.upstream_model or name
 
+    def notes(self, model: ModelConfig) -> list[str]:
+        """What an operator should know about `model` before mistaking its behaviour for a
+        gateway fault (read from its files: blocking, called in a thread once per definition)."""
+        return []
+
     def is_ready(self, status: int) -> bool:
         """Whether a readiness probe's HTTP status means the model is loaded."""
         return status == 200

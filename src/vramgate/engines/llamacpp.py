@@ -6,8 +6,17 @@ With `gpus: N` it needs no flag: llama-server splits layers over every GPU it se
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from vramgate.config import ModelConfig
 from vramgate.engines.base import EngineAdapter, LaunchSpec
+from vramgate.gpu.estimate import read_gguf_header
+
+NO_CHAT_TEMPLATE = (
+    "its GGUF has no chat template (a base model?): llama-server formats chat requests as "
+    "ChatML, so chat answers may run on past the reply ('<|im_start|>...'); use "
+    "/v1/completions, pass --chat-template in args, or serve an instruction-tuned model"
+)
 
 
 class LlamaCppEngine(EngineAdapter):
@@ -26,3 +35,13 @@ class LlamaCppEngine(EngineAdapter):
         if model.task == "rerank" and not {"--rerank", "--reranking"} & set(model.args):
             argv.append("--reranking")
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
+
+    def notes(self, model: ModelConfig) -> list[str]:
+        explicit = {"--chat-template", "--chat-template-file", "--jinja"} & set(model.args)
+        if model.task != "generate" or explicit or model.source is None:
+            return []
+        try:
+            meta, _ = read_gguf_header(Path(model.source))
+        except Exception:  # unreadable here: llama-server will say so itself when it starts
+            return []
+        return [] if "tokenizer.chat_template" in meta else [NO_CHAT_TEMPLATE]

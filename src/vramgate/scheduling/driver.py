@@ -270,7 +270,7 @@ class Scheduler:
             update={"models": {**self.settings.models, name: model}}
         )
         inst = self.instances.get(name) or self.add_model(name, model)
-        inst.model, inst.pending, inst.replacement = model, None, None
+        inst.model, inst.pending, inst.replacement, inst.notes = model, None, None, None
         self.memory.refresh(name, model)
         self.adhoc_names.add(name)
         self.events.record("adhoc", name, message)
@@ -292,6 +292,7 @@ class Scheduler:
     def _replace(self, inst: Instance) -> None:
         assert inst.replacement is not None
         inst.model, inst.replacement, inst.pending = inst.replacement, None, None
+        inst.notes = None
         self.memory.refresh(inst.name, inst.model)
 
     async def _tick_loop(self) -> None:

@@ -47,6 +47,10 @@ class Lifecycle:
             spec = adapter.launch(name, model, port)
             return replace(spec, argv=spec.argv + extra)
 
+        if inst.notes is None:  # once per definition: in the log, the events and its status
+            inst.notes = await asyncio.to_thread(adapter.notes, model)
+            for note in inst.notes:
+                self.events.record("note", name, f"model '{name}': {note}", level="warning")
         inst.starts += 1
         handle = await self.runtime.spawn(
             name, spec_for_port, {**model.env, **env}, gpus, settings.engine_log(name), inst.output
