@@ -22,6 +22,7 @@ class Instance:
     _state: State = State.STOPPED  # `state`: its changes are told to `on_state`
     handle: EngineHandle | None = None
     in_flight: int = 0
+    joining: int = 0  # requests waiting for its start to end (then served together)
     # Requests waiting for a max_concurrency slot, oldest first. A finishing request hands its
     # slot over (True); when the engine goes away, each is told to decide again (False).
     slot_waiters: deque[asyncio.Future[bool]] = field(default_factory=deque)
@@ -46,6 +47,7 @@ class Instance:
     replacement: ModelConfig | None = None  # with Pending.CHANGED: the new definition
     draining_for: str | None = None  # making way for this model (or "reload"): no new requests
     notes: list[str] | None = None  # the adapter's notes on this definition (None: not read yet)
+    made_way_for: str | None = None  # stopped to make room for this start (until it is in)
     admitted: bool = False  # its start was granted room; False again once its engine is gone
     health_failures: int = 0  # readiness probes in a row that a ready engine did not answer
     # Told of every state change (old, new): the scheduler publishes them as events.
@@ -70,7 +72,7 @@ class Instance:
 
     @property
     def is_idle(self) -> bool:
-        return self.in_flight == 0 and not self.slot_waiters
+        return self.in_flight == 0 and not self.slot_waiters and self.joining == 0
 
     def count_request(self, inflation: float) -> None:
         self.requests += 1

@@ -281,7 +281,12 @@ def test_no_model_starves_behind_steady_traffic_to_the_resident_ones(gateway):
     assert wait_until(lambda: {gw.model(n)["state"] for n in ("a", "b")} == {"ready"}, 10)
     time.sleep(0.5)
     began = time.monotonic()
-    reply = gw.client.completions.create(model="c", prompt="x", max_tokens=1)
+    try:
+        reply = gw.client.completions.create(model="c", prompt="x", max_tokens=1)
+    except openai.APIError:
+        stop.set()
+        print("\n".join(f"{e['time']:.2f} {e['message']}" for e in gw.status()["events"]))
+        raise
     waited = time.monotonic() - began
     print(f"c waited {waited:.2f} s")
     time.sleep(1)  # the model that made way gets its turn back too
@@ -289,6 +294,7 @@ def test_no_model_starves_behind_steady_traffic_to_the_resident_ones(gateway):
     for t in threads:
         t.join(60)
     assert reply.choices[0].text == "tok0 "
-    assert waited < 10
+    events = [f"{e['time']:.2f} {e['message']}" for e in gw.status()["events"]]
+    assert waited < 10, "\n".join(events)
     assert not failures, failures[:3]
     assert any(e["kind"] == "drain" for e in gw.status()["events"])

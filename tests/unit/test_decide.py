@@ -89,7 +89,7 @@ def test_room_without_limits_starts_at_once():
 
 def test_count_limit_stops_the_least_recently_used_idle_engine():
     snap = world(m("new"), m("a", READY, last_used=5), m("b", READY, last_used=1), max_running=2)
-    assert decide(snap, Room("new")) == [Stop("b", "lru", "to start new")]
+    assert decide(snap, Room("new")) == [Stop("b", "lru", "to start new", "new")]
 
 
 def test_count_limit_drains_a_busy_engine_rather_than_wait_forever():
@@ -139,7 +139,7 @@ def test_fits_on_the_gpu_starts_there():
 def test_idle_engines_are_stopped_to_make_room():
     resident = m("b", READY, gpus=(0,), held_mib=6000, last_used=1)
     snap = world(m("a", footprint_mib=6000), resident, gpus=[gpu(used=6000)])
-    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a")]
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a", "a")]
 
 
 def test_busy_engines_drain_to_make_room():
@@ -152,13 +152,13 @@ def test_busy_engines_drain_to_make_room():
 def test_once_drained_idle_the_engine_is_stopped():
     resident = m("b", READY, gpus=(0,), held_mib=6000, draining_for="a")
     snap = world(m("a", footprint_mib=6000), resident, gpus=[gpu(used=6000)])
-    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a")]
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a", "a")]
 
 
 def test_unknown_footprint_is_a_discovery_run():
     resident = m("b", READY, gpus=(0,), held_mib=2000)
     snap = world(m("a"), resident, gpus=[gpu(used=2000)])
-    assert decide(snap, Room("a")) == [Stop("b", "discovery", "to start a")]
+    assert decide(snap, Room("a")) == [Stop("b", "discovery", "to start a", "a")]
 
 
 def test_unknown_footprint_refused_when_the_policy_says_so():
@@ -171,7 +171,7 @@ def test_the_retry_after_out_of_memory_runs_alone():
     """isolate: the footprint is treated as unknown, so everything idle on its GPU goes."""
     resident = m("b", READY, gpus=(0,), held_mib=1000)
     snap = world(m("a", footprint_mib=1000), resident, gpus=[gpu(used=1000)])
-    assert decide(snap, Room("a", isolate=True)) == [Stop("b", "oom", "to start a")]
+    assert decide(snap, Room("a", isolate=True)) == [Stop("b", "oom", "to start a", "a")]
 
 
 def test_too_big_for_every_gpu_is_refused_and_nothing_stops():
@@ -189,7 +189,7 @@ def test_memory_held_by_a_start_under_way_means_wait():
 def test_memory_and_count_limit_both_apply():
     resident = m("b", READY, gpus=(1,), held_mib=1000, last_used=1)
     snap = world(m("a", footprint_mib=1000), resident, gpus=[gpu(0), gpu(1)], max_running=1)
-    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a")]
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a", "a")]
 
 
 # -- tick: TTL, reload, pinned ------------------------------------------------------------------
@@ -237,3 +237,35 @@ def test_changed_model_under_steady_traffic_drains_then_stops():
 
 def test_a_pending_change_waits_for_a_start_under_way():
     assert decide(world(m("c", STARTING, pending=Pending.CHANGED)), Tick()) == []
+
+
+def test_a_model_just_started_is_not_idle_while_its_waiting_requests_come():
+    """Else the next start could evict it before the requests that waited for it are served,
+    and two models would take each other's room forever."""
+    snap = world(m("b"), m("a", READY, joining=3, last_used=1), max_running=1)
+    steps = decide(snap, Room("b"))
+    assert steps[0] == Drain("a", "b")
+    assert decide(world(m("a", READY, joining=1, ttl_s=1, last_used=0)), Tick()) == []
+
+
+def test_a_start_behind_others_waits_for_room_they_must_be_given_first():
+    snap = world(m("x"), m("y"), m("a", READY, in_flight=1), max_running=1, room_queue=("x", "y"))
+    [step] = decide(snap, Room("y"))
+    assert isinstance(step, Wait) and "x's start" in step.why
+    assert decide(snap, Room("x"))[0] == Drain("a", "x")
+
+
+def test_a_start_that_fits_now_goes_first_unless_it_made_way_for_one_ahead():
+    """The model stopped to make room for x must not take that room back before x has it:
+    the two would swap for ever (seen: 21 s of ping-pong under steady traffic)."""
+    fits = world(m("x"), m("y"), max_running=2, room_queue=("x", "y"))
+    assert decide(fits, Room("y")) == [Start(())]
+    victim = world(m("x"), m("b", made_way_for="x"), max_running=2, room_queue=("x", "b"))
+    [step] = decide(victim, Room("b"))
+    assert isinstance(step, Wait) and "made way for x" in step.why
+    assert decide(victim, Room("x")) == [Start(())]
+
+
+def test_stops_for_a_start_name_it():
+    snap = world(m("new"), m("a", READY, last_used=1), max_running=1)
+    assert decide(snap, Room("new")) == [Stop("a", "lru", "to start new", "new")]

@@ -91,6 +91,20 @@ def _request(m: ModelSnap) -> Step:
 
 
 def _room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
+    """Starts take turns in arrival order for room that others must make; one that fits now
+    starts at once, unless its own engine was just stopped to make room for a start still
+    waiting (else the two would take the room from each other for ever)."""
+    queue = snap.room_queue
+    ahead = queue[: queue.index(me.name)] if me.name in queue else ()
+    if me.made_way_for in ahead:
+        return [Wait(f"it made way for {me.made_way_for}, which starts first")]
+    steps = _make_room(snap, me, isolate)
+    if ahead and not isinstance(steps[0], Start | Refuse):
+        return [Wait(f"waiting for {ahead[0]}'s start to get its room first")]
+    return steps
+
+
+def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
     """Room for `me` to start: GPU memory first, then the count limit."""
     gpus: tuple[int, ...] = ()
     if snap.gpus:
@@ -121,7 +135,7 @@ def _room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             ]
         reason = "oom" if isolate else "discovery" if need is None else "lru"
         if plan.evict:
-            return [Stop(n, reason, f"to start {me.name}") for n in plan.evict]
+            return [Stop(n, reason, f"to start {me.name}", me.name) for n in plan.evict]
         if plan.drain:
             return _drain(snap, me, plan.drain, reason, "its GPU memory")
         if plan.wait:
@@ -135,7 +149,8 @@ def _room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
         return [Start(gpus)]
     idle = [m for m in running if m.is_evictable]
     if idle:
-        return [Stop(min(idle, key=lambda m: m.order).name, "lru", f"to start {me.name}")]
+        victim = min(idle, key=lambda m: m.order).name
+        return [Stop(victim, "lru", f"to start {me.name}", me.name)]
     busy = [m for m in running if m.is_drainable]
     if busy:
         victim = min(busy, key=lambda m: m.order)
@@ -152,7 +167,7 @@ def _drain(
     for name in names:
         m = snap.models[name]
         if m.is_evictable:
-            steps.append(Stop(name, reason, f"to start {me.name}"))
+            steps.append(Stop(name, reason, f"to start {me.name}", me.name))
         elif m.draining_for is None:
             steps.append(Drain(name, me.name))
     busy = ", ".join(n for n in names if not snap.models[n].is_evictable)

@@ -116,7 +116,15 @@ class Scheduler:
                 case do.Begin() | do.Join():
                     if isinstance(step, do.Begin):
                         self.begin_start(inst)
-                    await join_start(inst)
+                    # Counted until served: a model just started is not idle while the
+                    # requests that waited for it are on their way to it.
+                    inst.joining += 1
+                    try:
+                        await join_start(inst)
+                    finally:
+                        inst.joining -= 1
+                        if inst.joining == 0:
+                            self._notify()
                 case do.Wait():
                     await changed.wait()
 
@@ -188,27 +196,26 @@ class Scheduler:
         try:
             while True:
                 changed = self._changed
-                steps = decide(self._snapshot(with_memory=True), Room(inst.name, isolate))
+                now = self._snapshot(with_memory=True, room_queue=tuple(self._room_queue))
+                steps = decide(now, Room(inst.name, isolate))
                 match steps:
                     case [do.Start(gpus=gpus)]:  # decided and reserved with no await between
                         inst.admitted = True
                         return gpus, self.memory.attach(inst, gpus) if gpus else {}
                     case [do.Refuse(error=error)]:
                         raise error
-                first = self._room_queue[0]
-                if first != inst.name:
-                    why = f"waiting for {first}'s start to get its room first"
-                else:
-                    why = next((s.why for s in steps if isinstance(s, do.Wait)), "")
-                    stops = [
-                        self.stop(s.name, s.reason, s.why) for s in steps if isinstance(s, do.Stop)
-                    ]
-                    for step in steps:
-                        if isinstance(step, do.Drain):
-                            self._drain(step.name, step.for_)
-                    if stops:
-                        await asyncio.gather(*stops, return_exceptions=True)
-                        continue
+                why = next((s.why for s in steps if isinstance(s, do.Wait)), "")
+                stops = [
+                    self.stop(s.name, s.reason, s.why, s.for_)
+                    for s in steps
+                    if isinstance(s, do.Stop)
+                ]
+                for step in steps:
+                    if isinstance(step, do.Drain):
+                        self._drain(step.name, step.for_)
+                if stops:
+                    await asyncio.gather(*stops, return_exceptions=True)
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise GatewayBusy(f"cannot start '{inst.name}': {why}; retry later")
@@ -219,6 +226,8 @@ class Scheduler:
             for other in self.instances.values():
                 if other.draining_for == inst.name:
                     other.draining_for = None
+                if other.made_way_for == inst.name:
+                    other.made_way_for = None
             self._notify()
 
     def _drain(self, name: str, for_: str) -> None:
@@ -228,9 +237,12 @@ class Scheduler:
 
     # -- stopping --------------------------------------------------------------------------
 
-    def stop(self, name: str, reason: str, why: str = "") -> asyncio.Task[None]:
-        """Stops a model's engine (shared by TTL, eviction, admin, reload and shutdown)."""
+    def stop(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
+        """Stops a model's engine (shared by TTL, eviction, admin, reload and shutdown);
+        `for_`: the start it makes room for."""
         inst = self.instances[name]
+        if for_:
+            inst.made_way_for = for_
         if inst.state is State.STOPPING and inst.stop_task and not inst.stop_task.done():
             return inst.stop_task
         inst.state = State.STOPPING
@@ -327,9 +339,17 @@ class Scheduler:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _snapshot(self, insts: Iterable[Instance] | None = None, *, with_memory: bool = False):
+    def _snapshot(
+        self,
+        insts: Iterable[Instance] | None = None,
+        *,
+        with_memory: bool = False,
+        room_queue: tuple[str, ...] = (),
+    ):
         chosen = self.instances.values() if insts is None else insts
-        return snapshot(chosen, self.settings, self.memory, with_memory=with_memory)
+        return snapshot(
+            chosen, self.settings, self.memory, with_memory=with_memory, room_queue=room_queue
+        )
 
     def _notify(self) -> None:
         """Wakes everything waiting for a change (requests, starts that need room)."""

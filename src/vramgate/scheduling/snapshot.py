@@ -33,6 +33,7 @@ class ModelSnap(NamedTuple):
     state: State = State.STOPPED
     in_flight: int = 0
     queued: int = 0  # requests waiting for a max_concurrency slot
+    joining: int = 0  # requests that waited for its start and are not yet served
     last_used: float = 0.0  # time.monotonic() of its last request's end (or of its start)
     pinned: bool = False
     rank: float | None = None  # eviction order, lowest first; None = least recently used first
@@ -46,11 +47,14 @@ class ModelSnap(NamedTuple):
     ttl_s: float = 0.0  # idle seconds before a stop; 0 = never
     draining_for: str | None = None  # chosen to make way (a model's name, or "reload")
     admitted: bool = False  # starting: its room was granted (until then it holds nothing)
+    made_way_for: str | None = None  # its engine was stopped to make room for this start
     pending: Pending | None = None
 
     @property
     def is_idle(self) -> bool:
-        return self.in_flight == 0 and self.queued == 0
+        """No request on it or waiting for it: just ready, the requests that waited for its
+        start still count (else another start could evict it before they are served)."""
+        return self.in_flight == 0 and self.queued == 0 and self.joining == 0
 
     @property
     def is_running(self) -> bool:
@@ -88,3 +92,4 @@ class Snapshot(NamedTuple):
     now: float = 0.0  # time.monotonic()
     min_residency_s: float = 0.0
     unknown_footprint: str = "estimate"  # gpus.unknown_footprint
+    room_queue: tuple[str, ...] = ()  # starts waiting for room, in arrival order

@@ -41,6 +41,7 @@ class Stop:
     name: str
     reason: str  # lru, discovery, oom, ttl, reload (metrics and events use it)
     why: str = ""
+    for_: str = ""  # the start it makes room for, if any
 
 
 @dataclass(frozen=True)

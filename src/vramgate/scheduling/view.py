@@ -12,7 +12,12 @@ from vramgate.scheduling.snapshot import ModelSnap, Snapshot
 
 
 def snapshot(
-    instances: Iterable[Instance], settings: Settings, memory: Memory, *, with_memory: bool
+    instances: Iterable[Instance],
+    settings: Settings,
+    memory: Memory,
+    *,
+    with_memory: bool,
+    room_queue: tuple[str, ...] = (),
 ) -> Snapshot:
     """Every model given; GPU figures only `with_memory` (reading them costs I/O: NVML, /proc)."""
     models = {i.name: _snap(i, settings, memory, with_memory) for i in instances}
@@ -23,6 +28,7 @@ def snapshot(
         time.monotonic(),
         settings.gpus.min_residency,
         memory.policy,
+        room_queue,
     )
 
 
@@ -33,6 +39,7 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         state=inst.state,
         in_flight=inst.in_flight,
         queued=len(inst.slot_waiters),
+        joining=inst.joining,
         last_used=inst.last_used,
         pinned=model.pinned,
         rank=inst.priority if settings.gpus.eviction == "frequency" else None,
@@ -47,4 +54,5 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         draining_for=inst.draining_for,
         pending=inst.pending,
         admitted=inst.admitted,
+        made_way_for=inst.made_way_for,
     )
