@@ -27,28 +27,12 @@ from vramgate.runtimes.base import Runtime
 from vramgate.scheduling import steps as do
 from vramgate.scheduling.decide import Request, Room, Tick, decide
 from vramgate.scheduling.lifecycle import Lifecycle
-from vramgate.scheduling.slots import Lease, free_slot, join_start, wait_for_slot
+from vramgate.scheduling.slots import Lease, LeaseHold, free_slot, join_start, wait_for_slot
 from vramgate.scheduling.snapshot import Pending, State
 from vramgate.scheduling.view import snapshot
 
 log = logging.getLogger("vramgate.scheduler")
 TICK_S = 0.25
-
-
-class LeaseHold:
-    """The context manager `Scheduler.lease` returns (a class, not a generator: hot path)."""
-
-    def __init__(self, scheduler: Scheduler, name: str) -> None:
-        self.scheduler, self.name = scheduler, name
-        self.lease: Lease | None = None
-
-    async def __aenter__(self) -> Lease:
-        self.lease = await self.scheduler.acquire(self.name)
-        return self.lease
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self.lease is not None
-        self.scheduler.release(self.lease)
 
 
 class Scheduler:
@@ -95,7 +79,7 @@ class Scheduler:
         """`async with scheduler.lease(name) as lease`: a slot on its ready engine, released
         at the end whatever happens."""
         self.instances[name].count_request(self.inflation)
-        return LeaseHold(self, name)
+        return LeaseHold(self.acquire, self.release, name)
 
     async def acquire(self, name: str) -> Lease:
         inst = self.instances[name]
@@ -196,8 +180,7 @@ class Scheduler:
         try:
             while True:
                 changed = self._changed
-                now = self._snapshot(with_memory=True, room_queue=tuple(self._room_queue))
-                steps = decide(now, Room(inst.name, isolate))
+                steps = decide(self._snapshot(with_memory=True), Room(inst.name, isolate))
                 match steps:
                     case [do.Start(gpus=gpus)]:  # decided and reserved with no await between
                         inst.admitted = True
@@ -339,16 +322,11 @@ class Scheduler:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _snapshot(
-        self,
-        insts: Iterable[Instance] | None = None,
-        *,
-        with_memory: bool = False,
-        room_queue: tuple[str, ...] = (),
-    ):
+    def _snapshot(self, insts: Iterable[Instance] | None = None, *, with_memory: bool = False):
         chosen = self.instances.values() if insts is None else insts
+        queue = tuple(self._room_queue)
         return snapshot(
-            chosen, self.settings, self.memory, with_memory=with_memory, room_queue=room_queue
+            chosen, self.settings, self.memory, with_memory=with_memory, room_queue=queue
         )
 
     def _notify(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vramgate.errors import Unloaded
@@ -81,3 +81,25 @@ async def confirm_exit(lease: Lease, timeout_s: float = 2.0) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(lease.handle.wait()), timeout_s)
     await asyncio.sleep(0)  # let the exit watcher mark the model first
+
+
+class LeaseHold:
+    """What `Scheduler.lease` returns: `async with` gives a lease and releases it at the end,
+    whatever happens (a class, not a generator: this is the hot path)."""
+
+    def __init__(
+        self,
+        acquire: Callable[[str], Awaitable[Lease]],
+        release: Callable[[Lease], None],
+        name: str,
+    ) -> None:
+        self.acquire, self.release, self.name = acquire, release, name
+        self.lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        self.lease = await self.acquire(self.name)
+        return self.lease
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.lease is not None
+        self.release(self.lease)
