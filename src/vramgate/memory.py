@@ -128,8 +128,7 @@ class Memory:
         return self.gpus.attach(inst.name, gpus)
 
     def track(self, inst: Instance, pids: list[int]) -> None:
-        for pid in pids:
-            self.gpus.track(inst.name, pid)
+        self.gpus.track(inst.name, pids)
 
     async def wait_released(self, inst: Instance, timeout_s: float = 10.0) -> None:
         if inst.gpus:

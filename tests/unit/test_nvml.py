@@ -95,7 +95,7 @@ def test_an_engines_use_is_summed_over_its_process_tree(fake_nvml: FakeNvml, eng
     gpus = nvml.NvmlGpus(reserve_mib=512)
     env = gpus.attach("m", (0, 1))
     assert env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}
-    gpus.track("m", leader.pid)
+    gpus.track("m", [leader.pid])
     assert gpus.used_by("m") is None  # nothing allocated yet
     fake_nvml.processes[0] = {leader.pid: 1000, 999_999: 7000}  # 999999: not ours
     fake_nvml.processes[1] = {worker: 3000}  # a worker (tensor parallel) on the other GPU
@@ -108,7 +108,7 @@ def test_wait_released_returns_once_the_gpu_lists_none_of_its_processes(
     leader, worker = engine_tree
     gpus = nvml.NvmlGpus(reserve_mib=512)
     gpus.attach("m", (0,))
-    gpus.track("m", leader.pid)
+    gpus.track("m", [leader.pid])
     fake_nvml.processes[0] = {worker: 2000}
     assert gpus.used_by("m") == 2000  # the tree is remembered while alive
 
@@ -129,7 +129,7 @@ def test_wait_released_gives_up_after_its_timeout(fake_nvml: FakeNvml, engine_tr
     leader, _ = engine_tree
     gpus = nvml.NvmlGpus(reserve_mib=512)
     gpus.attach("m", (0,))
-    gpus.track("m", leader.pid)
+    gpus.track("m", [leader.pid])
     fake_nvml.processes[0] = {leader.pid: 2000}
     began = time.monotonic()
     asyncio.run(gpus.wait_released("m", timeout_s=0.3))

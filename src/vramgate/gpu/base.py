@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,8 +31,8 @@ class GpuBackend(Protocol):
         """Registers an engine about to start on `gpus`; returns the environment it gets."""
         ...
 
-    def track(self, name: str, pid: int) -> None:
-        """The engine's process (its group leader) now exists."""
+    def track(self, name: str, pids: Sequence[int]) -> None:
+        """The engine's processes now exist (their trees hold its memory)."""
         ...
 
     def used_by(self, name: str) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.proctree import process_table, process_tree
@@ -44,7 +45,7 @@ class NvmlGpus:
         self.reserve_mib = reserve_mib
         count = pynvml.nvmlDeviceGetCount()
         self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        self._pids: dict[str, int] = {}
+        self._pids: dict[str, tuple[int, ...]] = {}
         self._on_gpus: dict[str, tuple[int, ...]] = {}
         self._trees: dict[str, set[int]] = {}  # last seen while alive: dead trees cannot be read
         self._table: dict[int, tuple[int, int]] = {}
@@ -55,8 +56,8 @@ class NvmlGpus:
         # CUDA's own order can differ from NVML's (fastest first); PCI bus order matches NVML.
         return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
 
-    def track(self, name: str, pid: int) -> None:
-        self._pids[name] = pid
+    def track(self, name: str, pids: Sequence[int]) -> None:
+        self._pids[name] = tuple(pids)
         self._table_at = float("-inf")  # a new engine: the next reading scans /proc again
 
     def _process_use(self, gpu: int) -> dict[int, int]:
@@ -66,12 +67,12 @@ class NvmlGpus:
 
     def used_by(self, name: str) -> int | None:
         """MiB the engine's process tree uses over all its GPUs, None before it allocates."""
-        pid, gpus = self._pids.get(name), self._on_gpus.get(name)
-        if pid is None or gpus is None:
+        pids, gpus = self._pids.get(name), self._on_gpus.get(name)
+        if not pids or gpus is None:
             return None
         if time.monotonic() - self._table_at > TABLE_MAX_AGE_S:
             self._table, self._table_at = process_table(), time.monotonic()
-        tree = process_tree(pid, self._table)
+        tree = set().union(*(process_tree(pid, self._table) for pid in pids))
         self._trees[name] = tree
         found = [mib for gpu in gpus for p, mib in self._process_use(gpu).items() if p in tree]
         return sum(found) if found else None
@@ -85,10 +86,10 @@ class NvmlGpus:
         return out
 
     async def wait_released(self, name: str, timeout_s: float) -> None:
-        pid, gpus = self._pids.get(name), self._on_gpus.get(name)
-        if pid is None or gpus is None:
+        pids, gpus = self._pids.get(name), self._on_gpus.get(name)
+        if not pids or gpus is None:
             return
-        tree = self._trees.get(name, set()) | {pid}
+        tree = self._trees.get(name, set()) | set(pids)
         deadline = time.monotonic() + timeout_s
         while any(p in tree for gpu in gpus for p in self._process_use(gpu)):
             if time.monotonic() >= deadline:

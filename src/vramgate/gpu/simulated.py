@@ -9,6 +9,7 @@ each. So a fake engine can use more or less than its estimate, grow, or never sa
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from vramgate.gpu.base import GpuMemory
@@ -33,7 +34,7 @@ class SimulatedGpus:
         visible = ",".join(map(str, gpus))
         return {"VRAMGATE_SIM_USAGE_FILE": str(path), "CUDA_VISIBLE_DEVICES": visible}
 
-    def track(self, name: str, pid: int) -> None:
+    def track(self, name: str, pids: Sequence[int]) -> None:
         """Simulated use comes from the usage file, not from processes."""
 
     async def wait_released(self, name: str, timeout_s: float) -> None:
