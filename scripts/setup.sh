@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this checkout on a fresh machine (Python 3.11, gcc, cmake): a virtual environment with
 # vramgate and its test tools, llama-server built from source (cached), the gemma 3 270M GGUF (a
-# base model, for completions) and SmolLM2-135M-Instruct (the chat model), both cached.
+# base model, for completions) and SmolLM2-135M-Instruct (the chat model; also as safetensors for
+# the Transformers engine, with a CPU build of torch), all cached.
 # Source it to get the paths exported; running it prints them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +12,13 @@ if [ ! -x "$root/.venv/bin/python" ]; then
   python3 -m venv "$root/.venv"
 fi
 "$root/.venv/bin/python" -m pip install --quiet --upgrade pip >&2
-"$root/.venv/bin/python" -m pip install --quiet -e "$root[dev]" >&2
+# A CPU build of torch for the Transformers engine's tests where the registry has one: the default
+# Linux wheel pulls gigabytes of CUDA libraries that a machine without a GPU cannot use.
+if ! "$root/.venv/bin/python" -c "import torch" >/dev/null 2>&1; then
+  "$root/.venv/bin/python" -m pip install --quiet "torch==2.13.0+cpu" >&2 ||
+    echo "no CPU build of torch here: installing the default one" >&2
+fi
+"$root/.venv/bin/python" -m pip install --quiet -e "$root[dev,transformers]" >&2
 
 # Headless Chromium for the status page's browser test: Debian's package, where this machine
 # can install it (root with apt); elsewhere that one test is skipped.
@@ -31,12 +38,17 @@ PY
 )"
 
 chat_gguf="$("$root/.venv/bin/python" "$root/scripts/fetch-chat-model.py" "$cache/models")"
+# The chat model in Hugging Face's format, for the Transformers engine (converted once, cached).
+chat_hf="$("$root/.venv/bin/python" "$root/scripts/gguf-to-safetensors.py" "$chat_gguf" \
+  "$cache/models/SmolLM2-135M-Instruct-hf")"
 
 # VRAMGATE_ENGINES__LLAMACPP__BINARY is the config key engines.llamacpp.binary, set from the
 # environment, so `vramgate serve` finds the llama-server built here without a config file.
 export VRAMGATE_ENGINES__LLAMACPP__BINARY="$llama_server"
 export VRAMGATE_DEFAULT_GGUF="$gguf"
 export VRAMGATE_CHAT_GGUF="$chat_gguf"
+export VRAMGATE_CHAT_HF="$chat_hf"
 export PATH="$root/.venv/bin:$PATH"
 echo "llama-server: $llama_server" >&2
 echo "default models: $gguf (completions), $chat_gguf (chat)" >&2
+echo "chat model for the Transformers engine: $chat_hf" >&2

@@ -62,6 +62,13 @@ def engine_kinds() -> list[str]:
     return sorted(REGISTRY)
 
 
+def engine_tasks(kind: str) -> frozenset[str]:
+    """The tasks an engine kind can serve (generate, embed, rerank)."""
+    from vramgate.engines import REGISTRY
+
+    return REGISTRY[kind].tasks
+
+
 def _check_kind(kind: str) -> str:
     if kind not in engine_kinds():
         raise ValueError(f"unknown engine {kind!r}; expected one of: {', '.join(engine_kinds())}")
@@ -113,6 +120,16 @@ class ModelConfig(_Strict):
     gpus: int = Field(
         default=1, ge=1, description="GPUs the model is split over (tensor parallel), 1/N on each."
     )
+    device: Literal["cuda", "cpu"] = Field(
+        default="cuda",
+        description="cuda: placed on GPUs (where there are any); cpu: runs on the CPU, takes no "
+        "GPU memory and sees no GPU.",
+    )
+    dtype: str | None = Field(
+        default=None,
+        description="Weights' dtype for engines that take one (transformers, vllm, sglang: "
+        "--dtype); default: the weights' own.",
+    )
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
     api_keys: Keys = Field(
         default_factory=list, description="Only these keys (and admin keys) reach this model."
@@ -134,6 +151,11 @@ class ModelConfig(_Strict):
                 raise ValueError(f"engine '{self.engine}' needs `source`, a model path or hub id")
             if self.cmd:
                 raise ValueError(f"`cmd` is only for engine 'command', not '{self.engine}'")
+        if self.task not in engine_tasks(self.engine):
+            served = ", ".join(sorted(engine_tasks(self.engine)))
+            raise ValueError(
+                f"engine '{self.engine}' cannot serve task '{self.task}' (it serves: {served})"
+            )
         if not self.health.startswith("/"):
             raise ValueError(f"`health` must be a path starting with '/', got {self.health!r}")
         return self

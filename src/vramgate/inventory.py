@@ -129,30 +129,85 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def find(models_dir: Path, label: str) -> Entry | None:
-    """The inventory entry a request names (its name, or its path inside models_dir).
+def find(models_dir: Path, label: str, engine: str | None = None) -> Entry | None:
+    """The inventory entry a request names: its name, its path inside models_dir (relative, or
+    absolute as seed 003's clients send it), or a folder holding one model (`engine` picks the
+    format where it holds both a GGUF and safetensors).
 
-    A name that points outside models_dir (absolute, `..`, a symlink leading out) is refused
-    with 400, before anything is looked up.
+    A name that points outside models_dir (`..`, an absolute path elsewhere, a symlink leading
+    out) is refused with 400, before anything is looked up.
     """
     root = models_dir.resolve()
-    if Path(label).is_absolute() or ".." in Path(label).parts or not within(root, root / label):
+    path = Path(label)
+    if path.is_absolute() and path.resolve().is_relative_to(root):
+        path = path.resolve().relative_to(root)
+    if path.is_absolute() or ".." in path.parts or not within(root, root / path):
         raise BadRequest(f"model {label!r}: ad-hoc models must be inside models_dir ({root})")
+    wanted = path.as_posix()
+    named: list[Entry] = []
+    inside: list[Entry] = []
     for entry in scan(root):
-        if label in (entry.name, entry.path.relative_to(root).as_posix()):
-            return entry
-    return None
+        relative = entry.path.relative_to(root)
+        if wanted in (entry.name, relative.as_posix()):
+            named.append(entry)
+        elif entry.format == "gguf" and relative.parent.as_posix() == wanted:
+            inside.append(entry)
+    if engine is not None:  # llama.cpp reads GGUF, the others safetensors: the one it reads
+        fits = [e for e in named + inside if (e.format == "gguf") == (engine == "llamacpp")]
+        if len(fits) == 1 or (fits and fits[0] in named):
+            return fits[0]
+    if named:
+        return named[0]
+    return inside[0] if len(inside) == 1 else None
 
 
-ADHOC_OPTIONS = {"engine", "context_length", "ttl", "gpu_memory_mib"}
+ADHOC_OPTIONS = {
+    "engine", "context_length", "ttl", "gpu_memory_mib", "device", "n_gpu_layers",
+    "gpu_memory_utilization",
+}  # fmt: skip
 CONTEXT_FLAG = {"llamacpp": "-c", "vllm": "--max-model-len", "sglang": "--context-length"}
+MEMORY_FRACTION_FLAG = {"vllm": "--gpu-memory-utilization", "sglang": "--mem-fraction-static"}
+ALL_LAYERS = 999  # seed 003's n_gpu_layers -1: every layer on the GPU
+# Seed 003's `backend` values, and the spellings of llama.cpp people use.
+BACKENDS = {"llamacpp": "llamacpp", "llama.cpp": "llamacpp", "llama_cpp": "llamacpp",
+            "vllm": "vllm", "sglang": "sglang", "transformers": "transformers"}  # fmt: skip
+# The fields seed 003's clients put beside `model` and `messages`: never the engine's.
+SEED_FIELDS = ("backend", "device", "n_gpu_layers", "n_ctx", "max_model_len",
+               "gpu_memory_utilization", "ttl")  # fmt: skip
 
 
 def adhoc_model(entry: Entry, root: Path, options: Any) -> ModelConfig:
     """The model definition for an inventory entry named by a request, with the request's own
-    settings (its `vramgate` object): engine, context_length, ttl, gpu_memory_mib."""
+    settings (its `vramgate` object, or seed 003's fields as `seed_options` gives them)."""
     if not within(root, entry.path):
         raise BadRequest(f"model {entry.name!r} leads outside models_dir ({root})")
+    options = check_options(options)
+    engine = options.get("engine", entry.engine)
+    data: dict[str, Any] = {"engine": engine, "source": str(entry.path)}
+    args: list[str] = []
+    if "context_length" in options:
+        flag = CONTEXT_FLAG.get(engine)
+        if flag is None:
+            raise BadRequest(f"engine {engine!r} cannot be given a context length")
+        args += [flag, str(options["context_length"])]
+    if engine == "llamacpp" and "n_gpu_layers" in options:
+        layers = int(options["n_gpu_layers"])
+        args += ["-ngl", str(ALL_LAYERS if layers < 0 else layers)]
+    fraction = MEMORY_FRACTION_FLAG.get(engine)
+    if fraction and "gpu_memory_utilization" in options:
+        args += [fraction, str(options["gpu_memory_utilization"])]
+    if args:
+        data["args"] = args
+    for option, key in (("ttl", "ttl"), ("gpu_memory_mib", "vram_mib"), ("device", "device")):
+        if option in options:
+            data[key] = options[option]
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(format_errors(exc, "the request's ad-hoc model settings")) from None
+
+
+def check_options(options: Any) -> dict[str, Any]:
     options = options or {}
     if not isinstance(options, dict):
         raise BadRequest("`vramgate` must be an object of settings for an ad-hoc model")
@@ -160,21 +215,35 @@ def adhoc_model(entry: Entry, root: Path, options: Any) -> ModelConfig:
     if unknown:
         accepted = ", ".join(sorted(ADHOC_OPTIONS))
         raise BadRequest(f"unknown `vramgate` settings {sorted(unknown)}; accepted: {accepted}")
-    engine = options.get("engine", entry.engine)
-    data: dict[str, Any] = {"engine": engine, "source": str(entry.path)}
-    if "context_length" in options:
-        flag = CONTEXT_FLAG.get(engine)
-        if flag is None:
-            raise BadRequest(f"engine {engine!r} cannot be given a context length")
-        data["args"] = [flag, str(options["context_length"])]
-    if "ttl" in options:
-        data["ttl"] = options["ttl"]
-    if "gpu_memory_mib" in options:
-        data["vram_mib"] = options["gpu_memory_mib"]
-    try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequest(format_errors(exc, "the request's `vramgate` settings")) from None
+    return options
+
+
+def seed_options(fields: dict[str, Any]) -> dict[str, Any]:
+    """Seed 003's request fields as ad-hoc settings. Like seed 003, a field for another engine
+    (n_ctx is llama.cpp's, max_model_len and gpu_memory_utilization vLLM's) is ignored."""
+    options: dict[str, Any] = {}
+    backend = fields.get("backend")
+    if backend is not None:
+        if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+            known = ", ".join(sorted(BACKENDS))
+            raise BadRequest(f"unknown `backend` {backend!r}; one of: {known}")
+        options["engine"] = BACKENDS[backend.lower()]
+    engine = options.get("engine")
+    for field in ("device", "ttl", "n_gpu_layers", "gpu_memory_utilization"):
+        if fields.get(field) is not None:
+            options[field] = fields[field]
+    context = fields.get("max_model_len" if engine in ("vllm", "sglang") else "n_ctx")
+    if context is not None and engine in CONTEXT_FLAG:
+        options["context_length"] = context
+    return options
+
+
+def instance_name(label: str, options: dict[str, Any], entry: Entry) -> str:
+    """Seed 003's exclusive mode: a request that chooses its engine or device gets an instance of
+    its own, named after both, so the same path can run on the CPU and on a GPU at once."""
+    if "engine" not in options and "device" not in options:
+        return label
+    return f"{label}@{options.get('engine', entry.engine)}-{options.get('device', 'cuda')}"
 
 
 def within(root: Path, path: Path) -> bool:

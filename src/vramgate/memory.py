@@ -89,6 +89,8 @@ class Memory:
             self.estimates[inst.name] = found
 
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
+        if inst.model.device == "cpu":
+            return 0, "cpu"
         measured = self.footprints.get_mib(footprint_key(inst.name, inst.model))
         if measured is not None:
             return measured, "measured"

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Send
 
 from vramgate.errors import EngineGone, EngineUnavailable, GatewayError, sse_error_event
+from vramgate.rewrite import AnswerFix
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = (b"content-type",)
@@ -97,14 +98,17 @@ async def relay(
     is_stream: bool,
     send: Send,
     timing: Timing,
+    fix: AnswerFix | None = None,
 ) -> None:
+    """`fix`: the engine's answers need mending (rewrite.py); None for engines that speak
+    OpenAI's API as it is, the hot path."""
     try:
         timing.posted = time.perf_counter()
-        async with http.post(url, data=body, headers=_JSON_HEADERS) as resp:
+        async with await _post(http, url, body) as resp:
             timing.answered = time.perf_counter()
             timing.status = resp.status
             if is_stream and resp.status == 200:
-                await _relay_stream(model, resp, send, timing)
+                await _relay_stream(model, resp, send, timing, fix)
                 return
             content = await resp.read()
             timing.answered = time.perf_counter()
@@ -117,14 +121,30 @@ async def relay(
         timing.status = error.status
         await send_error(send, error)
         return
-    headers = [*_pass_headers(resp), (b"content-length", str(len(content)).encode())]
+    headers = _pass_headers(resp)
+    if fix is not None:
+        content_type, content = fix.whole(resp.status, resp.content_type.encode(), content)
+        headers = [(b"content-type", content_type)]
+    headers += [(b"content-length", str(len(content)).encode())]
     headers.append(timing.header(time.perf_counter()))
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
 
 
+async def _post(http: aiohttp.ClientSession, url: str, body: bytes) -> aiohttp.ClientResponse:
+    try:
+        return await http.post(url, data=body, headers=_JSON_HEADERS)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise  # refused: the engine is gone, not just the connection
+        # Before any answer: a kept-alive connection the engine had closed (uvicorn, under
+        # `transformers serve`, closes it after an error it did not handle). Once more, on a
+        # new connection; an engine that really died refuses that one.
+        return await http.post(url, data=body, headers=_JSON_HEADERS)
+
+
 async def _relay_stream(
-    model: str, resp: aiohttp.ClientResponse, send: Send, timing: Timing
+    model: str, resp: aiohttp.ClientResponse, send: Send, timing: Timing, fix: AnswerFix | None
 ) -> None:
     headers = [*_pass_headers(resp), *_STREAM_HEADERS, timing.header(time.perf_counter())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -132,7 +152,11 @@ async def _relay_stream(
         async for chunk in resp.content.iter_any():
             if timing.first_chunk is None:
                 timing.first_chunk = time.perf_counter()
+            if fix is not None and not (chunk := fix.chunk(chunk)):
+                continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if fix is not None and (rest := fix.end()):
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
     except (TimeoutError, aiohttp.ClientError) as exc:
         # Headers are gone already: tell the client in the stream itself, then end it.
         event = sse_error_event(_broken(model, exc))

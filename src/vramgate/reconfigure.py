@@ -17,18 +17,23 @@ from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
 
 
-async def adhoc(scheduler: Scheduler, label: str, options: Any) -> str:
-    """Makes an inventory model that is not configured servable under the name asked for.
+async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, Any]) -> str:
+    """Makes an inventory model that is not configured servable; returns its instance name: the
+    label asked for, or with seed 003's fields (`seed`) choosing engine or device, the label
+    with both (`inventory.instance_name`: exclusive mode).
 
     It lives until a reload (which does not list it, so it drains and goes) or a restart.
     Asked again with other settings while its engine runs: 409, unload it first.
     """
+    if seed:
+        options = {**inventory.check_options(options), **inventory.seed_options(seed)}
     inst = scheduler.instances.get(label)
-    if inst is not None and options is None and label in scheduler.adhoc_names:
+    if inst is not None and not options and label in scheduler.adhoc_names:
         return label  # no settings of its own: whatever it runs with
     # A walk of models_dir reads the disk: not on the event loop.
     root = await asyncio.to_thread(Path(scheduler.settings.models_dir).resolve)
-    entry = await asyncio.to_thread(inventory.find, root, label)
+    engine = (options or {}).get("engine")
+    entry = await asyncio.to_thread(inventory.find, root, label, engine)
     if entry is None:
         known = ", ".join(sorted(scheduler.settings.models)) or "(none configured)"
         raise ModelNotFound(
@@ -36,15 +41,16 @@ async def adhoc(scheduler: Scheduler, label: str, options: Any) -> str:
             "GET /v1/models/inventory lists what is there"
         )
     model = inventory.adhoc_model(entry, root, options)
-    inst = scheduler.instances.get(label)
+    name = inventory.instance_name(label, options or {}, entry)
+    inst = scheduler.instances.get(name)
     if inst is not None and inst.model != model and inst.state not in (State.STOPPED, State.FAILED):
         raise Conflict(
-            f"model '{label}' runs with other settings; unload it first "
+            f"model '{name}' runs with other settings; unload it first "
             f"(POST /v1/models/unload) to start it with these"
         )
-    if inst is None or inst.model != model or label not in scheduler.adhoc_names:
-        scheduler.define_adhoc(label, model, f"{label}: ad-hoc model from {entry.path}")
-    return label
+    if inst is None or inst.model != model or name not in scheduler.adhoc_names:
+        scheduler.define_adhoc(name, model, f"{name}: ad-hoc model from {entry.path}")
+    return name
 
 
 async def reload(scheduler: Scheduler, load: Callable[[], Settings]) -> dict[str, list[str]]:

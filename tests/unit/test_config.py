@@ -75,7 +75,7 @@ def test_unknown_top_level_and_nested_keys(tmp_path):
 def test_unknown_engine_kind(tmp_path):
     path = write(tmp_path, "models:\n  g: {engine: ollama, source: x}\n")
     expected = "models.g.engine: unknown engine 'ollama'; expected one of: command, llamacpp, "
-    assert expected + "sglang, vllm" in error_of(path)
+    assert expected + "sglang, transformers, vllm" in error_of(path)
 
 
 def test_command_engine_needs_cmd_with_port(tmp_path):
@@ -83,6 +83,13 @@ def test_command_engine_needs_cmd_with_port(tmp_path):
     message = error_of(path)
     assert "models.a: engine 'command' needs `cmd`" in message
     assert "models.b: `cmd` must contain ${PORT}" in message
+
+
+def test_an_engine_refuses_a_task_it_cannot_serve(tmp_path):
+    path = write(tmp_path, "models:\n  e: {engine: transformers, source: /m, task: embed}\n")
+    assert "models.e: engine 'transformers' cannot serve task 'embed' (it serves: generate)" in (
+        error_of(path)
+    )
 
 
 def test_source_required_for_real_engines(tmp_path):

@@ -192,6 +192,16 @@ def test_memory_and_count_limit_both_apply():
     assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a", "a")]
 
 
+def test_a_model_on_the_cpu_takes_no_gpu_memory_and_evicts_nothing_for_it():
+    """device: cpu (gpu_count 0): it starts with full GPUs; only the count limit applies."""
+    resident = m("b", READY, gpus=(0,), held_mib=9000, last_used=1)
+    full = [gpu(used=9500)]
+    cpu = m("a", footprint_mib=0, gpu_count=0)
+    assert decide(world(cpu, resident, gpus=full), Room("a")) == [Start(())]
+    limited = world(cpu, resident, gpus=full, max_running=1)
+    assert decide(limited, Room("a")) == [Stop("b", "lru", "to start a", "a")]
+
+
 # -- tick: TTL, reload, pinned ------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ def model(**kw) -> ModelConfig:
 
 
 def test_registry_has_every_kind():
-    assert set(REGISTRY) == {"llamacpp", "vllm", "sglang", "command"}
+    assert set(REGISTRY) == {"llamacpp", "vllm", "sglang", "transformers", "command"}
 
 
 def test_llamacpp_command_line():
@@ -80,6 +80,24 @@ def test_command_line_is_split_without_a_shell_and_port_substituted():
         "/",
     ]
     assert spec.health_path == "/ready"
+
+
+def test_transformers_command_line(tmp_path):
+    """`transformers serve` pinned to one folder, offline, on the device asked for, batching."""
+    adapter = adapters(settings(transformers={"binary": "/opt/tf"}))["transformers"]
+    spec = adapter.launch("smol", model(engine="transformers", source=str(tmp_path)), 9000)
+    assert spec.argv == ["/opt/tf", "serve", str(tmp_path), "--host", "127.0.0.1", "--port",
+                         "9000", "--device", "auto", "--continuous-batching"]  # fmt: skip
+    assert spec.env == {"HF_HUB_OFFLINE": "1"}
+    cpu = model(engine="transformers", source="org/repo", device="cpu", dtype="bfloat16",
+                args=["--no-continuous-batching"])  # fmt: skip
+    spec = adapter.launch("smol", cpu, 9000)
+    assert spec.argv[7:] == ["--device", "cpu", "--dtype", "bfloat16", "--no-continuous-batching"]
+    assert spec.env == {}  # a hub id: the hub may be asked
+    # Requests must name the pinned model exactly; answers are renamed back (rewrite.py).
+    assert adapter.upstream_model("smol", cpu) == "org/repo"
+    assert adapter.answer_fix("smol", CHAT) is not None
+    assert adapters(settings())["llamacpp"].answer_fix("g", CHAT) is None  # the fast path
 
 
 def test_routes_by_task():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ router = APIRouter()
 
 class UnloadRequest(BaseModel):
     model: str
+    # Seed 003's clients name an instance by path, backend and device (exclusive mode).
+    backend: str | None = None
+    device: str | None = None
 
 
 @router.get("/v1/models/loaded", dependencies=[Depends(any_key)])
@@ -80,10 +84,25 @@ async def inventory_list(request: Request) -> dict[str, Any]:
 @router.post("/v1/models/unload", dependencies=[Depends(admin_key)])
 async def unload(body: UnloadRequest, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
-    name = resolve_or_404(scheduler.settings, body.model)
+    label = body.model
+    if body.backend is not None or body.device is not None:
+        options = inventory.seed_options({"backend": body.backend, "device": body.device})
+        label = _seed_instance(scheduler.instances, label, options)
+    name = resolve_or_404(scheduler.settings, label)
     was = scheduler.instances[name].state.value
     await scheduler.unload(name)
     return {"model": name, "was": was, "state": scheduler.instances[name].state.value}
+
+
+def _seed_instance(instances: Iterable[str], label: str, options: dict[str, Any]) -> str:
+    """The ad-hoc instance a seed 003 unload names; the label itself when none matches (404)."""
+    engine, device = options.get("engine"), options.get("device", "cuda")
+    for name in instances:
+        base, at, kind = name.rpartition("@")
+        wanted = kind == f"{engine}-{device}" if engine else kind.endswith(f"-{device}")
+        if at and base == label and wanted:
+            return name
+    return label
 
 
 @router.post("/v1/models/unload-all", dependencies=[Depends(admin_key)])

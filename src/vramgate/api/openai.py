@@ -17,6 +17,7 @@ from vramgate.api.common import any_key, refuse_cross_site, resolve_or_404, sche
 from vramgate.auth import Access, presented_key
 from vramgate.engines.base import ALL_ROUTES
 from vramgate.errors import BadRequest, EngineGone, GatewayError, PayloadTooLarge
+from vramgate.inventory import SEED_FIELDS
 from vramgate.proxy import Timing, hangup_cancels, relay, send_error
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.slots import confirm_exit
@@ -121,10 +122,12 @@ class RelayEndpoint:
         payload = parse_request(body)
         name = settings.resolve(payload["model"])
         options = payload.pop("vramgate", None)  # the gateway's, never the engine's
-        if options is not None:
+        # Seed 003's engine settings beside `model`: the gateway's too.
+        seed = {k: payload.pop(k) for k in SEED_FIELDS if k in payload}
+        if options is not None or seed:
             body = orjson.dumps(payload)
         if settings.allow_adhoc and (name is None or name in scheduler.adhoc_names):
-            name = await reconfigure.adhoc(scheduler, payload["model"], options)
+            name = await reconfigure.adhoc(scheduler, payload["model"], options, seed)
             settings = scheduler.settings
         elif name is None:
             name = resolve_or_404(settings, payload["model"])
@@ -138,6 +141,7 @@ class RelayEndpoint:
                 f"model '{name}' (task: {model.task}) does not serve {self.path}; "
                 f"it serves {routes}"
             )
+        fix = adapter.answer_fix(payload["model"], self.path)
         upstream = adapter.upstream_model(name, model)
         if payload["model"] != upstream:
             payload["model"] = upstream
@@ -151,7 +155,7 @@ class RelayEndpoint:
                     assert scheduler.http is not None
                     url = lease.url + self.path
                     try:
-                        await relay(scheduler.http, name, url, body, is_stream, send, timing)
+                        await relay(scheduler.http, name, url, body, is_stream, send, timing, fix)
                         return
                     except EngineGone:
                         if attempt + 1 == RELAY_ATTEMPTS:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from vramgate.config import ModelConfig, Settings
+from vramgate.rewrite import AnswerFix
 
 # The OpenAI routes the gateway relays, by the path a client posts to.
 CHAT = "/v1/chat/completions"
@@ -39,6 +40,7 @@ class MemoryBudget:
 class EngineAdapter(ABC):
     kind: ClassVar[str]
     default_binary: ClassVar[str]
+    tasks: ClassVar[frozenset[str]] = frozenset({"generate", "embed", "rerank"})
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -66,6 +68,11 @@ class EngineAdapter(ABC):
     def upstream_model(self, name: str, model: ModelConfig) -> str:
         """The `model` value the engine expects in request bodies."""
         return model.upstream_model or name
+
+    def answer_fix(self, asked: str, path: str) -> AnswerFix | None:
+        """How this engine's answers on `path` must be mended before the client, who asked for
+        model `asked`, sees them; None (the default, and the fast path): as they come."""
+        return None
 
     def notes(self, model: ModelConfig) -> list[str]:
         """What an operator should know about `model` before mistaking its behaviour for a

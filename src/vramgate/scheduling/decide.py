@@ -105,9 +105,10 @@ def _room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
 
 
 def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
-    """Room for `me` to start: GPU memory first, then the count limit."""
+    """Room for `me` to start: GPU memory first (unless it runs on the CPU), then the count
+    limit."""
     gpus: tuple[int, ...] = ()
-    if snap.gpus:
+    if snap.gpus and me.gpu_count:
         need = None if isolate else me.footprint_mib
         if need is None and snap.unknown_footprint == "refuse" and not isolate:
             return [

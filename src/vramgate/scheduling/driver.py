@@ -184,7 +184,12 @@ class Scheduler:
                 match steps:
                     case [do.Start(gpus=gpus)]:  # decided and reserved with no await between
                         inst.admitted = True
-                        return gpus, self.memory.attach(inst, gpus) if gpus else {}
+                        if gpus:
+                            return gpus, self.memory.attach(inst, gpus)
+                        # On the CPU by choice: an engine that sees no GPU takes none.
+                        return gpus, {
+                            "CUDA_VISIBLE_DEVICES": ""
+                        } if inst.model.device == "cpu" else {}
                     case [do.Refuse(error=error)]:
                         raise error
                 why = next((s.why for s in steps if isinstance(s, do.Wait)), "")

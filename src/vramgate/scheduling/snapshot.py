@@ -38,7 +38,7 @@ class ModelSnap(NamedTuple):
     pinned: bool = False
     rank: float | None = None  # eviction order, lowest first; None = least recently used first
     gpus: tuple[int, ...] = ()  # where its engine holds memory now
-    gpu_count: int = 1  # GPUs it is split over when it runs (tensor parallel)
+    gpu_count: int = 1  # GPUs it is split over when it runs (tensor parallel); 0: on the CPU
     footprint_mib: int | None = None  # what it is expected to need; None = unknown
     held_mib: int = 0  # while resident: the larger of its footprint and what it uses now
     loaded_at: float = 0.0  # time.monotonic() when it became ready

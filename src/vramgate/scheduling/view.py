@@ -44,7 +44,7 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         pinned=model.pinned,
         rank=inst.priority if settings.gpus.eviction == "frequency" else None,
         gpus=inst.gpus,
-        gpu_count=model.gpus,
+        gpu_count=0 if model.device == "cpu" else model.gpus,
         footprint_mib=memory.footprint(inst)[0] if with_memory else None,
         held_mib=memory.held_mib(inst) if with_memory else 0,
         loaded_at=inst.loaded_at,
