@@ -139,7 +139,8 @@ def test_adhoc_is_off_by_default_and_a_symlink_out_is_refused(gateway, tmp_path)
     )
     assert (
         bad.status_code == 400
-        and "accepted: context_length, engine, gpu_memory_mib, ttl" in bad.text
+        and "accepted: context_length, device, engine, gpu_memory_mib, gpu_memory_utilization"
+        in bad.text
     )
     assert httpx.get(f"{on.url}/health").status_code == 200
     shutil.rmtree(root)
