@@ -1,7 +1,7 @@
 """One model through two engines on the CPU, in one run: load time and tokens/s of a GGUF through
 llama-server and of the same model, converted to safetensors, through `transformers serve`.
 
-    python bench/engines.py [--gguf FILE] [--runs 3] [--tokens 64] [--out bench/results/engines.json]
+    python bench/engines.py [--gguf FILE] [--runs 3] [--tokens 64] [--out FILE.json]
 
 Defaults to gemma 3 270M (VRAMGATE_DEFAULT_GGUF, from scripts/setup.sh); its safetensors folder
 is made once next to it (scripts/gguf-to-safetensors.py, bfloat16). Both models are served by
