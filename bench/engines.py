@@ -60,7 +60,7 @@ def measure(http: httpx.Client, model: str, runs: int, tokens: int) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--gguf", default=os.environ.get("VRAMGATE_DEFAULT_GGUF"))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)

@@ -28,6 +28,9 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     echo "could not install chromium; the browser test will be skipped" >&2
 fi
 
+# Docker and the test image for the container runtime's tests, where this machine can run them.
+docker_image="$("$root/scripts/docker-setup.sh")"
+
 llama_server="$("$root/scripts/build-llama-server.sh" | tail -n 1)"
 gguf="$("$root/.venv/bin/python" - "$cache/models" <<'PY'
 import sys
@@ -48,6 +51,7 @@ export VRAMGATE_ENGINES__LLAMACPP__BINARY="$llama_server"
 export VRAMGATE_DEFAULT_GGUF="$gguf"
 export VRAMGATE_CHAT_GGUF="$chat_gguf"
 export VRAMGATE_CHAT_HF="$chat_hf"
+export VRAMGATE_TEST_IMAGE="$docker_image"
 export PATH="$root/.venv/bin:$PATH"
 echo "llama-server: $llama_server" >&2
 echo "default models: $gguf (completions), $chat_gguf (chat)" >&2

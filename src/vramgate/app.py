@@ -32,7 +32,7 @@ from vramgate.gpu.footprints import FootprintStore
 from vramgate.memory import Memory, footprint_store, gpu_backend
 from vramgate.metrics import Metrics
 from vramgate.runtimes.base import Runtime
-from vramgate.runtimes.local import LocalRuntime
+from vramgate.runtimes.router import Runtimes
 from vramgate.scheduling.driver import Scheduler
 from vramgate.status import gateway_status
 
@@ -67,7 +67,7 @@ class Collaborators:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Collaborators:
-        return cls(LocalRuntime(), gpu_backend(settings), footprint_store(settings))
+        return cls(Runtimes(settings), gpu_backend(settings), footprint_store(settings))
 
 
 def create_app(

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from vramgate.containers import Container, RuntimeKind
+
 Task = Literal["generate", "embed", "rerank"]
 ENV_PREFIX = "VRAMGATE_"
 
@@ -48,6 +50,12 @@ class Defaults(_Strict):
     )
     health_failures: int = Field(
         default=3, ge=1, description="Checks in a row a ready engine may miss before it is killed."
+    )
+    runtime: RuntimeKind = Field(
+        default="local", description="Where engines run: local processes, or docker containers."
+    )
+    container: Container = Field(
+        default_factory=Container, description="Container settings every docker model starts from."
     )
 
 
@@ -124,6 +132,12 @@ class ModelConfig(_Strict):
         default="cuda",
         description="cuda: placed on GPUs (where there are any); cpu: runs on the CPU, takes no "
         "GPU memory and sees no GPU.",
+    )
+    runtime: RuntimeKind | None = Field(
+        default=None, description="local or docker (default: defaults.runtime)."
+    )
+    container: Container | None = Field(
+        default=None, description="runtime docker: image, volumes, shm_size, ipc, network, extra."
     )
     dtype: str | None = Field(
         default=None,
@@ -239,6 +253,23 @@ class Settings(_Strict):
         for kind in engines:
             _check_kind(kind)
         return engines
+
+    def runtime_of(self, model: ModelConfig) -> RuntimeKind:
+        return model.runtime or self.defaults.runtime
+
+    def container_of(self, model: ModelConfig) -> Container:
+        """`model`'s container settings over the defaults'."""
+        return (model.container or Container()).over(self.defaults.container)
+
+    @model_validator(mode="after")
+    def _check_containers(self) -> Settings:
+        for name, model in self.models.items():
+            if self.runtime_of(model) == "docker" and not self.container_of(model).image:
+                raise ValueError(
+                    f"model {name!r} runs in docker but names no image: set "
+                    f"models.{name}.container.image (or defaults.container.image)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_names(self) -> Settings:

@@ -171,3 +171,76 @@ def test_a_gguf_without_a_chat_template_gets_a_note(tmp_path):
     assert engine.notes(given) == []
     assert engine.notes(model(engine="llamacpp", source=base, task="embed")) == []
     assert engine.notes(model(engine="llamacpp", source=str(tmp_path / "missing.gguf"))) == []
+
+
+def test_container_create_options_host_network_and_gpus():
+    """What the docker runtime asks Docker for: labels, host network, exactly the placed GPUs."""
+    from vramgate.containers import Container
+    from vramgate.runtimes.docker import CONFIG, INSTANCE, MODEL, create_options
+
+    container = Container(image="vllm/vllm-openai:v0.11.0", volumes=["/srv/m:/models:ro"],
+                          shm_size="8g", ipc="host", extra={"cpuset_cpus": "0-3"})  # fmt: skip
+    options = create_options(
+        name="vramgate-i1-qwen-abc", model="qwen", instance="i1",
+        argv=["vllm", "serve", "/models/q", "--host", "127.0.0.1", "--port", "9000"],
+        env={"CUDA_VISIBLE_DEVICES": "1", "HF_HOME": "/hf"}, gpus=(1,), port=9000,
+        container=container,
+    )  # fmt: skip
+    assert options["network_mode"] == "host" and "network" not in options
+    assert options["command"][3:5] == ["--host", "127.0.0.1"]  # the host's loopback
+    assert options["labels"][INSTANCE] == "i1" and options["labels"][MODEL] == "qwen"
+    assert len(options["labels"][CONFIG]) == 16
+    [request] = options["device_requests"]
+    assert (request["Driver"], request["DeviceIDs"], request["Capabilities"]) == (
+        "nvidia", ["1"], [["gpu"]],
+    )  # fmt: skip
+    # Inside, its one GPU is device 0: the host's number would hide it.
+    assert options["environment"] == {"HF_HOME": "/hf"}
+    assert (options["shm_size"], options["ipc_mode"], options["cpuset_cpus"]) == (
+        "8g",
+        "host",
+        "0-3",
+    )
+    assert options["volumes"] == ["/srv/m:/models:ro"]
+
+
+def test_container_create_options_named_network_and_simulated_gpu():
+    """Seed 000's shape: the gateway reaches the engine by container name on a named network, so
+    the engine listens on all of its container's addresses; the simulated GPU's file is mounted."""
+    from vramgate.containers import Container
+    from vramgate.runtimes.docker import create_options
+
+    options = create_options(
+        name="vramgate-i1-g-abc", model="g", instance="i1",
+        argv=["llama-server", "-m", "/m.gguf", "--host", "127.0.0.1", "--port", "9000"],
+        env={"VRAMGATE_SIM_USAGE_FILE": "/state/simulated-gpu/g.mib"}, gpus=(), port=9000,
+        container=Container(image="img", network="llm"),
+    )  # fmt: skip
+    assert options["network"] == "llm" and options["hostname"] == "vramgate-i1-g-abc"
+    assert "network_mode" not in options and "device_requests" not in options
+    assert options["command"][3:5] == ["--host", "0.0.0.0"]
+    assert options["volumes"] == ["/state/simulated-gpu:/state/simulated-gpu"]
+
+
+def test_container_settings_merge_over_the_defaults_and_need_an_image():
+    import pytest
+
+    from vramgate.config import Settings
+
+    cmd = {"engine": "command", "cmd": "srv ${PORT}"}
+    settings = Settings.model_validate(
+        {
+            "defaults": {"runtime": "docker", "container": {"image": "base", "ipc": "host",
+                                                            "volumes": ["/m:/m:ro"]}},
+            "models": {"a": cmd | {"container": {"image": "own", "ipc": "private"}},
+                       "b": cmd, "c": cmd | {"runtime": "local"}},
+        }
+    )  # fmt: skip
+    a = settings.container_of(settings.models["a"])
+    assert (a.image, a.ipc, a.volumes) == ("own", "private", ["/m:/m:ro"])
+    assert settings.container_of(settings.models["b"]).image == "base"
+    assert settings.runtime_of(settings.models["c"]) == "local"
+    with pytest.raises(ValueError, match=r"names no image: set models.x.container.image"):
+        Settings.model_validate({"models": {"x": cmd | {"runtime": "docker"}}})
+    with pytest.raises(ValueError, match="is not HOST:CONTAINER"):
+        Settings.model_validate({"defaults": {"container": {"volumes": ["models"]}}})

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import aiohttp
 
+from vramgate.containers import Container
 from vramgate.engines.base import LaunchSpec
 from vramgate.events import Fanout
 
@@ -86,6 +87,8 @@ class Runtime(Protocol):
         gpus: tuple[int, ...],
         log_path: Path,
         output: Fanout[str],
+        container: Container | None = None,
     ) -> EngineHandle:
-        """Starts an engine; raises EngineStartFailed if it cannot even be started."""
+        """Starts an engine (in a container with these settings, where given); raises
+        EngineStartFailed if it cannot even be started."""
         ...

@@ -17,18 +17,18 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import TextIO
 
 import aiohttp
 
+from vramgate.containers import Container
 from vramgate.engines.base import LaunchSpec
 from vramgate.errors import EngineStartFailed
 from vramgate.events import Fanout
+from vramgate.runtimes import readiness
 from vramgate.runtimes.base import IsReady, SpecForPort
+from vramgate.runtimes.output import EngineOutput
 
 logger = logging.getLogger("vramgate.runtime")
-READY_POLL_S = 0.025
-LOG_LINES_KEPT = 400
 # After SIGKILL the kernel reaps at once; a process stuck in the kernel (a GPU driver that hangs
 # in uninterruptible sleep) may never exit: the stop gives up waiting rather than hang with it.
 KILL_WAIT_S = 5.0
@@ -72,6 +72,16 @@ class Watchdog:
     def forget(self, pgid: int) -> None:
         self._send(f"-{pgid}")
 
+    def containers(self, instance: str) -> None:
+        """At the end, also remove every container labelled with this gateway's instance id."""
+        self._send(f"i{instance}")
+
+    def watch_container(self, container_id: str) -> None:
+        self._send(f"c{container_id}")
+
+    def forget_container(self, container_id: str) -> None:
+        self._send(f"x{container_id}")
+
     async def close(self) -> None:
         if self._proc and self._proc.stdin:
             self._proc.stdin.close()
@@ -101,7 +111,10 @@ class LocalRuntime:
         gpus: tuple[int, ...],
         log_path: Path,
         output: Fanout[str],
+        container: Container | None = None,
     ) -> EngineProcess:
+        if container is not None:
+            raise EngineStartFailed(f"model '{name}': the local runtime runs no containers")
         port = free_port()
         proc = EngineProcess(name, spec_for_port(port), port, log_path, output, self.watchdog)
         await proc.spawn(env)
@@ -123,11 +136,9 @@ class EngineProcess:
         self.name = name
         self.watchdog = watchdog
         self.base_url = f"http://127.0.0.1:{port}"
-        self.output = output  # live readers of its output (the admin log stream)
+        self.out = EngineOutput(name, log_path, output)
         self.spec = spec
         self.port = port
-        self.log_path = log_path
-        self.lines: deque[str] = deque(maxlen=LOG_LINES_KEPT)
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self._reader: asyncio.Task[None] | None = None
@@ -166,14 +177,9 @@ class EngineProcess:
         self._reader = asyncio.create_task(self._keep_output())
 
     async def _keep_output(self) -> None:
-        """Drains the engine's output into the ring buffer and the log file.
-
-        It must keep draining whatever happens to the file: an engine whose pipe fills up
-        blocks on its next write and stops serving. So a log that cannot be written (full
-        disk, unwritable state_dir) is reported once and dropped; the ring buffer goes on.
-        """
+        """Drains the engine's output (EngineOutput keeps it), whatever happens to the log."""
         assert self.proc and self.proc.stdout
-        log = self._open_log()
+        self.out.open(f"pid {self.pid}: {' '.join(self.spec.argv)}")
         while True:
             try:
                 raw = await self.proc.stdout.readline()
@@ -181,88 +187,44 @@ class EngineProcess:
                 raw = await self.proc.stdout.read(1 << 20)
             if not raw:
                 break
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            self.lines.append(line)
-            if self.output is not None:
-                self.output.publish(line)
-            if log is not None:
-                log = self._write_log(log, line)
-        if log is not None:
-            with contextlib.suppress(OSError):
-                log.close()
+            self.out.add(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        self.out.close()
 
-    def _open_log(self) -> TextIO | None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        header = f"--- {stamp} vramgate started pid {self.pid}: {' '.join(self.spec.argv)}"
-        try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = self.log_path.open("a", encoding="utf-8", errors="replace")
-        except OSError as exc:
-            self._log_failed(exc)
-            return None
-        return self._write_log(log, header)
-
-    def _write_log(self, log: TextIO, line: str) -> TextIO | None:
-        try:
-            log.write(line + "\n")
-            log.flush()
-        except OSError as exc:
-            self._log_failed(exc)
-            with contextlib.suppress(OSError):
-                log.close()
-            return None
-        return log
-
-    def _log_failed(self, exc: OSError) -> None:
-        logger.warning(
-            "model '%s': cannot write its log %s (%s); keeping its output in memory only",
-            self.name,
-            self.log_path,
-            exc.strerror or exc,
-        )
-        self.lines.append(f"[vramgate: log file unavailable: {exc.strerror or exc}]")
+    @property
+    def lines(self) -> deque[str]:
+        return self.out.lines
 
     def tail(self, n: int = 20) -> list[str]:
-        return list(self.lines)[-n:]
+        return self.out.tail(n)
 
     async def wait(self) -> int | None:
         assert self.proc
         return await self.proc.wait()
 
     async def probe(self, http: aiohttp.ClientSession, timeout_s: float, is_ready: IsReady) -> bool:
-        return await self._probe(http, self.base_url + self.spec.health_path, is_ready, timeout_s)
+        return await readiness.probe(
+            http, self.base_url + self.spec.health_path, is_ready, timeout_s
+        )
 
     async def wait_ready(
         self, http: aiohttp.ClientSession, timeout_s: float, is_ready: IsReady
     ) -> None:
         """Polls the readiness path until it is ready; fails at once if the process exits."""
         assert self.proc
-        url = self.base_url + self.spec.health_path
-        deadline = time.monotonic() + timeout_s
-        exited = asyncio.create_task(self.proc.wait())
+        proc = self.proc
+
+        async def exited_error() -> Exception:
+            await self._drain_output()
+            return self._start_error(f"exited with code {proc.returncode} while starting")
+
+        exited = asyncio.ensure_future(proc.wait())
         try:
-            while True:
-                if exited.done():
-                    await self._drain_output()
-                    raise self._start_error(
-                        f"exited with code {self.proc.returncode} while starting"
-                    )
-                if await self._probe(http, url, is_ready):
-                    return
-                if time.monotonic() >= deadline:
-                    raise self._start_error(f"was not ready after {timeout_s:g} s")
-                await asyncio.wait({exited}, timeout=READY_POLL_S)
+            await readiness.poll_until_ready(
+                http, self.base_url + self.spec.health_path, timeout_s, is_ready, exited,
+                exited_error, lambda: self._start_error(f"was not ready after {timeout_s:g} s"),
+            )  # fmt: skip
         finally:
             exited.cancel()
-
-    async def _probe(
-        self, http: aiohttp.ClientSession, url: str, is_ready: IsReady, timeout_s: float = 2.0
-    ) -> bool:
-        try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                return bool(is_ready(resp.status))
-        except (TimeoutError, aiohttp.ClientError):
-            return False
 
     async def _drain_output(self) -> None:
         """Lets the reader catch the last lines a dying engine printed (they explain why)."""

@@ -52,9 +52,11 @@ class Lifecycle:
             for note in inst.notes:
                 self.events.record("note", name, f"model '{name}': {note}", level="warning")
         inst.starts += 1
+        container = settings.container_of(model) if settings.runtime_of(model) == "docker" else None
         handle = await self.runtime.spawn(
-            name, spec_for_port, {**model.env, **env}, gpus, settings.engine_log(name), inst.output
-        )
+            name, spec_for_port, {**model.env, **env}, gpus, settings.engine_log(name), inst.output,
+            container,
+        )  # fmt: skip
         inst.handle = handle
         if gpus:
             self.memory.track(inst, handle.pids())

@@ -1,0 +1,62 @@
+"""The gateway's runtime: local processes, and Docker containers for the models that ask for them
+(`runtime: docker`); one watchdog for both, so that nothing outlives the gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vramgate.config import Settings
+from vramgate.containers import Container
+from vramgate.events import Fanout
+from vramgate.runtimes.base import EngineHandle, SpecForPort
+from vramgate.runtimes.docker import DockerRuntime, instance_id
+from vramgate.runtimes.local import LocalRuntime
+
+USED_DOCKER = "docker-used"  # in state_dir: look for leftovers at the next start
+
+
+class Runtimes:
+    kind = "local+docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self.state_dir = Path(settings.state_dir)
+        self.local = LocalRuntime()
+        self.docker: DockerRuntime | None = None
+        self._docker_wanted = any(
+            settings.runtime_of(m) == "docker" for m in settings.models.values()
+        )
+
+    async def start(self) -> None:
+        await self.local.start()
+        # Leftovers of this gateway's containers are removed at startup, when it uses Docker now
+        # or did before (a reload may have dropped its last container model since).
+        if self._docker_wanted or (self.state_dir / USED_DOCKER).exists():
+            await self._docker()
+
+    async def _docker(self) -> DockerRuntime:
+        if self.docker is None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / USED_DOCKER).touch()
+            self.docker = DockerRuntime(instance_id(self.state_dir), self.local.watchdog)
+            await self.docker.start()
+        return self.docker
+
+    async def close(self) -> None:
+        if self.docker is not None:
+            await self.docker.close()
+        await self.local.close()
+
+    async def spawn(
+        self,
+        name: str,
+        spec_for_port: SpecForPort,
+        env: dict[str, str],
+        gpus: tuple[int, ...],
+        log_path: Path,
+        output: Fanout[str],
+        container: Container | None = None,
+    ) -> EngineHandle:
+        if container is None:
+            return await self.local.spawn(name, spec_for_port, env, gpus, log_path, output)
+        docker = await self._docker()
+        return await docker.spawn(name, spec_for_port, env, gpus, log_path, output, container)
