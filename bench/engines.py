@@ -1,7 +1,7 @@
 """One model through two engines on the CPU, in one run: load time and tokens/s of a GGUF through
 llama-server and of the same model, converted to safetensors, through `transformers serve`.
 
-    python bench/engines.py [--gguf FILE] [--runs 3] [--tokens 64] [--out FILE.json]
+    python -m bench.engines [--gguf FILE] [--runs 3] [--tokens 64] [--out FILE.json]
 
 Defaults to gemma 3 270M (VRAMGATE_DEFAULT_GGUF, from scripts/setup.sh); its safetensors folder
 is made once next to it (scripts/gguf-to-safetensors.py, bfloat16). Both models are served by
@@ -18,15 +18,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
-
-from vramgate.runtimes.local import free_port
+from bench.gateway import running_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -74,27 +71,8 @@ def main() -> None:
         "llamacpp": {"engine": "llamacpp", "source": str(gguf), "device": "cpu"},
         "transformers": {"engine": "transformers", "source": str(folder), "device": "cpu"},
     }
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="vramgate-bench-") as tmp:
-        config = {"port": port, "state_dir": tmp, "max_running": 1, "models": models}
-        (Path(tmp) / "vramgate.yaml").write_text(yaml.safe_dump(config))
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "vramgate", "serve", "-c", str(Path(tmp) / "vramgate.yaml")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as http:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    try:
-                        if http.get("/health").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
-                rows = [measure(http, name, args.runs, args.tokens) for name in models]
-        finally:
-            gateway.terminate()
-            gateway.wait(30)
+    with running_gateway(models, max_running=1) as http:
+        rows = [measure(http, name, args.runs, args.tokens) for name in models]
     print(f"{'engine':<14}{'load s':>8}{'first request s':>17}{'tokens/s':>10}")
     for row in rows:
         print(f"{row['model']:<14}{row['load_s']:>8}{row['first_request_s']:>17}"

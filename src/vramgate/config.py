@@ -54,6 +54,7 @@ class Defaults(_Strict):
     runtime: RuntimeKind = Field(
         default="local", description="Where engines run: local processes, or docker containers."
     )
+
     container: Container = Field(
         default_factory=Container, description="Container settings every docker model starts from."
     )
@@ -138,6 +139,11 @@ class ModelConfig(_Strict):
     )
     container: Container | None = Field(
         default=None, description="runtime docker: image, volumes, shm_size, ipc, network, extra."
+    )
+    keep_kv: bool = Field(
+        default=False,
+        description="Save the engine's KV caches before it stops and restore them at its next "
+        "start (llamacpp); sliding-window models then run with --swa-full (a larger cache).",
     )
     dtype: str | None = Field(
         default=None,
@@ -241,6 +247,9 @@ class Settings(_Strict):
         default_factory=dict, description="Per engine kind: its settings (binary)."
     )
     gpus: Gpus = Gpus()
+    kv_disk_mib: int = Field(
+        default=4096, ge=0, description="Disk for kept KV caches (state_dir/kv); LRU beyond it."
+    )
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @property

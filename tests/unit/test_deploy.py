@@ -46,3 +46,19 @@ def test_compose_and_unit_use_the_image_paths():
     unit = (ROOT / "deploy" / "vramgate.service").read_text()
     assert "--config /etc/vramgate/config.yaml" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit  # reload is SIGHUP
+
+
+def test_the_containers_example_is_valid_and_its_compose_matches(monkeypatch):
+    """deploy/compose-containers.yml (seed 000's shape) and the config it mounts agree: the
+    socket is mounted, the gateway is on the network the engines are put on, paths line up."""
+    monkeypatch.setenv("VRAMGATE_ADMIN_KEY", "k")
+    settings = load_settings(ROOT / "deploy" / "vramgate-containers.yaml", environ={})
+    compose = yaml.safe_load((ROOT / "deploy" / "compose-containers.yml").read_text())
+    service = compose["services"]["vramgate"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in service["volumes"]
+    assert "./vramgate-containers.yaml:/etc/vramgate/config.yaml:ro" in service["volumes"]
+    for model in settings.models.values():
+        container = settings.container_of(model)
+        assert settings.runtime_of(model) == "docker" and container.image
+        assert container.network in service["networks"]
+        assert compose["networks"][container.network]["name"] == container.network

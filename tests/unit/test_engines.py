@@ -187,7 +187,8 @@ def test_container_create_options_host_network_and_gpus():
         container=container,
     )  # fmt: skip
     assert options["network_mode"] == "host" and "network" not in options
-    assert options["command"][3:5] == ["--host", "127.0.0.1"]  # the host's loopback
+    assert options["entrypoint"] == ["vllm"]  # the image's own ENTRYPOINT does not apply
+    assert options["command"][2:4] == ["--host", "127.0.0.1"]  # the host's loopback
     assert options["labels"][INSTANCE] == "i1" and options["labels"][MODEL] == "qwen"
     assert len(options["labels"][CONFIG]) == 16
     [request] = options["device_requests"]
@@ -218,7 +219,7 @@ def test_container_create_options_named_network_and_simulated_gpu():
     )  # fmt: skip
     assert options["network"] == "llm" and options["hostname"] == "vramgate-i1-g-abc"
     assert "network_mode" not in options and "device_requests" not in options
-    assert options["command"][3:5] == ["--host", "0.0.0.0"]
+    assert options["command"][2:4] == ["--host", "0.0.0.0"]
     assert options["volumes"] == ["/state/simulated-gpu:/state/simulated-gpu"]
 
 

@@ -68,6 +68,26 @@ def test_gguf_estimate_with_sliding_window_layers(tmp_path):
     assert est.placement_mib > est.total_mib
 
 
+def test_keeping_kv_counts_the_full_sliding_window_cache(tmp_path):
+    """Kept KV caches run a sliding-window model with --swa-full: every layer holds the context,
+    and its estimate says so; llamacpp's kv_args add the flag only for such models."""
+    from vramgate.config import ModelConfig, Settings
+    from vramgate.engines import adapters
+    from vramgate.gpu.estimate import estimate_model
+
+    path = make_gguf(tmp_path / "m.gguf")
+    model = ModelConfig(engine="llamacpp", source=str(path), args=["-c", "4096"], keep_kv=True)
+    per_cell = 2 * (64 * 2 + 64 * 2)
+    assert estimate_model(model).kv_cache_mib == 12 * 4096 * per_cell / MIB  # type: ignore[union-attr]
+    llama = adapters(Settings())["llamacpp"]
+    assert llama.kv_args(model, tmp_path) == ["--slot-save-path", str(tmp_path), "--swa-full"]
+    flat = make_gguf(tmp_path / "flat.gguf", arch="llama", window=0)
+    assert llama.kv_args(model.model_copy(update={"source": str(flat)}), tmp_path) == [
+        "--slot-save-path", str(tmp_path)
+    ]  # fmt: skip
+    assert adapters(Settings())["vllm"].kv_args(model, tmp_path) is None
+
+
 def test_gguf_estimate_defaults_to_the_training_context_and_honours_cache_types(tmp_path):
     path = make_gguf(tmp_path / "m.gguf", arch="llama", window=0)
     full = estimate_gguf(path, [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from vramgate.config import ModelConfig, Settings
@@ -68,6 +69,11 @@ class EngineAdapter(ABC):
     def upstream_model(self, name: str, model: ModelConfig) -> str:
         """The `model` value the engine expects in request bodies."""
         return model.upstream_model or name
+
+    def kv_args(self, model: ModelConfig, folder: Path) -> list[str] | None:
+        """Arguments that let the engine save and restore its KV caches in `folder`; None for
+        engines that cannot (kvcache.py says how it is used)."""
+        return None
 
     def answer_fix(self, asked: str, path: str) -> AnswerFix | None:
         """How this engine's answers on `path` must be mended before the client, who asked for

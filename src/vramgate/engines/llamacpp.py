@@ -19,6 +19,16 @@ NO_CHAT_TEMPLATE = (
 )
 
 
+def is_swa(path: Path) -> bool:
+    """The GGUF's model uses sliding-window attention (gemma 2 and 3, among others)."""
+    try:
+        meta, _ = read_gguf_header(path)
+    except Exception:
+        return False
+    arch = meta.get("general.architecture")
+    return int(meta.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
+
+
 class LlamaCppEngine(EngineAdapter):
     kind = "llamacpp"
     default_binary = "llama-server"
@@ -35,6 +45,15 @@ class LlamaCppEngine(EngineAdapter):
         if model.task == "rerank" and not {"--rerank", "--reranking"} & set(model.args):
             argv.append("--reranking")
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
+
+    def kv_args(self, model: ModelConfig, folder: Path) -> list[str] | None:
+        args = ["--slot-save-path", str(folder)]
+        # A sliding-window model keeps only the window's cells: a restored cache would not be
+        # reused (the prefix is evaluated again), so it runs with the full cache (estimate.py
+        # counts it).
+        if "--swa-full" not in model.args and model.source and is_swa(Path(model.source)):
+            args.append("--swa-full")
+        return args
 
     def notes(self, model: ModelConfig) -> list[str]:
         explicit = {"--chat-template", "--chat-template-file", "--jinja"} & set(model.args)

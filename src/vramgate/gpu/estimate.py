@@ -68,7 +68,9 @@ def estimate_model(model: ModelConfig, *, hub: bool = True) -> Estimate | None:
     when `hub`), else from `param_count`, else None."""
     source = Path(model.source) if model.source else None
     if source and source.suffix.lower() == ".gguf" and source.is_file():
-        return estimate_gguf(source, model.args)
+        # Keeping KV caches runs sliding-window models with the full cache (engines/llamacpp.py).
+        extra = ["--swa-full"] if model.keep_kv and model.engine == "llamacpp" else []
+        return estimate_gguf(source, [*model.args, *extra])
     if source and source.is_dir() and any(source.glob("*.safetensors")):
         return estimate_safetensors(source, model.args)
     if hub and model.source and is_hub_id(model.source):
@@ -181,6 +183,7 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     kv = 0.0
     for il in range(n_layer):
         sliding = bool(window and isinstance(pattern, int) and pattern and (il + 1) % pattern)
+        sliding = sliding and "--swa-full" not in args
         # llama.cpp keeps window + one ubatch of cells for a sliding layer, padded to 256.
         cells = min(context, math.ceil((window + ubatch) / 256) * 256) if sliding else context
         heads = int(per_layer_kv[il])

@@ -27,6 +27,8 @@ def footprint_key(name: str, model: ModelConfig) -> str:
     parts = [model.engine, model.source or "", model.cmd or "", model.task, *model.args]
     if model.gpus > 1:  # split over N GPUs, a load takes more in all (each holds its copies)
         parts.append(f"gpus={model.gpus}")
+    if model.keep_kv:  # a sliding-window model then holds its full cache
+        parts.append("keep_kv")
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
     return f"{name}@{digest}"
 

@@ -92,7 +92,10 @@ def create_options(
     spec_hash = hashlib.sha256(repr((argv, sorted(env.items()), container)).encode())
     options: dict[str, Any] = {
         "image": container.image,
-        "command": argv,
+        # The engine's argv exactly, whatever ENTRYPOINT the image sets (vllm/vllm-openai's is
+        # `vllm serve`, llama.cpp's `llama-server`).
+        "entrypoint": argv[:1],
+        "command": argv[1:],
         "name": name,
         "labels": {INSTANCE: instance, MODEL: model, CONFIG: spec_hash.hexdigest()[:16]},
         "environment": env,
@@ -266,7 +269,8 @@ class ContainerEngine:
                 f"{exc.explanation or exc}{hint}"
             ) from None
         self._pid = self.container.attrs["State"].get("Pid") or None
-        self.out.open(f"container {self.container.name} ({self.image}): {options['command']}")
+        argv = " ".join(options["entrypoint"] + options["command"])
+        self.out.open(f"container {self.container.name} ({self.image}): {argv}")
         loop = asyncio.get_running_loop()
         self._exited = loop.create_future()
         threading.Thread(target=self._follow_logs, args=(loop,), daemon=True).start()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from vramgate.engines import adapters
 from vramgate.errors import EngineOutOfMemory, GatewayBusy, GatewayError
 from vramgate.events import Events
 from vramgate.instances import Instance
+from vramgate.kvcache import KvStore
 from vramgate.memory import Memory
 from vramgate.proxy import new_upstream_session
 from vramgate.runtimes.base import Runtime
@@ -40,7 +42,8 @@ class Scheduler:
         self.settings = settings
         self.adapters = adapters(settings)
         self.runtime, self.memory, self.events = runtime, memory, events
-        self.life = Lifecycle(runtime, memory, events)
+        kv = KvStore(Path(settings.state_dir) / "kv", settings.kv_disk_mib)
+        self.life = Lifecycle(runtime, memory, events, kv)
         self.instances: dict[str, Instance] = {}
         self.adhoc_names: set[str] = set()  # models a request named from models_dir
         self.inflation = 0.0  # GreedyDual's L: the priority of the last engine evicted
@@ -245,6 +248,8 @@ class Scheduler:
                 inst.start_task.cancel()
                 with contextlib.suppress(BaseException):
                     await inst.start_task
+            else:
+                await self.life.save_kv(inst)  # it was serving: its caches outlive it
             timeout_s = self.settings.setting_of(inst.model, "stop_timeout")
             code = await self.life.discard(inst, timeout_s)
         finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`

@@ -13,7 +13,9 @@ from vramgate.config import Settings
 from vramgate.engines.base import EngineAdapter, LaunchSpec
 from vramgate.errors import EngineOutOfMemory, EngineStartFailed
 from vramgate.events import Events
+from vramgate.gpu.footprints import footprint_key
 from vramgate.instances import Instance
+from vramgate.kvcache import KvStore, quietly
 from vramgate.memory import Memory
 from vramgate.runtimes.base import EngineHandle, Runtime
 from vramgate.scheduling.snapshot import State
@@ -27,6 +29,7 @@ class Lifecycle:
     runtime: Runtime
     memory: Memory
     events: Events
+    kv: KvStore
     http: aiohttp.ClientSession | None = None
 
     async def spawn_until_ready(
@@ -42,6 +45,12 @@ class Lifecycle:
         budget = self.memory.budget(inst) if gpus else None
         # Engines that size themselves are told their share, in bytes.
         extra = adapter.memory_args(model, budget) if budget is not None else []
+        kv_key = None
+        if model.keep_kv:
+            key = footprint_key(name, model)
+            kv_args = await asyncio.to_thread(adapter.kv_args, model, self.kv.folder(key))
+            if kv_args is not None:  # else this engine cannot keep them
+                kv_key, extra = key, [*extra, *kv_args]
 
         def spec_for_port(port: int) -> LaunchSpec:
             spec = adapter.launch(name, model, port)
@@ -71,6 +80,11 @@ class Lifecycle:
             if any(OOM_OUTPUT.search(line) for line in handle.tail(40)):
                 raise EngineOutOfMemory(exc.message, detail=exc.detail) from exc
             raise
+        if kv_key is not None:
+            assert self.http is not None
+            # Before it serves: the first request finds its prefix cached as before the swap.
+            restore = self.kv.restore(self.http, handle.base_url, kv_key)
+            await quietly("restore", name, restore)
         if gpus:
             used = await asyncio.to_thread(self.memory.measure, inst, new_load=True)
             if self.memory.overcommitted(gpus):
@@ -78,6 +92,15 @@ class Lifecycle:
                 raise EngineOutOfMemory(
                     f"model '{name}' reported {used} MiB, more than GPU {on} had left"
                 )
+
+    async def save_kv(self, inst: Instance) -> None:
+        """A ready engine about to stop saves its KV caches, where its model keeps them."""
+        handle = inst.handle
+        if not inst.model.keep_kv or handle is None or handle.returncode is not None:
+            return
+        assert self.http is not None
+        key = footprint_key(inst.name, inst.model)
+        await quietly("save", inst.name, self.kv.save(self.http, handle.base_url, key))
 
     async def discard(self, inst: Instance, stop_timeout_s: float = 0.0) -> int | None:
         """Its engine goes (bounded), then its memory; requests queued for a slot decide again."""

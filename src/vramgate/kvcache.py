@@ -1,0 +1,110 @@
+"""KV caches kept across swaps (llama-server): before an engine stops, the prompt caches of its
+slots are saved under state_dir/kv/<footprint key>/; when the model starts again, they are restored
+before it serves, so a long prompt asked before the swap is not evaluated again.
+
+Files are keyed by the model's footprint key (engine, file, args), so a changed model or changed
+arguments never restore a stale cache. The folders share a disk budget: the least recently used
+go first. A save or restore that fails is logged and ignored: it costs a prefill, nothing else.
+llama-server's slot API (`--slot-save-path DIR`, `POST /slots/{id}?action=save|restore` with a
+bare file name) is in tools/server/README.md; `GET /slots` lists the slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger("vramgate.kv")
+SLOT_FILE = re.compile(r"^slot-(\d+)\.bin$")
+CALL_TIMEOUT_S = 30.0  # one slot's save or restore: a full 128k-token cache is a few GB of disk
+
+
+class KvStore:
+    def __init__(self, root: Path, budget_mib: int) -> None:
+        self.root = root
+        self.budget_bytes = budget_mib << 20
+
+    def folder(self, key: str) -> Path:
+        """Where `key`'s slots are saved; the engine is started with it as --slot-save-path."""
+        # One plain component, never `..`: keys hold model names, which may hold '/'.
+        folder = self.root / (re.sub(r"[^A-Za-z0-9_.@-]+", "_", key).lstrip(".") or "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    async def save(self, http: aiohttp.ClientSession, base_url: str, key: str) -> int:
+        """Saves every slot holding tokens; returns how many. Earlier files for `key` go."""
+        folder = self.folder(key)
+        for old in folder.glob("slot-*.bin"):
+            old.unlink(missing_ok=True)
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+        async with http.get(f"{base_url}/slots", timeout=timeout) as resp:
+            resp.raise_for_status()
+            slots = [int(s["id"]) for s in await resp.json()]
+        saved = 0
+        for slot in slots:
+            name = f"slot-{slot}.bin"
+            url = f"{base_url}/slots/{slot}?action=save"
+            async with http.post(url, json={"filename": name}, timeout=timeout) as resp:
+                resp.raise_for_status()
+                result = await resp.json()
+            if int(result.get("n_saved", 0)) > 0:
+                saved += 1
+            else:  # an empty slot: nothing worth a file
+                (folder / name).unlink(missing_ok=True)
+        folder.touch()
+        await asyncio.to_thread(self.trim)
+        return saved
+
+    async def restore(self, http: aiohttp.ClientSession, base_url: str, key: str) -> int:
+        """Restores the saved slots of `key` into the same slot ids; returns how many."""
+        folder = self.folder(key)
+        restored = 0
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+        for path in sorted(folder.glob("slot-*.bin")):
+            match = SLOT_FILE.match(path.name)
+            if match is None:
+                continue
+            url = f"{base_url}/slots/{match[1]}?action=restore"
+            async with http.post(url, json={"filename": path.name}, timeout=timeout) as resp:
+                if resp.status == 200:
+                    restored += 1
+                else:
+                    log.warning("restoring %s failed: %s", path, (await resp.text())[:200])
+        folder.touch()  # used: last to go
+        return restored
+
+    def trim(self) -> None:
+        """Removes the least recently used folders until the rest fit the disk budget."""
+        folders = [f for f in self.root.iterdir() if f.is_dir()] if self.root.exists() else []
+        sizes = {f: sum(p.stat().st_size for p in f.glob("*") if p.is_file()) for f in folders}
+        total = sum(sizes.values())
+        for folder in sorted(folders, key=lambda f: f.stat().st_mtime):
+            if total <= self.budget_bytes:
+                break
+            total -= sizes[folder]
+            with contextlib.suppress(OSError):
+                shutil.rmtree(folder)
+            log.info("kv cache of %s removed (disk budget %d MiB)", folder.name,
+                     self.budget_bytes >> 20)  # fmt: skip
+
+
+async def quietly(what: str, name: str, call: Awaitable[int]) -> int:
+    """Runs a save or restore, logging (not raising) what goes wrong: a kept cache is a bonus."""
+    began = time.monotonic()
+    try:
+        count = await call
+    except Exception as exc:
+        log.warning("model '%s': kv cache %s failed (%r); it goes on without", name, what, exc)
+        return 0
+    if count:
+        took = (time.monotonic() - began) * 1000
+        log.info("model '%s': kv cache %s: %d slot(s) in %.0f ms", name, what, count, took)
+    return count

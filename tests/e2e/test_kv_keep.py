@@ -1,0 +1,53 @@
+"""KV caches kept across swaps with the real llama-server and gemma 3 (a sliding-window model)."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.e2e.test_llama_server import BINARY, GGUF, _require_e2e
+
+# About 1100 tokens: long enough that its prefill is most of an answer's time on a CPU.
+PROMPT = " ".join(f"The {i}th stone of the old wall was grey and cold." for i in range(70))
+
+
+def ask(gw, model: str) -> dict:
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
+    resp = gw.http.post("/v1/completions", json=body, timeout=120)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_a_prompt_cached_before_a_swap_is_not_evaluated_again(gateway):
+    """Stopped and started again, the engine finds the slots it saved: the same prompt reuses
+    the cache (llama-server's own count, `timings.cache_n`) instead of a prefill. The model that
+    does not keep them, and a changed definition of the same one, start from nothing."""
+    _require_e2e()
+    common = {"engine": "llamacpp", "source": GGUF, "args": ["-c", "2048"]}
+    gw = gateway(
+        {
+            "engines": {"llamacpp": {"binary": BINARY}},
+            "max_running": 1,  # each request for the other model is a swap
+            "models": {"kept": common | {"keep_kv": True}, "plain": common},
+        }
+    )
+    first = ask(gw, "kept")
+    tokens = first["usage"]["prompt_tokens"]
+    assert tokens > 900 and first["timings"]["cache_n"] == 0
+    assert ask(gw, "plain")["timings"]["cache_n"] == 0  # evicts `kept`, which saves its slots
+    assert gw.model("kept")["state"] == "stopped"
+    again = ask(gw, "kept")  # evicts `plain`; `kept` restores before it serves
+    assert again["timings"]["cache_n"] >= tokens - 1, again["timings"]
+    assert again["timings"]["prompt_n"] <= 1
+    assert ask(gw, "plain")["timings"]["cache_n"] == 0  # no keeping: nothing kept
+    log = gw.log()
+    assert "model 'kept': kv cache save: 1 slot(s)" in log
+    assert "model 'kept': kv cache restore: 1 slot(s)" in log
+    assert "model 'plain': kv cache" not in log
+    assert "--swa-full" in gw.engine_log("kept")  # gemma 3 slides: the full cache is kept
+    assert "--swa-full" not in gw.engine_log("plain")
+    # A changed definition (other args) never restores the old cache.
+    config = yaml.safe_load(gw.config_path.read_text())
+    config["models"]["kept"]["args"] = ["-c", "2560"]
+    gw.config_path.write_text(yaml.safe_dump(config))
+    assert gw.http.post("/admin/reload", json={}).json()["changed"] == ["kept"]
+    assert ask(gw, "kept")["timings"]["cache_n"] == 0

@@ -1,0 +1,43 @@
+"""Kept KV caches: the disk budget, keys that change with the model, the larger SWA estimate."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vramgate.config import ModelConfig
+from vramgate.gpu.footprints import footprint_key
+from vramgate.kvcache import KvStore
+
+
+def fill(store: KvStore, key: str, mib: int, mtime: float) -> Path:
+    folder = store.folder(key)
+    (folder / "slot-0.bin").write_bytes(b"\0" * (mib << 20))
+    os.utime(folder, (mtime, mtime))
+    return folder
+
+
+def test_the_least_recently_used_caches_go_beyond_the_disk_budget(tmp_path):
+    store = KvStore(tmp_path, budget_mib=5)
+    old = fill(store, "a@1", 2, 1000)
+    middle = fill(store, "b@2", 2, 2000)
+    new = fill(store, "c@3", 2, 3000)
+    store.trim()
+    assert not old.exists() and middle.exists() and new.exists()
+    store.budget_bytes = 0
+    store.trim()
+    assert not any(tmp_path.iterdir())
+
+
+def test_folder_names_are_safe_whatever_the_model_name(tmp_path):
+    for key in ("../../etc/x@abc", "..", "a/b@1"):
+        folder = KvStore(tmp_path, 1).folder(key)
+        assert folder.parent == tmp_path and not folder.name.startswith(".")
+
+
+def test_keeping_kv_or_changing_args_changes_the_key():
+    base = ModelConfig(engine="llamacpp", source="/m.gguf", args=["-c", "2048"])
+    kept = base.model_copy(update={"keep_kv": True})
+    other = kept.model_copy(update={"args": ["-c", "4096"]})
+    keys = {footprint_key("g", m) for m in (base, kept, other)}
+    assert len(keys) == 3
