@@ -54,6 +54,12 @@ class Defaults(_Strict):
     runtime: RuntimeKind = Field(
         default="local", description="Where engines run: local processes, or docker containers."
     )
+    sleep_after: float = Field(
+        default=0,
+        ge=0,
+        description="Idle seconds before a model that can sleep is put to sleep; "
+        "0 = only when its GPU memory is needed.",
+    )
 
     container: Container = Field(
         default_factory=Container, description="Container settings every docker model starts from."
@@ -69,6 +75,13 @@ def engine_kinds() -> list[str]:
     from vramgate.engines import REGISTRY  # the engines import this module: not at import time
 
     return sorted(REGISTRY)
+
+
+def engine_sleep_levels(kind: str) -> frozenset[int]:
+    """The `sleep` levels an engine kind supports (none: it is stopped instead)."""
+    from vramgate.engines import REGISTRY
+
+    return REGISTRY[kind].sleep_levels
 
 
 def engine_tasks(kind: str) -> frozenset[str]:
@@ -140,6 +153,15 @@ class ModelConfig(_Strict):
     container: Container | None = Field(
         default=None, description="runtime docker: image, volumes, shm_size, ipc, network, extra."
     )
+    sleep: int = Field(
+        default=0, ge=0, le=2,
+        description="Where room is needed, put the engine to sleep instead of stopping it "
+        "(vllm 1|2, sglang 1, fake engines): 1 keeps its weights in host RAM, 2 drops them and "
+        "reloads them from disk at the wake; 0 = never sleeps.",
+    )  # fmt: skip
+    sleep_after: float | None = Field(
+        default=None, ge=0, description="Idle seconds before it sleeps (default: defaults')."
+    )
     keep_kv: bool = Field(
         default=False,
         description="Save the engine's KV caches before it stops and restore them at its next "
@@ -171,6 +193,11 @@ class ModelConfig(_Strict):
                 raise ValueError(f"engine '{self.engine}' needs `source`, a model path or hub id")
             if self.cmd:
                 raise ValueError(f"`cmd` is only for engine 'command', not '{self.engine}'")
+        if self.sleep and self.sleep not in engine_sleep_levels(self.engine):
+            levels = ", ".join(map(str, sorted(engine_sleep_levels(self.engine)))) or "none"
+            raise ValueError(
+                f"engine '{self.engine}' cannot sleep at level {self.sleep} (its levels: {levels})"
+            )
         if self.task not in engine_tasks(self.engine):
             served = ", ".join(sorted(engine_tasks(self.engine)))
             raise ValueError(
@@ -247,6 +274,11 @@ class Settings(_Strict):
         default_factory=dict, description="Per engine kind: its settings (binary)."
     )
     gpus: Gpus = Gpus()
+    host_ram_mib: int | None = Field(
+        default=None, ge=0,
+        description="Host RAM sleeping engines may hold in all; default: half of what the "
+        "machine has available when the gateway starts.",
+    )  # fmt: skip
     kv_disk_mib: int = Field(
         default=4096, ge=0, description="Disk for kept KV caches (state_dir/kv); LRU beyond it."
     )

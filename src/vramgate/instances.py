@@ -50,6 +50,11 @@ class Instance:
     made_way_for: str | None = None  # stopped to make room for this start (until it is in)
     admitted: bool = False  # its start was granted room; False again once its engine is gone
     health_failures: int = 0  # readiness probes in a row that a ready engine did not answer
+    asleep: bool = False  # its engine sleeps (SLEEPING, or STARTING while it wakes)
+    host_mib: int | None = None  # host RAM it held when it last slept (measured)
+    sleeps: int = 0
+    wakes: int = 0
+    wake_s: float | None = None  # how long its last wake took
     # Told of every state change (old, new): the scheduler publishes them as events.
     on_state: Callable[[Instance, State, State], None] | None = field(
         default=None, repr=False, compare=False
@@ -67,8 +72,8 @@ class Instance:
 
     @property
     def is_running(self) -> bool:
-        """Holds (or is about to hold) resources: counts toward max_running."""
-        return self.state in (State.STARTING, State.READY, State.STOPPING)
+        """Has an engine (or is about to): shutdown stops it, /v1/models/loaded lists it."""
+        return self.state in (State.STARTING, State.READY, State.STOPPING, State.SLEEPING)
 
     @property
     def is_idle(self) -> bool:
@@ -115,4 +120,9 @@ class Instance:
             "evictions": self.evictions,
             "last_error": self.last_error,
             "notes": self.notes or [],
+            "asleep": self.asleep,
+            "host_mib": self.host_mib if self.asleep else None,
+            "sleeps": self.sleeps,
+            "wakes": self.wakes,
+            "wake_s": self.wake_s,
         }

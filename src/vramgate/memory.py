@@ -52,6 +52,10 @@ class Memory:
         self.enabled = bool(self.gpus.memory())
         log.info("GPU accounting: %s", self.gpus.kind if self.enabled else "off (no GPU found)")
         self.policy = settings.gpus.unknown_footprint
+        # What sleeping engines may hold in host RAM in all (decide's host budget).
+        self.host_budget_mib = (
+            settings.host_ram_mib if settings.host_ram_mib is not None else available_ram_mib() // 2
+        )
         self.estimates: dict[str, Estimate | None] = {}
         # Hub repositories are asked for their metadata when first needed, not at startup.
         self._hub_pending: set[str] = set()
@@ -106,10 +110,22 @@ class Memory:
         return tuple(self.gpus.memory()) if self.enabled else ()
 
     def held_mib(self, inst: Instance) -> int:
-        """While resident: the larger of what it is expected to use and what it uses now."""
+        """While resident: the larger of what it is expected to use and what it uses now;
+        asleep, what it still uses (its context, a few buffers)."""
         if not inst.gpus:
             return 0
+        if inst.asleep:
+            return self.used_now(inst) or 0
         return max(self.footprint(inst)[0] or 0, self.used_now(inst) or 0)
+
+    def host_mib(self, inst: Instance) -> int:
+        """Host RAM it holds asleep: measured when it last slept; else, at level 1 (weights kept
+        in RAM), its GPU footprint, a bound on its weights; level 2 keeps next to nothing."""
+        if inst.host_mib is not None:
+            return inst.host_mib
+        if inst.model.sleep == 1:
+            return self.footprint(inst)[0] or 0
+        return 0
 
     def budget(self, inst: Instance) -> MemoryBudget | None:
         """What an engine that sizes itself may take on each of its GPUs, if its footprint is known.
@@ -207,6 +223,17 @@ class Memory:
             "used_mib": self.used_now(inst) if running else None,
             "pinned": inst.model.pinned,
         }
+
+
+def available_ram_mib() -> int:
+    """MemAvailable from /proc/meminfo, in MiB (0 where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _estimate_or_none(name: str, model: ModelConfig, *, hub: bool = True) -> Estimate | None:

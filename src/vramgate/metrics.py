@@ -137,14 +137,30 @@ class _Gauges(Collector):
             "GPU memory a model is taken to need, by where the figure comes from.",
             labels=["model", "source"],
         )
+        host = GaugeMetricFamily(
+            "vramgate_sleeping_host_bytes",
+            "Host RAM a sleeping model's engine holds.",
+            labels=["model"],
+        )
+        wake = GaugeMetricFamily(
+            "vramgate_last_wake_seconds", "How long a model's last wake took.", labels=["model"]
+        )
+        budget = GaugeMetricFamily(
+            "vramgate_host_ram_budget_bytes", "Host RAM that sleeping engines may hold in all."
+        )
+        budget.add_metric([], status["host_ram"]["budget_mib"] * MIB)
         for m in status["models"]:
             name = m["name"]
+            if m["host_mib"] is not None:
+                host.add_metric([name], m["host_mib"] * MIB)
+            if m["wake_s"] is not None:
+                wake.add_metric([name], m["wake_s"])
             in_flight.add_metric([name], m["in_flight"])
             queued.add_metric([name], m["queued"])
             state.add_metric([name, m["state"]], 1)
             if m["footprint_mib"] is not None:
                 footprint.add_metric([name, m["footprint_source"]], m["footprint_mib"] * MIB)
-        yield from (in_flight, queued, state, footprint)
+        yield from (in_flight, queued, state, footprint, host, wake, budget)
         gpus = status["gpus"]
         families = {
             key: GaugeMetricFamily(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramgate.scheduling.driver import Scheduler
+from vramgate.scheduling.snapshot import State
 
 
 def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
@@ -15,6 +16,12 @@ def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
             i.status(settings.setting_of(i.model, "ttl")) | memory.model_status(i)
             for i in scheduler.instances.values()
         ],
+        "host_ram": {
+            "budget_mib": memory.host_budget_mib,
+            "sleeping_mib": sum(
+                i.host_mib or 0 for i in scheduler.instances.values() if i.state is State.SLEEPING
+            ),
+        },
         "max_running": settings.max_running,
         "runtime": scheduler.runtime.kind,
         "events": [e for e in scheduler.events.recent if e["kind"] != "state"][-50:],

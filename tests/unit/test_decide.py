@@ -15,12 +15,13 @@ from vramgate.scheduling.steps import (
     Refuse,
     Replace,
     Serve,
+    Sleep,
     Start,
     Stop,
     Wait,
 )
 
-READY, STOPPED, STARTING = State.READY, State.STOPPED, State.STARTING
+READY, STOPPED, STARTING, SLEEPING = State.READY, State.STOPPED, State.STARTING, State.SLEEPING
 
 
 def m(name: str, state: State = STOPPED, **fields) -> ModelSnap:
@@ -279,3 +280,106 @@ def test_a_start_that_fits_now_goes_first_unless_it_made_way_for_one_ahead():
 def test_stops_for_a_start_name_it():
     snap = world(m("new"), m("a", READY, last_used=1), max_running=1)
     assert decide(snap, Room("new")) == [Stop("a", "lru", "to start new", "new")]
+
+
+# -- the sleep tier ------------------------------------------------------------------------------
+
+
+def sleepy(name: str, state: State = READY, **fields) -> ModelSnap:
+    """An engine that can sleep, holding 6000 MiB on GPU 0 awake (1000 MiB of host RAM asleep)."""
+    base = {"gpus": (0,), "held_mib": 6000, "can_sleep": True, "host_mib": 1000, "last_used": 1}
+    return m(name, state, **(base | fields))
+
+
+def test_sleep_is_chosen_over_stop_when_host_ram_allows():
+    snap = world(m("a", footprint_mib=6000), sleepy("b"), gpus=[gpu(used=6000)],
+                 host_budget_mib=4000)  # fmt: skip
+    assert decide(snap, Room("a")) == [Sleep("b", "lru", "to start a", "a")]
+
+
+def test_stop_when_host_ram_does_not_allow_or_the_engine_cannot_sleep():
+    full = world(m("a", footprint_mib=6000), sleepy("b"), gpus=[gpu(used=6000)],
+                 host_budget_mib=500)  # fmt: skip
+    assert decide(full, Room("a")) == [Stop("b", "lru", "to start a", "a")]
+    cannot = world(m("a", footprint_mib=6000), sleepy("b", can_sleep=False),
+                   gpus=[gpu(used=6000)], host_budget_mib=4000)  # fmt: skip
+    assert decide(cannot, Room("a")) == [Stop("b", "lru", "to start a", "a")]
+
+
+def test_older_sleepers_stop_so_that_a_newer_victim_may_sleep():
+    old = sleepy("old", SLEEPING, gpus=(0,), held_mib=500, last_used=0.5, host_mib=1500)
+    snap = world(m("a", footprint_mib=5000), sleepy("b", last_used=2), old,
+                 gpus=[gpu(used=6500)], host_budget_mib=2000)  # fmt: skip
+    steps = decide(snap, Room("a"))
+    assert steps == [Stop("old", "host_ram", "host RAM for b to sleep", "a"),
+                     Sleep("b", "lru", "to start a", "a")]  # fmt: skip
+    # A sleeper used more recently than the victim stays; the victim stops instead.
+    recent = old._replace(last_used=3)
+    snap = snap._replace(models={**snap.models, "old": recent})
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a", "a")]
+
+
+def test_a_busy_engine_is_never_put_to_sleep():
+    busy = sleepy("b", in_flight=2)
+    snap = world(m("a", footprint_mib=6000), busy, gpus=[gpu(used=6000)], host_budget_mib=4000)
+    steps = decide(snap, Room("a"))
+    assert steps[0] == Drain("b", "a") and not any(isinstance(s, Sleep) for s in steps)
+    idle_past = sleepy("b", in_flight=1, sleep_after_s=5, last_used=0)
+    assert decide(world(idle_past, host_budget_mib=4000), Tick()) == []
+
+
+def test_sleepers_hold_only_what_is_left_and_are_evicted_first_when_room_is_short():
+    """A sleeper's residue is its GPU use now; when even that is needed, it is stopped."""
+    asleep = sleepy("b", SLEEPING, held_mib=2000)
+    snap = world(m("a", footprint_mib=8000), asleep, gpus=[gpu(used=2000)], host_budget_mib=4000)
+    assert decide(snap, Room("a")) == [Stop("b", "lru", "to start a", "a")]
+    roomy = world(m("a", footprint_mib=7000), asleep, gpus=[gpu(used=2000)])
+    assert decide(roomy, Room("a")) == [Start((0,))]
+
+
+def test_a_request_wakes_a_sleeper_and_the_wake_is_placed_on_its_own_gpu():
+    assert one(world(sleepy("a", SLEEPING)), Request("a")) == Begin("a")
+    waking = sleepy("a", STARTING, asleep=True, gpus=(1,), held_mib=500, footprint_mib=6000)
+    other = m("c", READY, gpus=(1,), held_mib=4000, last_used=0)
+    snap = world(waking, other, gpus=[gpu(0), gpu(1, used=4500)], host_budget_mib=0)
+    # GPU 0 is empty, but the sleeper's process lives on GPU 1: room is made there.
+    assert decide(snap, Room("a")) == [Stop("c", "lru", "to start a", "a")]
+    alone = snap._replace(models={"a": waking}, gpus=(gpu(0), gpu(1, used=500)))
+    assert decide(alone, Room("a")) == [Start((1,))]
+
+
+def test_idle_engines_sleep_after_their_time_and_sleepers_stop_after_their_ttl():
+    drowsy = sleepy("a", sleep_after_s=60, ttl_s=600, last_used=0)
+    assert decide(world(drowsy, now=30, host_budget_mib=4000), Tick()) == []
+    assert decide(world(drowsy, now=61, host_budget_mib=4000), Tick()) == [
+        Sleep("a", "sleep_after", "idle 61 s")
+    ]
+    assert decide(world(drowsy, now=61, host_budget_mib=10), Tick()) == []  # no host room
+    assert decide(world(drowsy, now=601, host_budget_mib=4000), Tick()) == [Stop("a", "ttl")]
+    asleep = sleepy("a", SLEEPING, ttl_s=600, last_used=0)
+    assert decide(world(asleep, now=599, host_budget_mib=4000), Tick()) == []
+    assert decide(world(asleep, now=601, host_budget_mib=4000), Tick()) == [Stop("a", "ttl")]
+    pinned = sleepy("a", sleep_after_s=1, last_used=0, pinned=True)
+    assert decide(world(pinned, now=99, host_budget_mib=4000), Tick()) == []
+
+
+def test_sleepers_over_the_host_budget_stop_least_recently_used_first():
+    models = [sleepy(n, SLEEPING, last_used=t, host_mib=1000) for n, t in (("x", 3), ("y", 1),
+                                                                            ("z", 2))]  # fmt: skip
+    steps = decide(world(*models, host_budget_mib=1500), Tick())
+    assert [(s.name, s.reason) for s in steps] == [("y", "host_ram"), ("z", "host_ram")]
+
+
+def test_a_changed_sleeper_is_stopped_for_the_reload():
+    changed = sleepy("a", SLEEPING, pending=Pending.CHANGED)
+    assert decide(world(changed, host_budget_mib=4000), Tick()) == [
+        Stop("a", "reload", "its definition changed")
+    ]
+
+
+def test_discovery_and_out_of_memory_retries_stop_rather_than_sleep():
+    snap = world(m("a"), sleepy("b"), gpus=[gpu(used=6000)], host_budget_mib=4000)
+    assert decide(snap, Room("a")) == [Stop("b", "discovery", "to start a", "a")]
+    snap = world(m("a", footprint_mib=2000), sleepy("b"), gpus=[gpu(used=6000)],
+                 host_budget_mib=4000)  # fmt: skip
+    assert decide(snap, Room("a", isolate=True)) == [Stop("b", "oom", "to start a", "a")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.rewrite import AnswerFix
@@ -30,6 +30,30 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True)
+class SleepCalls:
+    """The POSTs (path, JSON body) that put an engine to sleep and wake it, in order."""
+
+    sleep: tuple[tuple[str, dict[str, Any]], ...]
+    wake: tuple[tuple[str, dict[str, Any]], ...]
+
+
+# vLLM's sleep mode (docs.vllm.ai, "Sleep Mode"; served with VLLM_SERVER_DEV_MODE=1): level 1
+# keeps the weights in host RAM, level 2 drops them, so its wake reloads them from disk and resets
+# the prefix cache, which points at the old ones.
+VLLM_SLEEP = {
+    1: SleepCalls(sleep=(("/sleep?level=1", {}),), wake=(("/wake_up", {}),)),
+    2: SleepCalls(
+        sleep=(("/sleep?level=2", {}),),
+        wake=(
+            ("/wake_up", {}),
+            ("/collective_rpc", {"method": "reload_weights"}),
+            ("/reset_prefix_cache", {}),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
 class MemoryBudget:
     """The GPU memory an engine may take, for engines that size themselves to what they are told."""
 
@@ -42,6 +66,7 @@ class EngineAdapter(ABC):
     kind: ClassVar[str]
     default_binary: ClassVar[str]
     tasks: ClassVar[frozenset[str]] = frozenset({"generate", "embed", "rerank"})
+    sleep_levels: ClassVar[frozenset[int]] = frozenset()  # the `sleep` levels it supports
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -69,6 +94,10 @@ class EngineAdapter(ABC):
     def upstream_model(self, name: str, model: ModelConfig) -> str:
         """The `model` value the engine expects in request bodies."""
         return model.upstream_model or name
+
+    def sleep_calls(self, model: ModelConfig) -> SleepCalls | None:
+        """How to put `model`'s engine to sleep and wake it; None where it never sleeps."""
+        return None
 
     def kv_args(self, model: ModelConfig, folder: Path) -> list[str] | None:
         """Arguments that let the engine save and restore its KV caches in `folder`; None for

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shlex
 
 from vramgate.config import ModelConfig
-from vramgate.engines.base import ALL_ROUTES, EngineAdapter, LaunchSpec
+from vramgate.engines.base import ALL_ROUTES, VLLM_SLEEP, EngineAdapter, LaunchSpec, SleepCalls
 
 
 class CommandEngine(EngineAdapter):
     kind = "command"
     default_binary = ""
+    # Any server speaking vLLM's sleep routes (the fake engine does): `sleep: 1` or `2`.
+    sleep_levels = frozenset({1, 2})
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.cmd is not None
@@ -18,6 +20,9 @@ class CommandEngine(EngineAdapter):
         # signals reach it directly and no quoting in `cmd` can run other commands.
         argv = [part.replace("${PORT}", str(port)) for part in shlex.split(model.cmd)]
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
+
+    def sleep_calls(self, model: ModelConfig) -> SleepCalls | None:
+        return VLLM_SLEEP.get(model.sleep)
 
     def routes(self, model: ModelConfig) -> frozenset[str]:
         # We cannot know what an arbitrary server offers; it answers 404 itself where it has none.

@@ -9,12 +9,17 @@ takes for weights and its KV pool, per GPU; `gpus: N` becomes `--tp-size N`.
 from __future__ import annotations
 
 from vramgate.config import ModelConfig
-from vramgate.engines.base import EngineAdapter, LaunchSpec, MemoryBudget
+from vramgate.engines.base import EngineAdapter, LaunchSpec, MemoryBudget, SleepCalls
+
+# SGLang's memory saver (server arguments): release and resume memory occupation, with the
+# weights backed up in host RAM.
+SLEEP_FLAGS = ("--enable-memory-saver", "--enable-weights-cpu-backup")
 
 
 class SglangEngine(EngineAdapter):
     kind = "sglang"
     default_binary = "python3"
+    sleep_levels = frozenset({1})
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.source is not None
@@ -25,7 +30,16 @@ class SglangEngine(EngineAdapter):
             argv.append("--is-embedding")
         if model.gpus > 1 and not {"--tp-size", "--tp"} & set(model.args):
             argv += ["--tp-size", str(model.gpus)]
+        if model.sleep:  # released weights need their host copy, else resume finds garbage
+            argv += [f for f in SLEEP_FLAGS if f not in model.args]
         return LaunchSpec(argv=argv + model.args, health_path=model.health)
+
+    def sleep_calls(self, model: ModelConfig) -> SleepCalls | None:
+        if not model.sleep:
+            return None
+        return SleepCalls(
+            sleep=(("/release_memory_occupation", {}),), wake=(("/resume_memory_occupation", {}),)
+        )
 
     def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:
         if "--mem-fraction-static" in model.args:

@@ -11,12 +11,13 @@ becomes `--tensor-parallel-size N`; the utilization is then per GPU.
 from __future__ import annotations
 
 from vramgate.config import ModelConfig
-from vramgate.engines.base import EngineAdapter, LaunchSpec, MemoryBudget
+from vramgate.engines.base import VLLM_SLEEP, EngineAdapter, LaunchSpec, MemoryBudget, SleepCalls
 
 
 class VllmEngine(EngineAdapter):
     kind = "vllm"
     default_binary = "vllm"
+    sleep_levels = frozenset({1, 2})
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.source is not None
@@ -26,7 +27,15 @@ class VllmEngine(EngineAdapter):
             argv += ["--runner", "pooling"]
         if model.gpus > 1 and not {"--tensor-parallel-size", "-tp"} & set(model.args):
             argv += ["--tensor-parallel-size", str(model.gpus)]
-        return LaunchSpec(argv=argv + model.args, health_path=model.health)
+        env = {}
+        if model.sleep:
+            if "--enable-sleep-mode" not in model.args:
+                argv.append("--enable-sleep-mode")
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up are development routes
+        return LaunchSpec(argv=argv + model.args, health_path=model.health, env=env)
+
+    def sleep_calls(self, model: ModelConfig) -> SleepCalls | None:
+        return VLLM_SLEEP.get(model.sleep)
 
     def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:
         if {"--gpu-memory-utilization", "--kv-cache-memory-bytes"} & set(model.args):

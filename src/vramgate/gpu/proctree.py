@@ -34,3 +34,20 @@ def process_tree(root: int, table: dict[int, tuple[int, int]] | None = None) -> 
         tree |= children
         grew = bool(children)
     return {pid for pid in tree if pid in table or pid == os.getpid()}
+
+
+def tree_rss_mib(roots: list[int]) -> int:
+    """Resident memory of `roots` and their trees, in MiB (what a sleeping engine holds)."""
+    table = process_table()
+    pids = set().union(*(process_tree(root, table) for root in roots)) if roots else set()
+    total_kib = 0
+    for pid in pids:
+        try:
+            status = (PROC / str(pid) / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total_kib += int(line.split()[1])
+                break
+    return total_kib // 1024

@@ -23,6 +23,7 @@ from vramgate.scheduling.steps import (
     Refuse,
     Replace,
     Serve,
+    Sleep,
     Start,
     Step,
     Stop,
@@ -121,9 +122,11 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
                 )
             ]
         residents = [m for m in snap.models.values() if m.gpus]
+        # A sleeping engine wakes where it sleeps: its process holds its context there.
+        here = [g for g in snap.gpus if g.index in me.gpus] if me.asleep else snap.gpus
         plan = place(
             need,
-            snap.gpus,
+            here,
             residents,
             me.name,
             gpu_count=me.gpu_count,
@@ -136,7 +139,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             ]
         reason = "oom" if isolate else "discovery" if need is None else "lru"
         if plan.evict:
-            return [Stop(n, reason, f"to start {me.name}", me.name) for n in plan.evict]
+            return _make_way(snap, me, plan.evict, reason)
         if plan.drain:
             return _drain(snap, me, plan.drain, reason, "its GPU memory")
         if plan.wait:
@@ -151,7 +154,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
     idle = [m for m in running if m.is_evictable]
     if idle:
         victim = min(idle, key=lambda m: m.order).name
-        return [Stop(victim, "lru", f"to start {me.name}", me.name)]
+        return _make_way(snap, me, (victim,), "lru")
     busy = [m for m in running if m.is_drainable]
     if busy:
         victim = min(busy, key=lambda m: m.order)
@@ -165,28 +168,85 @@ def _drain(
 ) -> list[Step]:
     """Idle ones among `names` go now; busy ones finish their requests first, taking no more."""
     steps: list[Step] = []
+    idle = tuple(n for n in names if snap.models[n].is_evictable)
+    steps.extend(_make_way(snap, me, idle, reason))
     for name in names:
         m = snap.models[name]
-        if m.is_evictable:
-            steps.append(Stop(name, reason, f"to start {me.name}", me.name))
-        elif m.draining_for is None:
+        if not m.is_evictable and m.draining_for is None:
             steps.append(Drain(name, me.name))
     busy = ", ".join(n for n in names if not snap.models[n].is_evictable)
     steps.append(Wait(f"{what} is held by busy engines that are finishing first ({busy})"))
     return steps
 
 
-def _tick(snap: Snapshot) -> list[Step]:
-    """Housekeeping: a reload's pending changes, idle engines past their TTL, pinned models."""
+def _make_way(snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str) -> list[Step]:
+    """Idle engines that must give up their room: those that can sleep are put to sleep while
+    host RAM allows (stopping sleepers used less recently than they were, if that makes it
+    allow), the others are stopped. Room for a discovery run or an out-of-memory retry is made
+    by stops: a sleeping engine still holds some GPU memory, which would spoil both."""
+    why = f"to start {me.name}"
+    if reason != "lru":
+        return [Stop(n, reason, why, me.name) for n in names]
     steps: list[Step] = []
+    asleep = sorted(
+        (m for m in snap.models.values() if m.state is State.SLEEPING and m.name not in names),
+        key=lambda m: m.order,
+    )
+    used = sum(m.host_mib for m in snap.models.values() if m.state is State.SLEEPING)
+    for name in names:
+        victim = snap.models[name]
+        if victim.state is not State.READY or not victim.can_sleep:
+            steps.append(Stop(name, reason, why, me.name))
+            continue
+        older = [m for m in asleep if m.order < victim.order]
+        freed: list[ModelSnap] = []
+        while used + victim.host_mib > snap.host_budget_mib and older:
+            freed.append(older.pop(0))
+            used -= freed[-1].host_mib
+        if used + victim.host_mib <= snap.host_budget_mib:
+            for m in freed:
+                asleep.remove(m)
+                steps.append(Stop(m.name, "host_ram", f"host RAM for {name} to sleep", me.name))
+            steps.append(Sleep(name, reason, why, me.name))
+            used += victim.host_mib
+        else:  # even so it would not fit: it stops, and the sleepers stay
+            used += sum(m.host_mib for m in freed)
+            steps.append(Stop(name, reason, why, me.name))
+    return steps
+
+
+def _tick(snap: Snapshot) -> list[Step]:
+    """Housekeeping: a reload's pending changes, idle engines that sleep or stop after their
+    time, sleepers over the host RAM budget, pinned models."""
+    steps: list[Step] = []
+    used = sum(m.host_mib for m in snap.models.values() if m.state is State.SLEEPING)
     for m in snap.models.values():
+        idle_s = snap.now - m.last_used
         if m.pending is not None:
             steps.extend(_pending(m))
-        elif m.state is State.READY and m.is_idle and not m.pinned and m.ttl_s > 0:
-            if snap.now - m.last_used >= m.ttl_s:
+        elif m.state is State.READY and m.is_idle and not m.pinned:
+            expired = m.ttl_s > 0 and idle_s >= m.ttl_s
+            drowsy = m.can_sleep and m.sleep_after_s > 0 and idle_s >= m.sleep_after_s
+            if drowsy and not expired and used + m.host_mib <= snap.host_budget_mib:
+                steps.append(Sleep(m.name, "sleep_after", f"idle {idle_s:.0f} s"))
+                used += m.host_mib
+            elif expired:
                 steps.append(Stop(m.name, "ttl"))
+        elif m.state is State.SLEEPING and not m.pinned and m.ttl_s > 0 and idle_s >= m.ttl_s:
+            steps.append(Stop(m.name, "ttl"))
+            used -= m.host_mib
         elif m.pinned and m.state is State.STOPPED:
             steps.append(Begin(m.name))  # pinned models are up at all times
+    # Over the host RAM budget (it was lowered, or sleepers grew): least recently used go.
+    stopping = {s.name for s in steps if isinstance(s, Stop)}
+    asleep = sorted(
+        (m for m in snap.models.values() if m.state is State.SLEEPING and m.name not in stopping),
+        key=lambda m: m.order,
+    )
+    while used > snap.host_budget_mib and asleep:
+        m = asleep.pop(0)
+        steps.append(Stop(m.name, "host_ram", f"host RAM over {snap.host_budget_mib} MiB"))
+        used -= m.host_mib
     return steps
 
 
@@ -199,6 +259,8 @@ def _pending(m: ModelSnap) -> list[Step]:
     )
     if m.state in (State.STOPPED, State.FAILED):
         return [Forget(m.name) if m.pending is Pending.REMOVED else Replace(m.name)]
+    if m.state is State.SLEEPING:
+        return [Stop(m.name, "reload", why)]
     if m.state is not State.READY:
         return []  # a start or stop is under way: decided again once it ends
     if m.is_idle:
@@ -210,6 +272,8 @@ def _pending(m: ModelSnap) -> list[Step]:
 def _why_held(m: ModelSnap) -> str:
     if m.pinned:
         return "pinned"
+    if m.state is State.SLEEPING:
+        return "asleep"
     if m.state is State.READY:
         return "idle" if m.is_idle else f"busy, {m.in_flight} in flight"
     return m.state.value

@@ -26,6 +26,7 @@ from vramgate.kvcache import KvStore
 from vramgate.memory import Memory
 from vramgate.proxy import new_upstream_session
 from vramgate.runtimes.base import Runtime
+from vramgate.scheduling import sleeping
 from vramgate.scheduling import steps as do
 from vramgate.scheduling.decide import Request, Room, Tick, decide
 from vramgate.scheduling.lifecycle import Lifecycle
@@ -163,6 +164,8 @@ class Scheduler:
     async def _launch(self, inst: Instance, *, isolate: bool) -> None:
         await self.memory.prepare(inst)
         gpus, env = await self._make_room(inst, isolate)
+        if inst.asleep and await self._wake(inst, gpus):
+            return
         # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it);
         # loads on different GPUs run in parallel. Locks are taken in GPU order: no deadlock
         # between two models split over overlapping GPUs.
@@ -198,8 +201,10 @@ class Scheduler:
                 why = next((s.why for s in steps if isinstance(s, do.Wait)), "")
                 stops = [
                     self.stop(s.name, s.reason, s.why, s.for_)
-                    for s in steps
                     if isinstance(s, do.Stop)
+                    else self.sleep(s.name, s.reason, s.why, s.for_)
+                    for s in steps
+                    if isinstance(s, do.Stop | do.Sleep)
                 ]
                 for step in steps:
                     if isinstance(step, do.Drain):
@@ -240,6 +245,54 @@ class Scheduler:
         inst.stop_task = self._spawn(self._stop(inst, reason, why))
         return inst.stop_task
 
+    async def _wake(self, inst: Instance, gpus: tuple[int, ...]) -> bool:
+        """Wakes a sleeping engine where it sleeps; False if it would not (it is then stopped,
+        and the caller starts a new one in its room)."""
+        adapter = self.adapters[inst.model.engine]
+        assert self.life.http is not None and inst.handle is not None
+        if gpus:
+            self.memory.track(inst, inst.handle.pids())
+        try:
+            took = await sleeping.wake(self.life.http, self.settings, adapter, inst)
+        except sleeping.SleepFailed as exc:
+            message = f"{inst.name} did not wake ({exc}); starting it anew"
+            self.events.record("wake_failed", inst.name, message, level="warning")
+            await self.life.discard(inst)
+            env = self.memory.attach(inst, gpus) if gpus else {}
+            await self.life.spawn_until_ready(self.settings, adapter, inst, env, gpus)
+            return True
+        self.events.record("wake", inst.name, f"{inst.name} woke in {took:.3f} s", seconds=took)
+        return True
+
+    def sleep(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
+        """Puts an idle engine to sleep (it stops instead if that fails); `for_` as for stop."""
+        inst = self.instances[name]
+        if for_:
+            inst.made_way_for = for_
+        if inst.state is State.STOPPING and inst.stop_task and not inst.stop_task.done():
+            return inst.stop_task
+        inst.state = State.STOPPING  # on its way to sleep: requests wait, then wake it
+        inst.stop_task = self._spawn(self._sleep(inst, reason, why))
+        return inst.stop_task
+
+    async def _sleep(self, inst: Instance, reason: str, why: str) -> None:
+        adapter = self.adapters[inst.model.engine]
+        assert self.life.http is not None
+        try:
+            await sleeping.put_to_sleep(self.life.http, self.settings, adapter, inst)
+        except Exception as exc:  # it goes, then, as a stop would have it
+            message = f"{inst.name} did not go to sleep ({exc}); stopping it"
+            self.events.record("sleep_failed", inst.name, message, level="warning")
+            await self._stop(inst, reason, why)
+            return
+        inst.draining_for = None
+        inst.state = State.SLEEPING
+        if reason == "lru":
+            inst.evictions += 1
+        detail = f" {why}" if why else ""
+        message = f"sleep {inst.name} ({reason}{detail}), holding {inst.host_mib} MiB of host RAM"
+        self.events.record("sleep", inst.name, message, reason=reason)
+
     async def _stop(self, inst: Instance, reason: str, why: str) -> None:
         idle_s = time.monotonic() - inst.last_used if inst.last_used else 0.0
         code = None
@@ -248,7 +301,7 @@ class Scheduler:
                 inst.start_task.cancel()
                 with contextlib.suppress(BaseException):
                     await inst.start_task
-            else:
+            elif not inst.asleep:
                 await self.life.save_kv(inst)  # it was serving: its caches outlive it
             timeout_s = self.settings.setting_of(inst.model, "stop_timeout")
             code = await self.life.discard(inst, timeout_s)
@@ -313,6 +366,8 @@ class Scheduler:
             match step:
                 case do.Stop(name=name, reason=reason, why=why):
                     self.stop(name, reason, why)
+                case do.Sleep(name=name, reason=reason, why=why):
+                    self.sleep(name, reason, why)
                 case do.Drain(name=name, for_=for_):
                     self._drain(name, for_)
                 case do.Forget(name=name):

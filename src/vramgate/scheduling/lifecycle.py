@@ -118,6 +118,7 @@ class Lifecycle:
             await self.memory.wait_released(inst)
             return code
         finally:
+            inst.asleep = False
             self.memory.detach(inst)
 
     async def fail(self, inst: Instance, error: str, kind: str, message: str) -> None:
@@ -140,7 +141,10 @@ class Lifecycle:
 
     async def watch_exit(self, inst: Instance, handle: EngineHandle) -> None:
         code = await handle.wait()
-        if inst.handle is handle and inst.state is State.READY:
+        if inst.handle is handle and inst.state is State.SLEEPING:
+            await self.lost(inst, f"engine exited with code {code} while asleep", "died",
+                            f"{inst.name} died asleep (exit code {code})")  # fmt: skip
+        elif inst.handle is handle and inst.state is State.READY:
             error = f"engine exited with code {code} while serving"
             await self.lost(inst, error, "died", f"{inst.name} died (exit code {code})")
 

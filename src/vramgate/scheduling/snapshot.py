@@ -14,6 +14,7 @@ class State(enum.Enum):
     STOPPED = "stopped"  # no engine; the next request starts one
     STARTING = "starting"  # engine spawned, not ready yet; requests join the start
     READY = "ready"  # serving requests
+    SLEEPING = "sleeping"  # engine alive, its GPU memory released; the next request wakes it
     STOPPING = "stopping"  # being stopped (ttl, eviction, admin); requests wait, then start it anew
     FAILED = "failed"  # last start failed or the engine died; the next request starts it again
 
@@ -49,6 +50,10 @@ class ModelSnap(NamedTuple):
     admitted: bool = False  # starting: its room was granted (until then it holds nothing)
     made_way_for: str | None = None  # its engine was stopped to make room for this start
     pending: Pending | None = None
+    can_sleep: bool = False  # its engine sleeps instead of stopping when room is needed
+    host_mib: int = 0  # host RAM it holds asleep (measured), or would (estimated)
+    sleep_after_s: float = 0.0  # idle seconds before it sleeps; 0 = only to make room
+    asleep: bool = False  # its engine sleeps (also while a wake is under way: STARTING)
 
     @property
     def is_idle(self) -> bool:
@@ -66,7 +71,10 @@ class ModelSnap(NamedTuple):
 
     @property
     def is_evictable(self) -> bool:
-        """May be stopped now to make room: ready, idle, not pinned."""
+        """May be stopped (or put to sleep) now to make room: ready and idle, or asleep; not
+        pinned."""
+        if self.state is State.SLEEPING:
+            return not self.pinned
         return self.state is State.READY and self.is_idle and not self.pinned
 
     @property
@@ -93,3 +101,4 @@ class Snapshot(NamedTuple):
     min_residency_s: float = 0.0
     unknown_footprint: str = "estimate"  # gpus.unknown_footprint
     room_queue: tuple[str, ...] = ()  # starts waiting for room, in arrival order
+    host_budget_mib: int = 0  # host RAM that sleeping engines may hold in all

@@ -45,6 +45,17 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Sleep:
+    """Put an idle engine to sleep: its GPU memory is freed, its process (and, at level 1, its
+    weights in host RAM) stays; the next request wakes it."""
+
+    name: str
+    reason: str  # lru (room for a start), sleep_after (idle)
+    why: str = ""
+    for_: str = ""
+
+
+@dataclass(frozen=True)
 class Drain:
     """A busy engine must make way: it takes no new requests until it is idle and stopped."""
 
@@ -78,4 +89,6 @@ class Replace:
     name: str
 
 
-Step = Serve | Queue | Begin | Join | Start | Stop | Drain | Wait | Refuse | Forget | Replace
+Step = (
+    Serve | Queue | Begin | Join | Start | Stop | Sleep | Drain | Wait | Refuse | Forget | Replace
+)

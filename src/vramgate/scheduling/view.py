@@ -29,6 +29,7 @@ def snapshot(
         settings.gpus.min_residency,
         memory.policy,
         room_queue,
+        memory.host_budget_mib,
     )
 
 
@@ -55,4 +56,8 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         pending=inst.pending,
         admitted=inst.admitted,
         made_way_for=inst.made_way_for,
+        can_sleep=model.sleep > 0,
+        host_mib=memory.host_mib(inst) if model.sleep else 0,
+        sleep_after_s=defaults.sleep_after if model.sleep_after is None else model.sleep_after,
+        asleep=inst.asleep,
     )

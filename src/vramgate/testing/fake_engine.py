@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from vramgate.testing import gpu_load
+from vramgate.testing import fake_sleep, gpu_load
 
 STATS = web.AppKey("stats", dict)
 OPTS = web.AppKey("opts", argparse.Namespace)
@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-line", action="append", default=[], help="Print this line at load (repeatable)."
     )
     gpu_load.add_arguments(p)
+    fake_sleep.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -102,6 +103,9 @@ def _max_tokens(body: dict[str, Any], opts: argparse.Namespace) -> int:
 async def completion(request: web.Request) -> web.StreamResponse:
     body = await _read(request)
     opts = request.app[OPTS]
+    if fake_sleep.asleep(request.app):  # the gateway must wake it first
+        message = {"error": {"message": "the engine is asleep", "code": 503}}
+        return web.json_response(message, status=503)
     is_chat = request.path.endswith("/chat/completions")
     n = _max_tokens(body, opts)
     ident = f"cmpl-{time.monotonic_ns()}"
@@ -198,7 +202,10 @@ async def models(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return web.json_response({**request.app[STATS], "pid": os.getpid(), "cuda_visible": visible})
+    sleep = fake_sleep.sleep_stats(request.app)
+    return web.json_response(
+        {**request.app[STATS], "pid": os.getpid(), "cuda_visible": visible, "sleep": sleep}
+    )
 
 
 async def _load(app: web.Application) -> None:
@@ -231,6 +238,7 @@ def build_app(opts: argparse.Namespace) -> web.Application:
         app.router.add_post(path, completion)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/rerank", rerank)
+    fake_sleep.add_routes(app, opts)
 
     async def on_startup(app: web.Application) -> None:
         app["loader"] = asyncio.create_task(_load(app))

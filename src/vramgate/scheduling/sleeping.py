@@ -1,0 +1,78 @@
+"""Putting an engine to sleep and waking it: the engine's own calls (its adapter's SleepCalls),
+what it then holds in host RAM, and the readiness check after a wake. The driver decides when;
+a sleep or wake that fails is the driver's to turn into a stop or a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+
+from vramgate.config import Settings
+from vramgate.engines.base import EngineAdapter
+from vramgate.errors import EngineStartFailed
+from vramgate.gpu.proctree import tree_rss_mib
+from vramgate.instances import Instance
+
+log = logging.getLogger("vramgate.scheduler")
+
+
+class SleepFailed(Exception):
+    """The engine did not take a sleep or wake call; the message says which and why."""
+
+
+async def _post_all(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    calls: tuple[tuple[str, dict], ...],
+    timeout_s: float,
+) -> None:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    for path, body in calls:
+        try:
+            async with http.post(base_url + path, json=body, timeout=timeout) as resp:
+                if resp.status >= 300:
+                    text = (await resp.text())[:300]
+                    raise SleepFailed(f"POST {path} answered {resp.status}: {text}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise SleepFailed(f"POST {path} failed: {exc!r}") from exc
+
+
+async def put_to_sleep(
+    http: aiohttp.ClientSession, settings: Settings, adapter: EngineAdapter, inst: Instance
+) -> None:
+    """Sleeps `inst`'s engine and measures the host RAM its processes hold now."""
+    calls = adapter.sleep_calls(inst.model)
+    handle = inst.handle
+    if calls is None or handle is None:
+        raise SleepFailed(f"model '{inst.name}' cannot sleep")
+    # Level 1 copies the weights to host RAM: as long as a load, at worst.
+    await _post_all(
+        http, handle.base_url, calls.sleep, settings.setting_of(inst.model, "start_timeout")
+    )
+    inst.asleep = True
+    inst.sleeps += 1
+    inst.host_mib = await asyncio.to_thread(tree_rss_mib, handle.pids())
+
+
+async def wake(
+    http: aiohttp.ClientSession, settings: Settings, adapter: EngineAdapter, inst: Instance
+) -> float:
+    """Wakes `inst`'s engine and waits until it answers ready; returns the seconds it took."""
+    calls = adapter.sleep_calls(inst.model)
+    handle = inst.handle
+    if calls is None or handle is None:
+        raise SleepFailed(f"model '{inst.name}' has no sleeping engine to wake")
+    began = time.monotonic()
+    timeout_s = settings.setting_of(inst.model, "start_timeout")
+    await _post_all(http, handle.base_url, calls.wake, timeout_s)
+    try:
+        await handle.wait_ready(http, timeout_s, adapter.is_ready)
+    except EngineStartFailed as exc:
+        raise SleepFailed(f"not ready after its wake: {exc.message}") from exc
+    inst.asleep = False
+    inst.wakes += 1
+    inst.wake_s = time.monotonic() - began
+    return inst.wake_s
