@@ -367,7 +367,8 @@ def test_sleepers_over_the_host_budget_stop_least_recently_used_first():
     models = [sleepy(n, SLEEPING, last_used=t, host_mib=1000) for n, t in (("x", 3), ("y", 1),
                                                                             ("z", 2))]  # fmt: skip
     steps = decide(world(*models, host_budget_mib=1500), Tick())
-    assert [(s.name, s.reason) for s in steps] == [("y", "host_ram"), ("z", "host_ram")]
+    assert steps == [Stop("y", "host_ram", "host RAM over 1500 MiB"),
+                     Stop("z", "host_ram", "host RAM over 1500 MiB")]  # fmt: skip
 
 
 def test_a_changed_sleeper_is_stopped_for_the_reload():
