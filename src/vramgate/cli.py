@@ -201,7 +201,9 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
             (
                 m["name"],
                 m["engine"],
-                m["state"] + (" (pinned)" if m.get("pinned") else ""),
+                m["state"]
+                + (f" ({m['host_mib']} MiB RAM)" if m.get("host_mib") is not None else "")
+                + (" (pinned)" if m.get("pinned") else ""),
                 ",".join(map(str, m.get("gpus") or ())) or "-",
                 _footprint(m),
                 str(m["pid"] or "-"),

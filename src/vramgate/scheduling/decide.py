@@ -146,8 +146,13 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             held = ", ".join(f"{r.name}: {_why_held(r)}" for r in residents if r.name != me.name)
             return [Wait(f"its GPU memory is held by engines that cannot make way ({held})")]
         gpus = plan.gpus
-    # The count limit: at most max_running engines at once.
-    running = [m for m in snap.models.values() if m.is_running and m.name != me.name]
+    # The count limit: at most max_running engines at once. One being stopped is on its way out:
+    # the new one starts while it goes (memory, where it matters, was placed above).
+    running = [
+        m
+        for m in snap.models.values()
+        if m.is_running and m.state is not State.STOPPING and m.name != me.name
+    ]
     limit = snap.max_running
     if limit is None or len(running) < limit:
         return [Start(gpus)]

@@ -25,6 +25,7 @@ from vramgate.instances import Instance
 from vramgate.kvcache import KvStore
 from vramgate.memory import Memory
 from vramgate.proxy import new_upstream_session
+from vramgate.readahead import readahead
 from vramgate.runtimes.base import Runtime
 from vramgate.scheduling import sleeping
 from vramgate.scheduling import steps as do
@@ -162,6 +163,8 @@ class Scheduler:
         self._spawn(self.life.watch_exit(inst, inst.handle))
 
     async def _launch(self, inst: Instance, *, isolate: bool) -> None:
+        if not inst.asleep:  # its weights read while others make room
+            self._spawn(asyncio.to_thread(readahead, inst.model.source))  # type: ignore[arg-type]
         await self.memory.prepare(inst)
         gpus, env = await self._make_room(inst, isolate)
         if inst.asleep and await self._wake(inst, gpus):
@@ -210,7 +213,9 @@ class Scheduler:
                     if isinstance(step, do.Drain):
                         self._drain(step.name, step.for_)
                 if stops:
-                    await asyncio.gather(*stops, return_exceptions=True)
+                    # Decided again at once: a count limit lets the start overlap the stops;
+                    # memory they hold makes it wait for them (placement sees it held).
+                    await asyncio.sleep(0)
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -77,12 +77,16 @@ function renderModels(status) {
   body.replaceChildren();
   for (const m of status.models) {
     const footprint = m.footprint_mib == null ? m.footprint_source : `${m.footprint_mib} MiB (${m.footprint_source})`;
-    const running = ["starting", "ready", "stopping"].includes(m.state);
+    const running = ["starting", "ready", "stopping", "sleeping"].includes(m.state);
     const action = running
       ? el("button", { type: "button", "data-action": "unload", onclick: () => act("unload", m.name) }, "Unload")
       : el("button", { type: "button", "data-action": "load", onclick: () => act("load", m.name) }, "Load");
     const logs = el("button", { type: "button", "data-action": "logs", onclick: () => openLog(m.name) }, "Log");
-    const state = el("span", { class: `state ${m.state}` }, m.state + (m.pinned ? " (pinned)" : ""));
+    const asleep = m.state === "sleeping" && m.host_mib != null ? ` (${m.host_mib} MiB RAM)` : "";
+    const woke = m.wake_s != null ? ` · woke in ${m.wake_s.toFixed(2)} s` : "";
+    const state = el("span", { class: `state ${m.state}` },
+      m.state + asleep + (m.pinned ? " (pinned)" : ""));
+    if (woke) state.append(el("small", { class: "muted" }, woke));
     if (m.last_error) state.title = m.last_error;
     body.append(el("tr", { "data-model": m.name },
       el("td", {}, m.name), el("td", {}, state), el("td", {}, m.engine), el("td", {}, footprint || "-"),

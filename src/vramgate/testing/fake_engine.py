@@ -222,6 +222,7 @@ async def _load(app: web.Application) -> None:
     if opts.vram_mib is not None and usage_file:
         Path(usage_file).write_text(str(opts.vram_mib))  # noqa: ASYNC240 (tiny, once)
     if not opts.never_ready:
+        app[STATS]["ready_at"] = time.time()  # when it was ready: the gateway sees it later
         app[READY].set()
         print(f"fake engine: ready on port {opts.port}", flush=True)
 
