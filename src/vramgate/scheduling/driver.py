@@ -167,7 +167,9 @@ class Scheduler:
             self._spawn(asyncio.to_thread(readahead, inst.model.source))  # type: ignore[arg-type]
         await self.memory.prepare(inst)
         gpus, env = await self._make_room(inst, isolate)
-        if inst.asleep and await self._wake(inst, gpus):
+        if inst.asleep:
+            adapter = self.adapters[inst.model.engine]
+            await self.life.wake_or_restart(self.settings, adapter, inst, gpus)
             return
         # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it);
         # loads on different GPUs run in parallel. Locks are taken in GPU order: no deadlock
@@ -249,25 +251,6 @@ class Scheduler:
         inst.state = State.STOPPING
         inst.stop_task = self._spawn(self._stop(inst, reason, why))
         return inst.stop_task
-
-    async def _wake(self, inst: Instance, gpus: tuple[int, ...]) -> bool:
-        """Wakes a sleeping engine where it sleeps; False if it would not (it is then stopped,
-        and the caller starts a new one in its room)."""
-        adapter = self.adapters[inst.model.engine]
-        assert self.life.http is not None and inst.handle is not None
-        if gpus:
-            self.memory.track(inst, inst.handle.pids())
-        try:
-            took = await sleeping.wake(self.life.http, self.settings, adapter, inst)
-        except sleeping.SleepFailed as exc:
-            message = f"{inst.name} did not wake ({exc}); starting it anew"
-            self.events.record("wake_failed", inst.name, message, level="warning")
-            await self.life.discard(inst)
-            env = self.memory.attach(inst, gpus) if gpus else {}
-            await self.life.spawn_until_ready(self.settings, adapter, inst, env, gpus)
-            return True
-        self.events.record("wake", inst.name, f"{inst.name} woke in {took:.3f} s", seconds=took)
-        return True
 
     def sleep(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
         """Puts an idle engine to sleep (it stops instead if that fails); `for_` as for stop."""

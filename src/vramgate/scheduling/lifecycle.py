@@ -18,6 +18,7 @@ from vramgate.instances import Instance
 from vramgate.kvcache import KvStore, quietly
 from vramgate.memory import Memory
 from vramgate.runtimes.base import EngineHandle, Runtime
+from vramgate.scheduling import sleeping
 from vramgate.scheduling.snapshot import State
 
 # What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
@@ -92,6 +93,25 @@ class Lifecycle:
                 raise EngineOutOfMemory(
                     f"model '{name}' reported {used} MiB, more than GPU {on} had left"
                 )
+
+    async def wake_or_restart(
+        self, settings: Settings, adapter: EngineAdapter, inst: Instance, gpus: tuple[int, ...]
+    ) -> None:
+        """Wakes a sleeping engine where it sleeps; one that will not wake is replaced by a new
+        engine in the same room."""
+        assert self.http is not None and inst.handle is not None
+        if gpus:
+            self.memory.track(inst, inst.handle.pids())
+        try:
+            took = await sleeping.wake(self.http, settings, adapter, inst)
+        except sleeping.SleepFailed as exc:
+            message = f"{inst.name} did not wake ({exc}); starting it anew"
+            self.events.record("wake_failed", inst.name, message, level="warning")
+            await self.discard(inst)
+            env = self.memory.attach(inst, gpus) if gpus else {}
+            await self.spawn_until_ready(settings, adapter, inst, env, gpus)
+            return
+        self.events.record("wake", inst.name, f"{inst.name} woke in {took:.3f} s", seconds=took)
 
     async def save_kv(self, inst: Instance) -> None:
         """A ready engine about to stop saves its KV caches, where its model keeps them."""
