@@ -190,6 +190,16 @@ def test_memory_held_by_a_start_under_way_means_wait():
     assert isinstance(step, Wait) and "b: starting" in step.why
 
 
+def test_a_stop_under_way_that_frees_enough_is_waited_for_rather_than_evicting_more():
+    """The driver decides again as soon as it has issued a stop; the stopping engine's memory
+    is on its way: nothing more is evicted for it."""
+    going = m("b", State.STOPPING, gpus=(0,), held_mib=4000)
+    idle = m("a", READY, gpus=(0,), held_mib=4000, last_used=1)
+    snap = world(m("c", footprint_mib=4000), idle, going, gpus=[gpu(total=9000, used=8000)])
+    [step] = decide(snap, Room("c"))
+    assert isinstance(step, Wait) and "b stopping" in step.why
+
+
 def test_memory_and_count_limit_both_apply():
     resident = m("b", READY, gpus=(1,), held_mib=1000, last_used=1)
     snap = world(m("a", footprint_mib=1000), resident, gpus=[gpu(0), gpu(1)], max_running=1)

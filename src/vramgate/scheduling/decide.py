@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramgate.errors import NoRoom, QueueFull
-from vramgate.scheduling.placement import place
+from vramgate.gpu.share import share_mib
+from vramgate.scheduling.placement import available_mib, place
 from vramgate.scheduling.snapshot import ModelSnap, Pending, Snapshot, State
 from vramgate.scheduling.steps import (
     Begin,
@@ -137,6 +138,14 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             return [
                 Refuse(NoRoom(f"cannot start '{me.name}': it {plan.refuse}; nothing was evicted"))
             ]
+        if (plan.evict or plan.drain) and need is not None:
+            # Stops under way (decided a moment ago) may free enough: no more need go.
+            stopping = tuple(r.name for r in residents if r.state is State.STOPPING)
+            others = [r for r in residents if r.name != me.name]
+            share = share_mib(need, me.gpu_count)
+            freed = [g for g in here if available_mib(g, others, stopping) >= share]
+            if stopping and len(freed) >= me.gpu_count:
+                return [Wait(f"its room is being freed ({', '.join(stopping)} stopping)")]
         reason = "oom" if isolate else "discovery" if need is None else "lru"
         if plan.evict:
             return _make_way(snap, me, plan.evict, reason)
