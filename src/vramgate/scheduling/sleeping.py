@@ -11,10 +11,11 @@ import time
 import aiohttp
 
 from vramgate.config import Settings
-from vramgate.engines.base import EngineAdapter
+from vramgate.engines.base import EngineAdapter, SleepCalls
 from vramgate.errors import EngineStartFailed
 from vramgate.gpu.proctree import tree_rss_mib
 from vramgate.instances import Instance
+from vramgate.runtimes.base import EngineHandle
 
 log = logging.getLogger("vramgate.scheduler")
 
@@ -40,14 +41,18 @@ async def _post_all(
             raise SleepFailed(f"POST {path} failed: {exc!r}") from exc
 
 
+def _engine(adapter: EngineAdapter, inst: Instance) -> tuple[SleepCalls, EngineHandle]:
+    calls, handle = adapter.sleep_calls(inst.model), inst.handle
+    if calls is None or handle is None:
+        raise SleepFailed(f"model '{inst.name}' has no engine that can sleep")
+    return calls, handle
+
+
 async def put_to_sleep(
     http: aiohttp.ClientSession, settings: Settings, adapter: EngineAdapter, inst: Instance
 ) -> None:
     """Sleeps `inst`'s engine and measures the host RAM its processes hold now."""
-    calls = adapter.sleep_calls(inst.model)
-    handle = inst.handle
-    if calls is None or handle is None:
-        raise SleepFailed(f"model '{inst.name}' cannot sleep")
+    calls, handle = _engine(adapter, inst)
     # Level 1 copies the weights to host RAM: as long as a load, at worst.
     await _post_all(
         http, handle.base_url, calls.sleep, settings.setting_of(inst.model, "start_timeout")
@@ -61,10 +66,7 @@ async def wake(
     http: aiohttp.ClientSession, settings: Settings, adapter: EngineAdapter, inst: Instance
 ) -> float:
     """Wakes `inst`'s engine and waits until it answers ready; returns the seconds it took."""
-    calls = adapter.sleep_calls(inst.model)
-    handle = inst.handle
-    if calls is None or handle is None:
-        raise SleepFailed(f"model '{inst.name}' has no sleeping engine to wake")
+    calls, handle = _engine(adapter, inst)
     began = time.monotonic()
     timeout_s = settings.setting_of(inst.model, "start_timeout")
     await _post_all(http, handle.base_url, calls.wake, timeout_s)
