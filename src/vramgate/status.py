@@ -13,7 +13,9 @@ def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
     return {
         "gpus": memory.status(),
         "models": [
-            i.status(settings.setting_of(i.model, "ttl")) | memory.model_status(i)
+            i.status(settings.setting_of(i.model, "ttl"))
+            | memory.model_status(i)
+            | {"runtime": settings.runtime_of(i.model)}
             for i in scheduler.instances.values()
         ],
         "host_ram": {

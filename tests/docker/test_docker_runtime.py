@@ -136,6 +136,7 @@ def test_container_and_local_engines_side_by_side(docker, gateway):
     assert found.labels[MODEL] == "boxed"
     boxed, local = gw.model("boxed"), gw.model("local")
     assert boxed["state"] == local["state"] == "ready" and boxed["pid"] != local["pid"]
+    assert (boxed["runtime"], local["runtime"]) == ("docker", "local")
     gw.http.post("/v1/models/unload", json={"model": "boxed"})
     assert wait_until(lambda: not containers_of(docker, gw), 15)  # stopped, then removed
     assert ask(gw, "boxed")  # and started again on the next request

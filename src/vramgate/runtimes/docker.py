@@ -185,6 +185,8 @@ class DockerRuntime:
         container: Container,
     ) -> ContainerEngine:
         if self.client is None:
+            await self.start()  # the daemon may have come up since: try again
+        if self.client is None:
             raise EngineStartFailed(f"model '{name}': {self.error or 'Docker is not connected'}")
         port = free_port()
         spec = spec_for_port(port)
