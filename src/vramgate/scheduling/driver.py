@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -36,6 +36,7 @@ from vramgate.scheduling.snapshot import Pending, State
 from vramgate.scheduling.view import snapshot
 
 log = logging.getLogger("vramgate.scheduler")
+T = TypeVar("T")
 TICK_S = 0.25
 
 
@@ -164,7 +165,7 @@ class Scheduler:
 
     async def _launch(self, inst: Instance, *, isolate: bool) -> None:
         if not inst.asleep:  # its weights read while others make room
-            self._spawn(asyncio.to_thread(readahead, inst.model.source))  # type: ignore[arg-type]
+            self._spawn(asyncio.to_thread(readahead, inst.model.source))
         await self.memory.prepare(inst)
         gpus, env = await self._make_room(inst, isolate)
         if inst.asleep:
@@ -391,7 +392,7 @@ class Scheduler:
         self.events.state(name, old.value, new.value)
         self._notify()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         # Waiters see a start's exception through their own await; this keeps asyncio quiet.
