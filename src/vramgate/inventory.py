@@ -208,7 +208,8 @@ def adhoc_model(entry: Entry, root: Path, options: Any) -> ModelConfig:
 
 
 def check_options(options: Any) -> dict[str, Any]:
-    options = options or {}
+    """The request's `vramgate` object as a dict of known settings (a copy); 400 otherwise."""
+    options = dict(options) if isinstance(options, dict) else options or {}
     if not isinstance(options, dict):
         raise BadRequest("`vramgate` must be an object of settings for an ad-hoc model")
     unknown = set(options) - ADHOC_OPTIONS

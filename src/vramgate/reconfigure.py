@@ -25,15 +25,15 @@ async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, 
     It lives until a reload (which does not list it, so it drains and goes) or a restart.
     Asked again with other settings while its engine runs: 409, unload it first.
     """
+    options = inventory.check_options(options)  # before anything reads it: 400, not a 500
     if seed:
-        options = {**inventory.check_options(options), **inventory.seed_options(seed)}
+        options |= inventory.seed_options(seed)
     inst = scheduler.instances.get(label)
     if inst is not None and not options and label in scheduler.adhoc_names:
         return label  # no settings of its own: whatever it runs with
     # A walk of models_dir reads the disk: not on the event loop.
     root = await asyncio.to_thread(Path(scheduler.settings.models_dir).resolve)
-    engine = (options or {}).get("engine")
-    entry = await asyncio.to_thread(inventory.find, root, label, engine)
+    entry = await asyncio.to_thread(inventory.find, root, label, options.get("engine"))
     if entry is None:
         known = ", ".join(sorted(scheduler.settings.models)) or "(none configured)"
         raise ModelNotFound(
@@ -41,7 +41,7 @@ async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, 
             "GET /v1/models/inventory lists what is there"
         )
     model = inventory.adhoc_model(entry, root, options)
-    name = inventory.instance_name(label, options or {}, entry)
+    name = inventory.instance_name(label, options, entry)
     inst = scheduler.instances.get(name)
     if inst is not None and inst.model != model and inst.state not in (State.STOPPED, State.FAILED):
         raise Conflict(

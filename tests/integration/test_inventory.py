@@ -142,6 +142,9 @@ def test_adhoc_is_off_by_default_and_a_symlink_out_is_refused(gateway, tmp_path)
         and "accepted: context_length, device, engine, gpu_memory_mib, gpu_memory_utilization"
         in bad.text
     )
+    for model in ("acme/tiny-GGUF/tiny-Q4_K_M", "acme/nothing-here"):  # not an object: 400
+        odd = on.http.post("/v1/completions", json={"model": model, "vramgate": "fast"})
+        assert odd.status_code == 400 and "must be an object" in odd.text, odd.text
     assert httpx.get(f"{on.url}/health").status_code == 200
     shutil.rmtree(root)
     assert on.http.get("/v1/models/inventory").json()["data"] == []
