@@ -138,13 +138,13 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             return [
                 Refuse(NoRoom(f"cannot start '{me.name}': it {plan.refuse}; nothing was evicted"))
             ]
-        if (plan.evict or plan.drain) and need is not None:
+        stopping = tuple(r.name for r in residents if r.state is State.STOPPING)
+        if stopping and (plan.evict or plan.drain) and need is not None:
             # Stops under way (decided a moment ago) may free enough: no more need go.
-            stopping = tuple(r.name for r in residents if r.state is State.STOPPING)
             others = [r for r in residents if r.name != me.name]
             share = share_mib(need, me.gpu_count)
             freed = [g for g in here if available_mib(g, others, stopping) >= share]
-            if stopping and len(freed) >= me.gpu_count:
+            if len(freed) >= me.gpu_count:
                 return [Wait(f"its room is being freed ({', '.join(stopping)} stopping)")]
         reason = "oom" if isolate else "discovery" if need is None else "lru"
         if plan.evict:

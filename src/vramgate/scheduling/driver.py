@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -244,24 +244,24 @@ class Scheduler:
     def stop(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
         """Stops a model's engine (shared by TTL, eviction, admin, reload and shutdown);
         `for_`: the start it makes room for."""
+        return self._leave(name, for_, lambda inst: self._stop(inst, reason, why))
+
+    def sleep(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
+        """Puts an idle engine to sleep (it stops instead if that fails); `for_` as for stop."""
+        return self._leave(name, for_, lambda inst: self._sleep(inst, reason, why))
+
+    def _leave(
+        self, name: str, for_: str, going: Callable[[Instance], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        """One stop or sleep at a time per engine: `stopping` (requests wait, then start or
+        wake it) until `going` has run."""
         inst = self.instances[name]
         if for_:
             inst.made_way_for = for_
         if inst.state is State.STOPPING and inst.stop_task and not inst.stop_task.done():
             return inst.stop_task
         inst.state = State.STOPPING
-        inst.stop_task = self._spawn(self._stop(inst, reason, why))
-        return inst.stop_task
-
-    def sleep(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
-        """Puts an idle engine to sleep (it stops instead if that fails); `for_` as for stop."""
-        inst = self.instances[name]
-        if for_:
-            inst.made_way_for = for_
-        if inst.state is State.STOPPING and inst.stop_task and not inst.stop_task.done():
-            return inst.stop_task
-        inst.state = State.STOPPING  # on its way to sleep: requests wait, then wake it
-        inst.stop_task = self._spawn(self._sleep(inst, reason, why))
+        inst.stop_task = self._spawn(going(inst))
         return inst.stop_task
 
     async def _sleep(self, inst: Instance, reason: str, why: str) -> None:
