@@ -21,6 +21,7 @@ import openai
 import pytest
 import yaml
 
+from vramgate.filenames import file_stem
 from vramgate.runtimes.local import free_port
 
 FAKE = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
@@ -132,7 +133,7 @@ class Gateway:
         return next(m for m in self.status()["models"] if m["name"] == name)
 
     def engine_log(self, name: str) -> str:
-        return (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")
+        return (self.state_dir / "logs" / f"{file_stem(name)}.log").read_text(errors="replace")
 
     def engine_pids(self) -> list[int]:
         return [m["pid"] for m in self.status()["models"] if m["pid"]]

@@ -34,6 +34,7 @@ from vramgate.metrics import Metrics
 from vramgate.runtimes.base import Runtime
 from vramgate.runtimes.router import Runtimes
 from vramgate.scheduling.driver import Scheduler
+from vramgate.statedir import StateDirBusy, StateDirLock
 from vramgate.status import gateway_status
 
 log = logging.getLogger("vramgate")
@@ -82,6 +83,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lock = StateDirLock(Path(settings.state_dir))
+        try:
+            lock.claim()  # before anything in state_dir is read or a leftover is removed
+        except StateDirBusy as exc:
+            log.error("%s", exc)
+            raise
+        except OSError as exc:
+            log.warning("state_dir cannot be written (%s): engines start, nothing is kept", exc)
         memory = Memory(settings, made.gpus, made.footprints)
         scheduler = Scheduler(settings, made.runtime, memory, made.events)
         made.events.hooks.append(made.metrics.event)
@@ -116,6 +125,7 @@ def create_app(
             # Shutdown (after uvicorn's drain of in-flight requests): stop every engine
             # (SIGTERM, then SIGKILL after stop_timeout).
             await scheduler.close()
+            lock.release()
 
     app = FastAPI(title="vramgate", version=__version__, lifespan=lifespan)
     app.include_router(openai.router)

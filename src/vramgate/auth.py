@@ -107,6 +107,13 @@ class Access:
         if not allowed:
             raise Forbidden(f"this API key does not open model '{name}'")
 
+    def require_adhoc(self) -> None:
+        """Ad-hoc models have no keys of their own: a key that opens the /v1 routes (or an
+        admin key), not one scoped to configured models. Checked before anything is defined."""
+        self.require_known()
+        if not (self.open or self.api):
+            raise Forbidden("this API key opens only its own models, not models from models_dir")
+
     def may_use(self, name: str) -> bool:
         try:
             self.require_model(name)

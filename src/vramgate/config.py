@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from vramgate.containers import Container, RuntimeKind
+from vramgate.filenames import file_stem
 
 Task = Literal["generate", "embed", "rerank"]
 ENV_PREFIX = "VRAMGATE_"
@@ -42,6 +43,13 @@ class Defaults(_Strict):
     stop_timeout: float = Field(default=10, ge=0, description="Seconds from SIGTERM to SIGKILL.")
     max_queue: int = Field(default=256, ge=0, description="Requests that may wait for a slot.")
     evict_wait: float = Field(default=120, gt=0, description="Seconds to wait for busy engines.")
+    max_wait: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a request may wait for its engine (a start, room, a slot, a stop "
+        "under way) before a 503 with Retry-After; default: evict_wait + start_timeout + "
+        "stop_timeout + 60, the longest a start can legitimately take.",
+    )
     read_timeout: float = Field(
         default=600, gt=0, description="Seconds an engine may send nothing mid-answer; then 502."
     )
@@ -173,6 +181,9 @@ class ModelConfig(_Strict):
         "--dtype); default: the weights' own.",
     )
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
+    max_wait: float | None = Field(
+        default=None, gt=0, description="Seconds a request may wait for its engine; then 503."
+    )
     api_keys: Keys = Field(
         default_factory=list, description="Only these keys (and admin keys) reach this model."
     )
@@ -215,6 +226,12 @@ class Gpus(_Strict):
     reserve_mib: int = Field(default=512, ge=0, description="MiB per GPU never handed out.")
     min_residency: float = Field(
         default=0, ge=0, description="Seconds a loaded model is evicted only if nothing else can."
+    )
+    drain_after: float = Field(
+        default=3,
+        ge=0,
+        description="Seconds a busy model serves after its start before it may be drained to "
+        "make room for another (its queue then waits for its next turn); 0 = at once.",
     )
     eviction: Literal["lru", "frequency"] = Field(
         default="lru",
@@ -264,6 +281,12 @@ class Settings(_Strict):
     models_dir: Path = Field(default=Path("./models"), description="Downloads and inventory.")
     allow_adhoc: bool = Field(
         default=False, description="Requests may name models in models_dir not configured."
+    )
+    max_adhoc: int = Field(
+        default=16,
+        ge=1,
+        description="Ad-hoc models defined at once; past it, the least recently used one with no "
+        "engine is forgotten (and one is refused with 503 when each has an engine).",
     )
     drain_timeout: float = Field(
         default=30, ge=0, description="Seconds in-flight requests may finish at SIGTERM."
@@ -334,9 +357,17 @@ class Settings(_Strict):
         value = getattr(model, key)
         return getattr(self.defaults, key) if value is None else value
 
+    def max_wait_of(self, model: ModelConfig) -> float:
+        """How long a request for `model` may wait before it is refused (503)."""
+        own = model.max_wait if model.max_wait is not None else self.defaults.max_wait
+        if own is not None:
+            return own
+        starting = self.setting_of(model, "start_timeout") + self.setting_of(model, "stop_timeout")
+        return self.defaults.evict_wait + starting + 60
+
     def engine_log(self, name: str) -> Path:
         """Where a model's engine output is kept (ad-hoc model names may hold '/')."""
-        return Path(self.state_dir) / "logs" / f"{name.replace('/', '--')}.log"
+        return Path(self.state_dir) / "logs" / f"{file_stem(name)}.log"
 
     def ttl_s(self, name: str) -> float:
         return self.model_setting(name, "ttl")

@@ -38,6 +38,9 @@ class Instance:
     measured_requests: int = 0  # requests after which its memory was measured, this load
     start_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
+    watched: EngineHandle | None = None  # the engine whose exit is being watched
+    then_stop: tuple[str, str] | None = None  # a stop (reason, why) asked during its sleep
+    leaving: str | None = None  # while stop_task runs: "sleep", or the stop's reason (lru, admin)
     served_warm: int = 0  # requests that found the engine ready
     needed_start: int = 0  # requests that had to wait for a start
     evictions: int = 0  # stops to make room (lru, discovery, oom)

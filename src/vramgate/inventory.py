@@ -7,19 +7,21 @@ refusing anything outside models_dir.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vramgate.config import EngineKind, ModelConfig, Settings, format_errors
 from vramgate.errors import BadRequest
 from vramgate.gpu.estimate import Estimate, EstimateError, estimate_gguf, estimate_safetensors
 
 SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.I)
+ESTIMATES_KEPT = 256
 QUANT_IN_NAME = re.compile(r"(?:^|[-_.])((?:I?Q\d|F16|BF16|F32)[A-Z0-9_]*)(?:[-_.]|$)", re.I)
 
 
@@ -82,22 +84,20 @@ def _safetensors_quant(config: Path) -> str | None:
     return str(method) if method else data.get("torch_dtype") or data.get("dtype")
 
 
-_estimates: dict[tuple[str, int, float], Estimate | None] = {}
-
-
 def estimate(entry: Entry) -> Estimate | None:
     """The entry's footprint estimate, cached until its files change."""
     first = entry.files[0].stat()
-    key = (str(entry.path), entry.size, first.st_mtime)
-    if key not in _estimates:
-        try:
-            if entry.format == "gguf":
-                _estimates[key] = estimate_gguf(entry.path)
-            else:
-                _estimates[key] = estimate_safetensors(entry.path)
-        except EstimateError:
-            _estimates[key] = None
-    return _estimates[key]
+    return _estimate(entry.path, entry.format, entry.size, first.st_mtime)
+
+
+@functools.lru_cache(maxsize=ESTIMATES_KEPT)
+def _estimate(path: Path, format: str, size: int, mtime: float) -> Estimate | None:
+    """Keyed by size and time too, so a changed file is read again; bounded: a models_dir that
+    keeps changing (downloads, ad-hoc requests for file after file) must not grow it for ever."""
+    try:
+        return estimate_gguf(path) if format == "gguf" else estimate_safetensors(path)
+    except EstimateError:
+        return None
 
 
 def describe(entry: Entry, settings: Settings) -> dict[str, Any]:
@@ -138,6 +138,8 @@ def find(models_dir: Path, label: str, engine: str | None = None) -> Entry | Non
     out) is refused with 400, before anything is looked up.
     """
     root = models_dir.resolve()
+    if "\0" in label:  # no path holds one; the OS would refuse it deeper down (a 500)
+        raise BadRequest(f"model {label!r}: a name with a NUL character names no file")
     path = Path(label)
     if path.is_absolute() and path.resolve().is_relative_to(root):
         path = path.resolve().relative_to(root)
@@ -152,6 +154,14 @@ def find(models_dir: Path, label: str, engine: str | None = None) -> Entry | Non
             named.append(entry)
         elif entry.format == "gguf" and relative.parent.as_posix() == wanted:
             inside.append(entry)
+    found = _pick(named, inside, engine)
+    if found is not None and not all(within(root, f) for f in (found.path, *found.files)):
+        # Named by its name, not its path, a symlink leading out passes the check above.
+        raise BadRequest(f"model {label!r} leads outside models_dir ({root})")
+    return found
+
+
+def _pick(named: list[Entry], inside: list[Entry], engine: str | None) -> Entry | None:
     if engine is not None:  # llama.cpp reads GGUF, the others safetensors: the one it reads
         fits = [e for e in named + inside if (e.format == "gguf") == (engine == "llamacpp")]
         if len(fits) == 1 or (fits and fits[0] in named):
@@ -191,7 +201,7 @@ def adhoc_model(entry: Entry, root: Path, options: Any) -> ModelConfig:
             raise BadRequest(f"engine {engine!r} cannot be given a context length")
         args += [flag, str(options["context_length"])]
     if engine == "llamacpp" and "n_gpu_layers" in options:
-        layers = int(options["n_gpu_layers"])
+        layers = options["n_gpu_layers"]
         args += ["-ngl", str(ALL_LAYERS if layers < 0 else layers)]
     fraction = MEMORY_FRACTION_FLAG.get(engine)
     if fraction and "gpu_memory_utilization" in options:
@@ -207,6 +217,21 @@ def adhoc_model(entry: Entry, root: Path, options: Any) -> ModelConfig:
         raise BadRequest(format_errors(exc, "the request's ad-hoc model settings")) from None
 
 
+class AdhocOptions(BaseModel):
+    """The settings a request may give an ad-hoc model (its `vramgate` object), typed: a value
+    of the wrong type is a 400 naming the field, never a 500 deeper down."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: EngineKind | None = None
+    context_length: int | None = Field(default=None, gt=0)
+    ttl: float | None = Field(default=None, ge=0)
+    gpu_memory_mib: int | None = Field(default=None, gt=0)
+    device: Literal["cuda", "cpu"] | None = None
+    n_gpu_layers: int | None = None
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+
+
 def check_options(options: Any) -> dict[str, Any]:
     """The request's `vramgate` object as a dict of known settings (a copy); 400 otherwise."""
     options = dict(options) if isinstance(options, dict) else options or {}
@@ -216,7 +241,11 @@ def check_options(options: Any) -> dict[str, Any]:
     if unknown:
         accepted = ", ".join(sorted(ADHOC_OPTIONS))
         raise BadRequest(f"unknown `vramgate` settings {sorted(unknown)}; accepted: {accepted}")
-    return options
+    try:
+        checked = AdhocOptions.model_validate(options)
+    except ValidationError as exc:
+        raise BadRequest(format_errors(exc, "the request's ad-hoc model settings")) from None
+    return checked.model_dump(exclude_none=True)
 
 
 def seed_options(fields: dict[str, Any]) -> dict[str, Any]:
@@ -236,15 +265,17 @@ def seed_options(fields: dict[str, Any]) -> dict[str, Any]:
     context = fields.get("max_model_len" if engine in ("vllm", "sglang") else "n_ctx")
     if context is not None and engine in CONTEXT_FLAG:
         options["context_length"] = context
-    return options
+    return check_options(options)
 
 
-def instance_name(label: str, options: dict[str, Any], entry: Entry) -> str:
-    """Seed 003's exclusive mode: a request that chooses its engine or device gets an instance of
-    its own, named after both, so the same path can run on the CPU and on a GPU at once."""
+def instance_name(entry: Entry, options: dict[str, Any]) -> str:
+    """The one name of an inventory model, however a request spelled its path (`tiny`,
+    `./tiny.gguf`, `/models/./tiny.gguf`): its name inside models_dir. Seed 003's exclusive mode:
+    a request that chooses its engine or device gets an instance of its own, named after both,
+    so the same file can run on the CPU and on a GPU at once."""
     if "engine" not in options and "device" not in options:
-        return label
-    return f"{label}@{options.get('engine', entry.engine)}-{options.get('device', 'cuda')}"
+        return entry.name
+    return f"{entry.name}@{options.get('engine', entry.engine)}-{options.get('device', 'cuda')}"
 
 
 def within(root: Path, path: Path) -> bool:

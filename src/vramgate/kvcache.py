@@ -22,6 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
+from vramgate.filenames import file_stem
+
 log = logging.getLogger("vramgate.kv")
 SLOT_FILE = re.compile(r"^slot-(\d+)\.bin$")
 CALL_TIMEOUT_S = 30.0  # one slot's save or restore: a full 128k-token cache is a few GB of disk
@@ -34,8 +36,8 @@ class KvStore:
 
     def folder(self, key: str) -> Path:
         """Where `key`'s slots are saved; the engine is started with it as --slot-save-path."""
-        # One plain component, never `..`: keys hold model names, which may hold '/'.
-        folder = self.root / (re.sub(r"[^A-Za-z0-9_.@-]+", "_", key).lstrip(".") or "_")
+        # One plain component, never `..`, never too long: keys hold model names.
+        folder = self.root / file_stem(key)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

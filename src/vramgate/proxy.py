@@ -9,6 +9,7 @@ connection).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,8 @@ from starlette.types import Receive, Send
 
 from vramgate.errors import EngineGone, EngineUnavailable, GatewayError, sse_error_event
 from vramgate.rewrite import AnswerFix
+from vramgate.upstream import Answer, Broken, NeverSent, UpstreamPool
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
 _PASSED_HEADERS = (b"content-type",)
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
@@ -91,65 +92,73 @@ class hangup_cancels:
 
 
 async def relay(
-    http: aiohttp.ClientSession,
+    pool: UpstreamPool,
     model: str,
-    url: str,
+    base_url: str,
+    path: str,
     body: bytes,
     is_stream: bool,
     send: Send,
     timing: Timing,
     fix: AnswerFix | None = None,
-) -> None:
+) -> bool:
     """`fix`: the engine's answers need mending (rewrite.py); None for engines that speak
-    OpenAI's API as it is, the hot path."""
+    OpenAI's API as it is, the hot path. EngineGone: nothing reached the engine (the caller
+    may try again); any other failure is answered here, never sent twice, and returns True:
+    the engine broke (it may be dying: the caller lets its exit be seen before it frees the
+    slot, which would otherwise go to a request queued for a dead engine)."""
+    host, port = split_url(base_url)
+    timing.posted = time.perf_counter()
     try:
-        timing.posted = time.perf_counter()
-        async with await _post(http, url, body) as resp:
-            timing.answered = time.perf_counter()
-            timing.status = resp.status
-            if is_stream and resp.status == 200:
-                await _relay_stream(model, resp, send, timing, fix)
-                return
-            content = await resp.read()
-            timing.answered = time.perf_counter()
-    except aiohttp.ClientConnectorError as exc:
-        # Nothing reached the engine: the caller may try again once the scheduler knows it is
-        # gone (it died just as this request was handed its slot).
+        answer = await pool.post(host, port, path, body)
+    except NeverSent as exc:
         raise EngineGone(f"model '{model}': the engine refused the connection ({exc})") from exc
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except Broken as exc:
         error = _broken(model, exc)
         timing.status = error.status
         await send_error(send, error)
-        return
-    headers = _pass_headers(resp)
+        return True
+    try:
+        timing.answered = time.perf_counter()
+        timing.status = answer.status
+        if is_stream and answer.status == 200:
+            return await _relay_stream(model, answer, send, timing, fix)
+        try:
+            content = await answer.read()
+        except Broken as exc:
+            error = _broken(model, exc)
+            timing.status = error.status
+            await send_error(send, error)
+            return True
+        timing.answered = time.perf_counter()
+    finally:
+        answer.release()
+    headers = _pass_headers(answer.raw_headers)
     if fix is not None:
-        content_type, content = fix.whole(resp.status, resp.content_type.encode(), content)
+        content_type, content = fix.whole(answer.status, answer.content_type, content)
         headers = [(b"content-type", content_type)]
     headers += [(b"content-length", str(len(content)).encode())]
     headers.append(timing.header(time.perf_counter()))
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
+    return False
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: bytes) -> aiohttp.ClientResponse:
-    try:
-        return await http.post(url, data=body, headers=_JSON_HEADERS)
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise  # refused: the engine is gone, not just the connection
-        # Before any answer: a kept-alive connection the engine had closed (uvicorn, under
-        # `transformers serve`, closes it after an error it did not handle). Once more, on a
-        # new connection; an engine that really died refuses that one.
-        return await http.post(url, data=body, headers=_JSON_HEADERS)
+@functools.lru_cache(maxsize=256)
+def split_url(base_url: str) -> tuple[str, int]:
+    """http://HOST:PORT as (HOST, PORT)."""
+    host, _, port = base_url.removeprefix("http://").rpartition(":")
+    return host, int(port)
 
 
 async def _relay_stream(
-    model: str, resp: aiohttp.ClientResponse, send: Send, timing: Timing, fix: AnswerFix | None
-) -> None:
-    headers = [*_pass_headers(resp), *_STREAM_HEADERS, timing.header(time.perf_counter())]
+    model: str, answer: Answer, send: Send, timing: Timing, fix: AnswerFix | None
+) -> bool:
+    headers = [*_pass_headers(answer.raw_headers), *_STREAM_HEADERS]
+    headers.append(timing.header(time.perf_counter()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in answer.chunks():
             if timing.first_chunk is None:
                 timing.first_chunk = time.perf_counter()
             if fix is not None and not (chunk := fix.chunk(chunk)):
@@ -157,11 +166,14 @@ async def _relay_stream(
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if fix is not None and (rest := fix.end()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except Broken as exc:
         # Headers are gone already: tell the client in the stream itself, then end it.
         event = sse_error_event(_broken(model, exc))
         await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return False
 
 
 def _broken(model: str, exc: BaseException) -> EngineUnavailable:
@@ -169,8 +181,8 @@ def _broken(model: str, exc: BaseException) -> EngineUnavailable:
     return EngineUnavailable(f"model '{model}': the engine failed mid-request ({reason})")
 
 
-def _pass_headers(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in resp.raw_headers if k.lower() in _PASSED_HEADERS]
+def _pass_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in raw if k in _PASSED_HEADERS]
 
 
 async def send_error(send: Send, exc: GatewayError, *, detail: bool = False) -> None:

@@ -18,19 +18,22 @@ from vramgate.scheduling.snapshot import State
 
 
 async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, Any]) -> str:
-    """Makes an inventory model that is not configured servable; returns its instance name: the
-    label asked for, or with seed 003's fields (`seed`) choosing engine or device, the label
-    with both (`inventory.instance_name`: exclusive mode).
+    """Makes an inventory model that is not configured servable; returns its one name
+    (`inventory.instance_name`: its name in models_dir, however `label` spells its path, with
+    engine and device where seed 003's fields choose them).
 
-    It lives until a reload (which does not list it, so it drains and goes) or a restart.
+    The caller has checked the key first: nothing is defined for a key that may not use it.
+    It lives until a reload (which does not list it, so it drains and goes), a restart, or
+    until newer ad-hoc models push it out (max_adhoc; only one with no engine goes).
     Asked again with other settings while its engine runs: 409, unload it first.
     """
     options = inventory.check_options(options)  # before anything reads it: 400, not a 500
     if seed:
         options |= inventory.seed_options(seed)
-    inst = scheduler.instances.get(label)
-    if inst is not None and not options and label in scheduler.adhoc_names:
-        return label  # no settings of its own: whatever it runs with
+    if not options:
+        known = label if label in scheduler.adhoc_names else scheduler.adhoc_labels.get(label)
+        if known is not None and known in scheduler.adhoc_names:
+            return known  # no settings of its own: whatever it runs with
     # A walk of models_dir reads the disk: not on the event loop.
     root = await asyncio.to_thread(Path(scheduler.settings.models_dir).resolve)
     entry = await asyncio.to_thread(inventory.find, root, label, options.get("engine"))
@@ -40,8 +43,14 @@ async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, 
             f"model '{label}' is neither configured ({known}) nor in models_dir ({root}); "
             "GET /v1/models/inventory lists what is there"
         )
+    name = inventory.instance_name(entry, options)
+    if name in scheduler.settings.models and name not in scheduler.adhoc_names:
+        raise Conflict(
+            f"model '{label}' is file '{entry.name}' of models_dir, and a configured model is "
+            f"named '{name}': ad-hoc models never take a configured model's name; ask for "
+            f"'{name}' to use the configured one"
+        )
     model = inventory.adhoc_model(entry, root, options)
-    name = inventory.instance_name(label, options, entry)
     inst = scheduler.instances.get(name)
     if inst is not None and inst.model != model and inst.state not in (State.STOPPED, State.FAILED):
         raise Conflict(
@@ -50,6 +59,8 @@ async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, 
         )
     if inst is None or inst.model != model or name not in scheduler.adhoc_names:
         scheduler.define_adhoc(name, model, f"{name}: ad-hoc model from {entry.path}")
+    if not options:
+        scheduler.remember_label(label, name)
     return name
 
 

@@ -13,6 +13,7 @@ from vramgate.errors import error_body
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
+MAX_PENDING = 8 << 20  # bytes of one event kept for mending; past it, passed on unmended
 _JSON = b"application/json"
 _ERROR_TYPES = {404: "not_found_error"}
 
@@ -25,7 +26,8 @@ class AnswerFix:
         self.model = model
         self.add_done = add_done
         self.seen_done = False
-        self.pending = b""
+        self.pending = bytearray()  # an event's start, until its blank line arrives
+        self.cr = b""  # a CR that ended the last chunk
 
     def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[bytes, bytes]:
         """The answer's content type and body as the client should get them."""
@@ -44,20 +46,35 @@ class AnswerFix:
         return content_type, orjson.dumps(self._named(payload))
 
     def chunk(self, data: bytes) -> bytes:
-        """The complete events so far, mended; a partial one waits for the rest."""
-        data = self.pending + data
-        cut = data.rfind(_EVENT_END)
+        """The complete events so far, mended; a partial one waits for the rest.
+
+        Line ends may be CRLF or CR (the SSE spec allows all three): they become LF. Only the new
+        bytes are searched, so a long event split into many chunks costs linear time, and one
+        that never ends (no blank line) is passed on as it is past MAX_PENDING.
+        """
+        data = self.cr + data
+        self.cr = b""
+        if data.endswith(b"\r"):  # may be half of a CRLF: decided with the next chunk
+            self.cr, data = b"\r", data[:-1]
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        start = max(0, len(self.pending) - 1)
+        self.pending += data
+        cut = self.pending.rfind(_EVENT_END, start)
         if cut < 0:
-            self.pending = data
-            return b""
-        self.pending = data[cut + 2 :]
-        events = data[: cut + 2].split(_EVENT_END)
+            if len(self.pending) <= MAX_PENDING:
+                return b""
+            raw, self.pending = bytes(self.pending), bytearray()
+            return raw
+        events = bytes(self.pending[: cut + 2]).split(_EVENT_END)
+        del self.pending[: cut + 2]
         return b"".join(self._event(e) for e in events if e)
 
     def end(self) -> bytes:
         """What is still owed when the engine's stream ends."""
-        rest = self._event(self.pending) if self.pending.strip() else b""
-        self.pending = b""
+        rest = bytes(self.pending) + self.cr
+        self.pending, self.cr = bytearray(), b""
+        rest = self._event(rest) if rest.strip() else b""
         if self.add_done and not self.seen_done:
             rest += DONE
         return rest

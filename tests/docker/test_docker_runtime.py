@@ -3,10 +3,13 @@ traffic stays on loopback), made from the Debian image scripts/docker-setup.sh b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import sys
 import sysconfig
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,16 @@ import pytest
 import vramgate
 from tests.conftest import fake_cmd, pid_alive, wait_until
 from tests.e2e.test_llama_server import BINARY, GGUF
-from vramgate.runtimes.docker import INSTANCE, MODEL
+from vramgate.containers import Container
+from vramgate.runtimes.docker import (
+    INSTANCE,
+    MODEL,
+    ContainerEngine,
+    container_name,
+    create_options,
+)
+from vramgate.runtimes.local import Watchdog
+from vramgate.runtimes.output import EngineOutput
 
 IMAGE = os.environ.get("VRAMGATE_TEST_IMAGE", "")
 SRC = str(Path(vramgate.__file__).resolve().parents[1])
@@ -237,3 +249,46 @@ def test_two_models_on_two_simulated_gpus_get_their_own_gpu_only(docker, gateway
         assert not any(e.startswith("CUDA_VISIBLE_DEVICES=") for e in env)
     # The simulated GPU's contract works from inside: each engine's use is seen on its GPU.
     assert wait_until(lambda: [g["used_mib"] for g in gw.status()["gpus"]] == [3000, 3000], 10)
+
+
+def test_a_second_gateway_on_the_same_state_dir_refuses_to_start(docker, gateway, tmp_path):
+    """Reproduced: two gateways on one state_dir shared an instance id, and the second one's
+    start removed the first one's live containers as its own leftovers."""
+    state = str(tmp_path / "one-state")
+    first = gateway({"state_dir": state, "models": {"a": in_container("a")}})
+    assert ask(first, "a")
+    with pytest.raises(RuntimeError, match="is in use by another vramgate") as refused:
+        gateway({"state_dir": state, "models": {"a": in_container("a")}})
+    assert f"pid {first.proc.pid}" in str(refused.value)
+    [kept] = containers_of(docker, first)
+    assert kept.status == "running" and ask(first, "a")
+
+
+def test_a_start_cancelled_while_its_container_is_made_leaves_none(docker, tmp_path):
+    """Reproduced: an unload during a container's create/start cancelled the call while the
+    Docker API made it in its thread; the container lived on, untracked, until the gateway
+    exited (often running, holding GPU memory nobody counted)."""
+    instance = f"cancel-test-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> None:
+        watchdog = Watchdog()
+        await watchdog.start()
+        for delay in (0.0, 0.01, 0.05):
+            engine = ContainerEngine("m", "http://127.0.0.1:1", 1, "/health")
+            engine.out = EngineOutput("m", tmp_path / "m.log", None)
+            options = create_options(
+                name=container_name(instance, "m"), model="m", instance=instance,
+                argv=["sleep", "60"], env={}, gpus=(), port=1, container=Container(image=IMAGE),
+            )  # fmt: skip
+            start = asyncio.ensure_future(engine.create(docker, options, watchdog))
+            await asyncio.sleep(delay)  # the create or start call is under way in its thread
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await start
+        await watchdog.close()
+
+    asyncio.run(run())
+    left = docker.containers.list(all=True, filters={"label": f"{INSTANCE}={instance}"})
+    for found in left:
+        found.remove(force=True)
+    assert not left, [c.name for c in left]

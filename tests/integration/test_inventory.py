@@ -92,7 +92,7 @@ def test_adhoc_models_by_name_with_per_request_settings(gateway, tmp_path, monke
     assert reply.choices[0].text == "tok0 "
     status = gw.model(name)
     assert status["state"] == "ready" and status["ttl_s"] == 30
-    log = (gw.state_dir / "logs" / "acme--tiny-GGUF--tiny-Q4_K_M.log").read_text()
+    log = gw.engine_log(name)
     assert f"-m {root}/acme/tiny-GGUF/tiny-Q4_K_M.gguf" in log and "-c 4096" in log
     # Other settings while it runs: refused, not silently ignored.
     other = gw.http.post(

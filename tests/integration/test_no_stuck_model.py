@@ -77,7 +77,8 @@ def test_queued_request_whose_engine_crashes_is_served_after_a_restart(gateway):
     second = gw.http.post("/v1/completions", json={"model": "one", "max_tokens": 2})
     a.join(20)
     assert first["status"] == 502
-    assert second.status_code == 200 and second.json()["choices"][0]["text"] == "tok0 tok1 "
+    assert second.status_code == 200, (second.text, gw.log(), gw.engine_log("one"))
+    assert second.json()["choices"][0]["text"] == "tok0 tok1 "
     assert wait_until(lambda: settled(gw, "one"), 5)
 
 
@@ -297,4 +298,5 @@ def test_no_model_starves_behind_steady_traffic_to_the_resident_ones(gateway):
     events = [f"{e['time']:.2f} {e['message']}" for e in gw.status()["events"]]
     assert waited < 10, "\n".join(events)
     assert not failures, failures[:3]
-    assert any(e["kind"] == "drain" for e in gw.status()["events"])
+    # One made way for it: stopped in an idle moment, or drained after its turn (drain_after).
+    assert "to start c)" in gw.log()

@@ -90,7 +90,8 @@ def test_sleepers_stop_least_recently_used_first_under_host_ram_pressure(gateway
 def test_a_busy_engine_is_never_put_to_sleep(gateway):
     """b needs a's room while a streams: a finishes its stream, then sleeps."""
     models = {"a": sleepy("--tokens-per-s", "20"), "b": sleepy()}
-    gw = gateway({"gpus": GPU, "host_ram_mib": 20_000, "models": models})
+    gpus = {**GPU, "drain_after": 0}  # drained at once, not after its turn
+    gw = gateway({"gpus": gpus, "host_ram_mib": 20_000, "models": models})
     ask(gw, "a")
     tokens: list[str] = []
 

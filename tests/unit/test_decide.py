@@ -397,3 +397,17 @@ def test_discovery_and_out_of_memory_retries_stop_rather_than_sleep():
     snap = world(m("a", footprint_mib=2000), sleepy("b"), gpus=[gpu(used=6000)],
                  host_budget_mib=4000)  # fmt: skip
     assert decide(snap, Room("a", isolate=True)) == [Stop("b", "oom", "to start a", "a")]
+
+
+def test_count_limit_drains_a_busy_engine_only_after_its_turn():
+    young = m("a", READY, in_flight=2, loaded_at=99.0, drain_after_s=3.0)
+    assert isinstance(one(world(m("new"), young, max_running=1, now=100.0), Room("new")), Wait)
+    steps = decide(world(m("new"), young, max_running=1, now=102.5), Room("new"))
+    assert steps[0] == Drain("a", "new")
+
+
+def test_a_model_a_reload_removed_or_changed_is_not_started_with_its_old_definition():
+    for pending in (Pending.REMOVED, Pending.CHANGED):
+        for state in (STOPPED, State.FAILED, SLEEPING):
+            step = one(world(m("a", state, pending=pending)), Request("a"))
+            assert isinstance(step, Wait), (pending, state, step)

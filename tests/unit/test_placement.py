@@ -183,3 +183,23 @@ def test_a_rank_replaces_recency_in_the_eviction_order():
     once = res("once", 4500, 5.0, rank=1.0)
     decision = place(4000, [gpu(used=9000)], [often, once], "x")
     assert decision == Placement(gpus=(0,), evict=("once",))  # LRU would have taken "often"
+
+
+def test_a_model_fits_into_exactly_the_room_left():
+    """10000 total, 500 reserved, 5000 resident: exactly 4500 left, and 4500 fits there."""
+    assert place(4500, [gpu(used=5000)], [res("a", 5000)], "b") == Placement(gpus=(0,))
+    assert place(4501, [gpu(used=5000)], [res("a", 5000)], "b") == Placement((0,), ("a",))
+
+
+def test_a_busy_engine_is_drained_only_after_its_turn():
+    """Just started and busy (serving the requests that waited for it): not drained until it
+    has served for drain_after seconds; then it is."""
+    young = ModelSnap(
+        "busy", State.READY, in_flight=1, gpus=(0,), held_mib=6000, loaded_at=99.0,
+        drain_after_s=3.0,
+    )  # fmt: skip
+    assert place(7000, [gpu(used=6000)], [young], "x", now=100.0) == Placement(wait=True)
+    decision = place(7000, [gpu(used=6000)], [young], "x", now=102.5)
+    assert decision == Placement(gpus=(0,), drain=("busy",))
+    idle = young._replace(in_flight=0)  # an idle one goes at once, whatever its age
+    assert place(7000, [gpu(used=6000)], [idle], "x", now=100.0) == Placement((0,), ("busy",))

@@ -67,10 +67,52 @@ def test_exclusive_mode_names_one_instance_per_engine_and_device(tmp_path):
     model = folder(tmp_path)
     entry = find(tmp_path, str(model), "transformers")
     assert entry is not None
-    label = str(model)
-    assert instance_name(label, {}, entry) == label
-    assert instance_name(label, {"ttl": 5}, entry) == label
-    cpu = instance_name(label, {"engine": "transformers", "device": "cpu"}, entry)
-    gpu = instance_name(label, {"engine": "transformers", "device": "cuda"}, entry)
-    assert cpu == f"{label}@transformers-cpu" and gpu == f"{label}@transformers-cuda"
-    assert instance_name(label, {"device": "cpu"}, entry) == f"{label}@vllm-cpu"
+    assert instance_name(entry, {}) == "smollm2"  # its name in models_dir, not the path asked
+    assert instance_name(entry, {"ttl": 5}) == "smollm2"
+    cpu = instance_name(entry, {"engine": "transformers", "device": "cpu"})
+    gpu = instance_name(entry, {"engine": "transformers", "device": "cuda"})
+    assert cpu == "smollm2@transformers-cpu" and gpu == "smollm2@transformers-cuda"
+    assert instance_name(entry, {"device": "cpu"}) == "smollm2@vllm-cpu"
+
+
+def test_every_spelling_of_one_path_is_one_model(tmp_path):
+    """Reproduced: `tiny`, `./tiny`, `.//tiny` and an absolute path with `./` in it each became
+    a model of their own (and each could run an engine of the same file)."""
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
+    spellings = ["tiny", "./tiny", ".//tiny", "tiny.gguf", f"{tmp_path}/./tiny.gguf"]
+    names = {instance_name(e, {}) for s in spellings if (e := find(tmp_path, s)) is not None}
+    assert names == {"tiny"}
+
+
+def test_a_symlink_leading_out_is_refused_by_find_itself_by_any_name(tmp_path):
+    """find's own check (the later one in adhoc_model would otherwise hide its absence)."""
+    root = tmp_path / "models"
+    root.mkdir()
+    (tmp_path / "elsewhere.gguf").write_bytes(b"GGUF")
+    (root / "linked.gguf").symlink_to(tmp_path / "elsewhere.gguf")
+    for label in ("linked", "linked.gguf", f"{root}/linked.gguf"):
+        with pytest.raises(BadRequest, match="models_dir"):
+            find(root, label)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"n_gpu_layers": "all"},
+        {"n_gpu_layers": [1]},
+        {"engine": ["llamacpp"]},
+        {"engine": {"kind": "vllm"}},
+        {"context_length": 1e400},
+        {"gpu_memory_utilization": "lots"},
+        {"ttl": None, "device": 3},
+    ],
+)
+def test_mistyped_adhoc_settings_are_a_400_naming_the_field(options):
+    """Reproduced: a non-integer n_gpu_layers, or a list or object as engine, was a 500."""
+    with pytest.raises(BadRequest, match="ad-hoc model settings"):
+        inventory.check_options(options)
+
+
+def test_a_nul_in_a_name_is_a_400(tmp_path):
+    with pytest.raises(BadRequest, match="NUL"):
+        find(tmp_path, "tiny\0.gguf")

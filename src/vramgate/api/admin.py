@@ -63,16 +63,18 @@ async def status(request: Request) -> dict[str, Any]:
 async def load(label: str, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
+    inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
     await scheduler.ensure_ready(name)
-    return scheduler.instances[name].status(scheduler.settings.ttl_s(name))
+    return inst.status(scheduler.settings.setting_of(inst.model, "ttl"))
 
 
 @router.post("/admin/models/{label:path}/unload", dependencies=[Depends(admin_key)])
 async def unload(label: str, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     name = resolve_or_404(scheduler.settings, label)
+    inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
     await scheduler.unload(name)
-    return scheduler.instances[name].status(scheduler.settings.ttl_s(name))
+    return inst.status(scheduler.settings.setting_of(inst.model, "ttl"))
 
 
 @router.get("/admin/models/{label:path}/logs", dependencies=[Depends(admin_key)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from pydantic import BaseModel
 
 from vramgate import inventory
 from vramgate.api.common import admin_key, any_key, resolve_or_404, scheduler_of
+from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
 
 router = APIRouter()
@@ -87,20 +87,27 @@ async def unload(body: UnloadRequest, request: Request) -> dict[str, Any]:
     label = body.model
     if body.backend is not None or body.device is not None:
         options = inventory.seed_options({"backend": body.backend, "device": body.device})
-        label = _seed_instance(scheduler.instances, label, options)
+        label = await asyncio.to_thread(_seed_instance, scheduler, label, options)
     name = resolve_or_404(scheduler.settings, label)
-    was = scheduler.instances[name].state.value
+    inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
+    was = inst.state.value
     await scheduler.unload(name)
-    return {"model": name, "was": was, "state": scheduler.instances[name].state.value}
+    return {"model": name, "was": was, "state": inst.state.value}
 
 
-def _seed_instance(instances: Iterable[str], label: str, options: dict[str, Any]) -> str:
-    """The ad-hoc instance a seed 003 unload names; the label itself when none matches (404)."""
-    engine, device = options.get("engine"), options.get("device", "cuda")
-    for name in instances:
-        base, at, kind = name.rpartition("@")
-        wanted = kind == f"{engine}-{device}" if engine else kind.endswith(f"-{device}")
-        if at and base == label and wanted:
+def _seed_instance(scheduler: Scheduler, label: str, options: dict[str, Any]) -> str:
+    """The ad-hoc instance a seed 003 unload names (by path, backend and device); the label
+    itself when none matches (then 404)."""
+    root = Path(scheduler.settings.models_dir).resolve()
+    entry = inventory.find(root, label, options.get("engine"))
+    if entry is None:
+        return label
+    if "engine" in options:
+        return inventory.instance_name(entry, options)
+    device = options.get("device", "cuda")
+    for name in scheduler.adhoc_names:  # the one on that device, whichever engine runs it
+        base, _, kind = name.rpartition("@")
+        if base == entry.name and kind.endswith(f"-{device}"):
             return name
     return label
 

@@ -25,9 +25,11 @@ from vramgate.scheduling.slots import confirm_exit
 router = APIRouter()
 log = logging.getLogger("vramgate.api")
 CLIENT_CLOSED = 499  # the client left before the answer ended (nginx's code for it)
-# An engine that died just as a request got its slot refuses the connection: the request is
-# decided again once (the model restarts for it) rather than failed.
+# An engine that died just as a request got its slot refuses the connection: the request, which
+# provably never reached it, is decided again once (the model restarts for it) rather than failed.
+# A request that reached an engine is never sent again (upstream.py).
 RELAY_ATTEMPTS = 2
+BROKEN_EXIT_S = 0.5  # an engine that broke a request: how long its exit may take to be seen
 
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
@@ -62,8 +64,11 @@ def parse_request(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
-    if not isinstance(payload.get("model"), str) or not payload["model"]:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
         raise BadRequest("request body has no `model` field naming the model to use")
+    if not model.isprintable():
+        raise BadRequest("`model` has control characters; no model is named so")
     return payload
 
 
@@ -127,6 +132,7 @@ class RelayEndpoint:
         if options is not None or seed:
             body = orjson.dumps(payload)
         if settings.allow_adhoc and (name is None or name in scheduler.adhoc_names):
+            access.require_adhoc()  # before anything is looked up or defined
             name = await reconfigure.adhoc(scheduler, payload["model"], options, seed)
             settings = scheduler.settings
         elif name is None:
@@ -150,12 +156,16 @@ class RelayEndpoint:
         waiting = time.perf_counter()
         async with hangup_cancels(receive):
             for attempt in range(RELAY_ATTEMPTS):
-                async with scheduler.lease(name) as lease:
+                hold = scheduler.lease(name)
+                async with hold as lease:
                     timing.waited = time.perf_counter() - waiting
-                    assert scheduler.http is not None
-                    url = lease.url + self.path
                     try:
-                        await relay(scheduler.http, name, url, body, is_stream, send, timing, fix)
+                        broke = await relay(
+                            scheduler.upstream, name, lease.url, self.path, body, is_stream,
+                            send, timing, fix,
+                        )  # fmt: skip
+                        if broke:
+                            scheduler.release_after_exit(hold, BROKEN_EXIT_S)
                         return
                     except EngineGone:
                         if attempt + 1 == RELAY_ATTEMPTS:

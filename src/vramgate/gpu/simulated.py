@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from vramgate.filenames import file_stem
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
 
@@ -47,7 +48,7 @@ class SimulatedGpus:
             self.usage_file(name).unlink()
 
     def usage_file(self, name: str) -> Path:
-        return self.dir / f"{name.replace('/', '--')}.mib"
+        return self.dir / f"{file_stem(name)}.mib"
 
     def used_by(self, name: str) -> int | None:
         """What the engine last reported, or None if it has not (yet)."""

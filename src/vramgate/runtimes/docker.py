@@ -240,36 +240,34 @@ class ContainerEngine:
         return self.out.tail(n)
 
     async def create(self, client: Any, options: dict[str, Any], watchdog: Watchdog) -> None:
+        """Creates and starts the container. Whatever ends this early (a Docker error, a timeout,
+        an unload that cancels the start while the API call runs in its thread), the container
+        is removed by its name once that call is over: every container made is tracked or gone."""
         import docker.errors
 
         self.image = options["image"]
         self.started_at = time.time()
+        made = asyncio.ensure_future(asyncio.to_thread(self._make, client, options))
         try:
-            self.container = await asyncio.to_thread(client.containers.create, **options)
-        except docker.errors.ImageNotFound:
-            raise EngineStartFailed(
-                f"model '{self.name}': image '{self.image}' is not on this Docker host; build or "
-                f"pull it first (docker pull {self.image})"
-            ) from None
-        except docker.errors.APIError as exc:
-            raise EngineStartFailed(
-                f"model '{self.name}': Docker refused to create its container from image "
-                f"'{self.image}': {exc.explanation or exc}"
-            ) from None
+            self.container = await asyncio.shield(made)
+        except BaseException as exc:
+            await asyncio.shield(self._discard(made, client, options["name"]))
+            if isinstance(exc, docker.errors.ImageNotFound):
+                raise EngineStartFailed(
+                    f"model '{self.name}': image '{self.image}' is not on this Docker host; "
+                    f"build or pull it first (docker pull {self.image})"
+                ) from None
+            if isinstance(exc, docker.errors.APIError):
+                hint = ""
+                if "device driver" in str(exc):
+                    hint = " (GPUs in containers need the NVIDIA Container Toolkit on the host)"
+                raise EngineStartFailed(
+                    f"model '{self.name}': its container (image '{self.image}') did not start: "
+                    f"{exc.explanation or exc}{hint}"
+                ) from None
+            raise
         self.watchdog = watchdog
         watchdog.watch_container(self.container.id)
-        try:
-            await asyncio.to_thread(self.container.start)
-            await asyncio.to_thread(self.container.reload)
-        except docker.errors.APIError as exc:
-            await self._remove()
-            hint = ""
-            if "device driver" in str(exc):
-                hint = " (GPUs in containers need the NVIDIA Container Toolkit on the Docker host)"
-            raise EngineStartFailed(
-                f"model '{self.name}': its container (image '{self.image}') did not start: "
-                f"{exc.explanation or exc}{hint}"
-            ) from None
         self._pid = self.container.attrs["State"].get("Pid") or None
         argv = " ".join(options["entrypoint"] + options["command"])
         self.out.open(f"container {self.container.name} ({self.image}): {argv}")
@@ -277,6 +275,25 @@ class ContainerEngine:
         self._exited = loop.create_future()
         threading.Thread(target=self._follow_logs, args=(loop,), daemon=True).start()
         threading.Thread(target=self._wait_exit, args=(loop,), daemon=True).start()
+
+    @staticmethod
+    def _make(client: Any, options: dict[str, Any]) -> Any:
+        container = client.containers.create(**options)
+        container.start()
+        container.reload()  # its host pid, for GPU accounting
+        return container
+
+    async def _discard(self, made: asyncio.Future[Any], client: Any, name: str) -> None:
+        """Waits (bounded) for the create call to end, then removes what it may have made."""
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(made, 3 * API_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(client.api.remove_container, name, force=True), API_TIMEOUT_S
+            )
+        except Exception as exc:
+            if "No such container" not in str(exc) and "404" not in str(exc):
+                logger.error("model '%s': removing container %s failed: %r", self.name, name, exc)
 
     def _follow_logs(self, loop: asyncio.AbstractEventLoop) -> None:
         pending = b""

@@ -70,17 +70,21 @@ def _request(m: ModelSnap) -> Step:
     # 2. Being stopped (TTL, eviction, unload): wait for the stop, then start it again.
     if m.state is State.STOPPING:
         return Wait(f"'{m.name}' is stopping")
-    # 3. Not running (never started, stopped, failed): start it.
+    # 3. Not running, and a reload removed or changed it: the change first (housekeeping drops
+    #    it, or takes its new definition, at its next tick), never an engine of the old one.
+    if m.pending is not None and m.state is not State.READY:
+        return Wait(f"'{m.name}' takes a reload's change first")
+    # 4. Not running (never started, stopped, failed): start it.
     if m.state is not State.READY:
         return Begin(m.name)
-    # 4. Making way for another model (or a reload): no new requests until it has gone.
+    # 5. Making way for another model (or a reload): no new requests until it has gone.
     if m.draining_for is not None:
         return Wait(f"'{m.name}' is making way for {m.draining_for}")
-    # 5. Ready with a free slot and nobody queued ahead: serve.
+    # 6. Ready with a free slot and nobody queued ahead: serve.
     limit = m.max_concurrency
     if limit is None or (m.in_flight < limit and m.queued == 0):
         return SERVE
-    # 6. Ready but full: queue while there is room, else refuse.
+    # 7. Ready but full: queue while there is room, else refuse.
     if m.queued < m.max_queue:
         return QUEUE
     return Refuse(
@@ -169,7 +173,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
     if idle:
         victim = min(idle, key=lambda m: m.order).name
         return _make_way(snap, me, (victim,), "lru")
-    busy = [m for m in running if m.is_drainable]
+    busy = [m for m in running if m.can_drain(snap.now)]
     if busy:
         victim = min(busy, key=lambda m: m.order)
         return _drain(snap, me, (victim.name,), "lru", f"max_running={limit}")

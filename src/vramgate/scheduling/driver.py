@@ -19,7 +19,7 @@ import aiohttp
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines import adapters
-from vramgate.errors import EngineOutOfMemory, GatewayBusy, GatewayError
+from vramgate.errors import EngineOutOfMemory, GatewayBusy, GatewayError, ModelNotFound
 from vramgate.events import Events
 from vramgate.instances import Instance
 from vramgate.kvcache import KvStore
@@ -31,9 +31,18 @@ from vramgate.scheduling import sleeping
 from vramgate.scheduling import steps as do
 from vramgate.scheduling.decide import Request, Room, Tick, decide
 from vramgate.scheduling.lifecycle import Lifecycle
-from vramgate.scheduling.slots import Lease, LeaseHold, free_slot, join_start, wait_for_slot
+from vramgate.scheduling.slots import (
+    Lease,
+    LeaseHold,
+    confirm_exit,
+    free_slot,
+    join_start,
+    send_back,
+    wait_for_slot,
+)
 from vramgate.scheduling.snapshot import Pending, State
 from vramgate.scheduling.view import snapshot
+from vramgate.upstream import UpstreamPool
 
 log = logging.getLogger("vramgate.scheduler")
 T = TypeVar("T")
@@ -49,8 +58,10 @@ class Scheduler:
         self.life = Lifecycle(runtime, memory, events, kv)
         self.instances: dict[str, Instance] = {}
         self.adhoc_names: set[str] = set()  # models a request named from models_dir
+        self.adhoc_labels: dict[str, str] = {}  # other spellings of their paths -> their names
         self.inflation = 0.0  # GreedyDual's L: the priority of the last engine evicted
-        self.http: aiohttp.ClientSession | None = None
+        self.http: aiohttp.ClientSession | None = None  # probes, sleep calls, KV saves
+        self.upstream = UpstreamPool(settings.defaults.read_timeout)  # relayed requests
         self._loading: dict[int, asyncio.Lock] = {}  # one load at a time per GPU
         self._changed = asyncio.Event()  # set (and replaced) whenever anything changes
         self._room_queue: list[str] = []  # starts waiting for room, in arrival order
@@ -77,6 +88,7 @@ class Scheduler:
         await asyncio.gather(*running, return_exceptions=True)
         if self.http:
             await self.http.close()
+        self.upstream.close()
         await self.runtime.close()
 
     # -- requests --------------------------------------------------------------------------
@@ -84,11 +96,15 @@ class Scheduler:
     def lease(self, name: str) -> LeaseHold:
         """`async with scheduler.lease(name) as lease`: a slot on its ready engine, released
         at the end whatever happens."""
-        self.instances[name].count_request(self.inflation)
+        inst = self.instances.get(name)
+        if inst is None:  # forgotten since its name was resolved (a reload, max_adhoc)
+            raise ModelNotFound(f"model '{name}' was removed from the configuration")
+        inst.count_request(self.inflation)
         return LeaseHold(self.acquire, self.release, name)
 
     async def acquire(self, name: str) -> Lease:
         inst = self.instances[name]
+        deadline: float | None = None  # set once it must wait: the fast path reads no clock
         while True:
             changed = self._changed
             [step] = decide(self._snapshot((inst,)), Request(name))
@@ -97,26 +113,58 @@ class Scheduler:
                     assert inst.handle is not None
                     inst.in_flight += 1
                     return Lease(inst, inst.handle)
-                case do.Queue():
-                    lease = await wait_for_slot(inst, self._notify)
-                    if lease is not None:
-                        return lease
                 case do.Refuse(error=error):
                     raise error
-                case do.Begin() | do.Join():
-                    if isinstance(step, do.Begin):
-                        self.begin_start(inst)
-                    # Counted until served: a model just started is not idle while the
-                    # requests that waited for it are on their way to it.
-                    inst.joining += 1
-                    try:
-                        await join_start(inst)
-                    finally:
-                        inst.joining -= 1
-                        if inst.joining == 0:
-                            self._notify()
-                case do.Wait():
-                    await changed.wait()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.settings.max_wait_of(inst.model)
+            lease = await self._wait(inst, step, changed, deadline)
+            if lease is not None:
+                return lease
+            if self.instances.get(name) is not inst:  # a reload removed it meanwhile
+                raise ModelNotFound(f"model '{name}' was removed from the configuration")
+
+    async def _wait(
+        self, inst: Instance, step: do.Step, changed: asyncio.Event, deadline: float
+    ) -> Lease | None:
+        """Waits as `step` says, until `deadline` at the latest: whatever is lost on the way (a
+        wake-up nobody sends), a request ends with a clean 503 rather than waiting for ever."""
+        bound = asyncio.timeout_at(deadline)
+        try:
+            async with bound:
+                match step:
+                    case do.Queue():
+                        return await wait_for_slot(inst, self._notify)
+                    case do.Begin() | do.Join():
+                        if isinstance(step, do.Begin):
+                            self.begin_start(inst)
+                        # Counted until served: a model just started is not idle while the
+                        # requests that waited for it are on their way to it.
+                        inst.joining += 1
+                        try:
+                            await join_start(inst)
+                        finally:
+                            inst.joining -= 1
+                            if inst.joining == 0:
+                                self._notify()
+                    case do.Wait():
+                        await changed.wait()
+        except TimeoutError:
+            if not bound.expired():
+                raise  # the start's own error
+            limit = self.settings.max_wait_of(inst.model)
+            why = step.why if isinstance(step, do.Wait) else type(step).__name__.lower()
+            state = (
+                f"{inst.state.value}, {inst.in_flight} in flight, {len(inst.slot_waiters)} queued"
+            )
+            log.warning(
+                "a request for %s waited %g s (%s; %s): refused", inst.name, limit, why, state
+            )
+            raise GatewayBusy(
+                f"model '{inst.name}' could not take this request within max_wait={limit:g} s "
+                f"({why}); retry later",
+                headers={"Retry-After": "5"},
+            ) from None
+        return None
 
     def release(self, lease: Lease) -> None:
         """The request is done. Bookkeeping first: nothing after it can leak the slot."""
@@ -125,6 +173,23 @@ class Scheduler:
         inst.touch()
         self.memory.after_request(inst)
 
+    def release_after_exit(self, hold: LeaseHold, timeout_s: float) -> None:
+        """The engine broke off an answer, and may be dying: its slot is freed once its exit
+        has been seen (or `timeout_s` passed), never handed meanwhile to a request queued for
+        it; in the background, so that the client has its error at once (a client that has
+        its whole answer is gone, and would cancel a wait of its own)."""
+        lease = hold.lease
+        assert lease is not None
+        hold.released_later = True
+
+        async def later() -> None:
+            try:
+                await confirm_exit(lease, timeout_s)
+            finally:
+                self.release(lease)
+
+        self._spawn(later())
+
     async def ensure_ready(self, name: str) -> None:
         """Starts a model if needed and waits for it, without holding a request slot."""
         self.release(await self.acquire(name))
@@ -132,6 +197,7 @@ class Scheduler:
     # -- starting --------------------------------------------------------------------------
 
     def begin_start(self, inst: Instance) -> None:
+        assert inst.start_task is None or inst.start_task.done(), "two starts of one model"
         inst.state = State.STARTING
         inst.last_error = None
         inst.start_task = self._spawn(self._start(inst))
@@ -155,13 +221,17 @@ class Scheduler:
             message = f"{inst.name} failed to start: {error}"
             await self.life.fail(inst, error, "start_failed", message)
             raise
+        if inst.state is State.STOPPING:
+            return  # a stop came as it became ready: the stop takes its engine away
         inst.state = State.READY
         inst.ready_at, inst.loaded_at = time.time(), time.monotonic()
         inst.touch()
         took = time.monotonic() - began
         self.events.record("ready", inst.name, f"{inst.name} ready in {took:.2f} s", seconds=took)
         assert inst.handle is not None
-        self._spawn(self.life.watch_exit(inst, inst.handle))
+        if inst.watched is not inst.handle:  # one watcher per engine: a wake keeps its engine
+            inst.watched = inst.handle
+            self._spawn(self.life.watch_exit(inst, inst.handle))
 
     async def _launch(self, inst: Instance, *, isolate: bool) -> None:
         if not inst.asleep:  # its weights read while others make room
@@ -223,8 +293,10 @@ class Scheduler:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise GatewayBusy(f"cannot start '{inst.name}': {why}; retry later")
+                # Decided again at a change, and at least every TICK_S: time alone makes room
+                # too (a busy engine's turn ends: gpus.drain_after).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), left)
+                    await asyncio.wait_for(changed.wait(), min(left, TICK_S))
         finally:
             self._room_queue.remove(inst.name)
             for other in self.instances.values():
@@ -235,7 +307,9 @@ class Scheduler:
             self._notify()
 
     def _drain(self, name: str, for_: str) -> None:
-        self.instances[name].draining_for = for_
+        inst = self.instances[name]
+        inst.draining_for = for_
+        send_back(inst)  # its queue waits for it to come back: it must become idle
         message = f"drain {name}: no new requests until it makes way for {for_}"
         self.events.record("drain", name, message)
 
@@ -243,25 +317,37 @@ class Scheduler:
 
     def stop(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
         """Stops a model's engine (shared by TTL, eviction, admin, reload and shutdown);
-        `for_`: the start it makes room for."""
-        return self._leave(name, for_, lambda inst: self._stop(inst, reason, why))
+        `for_`: the start it makes room for. A stop asked during a sleep is done by the sleep
+        as soon as it ends: an unload ends with the engine gone, not asleep."""
+        inst = self.instances[name]
+        under_way = inst.stop_task is not None and not inst.stop_task.done()
+        if inst.state is State.STOPPING and inst.leaving == "sleep" and under_way:
+            inst.then_stop = (reason, why)
+        return self._leave(inst, for_, reason, lambda: self._stop(inst, reason, why))
 
     def sleep(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
         """Puts an idle engine to sleep (it stops instead if that fails); `for_` as for stop."""
-        return self._leave(name, for_, lambda inst: self._sleep(inst, reason, why))
+        inst = self.instances[name]
+        return self._leave(inst, for_, "sleep", lambda: self._sleep(inst, reason, why))
 
     def _leave(
-        self, name: str, for_: str, going: Callable[[Instance], Coroutine[Any, Any, None]]
+        self,
+        inst: Instance,
+        for_: str,
+        kind: str,  # "sleep", or the stop's reason
+        going: Callable[[], Coroutine[Any, Any, None]],
     ) -> asyncio.Task[None]:
         """One stop or sleep at a time per engine: `stopping` (requests wait, then start or
         wake it) until `going` has run."""
-        inst = self.instances[name]
         if for_:
             inst.made_way_for = for_
-        if inst.state is State.STOPPING and inst.stop_task and not inst.stop_task.done():
+        under_way = inst.stop_task is not None and not inst.stop_task.done()
+        if inst.state is State.STOPPING and under_way:
+            assert inst.stop_task is not None
             return inst.stop_task
+        inst.leaving = kind  # first: whoever hears of the state change may read why
         inst.state = State.STOPPING
-        inst.stop_task = self._spawn(going(inst))
+        inst.stop_task = self._spawn(going())
         return inst.stop_task
 
     async def _sleep(self, inst: Instance, reason: str, why: str) -> None:
@@ -272,6 +358,11 @@ class Scheduler:
         except Exception as exc:  # it goes, then, as a stop would have it
             message = f"{inst.name} did not go to sleep ({exc}); stopping it"
             self.events.record("sleep_failed", inst.name, message, level="warning")
+            await self._stop(inst, reason, why)
+            return
+        if inst.then_stop is not None:  # an unload came during the sleep: it goes on to a stop
+            (reason, why), inst.then_stop = inst.then_stop, None
+            inst.leaving = reason
             await self._stop(inst, reason, why)
             return
         inst.draining_for = None
@@ -295,6 +386,7 @@ class Scheduler:
             timeout_s = self.settings.setting_of(inst.model, "stop_timeout")
             code = await self.life.discard(inst, timeout_s)
         finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`
+            inst.then_stop = None
             if inst.pending is Pending.CHANGED:
                 self._replace(inst)
             inst.draining_for = None
@@ -312,29 +404,72 @@ class Scheduler:
     # -- reload and housekeeping -----------------------------------------------------------
 
     def define_adhoc(self, name: str, model: ModelConfig, message: str) -> None:
-        """Adds (or redefines, when no engine runs) a model a request named from models_dir."""
+        """Adds (or redefines, when no engine runs) a model a request named from models_dir;
+        past max_adhoc, the least recently used ad-hoc model with no engine is forgotten."""
+        if name not in self.adhoc_names and len(self.adhoc_names) >= self.settings.max_adhoc:
+            self._forget_adhoc(name)
         self.settings = self.settings.model_copy(
             update={"models": {**self.settings.models, name: model}}
         )
         inst = self.instances.get(name) or self.add_model(name, model)
-        inst.model, inst.pending, inst.replacement, inst.notes = model, None, None, None
+        inst.model, inst.notes = model, None
+        self._set_pending(inst, None)
         self.memory.refresh(name, model)
         self.adhoc_names.add(name)
         self.events.record("adhoc", name, message)
+
+    def _forget_adhoc(self, wanted: str) -> None:
+        gone = [
+            i
+            for n in self.adhoc_names
+            if (i := self.instances[n]).state in (State.STOPPED, State.FAILED) and i.is_idle
+        ]
+        if not gone:
+            raise GatewayBusy(
+                f"cannot add ad-hoc model '{wanted}': max_adhoc={self.settings.max_adhoc} "
+                "ad-hoc models are defined and each has an engine; unload one or retry later",
+                headers={"Retry-After": "5"},
+            )
+        old = min(gone, key=lambda i: i.last_used).name
+        del self.instances[old]
+        self.adhoc_names.discard(old)
+        self.memory.estimates.pop(old, None)
+        models = {n: m for n, m in self.settings.models.items() if n != old}
+        self.settings = self.settings.model_copy(update={"models": models})
+        self.adhoc_labels = {k: v for k, v in self.adhoc_labels.items() if v != old}
+        self.events.record("adhoc", old, f"{old}: ad-hoc model forgotten (max_adhoc, for {wanted})")
+
+    def remember_label(self, label: str, name: str) -> None:
+        """Another spelling of an ad-hoc model's path, so that it is not looked up again."""
+        if len(self.adhoc_labels) >= 8 * self.settings.max_adhoc:
+            self.adhoc_labels.clear()  # bounded: any key may send any number of spellings
+        self.adhoc_labels[label] = name
 
     def apply(self, settings: Settings, changed: set[str], removed: set[str], adhoc: set[str]):
         """Takes a reloaded configuration: new models now, changed and removed ones once idle."""
         self.settings, self.adapters, self.adhoc_names = settings, adapters(settings), adhoc
         for name, inst in self.instances.items():
-            inst.pending = Pending.REMOVED if name in removed else None
-            inst.replacement = settings.models.get(name) if name in changed else None
-            if inst.replacement is not None:
-                inst.pending = Pending.CHANGED
+            if name in removed:
+                self._set_pending(inst, Pending.REMOVED)
+            elif name in changed:
+                self._set_pending(inst, Pending.CHANGED, settings.models[name])
+            else:
+                self._set_pending(inst, None)
         for name, model in settings.models.items():
             if name not in self.instances:
                 self.memory.refresh(name, model)
                 self.add_model(name, model)
         self._tick()
+
+    def _set_pending(
+        self, inst: Instance, pending: Pending | None, replacement: ModelConfig | None = None
+    ) -> None:
+        """A reload's change for `inst`, or none: then a drain for an earlier change (taken
+        back since: a reload that restores its definition) ends, and its requests go on."""
+        inst.pending, inst.replacement = pending, replacement
+        if pending is None and inst.draining_for == "reload":
+            inst.draining_for = None
+            self._notify()
 
     def _replace(self, inst: Instance) -> None:
         assert inst.replacement is not None
@@ -361,8 +496,10 @@ class Scheduler:
                     self._drain(name, for_)
                 case do.Forget(name=name):
                     del self.instances[name]
+                    self._notify()  # requests that waited for it learn it is gone
                 case do.Replace(name=name):
                     self._replace(self.instances[name])
+                    self._notify()
                 case do.Begin(name=name):
                     self.begin_start(self.instances[name])
         interval = self.settings.defaults.health_interval

@@ -19,6 +19,7 @@ from vramgate.kvcache import KvStore, quietly
 from vramgate.memory import Memory
 from vramgate.runtimes.base import EngineHandle, Runtime
 from vramgate.scheduling import sleeping
+from vramgate.scheduling.slots import send_back
 from vramgate.scheduling.snapshot import State
 
 # What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
@@ -126,10 +127,7 @@ class Lifecycle:
         """Its engine goes (bounded), then its memory; requests queued for a slot decide again."""
         handle, inst.handle = inst.handle, None
         inst.admitted = False
-        for slot in inst.slot_waiters:
-            if not slot.done():
-                slot.set_result(False)
-        inst.slot_waiters.clear()
+        send_back(inst)
         try:
             if handle is None:
                 return None
@@ -143,18 +141,25 @@ class Lifecycle:
 
     async def fail(self, inst: Instance, error: str, kind: str, message: str) -> None:
         """Its process and memory go first, then it reads `failed`: until then no new engine of
-        the model can start (and register its memory) while the old one is being cleared."""
+        the model can start (and register its memory) while the old one is being cleared.
+
+        A stop under way (an unload that cancelled this start as it failed) owns the state: it
+        ends `stopped`. Were it `failed` meanwhile, a request would start the model again
+        while the stop still runs, and the stop would then mark that new start `stopped`."""
         inst.failures += 1
         inst.last_error = error
         try:
             await self.discard(inst)
         finally:
-            inst.draining_for = None
-            inst.state = State.FAILED
+            stopping = inst.state is State.STOPPING and inst.stop_task is not asyncio.current_task()
+            if not stopping:
+                inst.draining_for = None
+                inst.state = State.FAILED
             self.events.record(kind, inst.name, message)
 
     async def lost(self, inst: Instance, error: str, kind: str, message: str) -> None:
         """A ready engine died or hung: requests on it fail; the next request starts it anew."""
+        inst.leaving = kind
         inst.state = State.STOPPING
         inst.stop_task = asyncio.current_task()  # type: ignore[assignment]
         await self.fail(inst, error, kind, message)

@@ -55,8 +55,9 @@ def place(
        (or lowest ranked: `ModelSnap.rank`).
        Engines loaded less than `min_residency_s` ago go only if no other choice frees enough
        (anti-thrash).
-    4. Fits once busy engines finish: the same choice among every ready, unpinned engine; they
-       drain (take no new requests), so that a model never waits for traffic that never ends.
+    4. Fits once busy engines finish: the same choice among every ready, unpinned engine that
+       has had its turn (`ModelSnap.can_drain`); they drain (take no new requests), so that a
+       model never waits for traffic that never ends.
     5. Fits only once starts and stops under way end: wait.
     6. Larger than the GPUs even empty, or asks for more GPUs than there are: refuse, evicting
        nothing.
@@ -86,7 +87,7 @@ def place(
         for spared in (young, set()):
             options = []
             for g in gpus:
-                evict = _evictions(g, others, need, spared, busy_too)
+                evict = _evictions(g, others, need, spared, now, busy_too)
                 if evict is not None:
                     options.append((len(evict), sum(recency[n] for n in evict), g.index, evict))
             if len(options) >= gpu_count:
@@ -102,13 +103,14 @@ def _evictions(
     residents: Sequence[ModelSnap],
     need_mib: int,
     spared: set[str],
+    now: float,
     busy_too: bool = False,
 ) -> list[str] | None:
     """The fewest least recently used engines on `gpu` whose stop makes `need_mib` fit: idle
     ones only, or (`busy_too`) busy ones as well, idle ones first."""
 
     def may_go(r: ModelSnap) -> bool:
-        return r.is_drainable if busy_too else r.is_evictable
+        return r.can_drain(now) if busy_too else r.is_evictable
 
     candidates = sorted(
         (r for r in residents if r.on(gpu.index) and may_go(r) and r.name not in spared),

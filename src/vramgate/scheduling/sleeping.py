@@ -21,7 +21,8 @@ log = logging.getLogger("vramgate.scheduler")
 
 
 class SleepFailed(Exception):
-    """The engine did not take a sleep or wake call; the message says which and why."""
+    """The engine did not take a sleep or wake call; the message says which and how (a status,
+    a timeout), never what the engine answered: that is engine output, logged for admins."""
 
 
 async def _post_all(
@@ -36,9 +37,12 @@ async def _post_all(
             async with http.post(base_url + path, json=body, timeout=timeout) as resp:
                 if resp.status >= 300:
                     text = (await resp.text())[:300]
-                    raise SleepFailed(f"POST {path} answered {resp.status}: {text}")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise SleepFailed(f"POST {path} failed: {exc!r}") from exc
+                    log.warning("POST %s%s answered %d: %s", base_url, path, resp.status, text)
+                    raise SleepFailed(f"POST {path} answered {resp.status}")
+        except TimeoutError as exc:
+            raise SleepFailed(f"POST {path} took over {timeout_s:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise SleepFailed(f"POST {path} failed: {type(exc).__name__}") from exc
 
 
 def _engine(adapter: EngineAdapter, inst: Instance) -> tuple[SleepCalls, EngineHandle]:
@@ -73,7 +77,8 @@ async def wake(
     try:
         await handle.wait_ready(http, timeout_s, adapter.is_ready)
     except EngineStartFailed as exc:
-        raise SleepFailed(f"not ready after its wake: {exc.message}") from exc
+        log.warning("%s", exc.detail or exc.message)
+        raise SleepFailed("not ready after its wake") from exc
     inst.asleep = False
     inst.wakes += 1
     inst.wake_s = time.monotonic() - began

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ async def wait_for_slot(inst: Instance, notify: Callable[[], None]) -> Lease | N
     handle = inst.handle
     slot: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     inst.slot_waiters.append(slot)
+    hand_over(inst)  # a slot may be free already (none is lost if one is)
     try:
         handed = await slot
     except asyncio.CancelledError:  # the client left
@@ -50,16 +52,38 @@ async def wait_for_slot(inst: Instance, notify: Callable[[], None]) -> Lease | N
 
 
 def free_slot(inst: Instance, handle: EngineHandle | None, notify: Callable[[], None]) -> None:
-    """A request gave its slot back: to the oldest waiter, if its engine still serves."""
-    if inst.state is State.READY and inst.handle is handle:
-        while inst.slot_waiters:
-            slot = inst.slot_waiters.popleft()
-            if not slot.done():
-                slot.set_result(True)  # the slot goes straight to the oldest waiter
-                return
+    """A request gave its slot back (`handle`: the engine it held, which may be gone since)."""
     inst.in_flight -= 1
+    hand_over(inst)
     if inst.in_flight == 0:
         notify()
+
+
+def hand_over(inst: Instance) -> None:
+    """The free slots of a ready engine that takes requests go to its oldest waiters.
+
+    Counted per model, whoever's slot came free: a request on an engine that died releases its
+    slot after the next engine is ready, and that slot is the new engine's (handing over only
+    to the engine a request held lost the wake-up of every request queued for the new one).
+    """
+    if inst.state is not State.READY or inst.handle is None or inst.draining_for is not None:
+        return
+    limit = inst.model.max_concurrency
+    waiters = inst.slot_waiters
+    while waiters and (limit is None or inst.in_flight < limit):
+        slot = waiters.popleft()
+        if not slot.done():
+            inst.in_flight += 1
+            slot.set_result(True)
+
+
+def send_back(inst: Instance) -> None:
+    """Every request queued for a slot decides again: its engine went, or it drains (it must
+    become idle to make way, so its queue waits for it to come back instead)."""
+    waiters, inst.slot_waiters = inst.slot_waiters, deque()
+    for slot in waiters:
+        if not slot.done():
+            slot.set_result(False)
 
 
 async def join_start(inst: Instance) -> None:
@@ -76,8 +100,9 @@ async def join_start(inst: Instance) -> None:
 
 
 async def confirm_exit(lease: Lease, timeout_s: float = 2.0) -> None:
-    """The engine refused a connection: wait (bounded) until its exit has been seen, so
-    that the next decision knows it is gone."""
+    """The engine refused a connection or broke off an answer: wait (bounded) until its exit,
+    if it is dying, has been seen, so that the next decision (and the slot this request frees)
+    knows it is gone."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(lease.handle.wait()), timeout_s)
     await asyncio.sleep(0)  # let the exit watcher mark the model first
@@ -95,6 +120,7 @@ class LeaseHold:
     ) -> None:
         self.acquire, self.release, self.name = acquire, release, name
         self.lease: Lease | None = None
+        self.released_later = False  # release_after_exit took the release over
 
     async def __aenter__(self) -> Lease:
         self.lease = await self.acquire(self.name)
@@ -102,4 +128,5 @@ class LeaseHold:
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self.lease is not None
-        self.release(self.lease)
+        if not self.released_later:
+            self.release(self.lease)

@@ -43,6 +43,7 @@ class ModelSnap(NamedTuple):
     footprint_mib: int | None = None  # what it is expected to need; None = unknown
     held_mib: int = 0  # while resident: the larger of its footprint and what it uses now
     loaded_at: float = 0.0  # time.monotonic() when it became ready
+    drain_after_s: float = 0.0  # busy, it may be drained this long after it became ready
     max_concurrency: int | None = None
     max_queue: int = 256
     ttl_s: float = 0.0  # idle seconds before a stop; 0 = never
@@ -81,6 +82,15 @@ class ModelSnap(NamedTuple):
     def is_drainable(self) -> bool:
         """May be asked to make room once its requests finish: ready and not pinned."""
         return self.state is State.READY and not self.pinned
+
+    def can_drain(self, now: float) -> bool:
+        """Drainable now: idle, or busy and past its turn (gpus.drain_after). A model drained
+        as soon as it was ready would serve the requests that waited for its start and no
+        more: under traffic to more models than fit, every start would make way for the next
+        and little would be served between the swaps."""
+        if not self.is_drainable:
+            return False
+        return self.is_idle or now - self.loaded_at >= self.drain_after_s
 
     @property
     def order(self) -> float:

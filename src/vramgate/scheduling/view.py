@@ -49,6 +49,7 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         footprint_mib=memory.footprint(inst)[0] if with_memory else None,
         held_mib=memory.held_mib(inst) if with_memory else 0,
         loaded_at=inst.loaded_at,
+        drain_after_s=settings.gpus.drain_after,
         max_concurrency=model.max_concurrency,
         max_queue=defaults.max_queue if model.max_queue is None else model.max_queue,
         ttl_s=defaults.ttl if model.ttl is None else model.ttl,

@@ -59,7 +59,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Hang (the whole process: no answers, no health) after this many tokens.",
     )
+    p.add_argument(
+        "--stall-after-tokens",
+        type=int,
+        default=None,
+        help="Stop sending (that request only; the process still answers) after this many tokens.",
+    )
     p.add_argument("--spawn-child", action="store_true", help="Start a worker grandchild too.")
+    p.add_argument(
+        "--child-ignores-sigterm",
+        action="store_true",
+        help="With --spawn-child: the worker ignores SIGTERM (only SIGKILL ends it).",
+    )
     p.add_argument("--embedding-dim", type=int, default=8)
     p.add_argument("--vram-mib", type=int, default=None, help="Use to report (simulated GPU).")
     p.add_argument(
@@ -83,6 +94,9 @@ async def _generate(request: web.Request, n: int):
         if opts.crash_after_tokens is not None and i >= opts.crash_after_tokens:
             print(f"fake engine: crashing after {i} tokens", flush=True)
             os._exit(17)
+        if opts.stall_after_tokens is not None and i >= opts.stall_after_tokens:
+            print(f"fake engine: stalling after {i} tokens", flush=True)
+            await asyncio.Event().wait()
         if opts.hang_after_tokens is not None and i >= opts.hang_after_tokens:
             print(f"fake engine: hanging after {i} tokens", flush=True)
             time.sleep(1e6)  # noqa: ASYNC251 (a hung engine blocks everything: that is the point)
@@ -254,7 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     if opts.ignore_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: print("fake engine: ignoring SIGTERM", flush=True))
     if opts.spawn_child:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        deaf = "signal.signal(signal.SIGTERM, signal.SIG_IGN)" if opts.child_ignores_sigterm else ""
+        code = f"import signal, time\n{deaf}\ntime.sleep(3600)"
+        child = subprocess.Popen([sys.executable, "-c", code])
         print(f"fake engine: worker pid {child.pid}", flush=True)
     if opts.listen_after_load:
         time.sleep(opts.load_delay)

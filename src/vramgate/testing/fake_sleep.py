@@ -18,6 +18,9 @@ from pathlib import Path
 from aiohttp import web
 
 SLEEP = web.AppKey("sleep", dict)
+# What a failing sleep or wake answers: engine internals (a path, a token) that only admins may
+# read, as a real engine's traceback would be.
+FAILURE_TEXT = "failed at /opt/engine/secret_module.py (token=engine-internal-4242)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sleep-vram-mib", type=int, default=0, help="GPU MiB still held asleep.")
     p.add_argument("--sleep-host-mib", type=int, default=0, help="Host MiB held asleep (level 1).")
     p.add_argument("--wake-fails", action="store_true", help="Every wake answers 500.")
+    p.add_argument("--sleep-fails", action="store_true", help="Every sleep answers 500.")
 
 
 def add_routes(app: web.Application, opts: argparse.Namespace) -> None:
@@ -47,6 +51,9 @@ async def _sleep(request: web.Request, level: int) -> web.Response:
     app, opts = request.app, request.app[SLEEP]["opts"]
     state = app[SLEEP]
     await asyncio.sleep(opts.sleep_s)
+    if opts.sleep_fails:
+        print("fake engine: sleep failed (--sleep-fails)", flush=True)
+        return web.json_response({"error": FAILURE_TEXT}, status=500)
     state.update(asleep=True, level=level, sleeps=state["sleeps"] + 1)
     if level == 1 and opts.sleep_host_mib:
         held = bytearray(opts.sleep_host_mib << 20)
@@ -71,7 +78,7 @@ async def wake(request: web.Request) -> web.Response:
     await asyncio.sleep(opts.wake_s)
     if opts.wake_fails:
         print("fake engine: wake failed (--wake-fails)", flush=True)
-        return web.json_response({"error": "wake failed"}, status=500)
+        return web.json_response({"error": FAILURE_TEXT}, status=500)
     state.update(asleep=False, held=None, wakes=state["wakes"] + 1)
     if opts.vram_mib is not None:
         _report_vram(opts, opts.vram_mib)

@@ -1,0 +1,311 @@
+"""The relay's HTTP/1.1 client: keep-alive connections to engines over asyncio protocols, answers
+parsed by httptools (llhttp, the parser uvicorn uses), bodies handed on as they arrive.
+
+Why not a general client: a relayed request must know whether it left. A request is sent again
+only if it provably never reached the engine: the connection was refused (a new connection), or
+a kept-alive connection was found closed before a byte was written (its FIN, or anything at all,
+already waiting to be read). Once written, a request is never written again, whatever happens:
+an engine that died mid-answer must not run the prompt twice. aiohttp's client cannot say which
+of the two a failure was, and it costs about half of the gateway's CPU per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import select
+from collections.abc import AsyncIterator
+
+import httptools
+
+_READ_LIMIT = 1 << 20  # bytes of answer buffered before reading from the engine pauses
+_IDLE_KEPT = 64  # idle connections kept per engine
+
+
+class NeverSent(Exception):
+    """The request did not reach the engine (refused, or no connection): safe to send again."""
+
+
+class Broken(Exception):
+    """The engine closed the connection or failed after the request was sent (maybe run)."""
+
+
+class ReadTimeout(Broken):
+    """The engine sent nothing for read_timeout seconds."""
+
+
+class _Connection(asyncio.Protocol):
+    """One connection, one answer at a time; the parser's callbacks fill the answer's parts."""
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self.pool, self.key = pool, key
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = False
+        self.paused = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self._begin()
+
+    def _begin(self) -> None:
+        """Fresh state for the next answer on this connection."""
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.body: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.got_bytes = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(Broken(f"the engine's answer is not valid HTTP ({exc})"))
+            return
+        if self.buffered > _READ_LIMIT and not self.paused and self.transport is not None:
+            self.paused = True  # a slow client: the engine waits, memory stays bounded
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.headers_done and not self.complete and self._until_close():
+            self.on_message_complete()  # an answer delimited by the close itself
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pool.forget(self)
+        if not self.complete:
+            reason = f" ({exc})" if exc else ""
+            self._fail(Broken(f"the engine closed the connection mid-answer{reason}"))
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        # Read now: the parser forgets the message's flags once it has ended.
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _until_close(self) -> bool:
+        names = {name for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until something arrives (headers, body, the end) or fails; ReadTimeout after
+        `timeout_s` of silence."""
+        if self.error is not None:
+            raise self.error
+        self.waiter = waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout_s, self._timed_out, waiter, timeout_s)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+        if self.error is not None:
+            raise self.error
+
+    def _timed_out(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
+        if not waiter.done():
+            self._fail(ReadTimeout(f"the engine sent nothing for {timeout_s:g} s"))
+
+    def take(self) -> bytes:
+        """What has arrived of the body since the last call."""
+        data = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        self.body.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None and not self.lost:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    # -- reuse -----------------------------------------------------------------------------
+
+    def is_reusable(self) -> bool:
+        return (
+            self.complete
+            and not self.lost
+            and self.error is None
+            and self.keep_alive
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def is_quiet(self) -> bool:
+        """An idle kept-alive connection may take a request: nothing waits to be read on it (a
+        FIN the engine sent when it closed its end, or stray bytes). Checked just before the
+        write, so a request is never written to a connection known to be closing."""
+        if self.lost or self.transport is None or self.transport.is_closing():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        return not readable
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()  # an answer cut short: the engine sees it and stops
+
+
+class Answer:
+    """An engine's answer: status and headers at once, the body as it comes."""
+
+    def __init__(self, conn: _Connection, read_timeout_s: float) -> None:
+        self._conn = conn
+        self._timeout_s = read_timeout_s
+        self.status = conn.status
+        self.raw_headers = conn.headers
+
+    @property
+    def content_type(self) -> bytes:
+        for name, value in self.raw_headers:
+            if name == b"content-type":
+                return value.split(b";", 1)[0].strip()
+        return b"application/octet-stream"
+
+    async def read(self) -> bytes:
+        conn = self._conn
+        parts: list[bytes] = []
+        while not conn.complete:
+            await conn.wait(self._timeout_s)
+            parts.append(conn.take())
+        parts.append(conn.take())
+        return b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, in the pieces the engine sent (joined where several wait)."""
+        conn = self._conn
+        while True:
+            if conn.body:
+                yield conn.take()
+                continue
+            if conn.complete:
+                return
+            await conn.wait(self._timeout_s)
+
+    def release(self) -> None:
+        """Done with it: a complete answer leaves its connection for the next request."""
+        self._conn.pool.put_back(self._conn)
+
+
+class UpstreamPool:
+    """Connections to engines by (host, port); no limit: the scheduler bounds concurrency."""
+
+    def __init__(self, read_timeout_s: float, connect_timeout_s: float = 10.0) -> None:
+        self.read_timeout_s = read_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
+
+    async def post(self, host: str, port: int, path: str, body: bytes, head: bytes = b"") -> Answer:
+        """POSTs `body` (JSON) and returns once the answer's headers are in. NeverSent: nothing
+        reached the engine; Broken: it may have run."""
+        key = (host, port)
+        conn = self._idle_connection(key) or await self._connect(key)
+        self._busy.add(conn)
+        request = b"".join(
+            (
+                b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", host.encode(), b":",
+                str(port).encode(), b"\r\nContent-Type: application/json\r\nContent-Length: ",
+                str(len(body)).encode(), b"\r\n", head, b"\r\n", body,
+            )
+        )  # fmt: skip
+        transport = conn.transport
+        if transport is None or transport.is_closing():  # closed as soon as it was made
+            self.discard(conn)
+            raise NeverSent(f"{host}:{port} closed the connection before the request was sent")
+        transport.write(request)
+        try:
+            while not conn.headers_done:
+                await conn.wait(self.read_timeout_s)
+        except BaseException:
+            self.discard(conn)
+            raise
+        return Answer(conn, self.read_timeout_s)
+
+    def _idle_connection(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.is_quiet():
+                conn._begin()
+                return conn
+            conn.close()  # closed by the engine meanwhile: never written to
+        return None
+
+    async def _connect(self, key: tuple[str, int]) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self, key), *key),
+                self.connect_timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise NeverSent(f"cannot connect to {key[0]}:{key[1]} ({exc or 'timed out'})") from exc
+        return conn
+
+    def put_back(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        if not conn.is_reusable():
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= _IDLE_KEPT:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def discard(self, conn: _Connection) -> None:
+        self._busy.discard(conn)
+        conn.close()
+
+    def forget(self, conn: _Connection) -> None:
+        """A connection the engine closed: out of the idle list."""
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        for conn in list(self._busy):
+            conn.close()
+        self._idle.clear()
+        self._busy.clear()
