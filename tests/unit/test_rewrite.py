@@ -63,3 +63,23 @@ def test_errors_take_openai_shape():
     assert '"loc"' in orjson.loads(body)["error"]["message"]
     already = b'{"error": {"message": "m", "type": "t", "code": "c", "param": null}}'
     assert orjson.loads(fix.whole(404, b"application/json", already)[1]) == orjson.loads(already)
+
+
+def test_a_stream_with_crlf_line_ends_is_split_into_its_events_at_any_cut():
+    """Reproduced: a stream whose events end in CRLF (no LF LF) was held whole until its end."""
+    stream = b"".join(event({"model": "/m", "n": i}).replace(b"\n", b"\r\n") for i in range(3))
+    for cut in range(1, len(stream)):
+        fix = AnswerFix("smol", add_done=True)
+        first = fix.chunk(stream[:cut])
+        out = first + fix.chunk(stream[cut:]) + fix.end()
+        parsed = [orjson.loads(e[6:]) for e in out.split(b"\n\n") if e[6:7] == b"{"]
+        assert [p["n"] for p in parsed] == [0, 1, 2] and {p["model"] for p in parsed} == {"smol"}
+        if cut >= len(event({"model": "/m", "n": 0})) + 4:  # its first event is whole
+            assert b'"n":0' in first
+
+
+def test_an_event_that_never_ends_is_passed_on_past_the_limit_in_linear_time():
+    fix = AnswerFix("smol", add_done=False)
+    piece = b"x" * 65536
+    passed = b"".join(fix.chunk(piece) for _ in range(200))  # 13 MiB with no blank line
+    assert len(passed) + len(fix.end()) >= 200 * len(piece) - 2

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_estimate import make_gguf
 from vramgate import inventory
 from vramgate.errors import BadRequest
 from vramgate.inventory import adhoc_model, find, instance_name, seed_options
@@ -116,3 +117,14 @@ def test_mistyped_adhoc_settings_are_a_400_naming_the_field(options):
 def test_a_nul_in_a_name_is_a_400(tmp_path):
     with pytest.raises(BadRequest, match="NUL"):
         find(tmp_path, "tiny\0.gguf")
+
+
+def test_the_estimate_cache_keeps_a_bounded_number_of_files(tmp_path):
+    """Reproduced: the inventory's estimate cache kept an entry for every file it ever saw."""
+    gguf = make_gguf(tmp_path / "base.gguf").read_bytes()
+    inventory._estimate.cache_clear()
+    for i in range(inventory.ESTIMATES_KEPT + 40):
+        (tmp_path / f"m{i}.gguf").write_bytes(gguf)
+        entry = find(tmp_path, f"m{i}")
+        assert entry is not None and inventory.estimate(entry) is not None
+    assert inventory._estimate.cache_info().currsize == inventory.ESTIMATES_KEPT

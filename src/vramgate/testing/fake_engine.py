@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from vramgate.testing import fake_sleep, gpu_load
+from vramgate.testing import fake_sleep, fake_slots, gpu_load
 
 STATS = web.AppKey("stats", dict)
 OPTS = web.AppKey("opts", argparse.Namespace)
@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     gpu_load.add_arguments(p)
     fake_sleep.add_arguments(p)
+    fake_slots.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -122,6 +123,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
         return web.json_response(message, status=503)
     is_chat = request.path.endswith("/chat/completions")
     n = _max_tokens(body, opts)
+    timings = fake_slots.evaluate(request.app, body)
     ident = f"cmpl-{time.monotonic_ns()}"
     stats = request.app[STATS]
     try:
@@ -145,6 +147,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
             "model": body.get("model"),
             "choices": [choice],
             "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1},
+            "timings": timings,
         },
         dumps=lambda o: orjson.dumps(o).decode(),
     )
@@ -254,6 +257,7 @@ def build_app(opts: argparse.Namespace) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/rerank", rerank)
     fake_sleep.add_routes(app, opts)
+    fake_slots.add_routes(app, opts)
 
     async def on_startup(app: web.Application) -> None:
         app["loader"] = asyncio.create_task(_load(app))

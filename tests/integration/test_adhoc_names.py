@@ -1,0 +1,100 @@
+"""Ad-hoc models (allow_adhoc): one model per file and settings however its path is spelled, a
+cap on how many, the key checked before anything is defined, never a configured model's name."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.integration.test_inventory import build, stand_in
+
+TINY = "acme/tiny-GGUF/tiny-Q4_K_M"
+
+
+def adhoc_gateway(gateway, tmp_path, monkeypatch, key=None, **config):
+    root = build(tmp_path)
+    monkeypatch.setenv("VRAMGATE_ENGINES__LLAMACPP__BINARY", stand_in(tmp_path))
+    return root, gateway({"models_dir": str(root), "allow_adhoc": True, **config}, key=key)
+
+
+def complete(gw, model: str, **extra) -> httpx.Response:
+    body = {"model": model, "prompt": "x", "max_tokens": 1, **extra}
+    return gw.http.post("/v1/completions", json=body)
+
+
+def test_every_spelling_of_a_path_is_one_model_with_one_engine(gateway, tmp_path, monkeypatch):
+    """Reproduced: `tiny`, `./tiny`, `.//tiny` and `/abs/./tiny.gguf` each became a model of its
+    own, each able to run its own engine of the same file."""
+    root, gw = adhoc_gateway(gateway, tmp_path, monkeypatch)
+    spellings = [TINY, f"./{TINY}", f".//{TINY}", f"{TINY}.gguf", f"{root}/./{TINY}.gguf"]
+    for spelling in spellings:
+        resp = complete(gw, spelling)
+        assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == "tok0 "
+    models = gw.status()["models"]
+    assert [m["name"] for m in models] == [TINY]
+    assert models[0]["starts"] == 1 and models[0]["requests"] == len(spellings)
+
+
+def test_ad_hoc_models_are_capped_and_the_oldest_idle_one_goes(gateway, tmp_path, monkeypatch):
+    root, gw = adhoc_gateway(gateway, tmp_path, monkeypatch, max_adhoc=2)
+    for name in ("a", "b", "c"):
+        (root / f"{name}.gguf").write_bytes((root / f"{TINY}.gguf").read_bytes())
+    assert complete(gw, "a").status_code == 200
+    assert complete(gw, "b").status_code == 200
+    # Both have engines: a third has no room.
+    third = complete(gw, "c")
+    assert third.status_code == 503 and "max_adhoc=2" in third.json()["error"]["message"]
+    gw.http.post("/admin/models/a/unload")
+    assert complete(gw, "c").status_code == 200  # a, with no engine, made way
+    assert sorted(m["name"] for m in gw.status()["models"]) == ["b", "c"]
+
+
+def test_a_key_scoped_to_one_model_defines_nothing(gateway, tmp_path, monkeypatch):
+    """Reproduced: a key scoped to a configured model added (and redefined) ad-hoc models
+    before it was refused."""
+    _, gw = adhoc_gateway(
+        gateway, tmp_path, monkeypatch,
+        auth={"admin_keys": ["admin"]},
+        models={"own": {"engine": "command", "cmd": "x --port ${PORT}", "api_keys": ["scoped"]}},
+        key="admin",
+    )  # fmt: skip
+    resp = httpx.post(
+        f"{gw.url}/v1/completions", json={"model": TINY, "prompt": "x"},
+        headers={"Authorization": "Bearer scoped"},
+    )  # fmt: skip
+    assert resp.status_code == 403 and "not models from models_dir" in resp.text
+    assert [m["name"] for m in gw.status()["models"]] == ["own"]
+    assert not any(e["kind"] == "adhoc" for e in gw.status()["events"])
+
+
+def test_an_exclusive_name_never_takes_a_configured_models_place(gateway, tmp_path, monkeypatch):
+    """Reproduced: a request for `LABEL@ENGINE-DEVICE` replaced the configured model of that
+    name: its keys stopped applying and it served another file."""
+    configured = {"engine": "command", "cmd": "x --port ${PORT}", "api_keys": ["k"]}
+    _, gw = adhoc_gateway(
+        gateway, tmp_path, monkeypatch,
+        auth={"admin_keys": ["admin"]},
+        models={f"{TINY}@llamacpp-cpu": configured},
+        key="admin",
+    )  # fmt: skip
+    resp = complete(gw, TINY, backend="llamacpp", device="cpu")
+    assert resp.status_code == 409 and "never take a configured model's name" in resp.text
+    [model] = gw.status()["models"]
+    assert model["name"] == f"{TINY}@llamacpp-cpu" and model["engine"] == "command"
+
+
+def test_long_and_slashed_names_get_their_own_files(gateway, tmp_path, monkeypatch):
+    """Reproduced: `a/b` and `a--b` shared an engine log; a name over ~240 bytes with keep_kv
+    failed every start (ENAMETOOLONG)."""
+    root, gw = adhoc_gateway(gateway, tmp_path, monkeypatch)
+    long_dir = root / ("d" * 120) / ("e" * 120)
+    long_dir.mkdir(parents=True)
+    (long_dir / "m.gguf").write_bytes((root / f"{TINY}.gguf").read_bytes())
+    (root / "a").mkdir()
+    (root / "a" / "b.gguf").write_bytes((root / f"{TINY}.gguf").read_bytes())
+    (root / "a--b.gguf").write_bytes((root / f"{TINY}.gguf").read_bytes())
+    long_name = f"{'d' * 120}/{'e' * 120}/m"
+    assert complete(gw, long_name, vramgate={"context_length": 512}).status_code == 200
+    assert complete(gw, "a/b").status_code == 200
+    assert complete(gw, "a--b").status_code == 200
+    assert gw.engine_log("a/b") != gw.engine_log("a--b")
+    assert "-c 512" in gw.engine_log(long_name)
