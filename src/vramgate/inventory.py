@@ -134,8 +134,8 @@ def find(models_dir: Path, label: str, engine: str | None = None) -> Entry | Non
     absolute as seed 003's clients send it), or a folder holding one model (`engine` picks the
     format where it holds both a GGUF and safetensors).
 
-    A name that points outside models_dir (`..`, an absolute path elsewhere, a symlink leading
-    out) is refused with 400, before anything is looked up.
+    A name that points outside models_dir (`..`, an absolute path elsewhere) is refused with
+    400 before anything is looked up; one that names a symlink leading out, once found.
     """
     root = models_dir.resolve()
     if "\0" in label:  # no path holds one; the OS would refuse it deeper down (a 500)
@@ -143,7 +143,7 @@ def find(models_dir: Path, label: str, engine: str | None = None) -> Entry | Non
     path = Path(label)
     if path.is_absolute() and path.resolve().is_relative_to(root):
         path = path.resolve().relative_to(root)
-    if path.is_absolute() or ".." in path.parts or not within(root, root / path):
+    if path.is_absolute() or ".." in path.parts:
         raise BadRequest(f"model {label!r}: ad-hoc models must be inside models_dir ({root})")
     wanted = path.as_posix()
     named: list[Entry] = []

@@ -59,5 +59,7 @@ def test_worker_that_ignores_sigterm_dies_when_the_gateway_is_killed(gateway):
 def test_stop_escalates_to_sigkill_for_an_engine_that_ignores_sigterm(gateway):
     gw = gateway({"models": {"stubborn": model("--ignore-sigterm", stop_timeout=0.5)}})
     gw.http.post("/admin/models/stubborn/load")
+    [pid] = gw.engine_pids()
     assert gw.http.post("/admin/models/stubborn/unload").json()["state"] == "stopped"
+    assert not pid_alive(pid)  # gone when the unload answers, not some time later
     assert "stop stubborn (admin, idle 0s), exit -9" in gw.log()

@@ -186,9 +186,12 @@ def test_a_rank_replaces_recency_in_the_eviction_order():
 
 
 def test_a_model_fits_into_exactly_the_room_left():
-    """10000 total, 500 reserved, 5000 resident: exactly 4500 left, and 4500 fits there."""
-    assert place(4500, [gpu(used=5000)], [res("a", 5000)], "b") == Placement(gpus=(0,))
-    assert place(4501, [gpu(used=5000)], [res("a", 5000)], "b") == Placement((0,), ("a",))
+    """GPU 0: 10000 total, 500 reserved, 5000 resident: exactly 4500 left, and 4500 fits there
+    (the tightest fit, ahead of GPU 1's 5500)."""
+    gpus = [gpu(0, used=5000), gpu(1, used=4000)]
+    residents = [res("a", 5000, gpu=0), res("b", 4000, gpu=1)]
+    assert place(4500, gpus, residents, "c") == Placement(gpus=(0,))
+    assert place(4501, gpus, residents, "c") == Placement(gpus=(1,))
 
 
 def test_a_busy_engine_is_drained_only_after_its_turn():

@@ -239,25 +239,26 @@ class EngineProcess:
         )
 
     async def stop(self, timeout_s: float) -> int | None:
-        """SIGTERM to the group, SIGKILL after `timeout_s`, then SIGKILL for any straggler in it."""
+        """SIGTERM to the group, then after `timeout_s` (or at once, if the engine has gone)
+        SIGKILL to whatever is left of it; bounded."""
         if not self.proc:
             return None
         pgid = self.proc.pid  # start_new_session made the engine its group's leader
         if self.proc.returncode is None:
             _killpg(pgid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), timeout_s)
-            except TimeoutError:
-                _killpg(pgid, signal.SIGKILL)
-                try:
-                    await asyncio.wait_for(self.proc.wait(), KILL_WAIT_S)
-                except TimeoutError:
-                    logger.error(
-                        "model '%s': pid %d did not exit %g s after SIGKILL; giving up on it",
-                        self.name, pgid, KILL_WAIT_S,
-                    )  # fmt: skip
-        # Workers may outlive their leader, holding memory and our pipe; they go too.
+        # Whatever is left of the group goes now: the engine, if it ignored SIGTERM, and workers
+        # that outlive their leader, holding memory and our pipe.
         _killpg(pgid, signal.SIGKILL)
+        if self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), KILL_WAIT_S)
+            except TimeoutError:
+                logger.error(
+                    "model '%s': pid %d did not exit %g s after SIGKILL; giving up on it",
+                    self.name, pgid, KILL_WAIT_S,
+                )  # fmt: skip
         if self.watchdog:
             self.watchdog.forget(pgid)
         await self._drain_output()
