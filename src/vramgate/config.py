@@ -291,6 +291,12 @@ class Settings(_Strict):
     drain_timeout: float = Field(
         default=30, ge=0, description="Seconds in-flight requests may finish at SIGTERM."
     )
+    stream_keepalive_s: float = Field(
+        default=10,
+        ge=0,
+        description="A streamed request that waits this long for its engine (a cold start) gets "
+        "its answer begun and a keep-alive this often (SSE comment, Anthropic ping); 0 = off.",
+    )
     auth: Auth = Auth()
     defaults: Defaults = Defaults()
     engines: dict[str, EngineSettings] = Field(

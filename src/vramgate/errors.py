@@ -100,6 +100,10 @@ class EngineUnavailable(GatewayError):
     code = "engine_unavailable"
 
 
+class EngineFailed(EngineUnavailable):
+    """The engine answered a streamed request with an error after the stream had begun."""
+
+
 class EngineGone(EngineUnavailable):
     """Raised before anything was sent to the engine or the client: safe to try again."""
 

@@ -12,18 +12,16 @@ import asyncio
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
-import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Send
 
-from vramgate.errors import EngineGone, EngineUnavailable, GatewayError, sse_error_event
-from vramgate.rewrite import AnswerFix
+from vramgate.api.shapes import OPENAI, Shape
+from vramgate.errors import EngineFailed, EngineGone, EngineUnavailable, GatewayError
 from vramgate.upstream import Answer, Broken, NeverSent, UpstreamPool
 
-_PASSED_HEADERS = (b"content-type",)
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
 
@@ -91,6 +89,30 @@ class hangup_cancels:
         return False  # cancelled from elsewhere (shutdown), or not at all: as it was
 
 
+class Mend(Protocol):
+    """Turns an engine's answers into what the client's API wants: rewrite.AnswerFix (an engine
+    that strays from OpenAI's API), or a translation into Anthropic's or Ollama's."""
+
+    def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[int, bytes, bytes]:
+        """A complete answer's status, content type and body, as the client should get them."""
+        ...
+
+    def chunk(self, data: bytes) -> bytes:
+        """What to send of a stream's next piece (may be nothing yet)."""
+        ...
+
+    def end(self) -> bytes:
+        """What is still owed when the engine's stream ends."""
+        ...
+
+
+class Opened:
+    """Whether the client's answer has begun (its headers were sent while the request waited:
+    stream_keepalive_s); then every error must go into the stream."""
+
+    started = False
+
+
 async def relay(
     pool: UpstreamPool,
     model: str,
@@ -100,48 +122,62 @@ async def relay(
     is_stream: bool,
     send: Send,
     timing: Timing,
-    fix: AnswerFix | None = None,
+    mend: Mend | None = None,
+    shape: Shape = OPENAI,
+    opened: Opened | None = None,
 ) -> bool:
-    """`fix`: the engine's answers need mending (rewrite.py); None for engines that speak
-    OpenAI's API as it is, the hot path. EngineGone: nothing reached the engine (the caller
-    may try again); any other failure is answered here, never sent twice, and returns True:
-    the engine broke (it may be dying: the caller lets its exit be seen before it frees the
-    slot, which would otherwise go to a request queued for a dead engine)."""
+    """`mend`: the engine's answers need mending or translating; None for engines that speak
+    the client's API as it is, the hot path. EngineGone: nothing reached the engine (the caller
+    may try again); any other failure is answered here, in `shape`, never sent twice, and
+    returns True: the engine broke (it may be dying: the caller lets its exit be seen before it
+    frees the slot, which would otherwise go to a request queued for a dead engine)."""
     host, port = split_url(base_url)
+    started = opened is not None and opened.started
     timing.posted = time.perf_counter()
     try:
         answer = await pool.post(host, port, path, body)
     except NeverSent as exc:
         raise EngineGone(f"model '{model}': the engine refused the connection ({exc})") from exc
     except Broken as exc:
-        error = _broken(model, exc)
-        timing.status = error.status
-        await send_error(send, error)
+        await _fail(send, timing, shape, _broken(model, exc), started)
         return True
     try:
         timing.answered = time.perf_counter()
         timing.status = answer.status
         if is_stream and answer.status == 200:
-            return await _relay_stream(model, answer, send, timing, fix)
+            return await _relay_stream(model, answer, send, timing, mend, shape, started)
         try:
             content = await answer.read()
         except Broken as exc:
-            error = _broken(model, exc)
-            timing.status = error.status
-            await send_error(send, error)
+            await _fail(send, timing, shape, _broken(model, exc), started)
             return True
         timing.answered = time.perf_counter()
     finally:
         answer.release()
-    headers = _pass_headers(answer.raw_headers)
-    if fix is not None:
-        content_type, content = fix.whole(answer.status, answer.content_type, content)
-        headers = [(b"content-type", content_type)]
-    headers += [(b"content-length", str(len(content)).encode())]
+    status, content_type = answer.status, answer.content_type
+    if mend is not None:
+        status, content_type, content = mend.whole(status, content_type, content)
+    if started:  # a stream was promised: its error goes into it
+        error = EngineFailed(f"model '{model}': {content.decode(errors='replace')[:500]}")
+        await _fail(send, timing, shape, error, True)
+        return False
+    headers = [(b"content-type", content_type), (b"content-length", str(len(content)).encode())]
     headers.append(timing.header(time.perf_counter()))
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
     return False
+
+
+async def _fail(
+    send: Send, timing: Timing, shape: Shape, error: GatewayError, started: bool
+) -> None:
+    timing.status = error.status
+    if started:
+        await send({"type": "http.response.body", "body": shape.stream_error(error),
+                    "more_body": True})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        await send_error(send, error, shape=shape)
 
 
 @functools.lru_cache(maxsize=256)
@@ -152,25 +188,30 @@ def split_url(base_url: str) -> tuple[str, int]:
 
 
 async def _relay_stream(
-    model: str, answer: Answer, send: Send, timing: Timing, fix: AnswerFix | None
+    model: str,
+    answer: Answer,
+    send: Send,
+    timing: Timing,
+    mend: Mend | None,
+    shape: Shape,
+    started: bool,
 ) -> bool:
-    headers = [*_pass_headers(answer.raw_headers), *_STREAM_HEADERS]
-    headers.append(timing.header(time.perf_counter()))
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if not started:
+        headers = [(b"content-type", shape.stream_type if mend else answer.content_type)]
+        headers += [*_STREAM_HEADERS, timing.header(time.perf_counter())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
     try:
         async for chunk in answer.chunks():
             if timing.first_chunk is None:
                 timing.first_chunk = time.perf_counter()
-            if fix is not None and not (chunk := fix.chunk(chunk)):
+            if mend is not None and not (chunk := mend.chunk(chunk)):
                 continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if fix is not None and (rest := fix.end()):
+        if mend is not None and (rest := mend.end()):
             await send({"type": "http.response.body", "body": rest, "more_body": True})
     except Broken as exc:
         # Headers are gone already: tell the client in the stream itself, then end it.
-        event = sse_error_event(_broken(model, exc))
-        await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await _fail(send, timing, shape, _broken(model, exc), True)
         return True
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return False
@@ -181,13 +222,11 @@ def _broken(model: str, exc: BaseException) -> EngineUnavailable:
     return EngineUnavailable(f"model '{model}': the engine failed mid-request ({reason})")
 
 
-def _pass_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in raw if k in _PASSED_HEADERS]
-
-
-async def send_error(send: Send, exc: GatewayError, *, detail: bool = False) -> None:
-    body = orjson.dumps(exc.body(detail=detail))
+async def send_error(
+    send: Send, exc: GatewayError, *, detail: bool = False, shape: Shape = OPENAI
+) -> None:
+    status, body = shape.error(exc, detail=detail)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from vramgate.errors import error_body
+from vramgate.sse import SseSplitter
 
 DONE = b"data: [DONE]\n\n"
 _EVENT_END = b"\n\n"
@@ -26,55 +27,33 @@ class AnswerFix:
         self.model = model
         self.add_done = add_done
         self.seen_done = False
-        self.pending = bytearray()  # an event's start, until its blank line arrives
-        self.cr = b""  # a CR that ended the last chunk
+        self.events = SseSplitter(MAX_PENDING)
 
-    def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[bytes, bytes]:
-        """The answer's content type and body as the client should get them."""
+    def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[int, bytes, bytes]:
+        """The answer's status, content type and body as the client should get them."""
         if status >= 400:
-            return _JSON, orjson.dumps(_openai_error(status, content))
+            return status, _JSON, orjson.dumps(_openai_error(status, content))
         if content_type.startswith(b"text/event-stream"):
             # Asked without `stream`, answered as a stream anyway: the final object is the answer.
             final = _final_response(content)
             if final is not None:
-                return _JSON, orjson.dumps(self._named(final))
-            return content_type, content
+                return status, _JSON, orjson.dumps(self._named(final))
+            return status, content_type, content
         try:
             payload = orjson.loads(content)
         except orjson.JSONDecodeError:
-            return content_type, content
-        return content_type, orjson.dumps(self._named(payload))
+            return status, content_type, content
+        return status, content_type, orjson.dumps(self._named(payload))
 
     def chunk(self, data: bytes) -> bytes:
-        """The complete events so far, mended; a partial one waits for the rest.
-
-        Line ends may be CRLF or CR (the SSE spec allows all three): they become LF. Only the new
-        bytes are searched, so a long event split into many chunks costs linear time, and one
-        that never ends (no blank line) is passed on as it is past MAX_PENDING.
-        """
-        data = self.cr + data
-        self.cr = b""
-        if data.endswith(b"\r"):  # may be half of a CRLF: decided with the next chunk
-            self.cr, data = b"\r", data[:-1]
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        start = max(0, len(self.pending) - 1)
-        self.pending += data
-        cut = self.pending.rfind(_EVENT_END, start)
-        if cut < 0:
-            if len(self.pending) <= MAX_PENDING:
-                return b""
-            raw, self.pending = bytes(self.pending), bytearray()
-            return raw
-        events = bytes(self.pending[: cut + 2]).split(_EVENT_END)
-        del self.pending[: cut + 2]
-        return b"".join(self._event(e) for e in events if e)
+        """The complete events so far, mended; a partial one waits for the rest (sse.py)."""
+        events, raw = self.events.feed(data)
+        return b"".join(self._event(e) for e in events) + raw
 
     def end(self) -> bytes:
         """What is still owed when the engine's stream ends."""
-        rest = bytes(self.pending) + self.cr
-        self.pending, self.cr = bytearray(), b""
-        rest = self._event(rest) if rest.strip() else b""
+        rest = self.events.rest()
+        rest = self._event(rest) if rest else b""
         if self.add_done and not self.seen_done:
             rest += DONE
         return rest

@@ -196,7 +196,7 @@ class Answer:
     def content_type(self) -> bytes:
         for name, value in self.raw_headers:
             if name == b"content-type":
-                return value.split(b";", 1)[0].strip()
+                return value
         return b"application/octet-stream"
 
     async def read(self) -> bytes:

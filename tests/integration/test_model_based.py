@@ -37,7 +37,7 @@ ALLOWED = (
     "ok", "cancelled", "QueueFull", "Unloaded", "EngineStartFailed", "EngineOutOfMemory",
     "ModelNotFound", "GatewayBusy: cannot start", "Client", "ServerDisconnected",
 )  # fmt: skip
-STEPS = int(os.environ.get("VRAMGATE_MBT_STEPS", "1500"))
+STEPS = int(os.environ.get("VRAMGATE_MBT_STEPS", "2000"))
 SEED = int(os.environ.get("VRAMGATE_MBT_SEED", "20261201"))
 MAX_WAIT_S = 12.0
 GPU = {"simulate_mib": [10_000], "reserve_mib": 0}
@@ -323,7 +323,7 @@ async def walk(tmp: Path, seed: int, steps: int) -> Walk:
         try:
             for i in range(steps):
                 w.step()
-                await asyncio.sleep(w.rng.choice((0, 0.005, 0.01, 0.02, 0.05, 0.2)))
+                await asyncio.sleep(w.rng.choice((0, 0, 0.005, 0.01, 0.02, 0.1)))
                 w.forget_done()
                 w.check()
                 if i % 250 == 249:

@@ -38,7 +38,7 @@ def test_responses_streams_get_no_done_and_nested_names_are_mended():
 
 def test_a_whole_answer_is_renamed():
     fix = AnswerFix("smol", add_done=True)
-    kind, body = fix.whole(200, b"application/json", orjson.dumps({"model": "/m@main", "id": 1}))
+    _, kind, body = fix.whole(200, b"application/json", orjson.dumps({"model": "/m@main", "id": 1}))
     assert kind == b"application/json" and orjson.loads(body) == {"model": "smol", "id": 1}
 
 
@@ -46,23 +46,23 @@ def test_a_stream_sent_where_json_was_asked_becomes_the_final_response():
     stream = event({"type": "response.created", "response": {"status": "queued"}})
     final = {"status": "completed", "model": "/m@main", "output": []}
     stream += event({"type": "response.completed", "response": final})
-    kind, body = AnswerFix("smol", add_done=False).whole(200, b"text/event-stream", stream)
+    _, kind, body = AnswerFix("smol", add_done=False).whole(200, b"text/event-stream", stream)
     assert kind == b"application/json"
     assert orjson.loads(body) == {**final, "model": "smol"}
 
 
 def test_errors_take_openai_shape():
     fix = AnswerFix("smol", add_done=True)
-    _, body = fix.whole(400, b"application/json", b'{"detail": "Server is pinned to x"}')
+    _, _, body = fix.whole(400, b"application/json", b'{"detail": "Server is pinned to x"}')
     error = orjson.loads(body)["error"]
     assert error["message"] == "the engine answered 400: Server is pinned to x"
     assert error["type"] == "invalid_request_error" and error["code"] == "engine_error"
-    _, body = fix.whole(500, b"text/plain", b"Internal Server Error")
+    _, _, body = fix.whole(500, b"text/plain", b"Internal Server Error")
     assert orjson.loads(body)["error"]["type"] == "server_error"
-    _, body = fix.whole(422, b"application/json", b'{"detail": [{"loc": ["body", "x"]}]}')
+    _, _, body = fix.whole(422, b"application/json", b'{"detail": [{"loc": ["body", "x"]}]}')
     assert '"loc"' in orjson.loads(body)["error"]["message"]
     already = b'{"error": {"message": "m", "type": "t", "code": "c", "param": null}}'
-    assert orjson.loads(fix.whole(404, b"application/json", already)[1]) == orjson.loads(already)
+    assert orjson.loads(fix.whole(404, b"application/json", already)[2]) == orjson.loads(already)
 
 
 def test_a_stream_with_crlf_line_ends_is_split_into_its_events_at_any_cut():
