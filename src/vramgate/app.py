@@ -22,10 +22,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from vramgate import __version__, reconfigure
-from vramgate.api import admin, downloads, manage, openai, page
+from vramgate.api import admin, anthropic, downloads, manage, ollama, ollama_models, openai, page
+from vramgate.api.shapes import ANTHROPIC, OLLAMA, OPENAI, Shape
 from vramgate.config import ConfigError, Settings
 from vramgate.downloads import Downloads
-from vramgate.errors import BadRequest, GatewayError, error_body
+from vramgate.errors import BadRequest, GatewayError, ModelNotFound, error_body
 from vramgate.events import Events
 from vramgate.gpu.base import GpuBackend
 from vramgate.gpu.footprints import FootprintStore
@@ -40,20 +41,37 @@ from vramgate.status import gateway_status
 log = logging.getLogger("vramgate")
 
 
-class GatewayApp:
-    """The ASGI app served: /v1 relay POSTs go straight to their endpoint, the rest to FastAPI."""
+# Every relaying route, whichever client API it belongs to: POSTs to them skip FastAPI.
+RELAYS = {**openai.RELAYS, **anthropic.ROUTES, **ollama.ROUTES}
+OLLAMA_HELLO = b"Ollama is running"  # what Ollama answers at / (clients check for it)
 
-    def __init__(self, api: FastAPI) -> None:
+
+class GatewayApp:
+    """The ASGI app served: relay POSTs go straight to their endpoint, the rest to FastAPI."""
+
+    def __init__(self, api: FastAPI, ollama_port: int | None = None) -> None:
         self.api = api
+        self.ollama_port = ollama_port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = openai.RELAYS.get(scope["path"])
+            endpoint = RELAYS.get(scope["path"])
             if endpoint is not None:
                 scope["app"] = self.api
                 await endpoint(scope, receive, send)
                 return
+        if scope["type"] == "http" and scope["path"] == "/" and self._on_ollama_port(scope):
+            headers = [(b"content-type", b"text/plain; charset=utf-8"),
+                       (b"content-length", str(len(OLLAMA_HELLO)).encode())]  # fmt: skip
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            body = b"" if scope["method"] == "HEAD" else OLLAMA_HELLO
+            await send({"type": "http.response.body", "body": body})
+            return
         await self.api(scope, receive, send)
+
+    def _on_ollama_port(self, scope: Scope) -> bool:
+        server = scope.get("server")
+        return self.ollama_port is not None and bool(server) and server[1] == self.ollama_port
 
 
 @dataclass
@@ -129,6 +147,7 @@ def create_app(
 
     app = FastAPI(title="vramgate", version=__version__, lifespan=lifespan)
     app.include_router(openai.router)
+    app.include_router(ollama_models.router)
     app.include_router(manage.router)
     app.include_router(downloads.router)
     app.include_router(admin.router)
@@ -137,7 +156,7 @@ def create_app(
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    return GatewayApp(app)
+    return GatewayApp(app, settings.ollama_port)
 
 
 def _download_changed(events: Events, job: Any) -> None:
@@ -194,17 +213,29 @@ def _json(body: object, status: int, headers: dict[str, str] | None = None) -> R
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
+def _shape(request: Request) -> Shape:
+    """The error shape of the client API a path belongs to."""
+    path = request.url.path
+    if path.startswith("/api/"):
+        return OLLAMA
+    return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
+
+
 async def _gateway_error(request: Request, exc: GatewayError) -> Response:
     # FastAPI routes that start engines (load) take admin keys only: they may see its output.
-    return _json(exc.body(detail=True), exc.status, exc.headers)
+    status, body = _shape(request).error(exc, detail=True)
+    return Response(body, status, exc.headers, media_type="application/json")
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = error_body(
-        f"{request.method} {request.url.path}: {exc.detail}", "invalid_request_error", code
-    )
-    return _json(body, exc.status_code)
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    shape = _shape(request)
+    if shape is OPENAI:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _json(error_body(message, "invalid_request_error", code), exc.status_code)
+    error = ModelNotFound(message) if exc.status_code == 404 else BadRequest(message)
+    _, body = shape.error(error)
+    return Response(body, exc.status_code, media_type="application/json")
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

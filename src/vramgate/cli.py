@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -69,7 +70,7 @@ def serve(
     def reload_settings() -> Settings:  # the same sources, read again (SIGHUP, /admin/reload)
         return load_settings(config, models=model or [], overrides=overrides)
 
-    uvicorn.run(
+    server = uvicorn.Config(
         create_app(settings, reload_settings),
         host=settings.host,
         port=settings.port,
@@ -84,6 +85,26 @@ def serve(
         # lifespan's end stops every engine.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
     )
+    sockets = None
+    if settings.ollama_port is not None:  # a second listener, for Ollama clients' own port
+        sockets = [
+            _listen(settings.host, settings.port),
+            _listen(settings.host, settings.ollama_port),
+        ]
+    uvicorn.Server(server).run(sockets=sockets)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()
@@ -91,6 +112,13 @@ def check(config: Annotated[Path, typer.Argument(help="YAML config file to valid
     """Validate a config file; exit 1 with every error (file, key path, expected) if it is bad."""
     settings = _load(config, [])
     typer.echo(f"{config}: ok, {len(settings.models)} model(s): {', '.join(settings.models)}")
+    for first, one, second, other in settings.ambiguous_patterns():
+        typer.echo(
+            f"warning: alias patterns {first!r} ({one}) and {second!r} ({other}) are as long as "
+            "each other and some names match both: the one listed first in the file wins; make "
+            "one longer or more precise",
+            err=True,
+        )
 
 
 @app.command()

@@ -5,6 +5,8 @@ Every error names the file, the key path (`models.gemma.ttl`) and what was expec
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -181,6 +183,17 @@ class ModelConfig(_Strict):
         "--dtype); default: the weights' own.",
     )
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
+    native_apis: list[Literal["anthropic", "ollama"]] | None = Field(
+        default=None,
+        description="Client APIs the engine serves itself beside OpenAI's (relayed as they are; "
+        "the others are translated); default: its engine kind's (llamacpp, vllm, sglang: "
+        "anthropic).",
+    )
+    vision: bool | None = Field(
+        default=None,
+        description="Whether the model takes images (false: an image is a 400 at the gateway); "
+        "default: llamacpp with --mmproj in args, else the engine decides.",
+    )
     max_wait: float | None = Field(
         default=None, gt=0, description="Seconds a request may wait for its engine; then 503."
     )
@@ -274,6 +287,13 @@ class Auth(_Strict):
 class Settings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    ollama_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="A second listener on this port (Ollama's is 11434) serving the same API, "
+        "so that Ollama clients need no path; its / answers 'Ollama is running'.",
+    )
     state_dir: Path = Path("./state")
     max_running: int | None = Field(default=None, ge=1, description="Engines at once; LRU evicts.")
     max_body_mb: float = Field(default=32, gt=0, description="Largest request body in MiB.")
@@ -379,13 +399,73 @@ class Settings(_Strict):
         return self.model_setting(name, "ttl")
 
     def resolve(self, label: str) -> str | None:
-        """The model name that `label` (a name or an alias) stands for, or None."""
+        """The model name that `label` stands for, or None: a name, an alias, or (an agent's
+        own model names, `claude-*-haiku-*`) an alias pattern; exact names win over patterns,
+        and the longest pattern wins among those that match."""
         if label in self.models:
             return label
-        for name, model in self.models.items():
-            if label in model.aliases:
+        exact, patterns = self._aliases
+        found = exact.get(label)
+        if found is not None:
+            return found
+        for pattern, name in patterns:  # longest first
+            if fnmatch.fnmatchcase(label, pattern):
                 return name
         return None
+
+    @functools.cached_property
+    def _aliases(self) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """Exact aliases by label, and alias patterns (with *, ? or [) longest first."""
+        exact: dict[str, str] = {}
+        patterns: list[tuple[str, str]] = []
+        for name, model in self.models.items():
+            for alias in model.aliases:
+                if is_pattern(alias):
+                    patterns.append((alias, name))
+                else:
+                    exact.setdefault(alias, name)
+        patterns.sort(key=lambda p: -len(p[0]))
+        return exact, patterns
+
+    def ambiguous_patterns(self) -> list[tuple[str, str, str, str]]:
+        """Pairs of alias patterns of different models, of the same length, that some name
+        matches both of: which one it reaches is then their order in the file."""
+        _, patterns = self._aliases
+        found = []
+        for i, (first, one) in enumerate(patterns):
+            for second, other in patterns[i + 1 :]:
+                same = len(first) == len(second)
+                if same and one != other and patterns_overlap(first, second):
+                    found.append((first, one, second, other))
+        return found
+
+
+def is_pattern(alias: str) -> bool:
+    return any(c in alias for c in "*?[")
+
+
+def patterns_overlap(p: str, q: str) -> bool:
+    """Whether some name matches both glob patterns (`[...]` read as any one character, so a
+    few pairs that never overlap may be reported; none that do are missed)."""
+    p, q = _simple(p), _simple(q)
+
+    @functools.cache
+    def both(i: int, j: int) -> bool:
+        if i == len(p) and j == len(q):
+            return True
+        if i < len(p) and p[i] == "*":
+            return both(i + 1, j) or (j < len(q) and both(i, j + 1))
+        if j < len(q) and q[j] == "*":
+            return both(i, j + 1) or (i < len(p) and both(i + 1, j))
+        if i < len(p) and j < len(q) and (p[i] == q[j] or "?" in (p[i], q[j])):
+            return both(i + 1, j + 1)
+        return False
+
+    return both(0, 0)
+
+
+def _simple(pattern: str) -> str:
+    return re.sub(r"\[[^\]]*\]", "?", pattern)
 
 
 def guess_engine(source: str) -> str:

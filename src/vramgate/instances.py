@@ -39,6 +39,7 @@ class Instance:
     start_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
     watched: EngineHandle | None = None  # the engine whose exit is being watched
+    keep_alive_s: float | None = None  # a client's idle time until its next stop (Ollama's)
     then_stop: tuple[str, str] | None = None  # a stop (reason, why) asked during its sleep
     leaving: str | None = None  # while stop_task runs: "sleep", or the stop's reason (lru, admin)
     served_warm: int = 0  # requests that found the engine ready

@@ -6,6 +6,7 @@ from typing import Any
 
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
+from vramgate.scheduling.view import ttl_of
 
 
 def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
@@ -13,7 +14,7 @@ def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
     return {
         "gpus": memory.status(),
         "models": [
-            i.status(settings.setting_of(i.model, "ttl"))
+            i.status(ttl_of(i, settings))
             | memory.model_status(i)
             | {"runtime": settings.runtime_of(i.model)}
             for i in scheduler.instances.values()

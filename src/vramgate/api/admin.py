@@ -27,6 +27,7 @@ from vramgate.errors import BadRequest
 from vramgate.events import Fanout
 from vramgate.metrics import CONTENT_TYPE
 from vramgate.scheduling.snapshot import State
+from vramgate.scheduling.view import ttl_of
 from vramgate.status import gateway_status
 
 router = APIRouter()
@@ -65,7 +66,7 @@ async def load(label: str, request: Request) -> dict[str, Any]:
     name = resolve_or_404(scheduler.settings, label)
     inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
     await scheduler.ensure_ready(name)
-    return inst.status(scheduler.settings.setting_of(inst.model, "ttl"))
+    return inst.status(ttl_of(inst, scheduler.settings))
 
 
 @router.post("/admin/models/{label:path}/unload", dependencies=[Depends(admin_key)])
@@ -74,7 +75,7 @@ async def unload(label: str, request: Request) -> dict[str, Any]:
     name = resolve_or_404(scheduler.settings, label)
     inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
     await scheduler.unload(name)
-    return inst.status(scheduler.settings.setting_of(inst.model, "ttl"))
+    return inst.status(ttl_of(inst, scheduler.settings))
 
 
 @router.get("/admin/models/{label:path}/logs", dependencies=[Depends(admin_key)])

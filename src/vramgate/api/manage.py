@@ -13,6 +13,7 @@ from vramgate import inventory
 from vramgate.api.common import admin_key, any_key, resolve_or_404, scheduler_of
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
+from vramgate.scheduling.view import ttl_of
 
 router = APIRouter()
 
@@ -32,7 +33,7 @@ async def loaded(request: Request) -> dict[str, Any]:
     for name, inst in scheduler.instances.items():
         if not inst.is_running:
             continue
-        ttl = scheduler.settings.setting_of(inst.model, "ttl")
+        ttl = ttl_of(inst, scheduler.settings)
         idle = inst.state is State.READY and inst.is_idle and inst.last_used_wall is not None
         expires = inst.last_used_wall + ttl if idle and ttl and inst.last_used_wall else None
         status = inst.status(ttl) | scheduler.memory.model_status(inst)

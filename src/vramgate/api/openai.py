@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -47,6 +48,7 @@ async def list_models(request: Request, access: Access = Depends(any_key)) -> di
     """The models this key may use (all of them when no key is configured)."""
     scheduler = scheduler_of(request)
     created = int(request.app.state.started_at)
+    created_at = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
     data = []
     for name, inst in scheduler.instances.items():
         if name not in scheduler.settings.models or not access.may_use(name):
@@ -57,6 +59,10 @@ async def list_models(request: Request, access: Access = Depends(any_key)) -> di
                 "object": "model",
                 "created": created,
                 "owned_by": "vramgate",
+                # Anthropic's fields too: its SDK's models.list() reads the same route.
+                "type": "model",
+                "display_name": name,
+                "created_at": created_at,
                 "vramgate": {
                     "state": inst.state.value,
                     "engine": inst.model.engine,
@@ -65,4 +71,5 @@ async def list_models(request: Request, access: Access = Depends(any_key)) -> di
                 },
             }
         )
-    return {"object": "list", "data": data}
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": last}

@@ -155,20 +155,33 @@ class Endpoint:
         refuse_cross_site(scope["headers"])
         body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
         payload = self.parse(body)
-        label = self.label(payload)
+        label = await self.label(scheduler, payload)
         name, stripped = await resolve(scheduler, access, label, payload)
         if stripped:  # the gateway's own fields never reach the engine
             body = orjson.dumps(payload)
         served.append(name)
+        if await self.answered(scheduler, name, payload, send, timing):
+            return
         routed = await self.route(scheduler, name, label, payload, body)
         await run(scheduler, routed, receive, send, timing, self.shape, opened)
 
     def parse(self, body: bytes) -> dict[str, Any]:
         return parse_request(body)
 
-    def label(self, payload: dict[str, Any]) -> str:
-        """The model the client named."""
+    async def label(self, scheduler: Scheduler, payload: dict[str, Any]) -> str:
+        """The model the client named, as the gateway knows it."""
         return payload["model"]
+
+    async def answered(
+        self,
+        scheduler: Scheduler,
+        name: str,
+        payload: dict[str, Any],
+        send: Send,
+        timing: Timing,
+    ) -> bool:
+        """Requests a route answers itself, relaying nothing (Ollama's load and unload)."""
+        return False
 
     async def route(
         self, scheduler: Scheduler, name: str, label: str, payload: dict[str, Any], body: bytes

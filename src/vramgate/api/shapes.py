@@ -33,7 +33,7 @@ class Shape:
     def error(self, exc: GatewayError, *, detail: bool = False) -> tuple[int, bytes]:
         """(status, JSON body) of an error answered before anything else was sent."""
         if self.name == "anthropic":
-            status, kind = anthropic_status(exc)
+            status, kind = anthropic_status(exc.status, exc.code)
             body = {"type": "error", "error": {"type": kind, "message": _message(exc, detail)}}
             return status, orjson.dumps(body)
         if self.name == "ollama":
@@ -43,7 +43,7 @@ class Shape:
     def stream_error(self, exc: GatewayError) -> bytes:
         """The last piece of a stream that broke after its headers were sent."""
         if self.name == "anthropic":
-            _, kind = anthropic_status(exc)
+            _, kind = anthropic_status(exc.status, exc.code)
             error = {"type": "error", "error": {"type": kind, "message": exc.message}}
             return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
         if self.name == "ollama":
@@ -60,10 +60,11 @@ class Shape:
         )
 
 
-def anthropic_status(exc: GatewayError) -> tuple[int, str]:
-    if exc.code in _OVERLOADED:
+def anthropic_status(status: int, code: str = "") -> tuple[int, str]:
+    """Anthropic's status and error type for the gateway's (or an engine's) status."""
+    if code in _OVERLOADED:
         return 529, "overloaded_error"
-    return _ANTHROPIC.get(exc.status, (500, "api_error"))
+    return _ANTHROPIC.get(status, (500, "api_error"))
 
 
 def _message(exc: GatewayError, detail: bool) -> str:

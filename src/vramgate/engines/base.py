@@ -18,6 +18,9 @@ RERANK = "/v1/rerank"
 RESPONSES = "/v1/responses"
 GENERATE_ROUTES = frozenset({CHAT, COMPLETIONS, RESPONSES})
 ALL_ROUTES = GENERATE_ROUTES | {EMBEDDINGS, RERANK}
+# Anthropic's Messages API, which some engines serve themselves (relayed), others not (translated).
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class EngineAdapter(ABC):
     default_binary: ClassVar[str]
     tasks: ClassVar[frozenset[str]] = frozenset({"generate", "embed", "rerank"})
     sleep_levels: ClassVar[frozenset[int]] = frozenset()  # the `sleep` levels it supports
+    # Client APIs it serves itself beside OpenAI's (its routes relayed as they are); a model's
+    # `native_apis` overrides it. Any other API is translated to OpenAI's by the gateway.
+    native_apis: ClassVar[frozenset[str]] = frozenset()
+    context_flags: ClassVar[tuple[str, ...]] = ()  # the flags that set its context length
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -90,6 +97,27 @@ class EngineAdapter(ABC):
         if model.task == "rerank":
             return frozenset({RERANK})
         return GENERATE_ROUTES
+
+    def serves_natively(self, model: ModelConfig, api: str) -> bool:
+        """Whether `model`'s engine serves client API `api` (anthropic, ollama) itself."""
+        apis = self.native_apis if model.native_apis is None else model.native_apis
+        return api in apis
+
+    def context_length(self, model: ModelConfig) -> int | None:
+        """The context length `model`'s arguments set, if they set one."""
+        for i, arg in enumerate(model.args):
+            for flag in self.context_flags:
+                value = arg.removeprefix(flag + "=") if arg.startswith(flag + "=") else None
+                if arg == flag and i + 1 < len(model.args):
+                    value = model.args[i + 1]
+                if value is not None and value.isdigit() and int(value) > 0:
+                    return int(value)
+        return None
+
+    def takes_images(self, model: ModelConfig) -> bool | None:
+        """Whether `model` takes images: its `vision`, else what the engine kind can tell;
+        None: unknown (images go to the engine, which answers for itself)."""
+        return model.vision
 
     def upstream_model(self, name: str, model: ModelConfig) -> str:
         """The `model` value the engine expects in request bodies."""

@@ -32,6 +32,16 @@ def is_swa(path: Path) -> bool:
 class LlamaCppEngine(EngineAdapter):
     kind = "llamacpp"
     default_binary = "llama-server"
+    # /v1/messages and /v1/messages/count_tokens (tools/server/README.md); tool use with its
+    # jinja templates, on by default.
+    native_apis = frozenset({"anthropic"})
+    context_flags = ("-c", "--ctx-size")
+
+    def takes_images(self, model: ModelConfig) -> bool | None:
+        """It sees images only with a multimodal projector (--mmproj)."""
+        if model.vision is not None:
+            return model.vision
+        return bool({"-mm", "--mmproj", "-mmu", "--mmproj-url"} & set(model.args))
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.source is not None

@@ -20,6 +20,9 @@ class SglangEngine(EngineAdapter):
     kind = "sglang"
     default_binary = "python3"
     sleep_levels = frozenset({1})
+    # /v1/messages and /v1/messages/count_tokens (sglang/srt/entrypoints/anthropic).
+    native_apis = frozenset({"anthropic"})
+    context_flags = ("--context-length",)
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.source is not None

@@ -18,6 +18,10 @@ class VllmEngine(EngineAdapter):
     kind = "vllm"
     default_binary = "vllm"
     sleep_levels = frozenset({1, 2})
+    # /v1/messages and /v1/messages/count_tokens (vllm/entrypoints/anthropic, on the server
+    # `vllm serve` starts).
+    native_apis = frozenset({"anthropic"})
+    context_flags = ("--max-model-len",)
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.source is not None

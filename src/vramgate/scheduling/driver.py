@@ -47,6 +47,7 @@ from vramgate.upstream import UpstreamPool
 log = logging.getLogger("vramgate.scheduler")
 T = TypeVar("T")
 TICK_S = 0.25
+KEEP_ALIVE_MIN_S = 1e-3  # keep_alive 0: stopped at the first tick it is idle (ttl 0 is "never")
 
 
 class Scheduler:
@@ -386,7 +387,7 @@ class Scheduler:
             timeout_s = self.settings.setting_of(inst.model, "stop_timeout")
             code = await self.life.discard(inst, timeout_s)
         finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`
-            inst.then_stop = None
+            inst.then_stop = inst.keep_alive_s = None
             if inst.pending is Pending.CHANGED:
                 self._replace(inst)
             inst.draining_for = None
@@ -397,6 +398,12 @@ class Scheduler:
             detail = f" {why}" if why else ""
             message = f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}"
             self.events.record("stop", inst.name, message, reason=reason)
+
+    def keep_alive(self, name: str, seconds: float) -> None:
+        """A client's idle time for the model until its next stop (Ollama's keep_alive):
+        negative keeps it loaded, 0 stops it as soon as its requests are done."""
+        inst = self.instances[name]
+        inst.keep_alive_s = 0.0 if seconds < 0 else max(seconds, KEEP_ALIVE_MIN_S)
 
     async def unload(self, name: str) -> None:
         await self.stop(name, "admin")

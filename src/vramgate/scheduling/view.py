@@ -33,6 +33,14 @@ def snapshot(
     )
 
 
+def ttl_of(inst: Instance, settings: Settings) -> float:
+    """Idle seconds before its stop (0: never): what a client asked for until the next stop
+    (Ollama's keep_alive), else its configuration's."""
+    if inst.keep_alive_s is not None:
+        return inst.keep_alive_s
+    return settings.setting_of(inst.model, "ttl")
+
+
 def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool) -> ModelSnap:
     model, defaults = inst.model, settings.defaults
     return ModelSnap(
@@ -52,7 +60,7 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         drain_after_s=settings.gpus.drain_after,
         max_concurrency=model.max_concurrency,
         max_queue=defaults.max_queue if model.max_queue is None else model.max_queue,
-        ttl_s=defaults.ttl if model.ttl is None else model.ttl,
+        ttl_s=ttl_of(inst, settings),
         draining_for=inst.draining_for,
         pending=inst.pending,
         admitted=inst.admitted,

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from vramgate.testing import fake_sleep, fake_slots, gpu_load
+from vramgate.testing import fake_chat, fake_sleep, fake_slots, gpu_load
 
 STATS = web.AppKey("stats", dict)
 OPTS = web.AppKey("opts", argparse.Namespace)
@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu_load.add_arguments(p)
     fake_sleep.add_arguments(p)
     fake_slots.add_arguments(p)
+    fake_chat.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -108,7 +109,9 @@ async def _generate(request: web.Request, n: int):
 
 async def _read(request: web.Request) -> dict[str, Any]:
     request.app[STATS]["requests"] += 1
-    return orjson.loads(await request.read())
+    body = orjson.loads(await request.read())
+    request.app[STATS]["last"] = body  # what the gateway sent, for tests of its translations
+    return body
 
 
 def _max_tokens(body: dict[str, Any], opts: argparse.Namespace) -> int:
@@ -126,19 +129,26 @@ async def completion(request: web.Request) -> web.StreamResponse:
     timings = fake_slots.evaluate(request.app, body)
     ident = f"cmpl-{time.monotonic_ns()}"
     stats = request.app[STATS]
+    tool = fake_chat.tool_to_call(body) if is_chat else None
+    said = fake_chat.tool_result(body) if is_chat else None
     try:
         if body.get("stream"):
             return await _stream(request, body, n, ident, is_chat)
-        text = "".join([t async for t in _generate(request, n)])
+        text = (
+            f"the tool said: {said}" if said else "".join([t async for t in _generate(request, n)])
+        )
     except (asyncio.CancelledError, ConnectionResetError):
         stats["cancelled"] += 1
         raise
     stats["completed"] += 1
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "tool_calls" if tool else "length"}
     if is_chat:
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = {"role": "assistant", "content": None if tool else text}
+        if tool:
+            choice["message"]["tool_calls"] = [fake_chat.openai_call(tool)]
     else:
         choice["text"] = text
+    prompt = fake_chat.prompt_tokens(body)
     return web.json_response(
         {
             "id": ident,
@@ -146,7 +156,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
             "created": int(time.time()),
             "model": body.get("model"),
             "choices": [choice],
-            "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1},
+            "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": n + prompt},
             "timings": timings,
         },
         dumps=lambda o: orjson.dumps(o).decode(),
@@ -169,9 +179,23 @@ async def _stream(
             choice = {"index": 0, "text": text or "", "finish_reason": finish}
         return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
-    async for tok in _generate(request, n):
-        await resp.write(event(tok, None))
-    await resp.write(event(None, "length"))
+    tool = fake_chat.tool_to_call(body) if is_chat else None
+    if tool:
+        for delta in fake_chat.openai_call_deltas(tool):
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n")
+        finish = "tool_calls"
+    else:
+        async for tok in _generate(request, n):
+            await resp.write(event(tok, None))
+        finish = "length"
+    await resp.write(event(None, finish))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        prompt = fake_chat.prompt_tokens(body)
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": n + prompt}
+        await resp.write(
+            b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+        )
     await resp.write(b"data: [DONE]\n\n")
     request.app[STATS]["completed"] += 1
     await resp.write_eof()
@@ -258,6 +282,7 @@ def build_app(opts: argparse.Namespace) -> web.Application:
     app.router.add_post("/v1/rerank", rerank)
     fake_sleep.add_routes(app, opts)
     fake_slots.add_routes(app, opts)
+    fake_chat.add_routes(app, opts, _generate, _read)
 
     async def on_startup(app: web.Application) -> None:
         app["loader"] = asyncio.create_task(_load(app))
