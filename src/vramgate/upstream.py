@@ -2,11 +2,13 @@
 parsed by httptools (llhttp, the parser uvicorn uses), bodies handed on as they arrive.
 
 Why not a general client: a relayed request must know whether it left. A request is sent again
-only if it provably never reached the engine: the connection was refused (a new connection), or
-a kept-alive connection was found closed before a byte was written (its FIN, or anything at all,
-already waiting to be read). Once written, a request is never written again, whatever happens:
-an engine that died mid-answer must not run the prompt twice. aiohttp's client cannot say which
-of the two a failure was, and it costs about half of the gateway's CPU per request.
+only if it never reached the engine: the connection was refused (a new connection), or a
+kept-alive connection was found closed before a byte was written (its FIN, or anything at all,
+already waiting to be read), or (the race every keep-alive client meets) the engine closed the
+idle connection cleanly just as the request was written, answering nothing, and then accepts a
+new connection. Otherwise a written request is never written again: an engine that died
+mid-answer must not run the prompt twice. aiohttp's client cannot tell these apart, and it costs
+about half of the gateway's CPU per request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import httptools
 
 _READ_LIMIT = 1 << 20  # bytes of answer buffered before reading from the engine pauses
 _IDLE_KEPT = 64  # idle connections kept per engine
+RACE_S = 0.05  # a kept-alive connection closed this soon after a write was closed while idle
 
 
 class NeverSent(Exception):
@@ -43,6 +46,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
+        self.lost_at = 0.0
+        self.lost_cleanly = False
         self.paused = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -82,6 +87,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.lost_at = self.loop.time()
+        self.lost_cleanly = exc is None
         self.pool.forget(self)
         if not self.complete:
             reason = f" ({exc})" if exc else ""
@@ -177,6 +184,12 @@ class _Connection(asyncio.Protocol):
         readable, _, _ = select.select([sock.fileno()], [], [], 0)
         return not readable
 
+    def closed_at_once(self, written: float) -> bool:
+        """The engine closed this (kept-alive) connection cleanly, within RACE_S of the write,
+        having sent nothing of an answer."""
+        quick = self.lost_at - written < RACE_S
+        return self.lost and self.lost_cleanly and not self.got_bytes and quick
+
     def close(self) -> None:
         self.lost = True
         if self.transport is not None:
@@ -237,8 +250,6 @@ class UpstreamPool:
         """POSTs `body` (JSON) and returns once the answer's headers are in. NeverSent: nothing
         reached the engine; Broken: it may have run."""
         key = (host, port)
-        conn = self._idle_connection(key) or await self._connect(key)
-        self._busy.add(conn)
         request = b"".join(
             (
                 b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", host.encode(), b":",
@@ -246,10 +257,34 @@ class UpstreamPool:
                 str(len(body)).encode(), b"\r\n", head, b"\r\n", body,
             )
         )  # fmt: skip
+        conn = self._idle_connection(key)
+        if conn is None:
+            return await self._send(await self._connect(key), request)
+        written = asyncio.get_running_loop().time()
+        try:
+            return await self._send(conn, request)
+        except Broken:
+            if not conn.closed_at_once(written):
+                raise
+        # The race every keep-alive client meets: the engine closed the idle connection just as
+        # the request was written (seen: llama-server, 3 ms after an answer). Cleanly, at once,
+        # with no byte of an answer: a live engine that had read the request would answer it.
+        # Once more on a new connection, and if the engine refuses that one it may be dying
+        # with the request read: Broken, never sent a third time.
+        try:
+            fresh = await self._connect(key)
+        except NeverSent as exc:
+            raise Broken(
+                f"the engine closed the connection, then refused a new one ({exc})"
+            ) from None
+        return await self._send(fresh, request)
+
+    async def _send(self, conn: _Connection, request: bytes) -> Answer:
+        self._busy.add(conn)
         transport = conn.transport
         if transport is None or transport.is_closing():  # closed as soon as it was made
             self.discard(conn)
-            raise NeverSent(f"{host}:{port} closed the connection before the request was sent")
+            raise NeverSent("the engine closed the connection before the request was sent")
         transport.write(request)
         try:
             while not conn.headers_done:

@@ -46,6 +46,10 @@ class Server:
                 await asyncio.sleep(0.05)
                 writer.close()
                 return
+            if self.mode == "close-soon":  # closes just after answering, whatever came since
+                await asyncio.sleep(0.005)
+                writer.close()
+                return
 
 
 @pytest.mark.parametrize("mode", ["keep", "close-after"])
@@ -87,5 +91,24 @@ def test_a_refused_connection_never_sent_anything():
         pool = UpstreamPool(read_timeout_s=5)
         with pytest.raises(NeverSent):
             await pool.post("127.0.0.1", free_port(), "/x", b"{}")
+
+    asyncio.run(run())
+
+
+def test_the_idle_close_race_sends_the_request_once_more_on_a_new_connection():
+    """The engine closes a kept-alive connection just as the next request is written on it
+    (llama-server did, 3 ms after an answer): that request, which the engine never read, goes
+    once more on a new connection; the engine reads it once."""
+
+    async def run() -> None:
+        server = Server("close-soon")
+        async with await server.start():
+            pool = UpstreamPool(read_timeout_s=5)
+            for _ in range(5):
+                answer = await pool.post("127.0.0.1", server.port, "/x", b"{}")
+                assert await answer.read() == b"ok"
+                answer.release()  # and the next one is written at once, into the race
+            assert server.requests == 5
+            pool.close()
 
     asyncio.run(run())

@@ -13,6 +13,8 @@ class CommandEngine(EngineAdapter):
     default_binary = ""
     # Any server speaking vLLM's sleep routes (the fake engine does): `sleep: 1` or `2`.
     sleep_levels = frozenset({1, 2})
+    # Commands are mostly engines started by hand: their context flags, where `args` has one.
+    context_flags = ("-c", "--ctx-size", "--max-model-len", "--context-length")
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.cmd is not None

@@ -150,16 +150,29 @@ async def _messages(
              "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0}}  # fmt: skip
     await event("message_start", {"type": "message_start", "message": start})
     await event("ping", {"type": "ping"})
-    block = {"type": "text", "text": ""}
+    arguments = orjson.dumps(CALL_ARGUMENTS).decode()
+    half = len(arguments) // 2
+
+    async def deltas() -> Any:  # as they come: the stream's pieces are sent as generated
+        if tool:
+            for piece in (arguments[:half], arguments[half:]):
+                yield {"type": "input_json_delta", "partial_json": piece}
+        else:
+            async for token in generate(request, n):
+                yield {"type": "text_delta", "text": token}
+
+    block: dict[str, Any] = {"type": "text", "text": ""}
+    if tool:
+        block = {"type": "tool_use", "id": "toolu_fake_1", "name": tool, "input": {}}
+    reason = "tool_use" if tool else "max_tokens"
     await event("content_block_start", {"type": "content_block_start", "index": 0,
                                         "content_block": block})  # fmt: skip
-    async for tok in generate(request, n):
-        delta = {"type": "text_delta", "text": tok}
+    async for delta in deltas():
         await event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                             "delta": delta})  # fmt: skip
     await event("content_block_stop", {"type": "content_block_stop", "index": 0})
     await event("message_delta", {"type": "message_delta",
-                                  "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+                                  "delta": {"stop_reason": reason, "stop_sequence": None},
                                   "usage": {"output_tokens": n}})  # fmt: skip
     await event("message_stop", {"type": "message_stop"})
     await resp.write_eof()

@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="With --spawn-child: the worker ignores SIGTERM (only SIGKILL ends it).",
     )
     p.add_argument("--embedding-dim", type=int, default=8)
+    p.add_argument("-c", "--ctx-size", type=int, default=0, help="Taken, as llama-server's.")
     p.add_argument("--vram-mib", type=int, default=None, help="Use to report (simulated GPU).")
     p.add_argument(
         "--log-line", action="append", default=[], help="Print this line at load (repeatable)."

@@ -1,0 +1,245 @@
+"""Anthropic's Messages API to and from chat completions, case by case, both ways; the stream
+split at every byte."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from vramgate.api.anthropic_convert import (
+    MessageStream,
+    from_chat_response,
+    to_chat_request,
+)
+from vramgate.errors import BadRequest
+
+TOOL = {"name": "weather", "description": "The weather", "input_schema": {"type": "object"}}
+
+
+def request(**fields: Any) -> dict[str, Any]:
+    return {"model": "claude-x", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}], **fields}  # fmt: skip
+
+
+def test_system_as_a_string_or_as_blocks_becomes_the_first_message():
+    for system in (
+        "Be brief.",
+        [{"type": "text", "text": "Be"}, {"type": "text", "text": "brief."}],
+    ):
+        chat = to_chat_request(request(system=system), "m")
+        assert chat["messages"][0]["role"] == "system"
+        assert chat["messages"][0]["content"] in ("Be brief.", "Be\nbrief.")
+        assert chat["messages"][1] == {"role": "user", "content": "hi"}
+
+
+def test_sampling_fields_pass_and_unknown_ones_are_dropped():
+    chat = to_chat_request(
+        request(
+            temperature=0.2,
+            top_p=0.9,
+            top_k=5,
+            stop_sequences=["END"],
+            metadata={"user_id": "u"},
+            thinking={"type": "enabled", "budget_tokens": 10},
+            context_management={"edits": []},
+            service_tier="auto",
+        ),
+        "m",
+    )
+    assert chat == {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 100, "temperature": 0.2, "top_p": 0.9, "top_k": 5,
+                    "stop": ["END"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        (request(max_tokens=0), "at least 1"),
+        (request(max_tokens="5"), "max_tokens"),
+        (request(messages=[]), "messages"),
+        (request(messages=[{"role": "system", "content": "x"}]), "role"),
+        (request(messages=[{"role": "user", "content": 5}]), "content"),
+        (request(temperature="hot"), "temperature"),
+        (request(tools={"a": 1}), "tools"),
+    ],
+)
+def test_what_anthropic_refuses_is_a_400(body, says):
+    with pytest.raises(BadRequest, match=says):
+        to_chat_request(body, "m")
+
+
+def test_max_tokens_at_or_over_the_context_is_dropped_not_refused():
+    assert "max_tokens" not in to_chat_request(request(max_tokens=32000), "m", context=8192)
+    assert to_chat_request(request(max_tokens=500), "m", context=8192)["max_tokens"] == 500
+
+
+def test_tools_and_tool_choice_become_functions_and_server_tools_are_dropped():
+    tools = [TOOL, {"type": "web_search_20250305", "name": "web_search"},
+             {**TOOL, "name": "other", "cache_control": {"type": "ephemeral"}}]  # fmt: skip
+    chat = to_chat_request(
+        request(
+            tools=tools,
+            tool_choice={"type": "tool", "name": "weather", "disable_parallel_tool_use": True},
+        ),
+        "m",
+    )
+    assert [t["function"]["name"] for t in chat["tools"]] == ["weather", "other"]
+    assert chat["tools"][0]["function"]["parameters"] == {"type": "object"}
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
+    assert chat["parallel_tool_calls"] is False
+    assert (
+        to_chat_request(request(tools=[TOOL], tool_choice={"type": "any"}), "m")["tool_choice"]
+        == "required"
+    )
+
+
+def test_a_tool_round_trip_in_history_becomes_tool_calls_and_tool_messages():
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "s"},
+            {"type": "text", "text": "Let me look."},
+            {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1",
+             "content": [{"type": "text", "text": "sunny"}]},
+            {"type": "text", "text": "and tomorrow?"},
+        ]},
+    ]  # fmt: skip
+    chat = to_chat_request(request(messages=messages, tools=[TOOL]), "m")
+    assert chat["messages"][1] == {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": [{"id": "toolu_1", "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}],
+    }  # fmt: skip
+    assert chat["messages"][2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}
+    assert chat["messages"][3] == {"role": "user", "content": "and tomorrow?"}
+
+
+def test_images_go_as_data_urls_or_are_a_400_where_the_model_takes_none():
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": "iVBORw0KGgo="}}  # fmt: skip
+    body = request(messages=[{"role": "user", "content": [{"type": "text", "text": "what?"},
+                                                          image]}])  # fmt: skip
+    parts = to_chat_request(body, "m")["messages"][0]["content"]
+    assert parts[1] == {"type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}  # fmt: skip
+    with pytest.raises(BadRequest, match="does not take images"):
+        to_chat_request(body, "m", vision=False)
+
+
+def test_streaming_asks_for_usage():
+    chat = to_chat_request(request(stream=True), "m")
+    assert chat["stream"] is True and chat["stream_options"] == {"include_usage": True}
+
+
+def test_an_answer_with_text_and_a_tool_call_becomes_blocks():
+    answer = {
+        "choices": [{"finish_reason": "tool_calls", "message": {
+            "content": "Looking.",
+            "tool_calls": [{"id": "c1", "function": {"name": "weather",
+                                                     "arguments": '{"city": "Oslo"}'}}],
+        }}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 7},
+    }  # fmt: skip
+    message = from_chat_response(answer, "claude-x", [])
+    assert message["model"] == "claude-x" and message["type"] == "message"
+    assert message["content"] == [
+        {"type": "text", "text": "Looking."},
+        {"type": "tool_use", "id": "c1", "name": "weather", "input": {"city": "Oslo"}},
+    ]
+    assert message["stop_reason"] == "tool_use"
+    assert message["usage"] == {"input_tokens": 12, "output_tokens": 7}
+
+
+@pytest.mark.parametrize(
+    ("choice", "reason", "sequence"),
+    [
+        ({"finish_reason": "stop"}, "end_turn", None),
+        ({"finish_reason": "length"}, "max_tokens", None),
+        ({"finish_reason": "stop", "stop_reason": "END"}, "stop_sequence", "END"),  # vLLM
+        ({"finish_reason": "stop", "stopping_word": "END"}, "stop_sequence", "END"),  # llama.cpp
+        ({"finish_reason": "stop", "stop_reason": 2}, "end_turn", None),  # an EOS token id
+    ],
+)
+def test_stop_reasons(choice, reason, sequence):
+    message = from_chat_response({"choices": [{**choice, "message": {"content": "x"}}]}, "m",
+                                 ["END"])  # fmt: skip
+    assert (message["stop_reason"], message["stop_sequence"]) == (reason, sequence)
+
+
+def chunk(**delta: Any) -> bytes:
+    finish = delta.pop("finish", None)
+    body = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+STREAM = b"".join([
+    chunk(role="assistant", content="Hel"),
+    chunk(content="lo"),
+    chunk(tool_calls=[{"index": 0, "id": "c1", "function": {"name": "weather",
+                                                            "arguments": ""}}]),
+    chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"city":'}}]),
+    chunk(tool_calls=[{"index": 0, "function": {"arguments": '"Oslo"}'}}]),
+    chunk(finish="tool_calls"),
+    b'data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}\n\n',
+    b"data: [DONE]\n\n",
+])  # fmt: skip
+
+
+def events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for block in raw.split(b"\n\n"):
+        if not block:
+            continue
+        kind, data = block.split(b"\n")
+        out.append((kind.removeprefix(b"event: ").decode(), orjson.loads(data[6:])))
+    return out
+
+
+def test_a_stream_becomes_anthropics_event_sequence_however_it_is_split():
+    expected = None
+    for cut in range(1, len(STREAM)):
+        stream = MessageStream("claude-x", [])
+        got = events(stream.feed(STREAM[:cut]) + stream.feed(STREAM[cut:]) + stream.end())
+        if expected is None:
+            expected = got
+        assert [(k, {x: y for x, y in d.items() if x != "message"}) for k, d in got] == [
+            (k, {x: y for x, y in d.items() if x != "message"}) for k, d in expected
+        ]
+    assert expected is not None
+    kinds = [k for k, _ in expected]
+    assert kinds == ["message_start", "content_block_start", "content_block_delta",
+                     "content_block_delta", "content_block_stop", "content_block_start",
+                     "content_block_delta", "content_block_delta", "content_block_stop",
+                     "message_delta", "message_stop"]  # fmt: skip
+    assert expected[0][1]["message"]["model"] == "claude-x"
+    assert "".join(d["delta"].get("text", "") for k, d in expected if k == "content_block_delta"
+                   and d["index"] == 0) == "Hello"  # fmt: skip
+    partial = "".join(d["delta"]["partial_json"] for k, d in expected
+                      if k == "content_block_delta" and d["index"] == 1)  # fmt: skip
+    assert orjson.loads(partial) == {"city": "Oslo"}
+    assert expected[5][1]["content_block"] == {"type": "tool_use", "id": "c1",
+                                                "name": "weather", "input": {}}  # fmt: skip
+    assert expected[-2][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    assert expected[-2][1]["usage"] == {"input_tokens": 9, "output_tokens": 4}
+
+
+def test_an_error_in_the_stream_becomes_an_error_event_and_nothing_follows():
+    stream = MessageStream("m", [])
+    out = stream.feed(chunk(content="a") + b'data: {"error": {"message": "engine died"}}\n\n')
+    out += stream.end()
+    got = events(out)
+    error = {"type": "api_error", "message": "engine died"}
+    assert got[-1] == ("error", {"type": "error", "error": error})
+    assert "message_stop" not in [k for k, _ in got]
+
+
+def test_a_stream_that_ends_with_nothing_still_ends_well_formed():
+    got = events(MessageStream("m", []).end())
+    assert [k for k, _ in got] == ["message_start", "message_delta", "message_stop"]
