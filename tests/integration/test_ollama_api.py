@@ -2,6 +2,10 @@
 its own port (`ollama_port`), chat and generate streamed and not, embeddings, the model list and
 what runs, show, pull from a (local) Hub, delete, keep_alive; errors as Ollama sends them."""
 
+# The SDKs type their payloads as TypedDicts and their answers as unions of every block
+# kind; these tests build plain dicts and read the kinds they asked for.
+# pyright: reportArgumentType=false, reportAttributeAccessIssue=false, reportOptionalMemberAccess=false, reportOperatorIssue=false, reportCallIssue=false, reportOptionalSubscript=false, reportIndexIssue=false
+
 from __future__ import annotations
 
 import httpx

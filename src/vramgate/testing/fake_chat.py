@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -153,7 +154,9 @@ async def _messages(
     arguments = orjson.dumps(CALL_ARGUMENTS).decode()
     half = len(arguments) // 2
 
-    async def deltas() -> Any:  # as they come: the stream's pieces are sent as generated
+    async def deltas() -> AsyncIterator[
+        dict[str, Any]
+    ]:  # as they come: the stream's pieces are sent as generated
         if tool:
             for piece in (arguments[:half], arguments[half:]):
                 yield {"type": "input_json_delta", "partial_json": piece}
