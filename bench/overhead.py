@@ -7,6 +7,11 @@ off the two cores. The gateway starts the fake engine itself; we reach that very
 directly (its port from /gateway/status) and through the gateway, so the only difference is us.
 Streams are paced by the engine (--stream-tokens-per-s per stream); streamed tokens/s is the
 completed streams per second times tokens per stream (every chunk is relayed, as tests check).
+
+Besides OpenAI's chat completions, the other client APIs in the same run: Anthropic's
+/v1/messages relayed (the fake engine serves it) and translated (one that does not), and
+Ollama's /api/chat (always translated). A translated case's direct run is the engine's own
+/v1/chat/completions, which is what the gateway sends it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,64 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("BENCH_BODY")
 """
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind of request: what the gateway is sent, and its direct counterpart."""
+
+    label: str
+    model: str
+    path: str  # the gateway's route
+    body: str
+    direct_path: str  # the engine's route the gateway relays or translates to
+    direct_body: str
+    streamed: bool = False
+
+
+def cases(stream_tokens: int, apis: bool) -> list[Case]:
+    """OpenAI's chat completions (instant, short, streamed); with `apis`, the same requests
+    through Anthropic's and Ollama's routes."""
+    chat = "/v1/chat/completions"
+    user = [{"role": "user", "content": "hi"}]
+
+    def openai(model: str, tokens: int, stream: bool) -> str:
+        """A chat completions body; the same fields make an Anthropic Messages body."""
+        return json.dumps({"model": model, "messages": user, "max_tokens": tokens,
+                           "stream": stream})  # fmt: skip
+
+    anthropic = openai
+
+    def ollama(model: str, tokens: int, stream: bool) -> str:
+        return json.dumps({"model": model, "messages": user, "stream": stream,
+                           "options": {"num_predict": tokens}})  # fmt: skip
+
+    found = [
+        Case("instant", "instant", chat, openai("instant", 16, False), chat,
+             openai("instant", 16, False)),
+        Case("short", "short", chat, openai("short", 16, False), chat,
+             openai("short", 16, False)),
+        Case("paced", "paced", chat, openai("paced", stream_tokens, True), chat,
+             openai("paced", stream_tokens, True), streamed=True),
+    ]  # fmt: skip
+    if not apis:
+        return found
+    messages = "/v1/messages"
+    return [
+        *found,
+        Case("msg-relayed", "instant", messages, anthropic("instant", 16, False), messages,
+             anthropic("instant", 16, False)),
+        Case("msg-translated", "instant-tr", messages, anthropic("instant-tr", 16, False), chat,
+             openai("instant-tr", 16, False)),
+        Case("ollama-chat", "instant-tr", "/api/chat", ollama("instant-tr", 16, False), chat,
+             openai("instant-tr", 16, False)),
+        Case("msg-relayed-s", "paced", messages, anthropic("paced", stream_tokens, True),
+             messages, anthropic("paced", stream_tokens, True), streamed=True),
+        Case("msg-transl-s", "paced-tr", messages, anthropic("paced-tr", stream_tokens, True),
+             chat, openai("paced-tr", stream_tokens, True), streamed=True),
+        Case("ollama-chat-s", "paced-tr", "/api/chat", ollama("paced-tr", stream_tokens, True),
+             chat, openai("paced-tr", stream_tokens, True), streamed=True),
+    ]  # fmt: skip
 
 
 @dataclass
@@ -122,7 +185,15 @@ def main() -> None:
     parser.add_argument("--stream-tokens", type=int, default=32)
     parser.add_argument("--stream-tokens-per-s", type=float, default=50.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
+    parser.add_argument(
+        "--apis", action="store_true", help="Also Anthropic's and Ollama's routes (same run)."
+    )
+    parser.add_argument(
+        "--cases", nargs="+", default=None, help="Only these cases (labels in the table)."
+    )
     args = parser.parse_args()
+    if args.cases is None:
+        args.cases = [c.label for c in cases(args.stream_tokens, args.apis)]
     if not shutil.which("wrk"):
         sys.exit("bench/overhead.py needs wrk: apt-get install wrk")
 
@@ -146,9 +217,18 @@ def main() -> None:
                 "engine": "command",
                 "cmd": f"{fake} --tokens-per-s {args.stream_tokens_per_s}",
                 "ttl": 0,
+                "native_apis": ["anthropic"],
+            },
+            # The same two as engines without /v1/messages: the gateway translates.
+            "instant-tr": {"engine": "command", "cmd": f"{fake} --no-messages", "ttl": 0},
+            "paced-tr": {
+                "engine": "command",
+                "cmd": f"{fake} --no-messages --tokens-per-s {args.stream_tokens_per_s}",
+                "ttl": 0,
             },
         },
     }
+    config["models"]["instant"]["native_apis"] = ["anthropic"]
     (tmp / "vramgate.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     gateway = subprocess.Popen(
@@ -173,26 +253,29 @@ def main() -> None:
         ports = {m["name"]: m["port"] for m in models}
         served = [gateway.pid, *(m["pid"] for m in models)]
         runs = []
-        stream = {"max_tokens": args.stream_tokens, "stream": True}
-        cases = {"instant": {"max_tokens": 16}, "short": {"max_tokens": 16}, "paced": stream}
-        for model, extra in cases.items():
-            body = json.dumps({"model": model, "messages": [], **extra})
+        for case in cases(args.stream_tokens, args.apis):
+            if case.label not in args.cases:
+                continue
             for concurrency in args.concurrency:
                 wrk_cpus = _place(served, concurrency, args.pin_latency)
-                targets = {"direct": f"http://127.0.0.1:{ports[model]}", "gateway": base}
+                direct = f"http://127.0.0.1:{ports[case.model]}{case.direct_path}"
+                targets = {
+                    "direct": (direct, case.direct_body),
+                    "gateway": (base + case.path, case.body),
+                }
                 results: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
                 # Alternate direct and gateway runs so that a slow spell of this shared VM hits
                 # both alike; medians of the repeats are what is reported.
                 for _ in range(args.repeat):
-                    for target, root in targets.items():
-                        url = root + "/v1/chat/completions"
+                    for target, (url, body) in targets.items():
                         result = wrk(url, body, concurrency, args.duration, script, wrk_cpus)
                         results[target].append(result)
                         print(
-                            f"  {model:8} {target:7} c={concurrency:<4} {result}", file=sys.stderr
+                            f"  {case.label:14} {target:7} c={concurrency:<4} {result}",
+                            file=sys.stderr,
                         )
                 for target, rs in results.items():
-                    runs.append(Run(model, target, concurrency, **_median(rs)))
+                    runs.append(Run(case.label, target, concurrency, **_median(rs)))
     finally:
         gateway.terminate()
         gateway.wait(30)
@@ -232,7 +315,7 @@ def summarize(runs: list[Run], stream_tokens: int) -> list[dict[str, Any]]:
                 "added_p99_ms": round(g.p99_ms - d.p99_ms, 3),
                 "errors": d.errors + g.errors,
             }
-            if mode == "paced":
+            if mode == "paced" or mode.endswith("-s"):
                 row["direct_tokens_per_s"] = round(d.requests_per_s * stream_tokens, 1)
                 row["gateway_tokens_per_s"] = round(g.requests_per_s * stream_tokens, 1)
             rows.append(row)
@@ -245,7 +328,7 @@ def _find(runs: list[Run], mode: str, target: str, concurrency: int) -> Run:
 
 def print_table(summary: list[dict[str, Any]]) -> None:
     columns = [
-        ("mode", "mode", "{:8}"),
+        ("mode", "mode", "{:14}"),
         ("conc", "concurrency", "{:>5}"),
         ("direct rps", "direct_rps", "{:>10.1f}"),
         ("gw rps", "gateway_rps", "{:>9.1f}"),
@@ -258,7 +341,7 @@ def print_table(summary: list[dict[str, Any]]) -> None:
     ]
     print(
         " ".join(
-            f"{title:>{len(fmt.format(0)) if title != 'mode' else 8}}" for title, _, fmt in columns
+            f"{title:>{len(fmt.format(0)) if title != 'mode' else 14}}" for title, _, fmt in columns
         )
     )
     for row in summary:

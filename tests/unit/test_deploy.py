@@ -73,7 +73,12 @@ def test_the_readme_configuration_examples_are_valid(monkeypatch):
     for name in ("VRAMGATE_API_KEY", "VRAMGATE_ADMIN_KEY", "GEMMA_KEY"):
         monkeypatch.setenv(name, "k")
     readme = (ROOT / "README.md").read_text()
-    for section in ("## Configuration", "## Containers", "**Transformers** serves"):
+    for section in (
+        "## Configuration",
+        "## Containers",
+        "**Transformers** serves",
+        "**Claude Code**",
+    ):
         start = readme.index(section)
         block = re.search(r"```yaml\n(.*?)```", readme[start:], re.S)
         assert block is not None, section
