@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import fake_cmd
+from tests.conftest import fake_cmd, wait_until
 
 TOOLS = [
     {
@@ -255,3 +255,16 @@ def test_metrics_and_the_overhead_header_cover_the_messages_routes(gateway):
     assert resp.status_code == 200 and float(resp.headers["x-vramgate-overhead-ms"]) >= 0
     metrics = gw.http.get("/metrics").text
     assert 'route="/v1/messages"' in metrics
+
+
+def test_a_client_that_hangs_up_mid_stream_cancels_the_engines_work(gateway):
+    paced = {"engine": "command", "cmd": fake_cmd("--no-messages", "--tokens-per-s", "10")}
+    gw = gateway({"models": {"paced": paced}})
+    body = {"model": "paced", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
+    with httpx.stream("POST", f"{gw.url}/v1/messages", json=body, timeout=30) as resp:
+        for line in resp.iter_lines():
+            if "text_delta" in line:
+                break  # one token in, of fifty: hang up
+    url = gw.model("paced")["url"]
+    assert wait_until(lambda: httpx.get(url + "/stats").json()["cancelled"] == 1, 5)

@@ -189,3 +189,46 @@ def test_every_engine_module_registers_its_kind():
         "vramgate.engines.base"
     }
     assert engine_kinds() == sorted(engines.REGISTRY)
+
+
+def test_alias_patterns_exact_names_win_then_the_longest_pattern():
+    from vramgate.config import Settings
+
+    cmd = "x --port ${PORT}"
+    settings = Settings.model_validate(
+        {
+            "models": {
+                "big": {"engine": "command", "cmd": cmd, "aliases": ["claude-*"]},
+                "small": {"engine": "command", "cmd": cmd, "aliases": ["claude-*-haiku-*"]},
+                "exact": {
+                    "engine": "command",
+                    "cmd": cmd,
+                    "aliases": ["claude-3-5-haiku-latest"],
+                },
+            }
+        }
+    )
+    assert settings.resolve("claude-3-5-haiku-20241022") == "small"
+    assert settings.resolve("claude-3-5-haiku-latest") == "exact"
+    assert settings.resolve("claude-sonnet-4-5") == "big"
+    assert settings.resolve("gpt-4") is None
+    assert settings.ambiguous_patterns() == []
+
+
+def test_patterns_of_one_length_that_a_name_matches_both_are_reported():
+    from vramgate.config import Settings, patterns_overlap
+
+    cmd = "x --port ${PORT}"
+    settings = Settings.model_validate(
+        {
+            "models": {
+                "a": {"engine": "command", "cmd": cmd, "aliases": ["claude-*-4-5"]},
+                "b": {"engine": "command", "cmd": cmd, "aliases": ["claude-opus*"]},
+                "c": {"engine": "command", "cmd": cmd, "aliases": ["gpt-4o-*-x"]},
+            }
+        }
+    )
+    [(first, one, second, other)] = settings.ambiguous_patterns()
+    assert {(first, one), (second, other)} == {("claude-*-4-5", "a"), ("claude-opus*", "b")}
+    assert not patterns_overlap("a*b", "c*")
+    assert patterns_overlap("*-x", "y-*") and patterns_overlap("a?c", "[ab]bc")
