@@ -142,6 +142,12 @@ class ModelConfig(_Strict):
     stop_timeout: float | None = Field(default=None, ge=0)
     max_concurrency: int | None = Field(default=None, ge=1, description="Requests relayed at once.")
     vram_mib: int | None = Field(default=None, gt=0, description="GPU memory hint until measured.")
+    ram_mib: int | None = Field(
+        default=None,
+        gt=0,
+        description="Host RAM hint until measured, for engines on the CPU (device: cpu, or "
+        "llama.cpp with -ngl below its layer count).",
+    )
     param_count: float | None = Field(
         default=None, gt=0, description="Billions of parameters, to estimate from when no file can."
     )
@@ -246,10 +252,27 @@ class Gpus(_Strict):
         description="Seconds a busy model serves after its start before it may be drained to "
         "make room for another (its queue then waits for its next turn); 0 = at once.",
     )
-    eviction: Literal["lru", "frequency"] = Field(
+    eviction: Literal["lru", "frequency", "cost"] = Field(
         default="lru",
-        description="Which idle engines make room first: least recently used, or least often "
-        "asked for with aging (GreedyDual-Size-Frequency; fewer loads on skewed traffic).",
+        description="Which idle engines make room first: least recently used; least often "
+        "asked for with aging (GreedyDual-Size-Frequency; fewer loads on skewed traffic); or "
+        "cheapest to bring back for how long it has been idle (measured load or wake time).",
+    )
+    simulate_others_file: str | None = Field(
+        default=None,
+        description="Simulated GPUs: a file of what other programs use, one integer (MiB) a "
+        "line for GPU 0, 1, ...; read at every check (tests rewrite it).",
+    )
+    yield_above: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Make way for other programs: when a GPU's use passes this share of its "
+        "total because of them, idle engines there sleep or stop (cheapest to bring back "
+        "first) and no engine starts there until they use less; off by default.",
+    )
+    poll_s: float = Field(
+        default=2, gt=0, description="Seconds between looks at other programs' GPU use."
     )
     unknown_footprint: Literal["estimate", "isolate", "refuse"] = Field(
         default="estimate",
@@ -325,8 +348,9 @@ class Settings(_Strict):
     gpus: Gpus = Gpus()
     host_ram_mib: int | None = Field(
         default=None, ge=0,
-        description="Host RAM sleeping engines may hold in all; default: half of what the "
-        "machine has available when the gateway starts.",
+        description="Host RAM that engines on the CPU and sleeping engines may hold in all; "
+        "default: what the machine has available when the gateway starts (and never more than "
+        "it has available at each placement).",
     )  # fmt: skip
     kv_disk_mib: int = Field(
         default=4096, ge=0, description="Disk for kept KV caches (state_dir/kv); LRU beyond it."

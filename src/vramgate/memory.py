@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
+from vramgate.hostram import NGL_FLAGS, HostRam, cpu_share, estimate_host_mib
 from vramgate.hub import is_hub_id
 from vramgate.instances import Instance
 from vramgate.scheduling.snapshot import State
@@ -35,7 +37,8 @@ def gpu_backend(settings: Settings) -> GpuBackend:
     """Simulated GPUs where configured, else NVML where it finds a GPU, else none to account."""
     gpus, state_dir = settings.gpus, Path(settings.state_dir)
     if gpus.simulate_mib:
-        return SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir)
+        others = Path(gpus.simulate_others_file) if gpus.simulate_others_file else None
+        return SimulatedGpus(gpus.simulate_mib, gpus.reserve_mib, state_dir, others)
     if nvml_available():
         return NvmlGpus(gpus.reserve_mib)
     return SimulatedGpus([], gpus.reserve_mib, state_dir)  # placed by count and time only
@@ -52,11 +55,11 @@ class Memory:
         self.enabled = bool(self.gpus.memory())
         log.info("GPU accounting: %s", self.gpus.kind if self.enabled else "off (no GPU found)")
         self.policy = settings.gpus.unknown_footprint
-        # What sleeping engines may hold in host RAM in all (decide's host budget).
-        self.host_budget_mib = (
-            settings.host_ram_mib if settings.host_ram_mib is not None else available_ram_mib() // 2
-        )
+        self.yield_above = settings.gpus.yield_above
+        # Host RAM that engines on the CPU and sleeping engines share (decide's host budget).
+        self.host = HostRam(settings.host_ram_mib, footprints)
         self.estimates: dict[str, Estimate | None] = {}
+        self.host_estimates: dict[str, int | None] = {}  # estimate_host_mib's, per model
         # Hub repositories are asked for their metadata when first needed, not at startup.
         self._hub_pending: set[str] = set()
         self._measuring: set[str] = set()  # models with a measurement running in a thread
@@ -68,7 +71,13 @@ class Memory:
         """Estimates from local files now; a hub id is only marked, for `prepare`."""
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
-        if not self.enabled or self.policy == "isolate":
+        on_cpu = cpu_share(model, None) > 0 or any(a in NGL_FLAGS for a in model.args)
+        self.host_estimates[name] = 0
+        if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
+            self.host_estimates[name] = estimate_host_mib(
+                model, _estimate_or_none(name, model, hub=False)
+            )
+        if not on_cpu and (not self.enabled or self.policy == "isolate"):
             return
         self.estimates[name] = _estimate_or_none(name, model, hub=False)
         if model.source and model.engine != "command" and is_hub_id(model.source):
@@ -105,9 +114,30 @@ class Memory:
             return estimate.placement_mib, "estimate"
         return None, "unknown"
 
+    def reload_s(self, inst: Instance) -> float:
+        """What bringing it back would take: its wake if it can sleep and has woken, else its
+        last load (learned), else a guess from its size (a second per GiB, and one more)."""
+        if inst.model.sleep and inst.wake_s is not None:
+            return inst.wake_s
+        learned = self.footprints.get_load_s(footprint_key(inst.name, inst.model))
+        if learned is not None:
+            return learned
+        mib = self.footprint(inst)[0] or self.ram(inst)[0] or 0
+        return 1.0 + mib / 1024
+
     def memory(self) -> tuple[GpuMemory, ...]:
-        """Every GPU now; none when accounting is off."""
-        return tuple(self.gpus.memory()) if self.enabled else ()
+        """Every GPU now; none when accounting is off. While other programs use a GPU and
+        gpus.yield_above is set, our engines may fill it up to that share of its total."""
+        if not self.enabled:
+            return ()
+        found = self.gpus.memory()
+        if self.yield_above is None:
+            return tuple(found)
+        share = self.yield_above
+        return tuple(
+            replace(g, ceiling_mib=int(share * g.total_mib)) if g.others_mib > 0 else g
+            for g in found
+        )
 
     def held_mib(self, inst: Instance) -> int:
         """While resident: the larger of what it is expected to use and what it uses now;
@@ -117,6 +147,23 @@ class Memory:
         if inst.asleep:
             return self.used_now(inst) or 0
         return max(self.footprint(inst)[0] or 0, self.used_now(inst) or 0)
+
+    @property
+    def host_budget_mib(self) -> int:
+        return self.host.budget_mib
+
+    def ram(self, inst: Instance) -> tuple[int | None, str]:
+        """(MiB, source) of host RAM its engine holds running (CPU engines, partial offload)."""
+        return self.host.footprint(inst.name, inst.model, self.host_estimates.get(inst.name, 0))
+
+    def measure_host(self, inst: Instance, *, new_load: bool) -> int | None:
+        """Measures (and learns) an engine's host RAM, where it needs some to run."""
+        if inst.handle is None or self.ram(inst)[1] == "gpu":
+            return None
+        return self.host.measure(inst.name, inst.model, inst.handle.pids(), new_load=new_load)
+
+    def host_device(self, held_mib: int) -> GpuMemory:
+        return self.host.device(held_mib)
 
     def host_mib(self, inst: Instance) -> int:
         """Host RAM it holds asleep: measured when it last slept; else, at level 1 (weights kept
@@ -175,7 +222,9 @@ class Memory:
         """Re-measures after the first few requests (KV caches and buffers grow), in a thread:
         reading the GPU and /proc and saving with fsync must not hold the event loop, and
         nothing here may fail a request's release."""
-        if not (self.enabled and inst.gpus and inst.measured_requests < MEASURED_REQUESTS):
+        on_gpu = self.enabled and bool(inst.gpus)
+        on_cpu = bool(self.host_estimates.get(inst.name)) or inst.model.ram_mib is not None
+        if not (on_gpu or on_cpu) or inst.measured_requests >= MEASURED_REQUESTS:
             return
         if inst.name in self._measuring:
             return
@@ -185,12 +234,14 @@ class Memory:
         task.add_done_callback(lambda t: self._measured(inst.name, t))
 
     def _measure(self, inst: Instance) -> None:
-        self.measure(inst, new_load=False)
+        if inst.gpus:
+            self.measure(inst, new_load=False)
+        self.measure_host(inst, new_load=False)
 
     def _measured(self, name: str, task: asyncio.Task[None]) -> None:
         self._measuring.discard(name)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("model '%s': measuring its GPU memory failed: %r", name, task.exception())
+            log.warning("model '%s': measuring its memory failed: %r", name, task.exception())
 
     def overcommitted(self, gpus: tuple[int, ...]) -> bool:
         """The engines on one of `gpus` report more than it has: simulated out-of-memory."""
@@ -223,17 +274,6 @@ class Memory:
             "used_mib": self.used_now(inst) if running else None,
             "pinned": inst.model.pinned,
         }
-
-
-def available_ram_mib() -> int:
-    """MemAvailable from /proc/meminfo, in MiB (0 where it cannot be read)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _estimate_or_none(name: str, model: ModelConfig, *, hub: bool = True) -> Estimate | None:

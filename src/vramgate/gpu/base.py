@@ -15,6 +15,9 @@ class GpuMemory:
     total_mib: int
     used_mib: int
     reserve_mib: int
+    others_mib: int = 0  # of used_mib, what processes that are not our engines hold
+    # While other programs use it (gpus.yield_above): what our engines may fill it up to.
+    ceiling_mib: int | None = None
 
     @property
     def free_mib(self) -> int:

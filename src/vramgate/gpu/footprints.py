@@ -59,6 +59,18 @@ class FootprintStore:
                 self.path.rename(aside)
             return {}
 
+    def get_load_s(self, key: str) -> float | None:
+        """Seconds its last load took (spawn to ready), for `gpus.eviction: cost`."""
+        entry = self.entries.get(key)
+        value = entry.get("load_s") if entry else None
+        return float(value) if isinstance(value, int | float) else None
+
+    def record_load_s(self, key: str, seconds: float) -> None:
+        with self._lock:
+            entry = self.entries.setdefault(key, {"loads_mib": []})
+            entry["load_s"] = round(seconds, 3)
+            self.save()
+
     def get_mib(self, key: str) -> int | None:
         entry = self.entries.get(key)
         return max(entry["loads_mib"]) if entry and entry["loads_mib"] else None

@@ -79,10 +79,14 @@ class NvmlGpus:
 
     def memory(self) -> list[GpuMemory]:
         out = []
+        ours = set().union(*self._trees.values()) if self._trees else set()
         for i, handle in enumerate(self.handles):
             info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
             total, used = int(info.total) // MIB, int(info.used) // MIB
-            out.append(GpuMemory(i, total, used, self.reserve_mib))
+            # Others: every process on it that is not one of our engines' trees (as last seen),
+            # a game, ComfyUI, a notebook; processes NVML cannot attribute count as ours.
+            others = sum(mib for pid, mib in self._process_use(i).items() if pid not in ours)
+            out.append(GpuMemory(i, total, used, self.reserve_mib, min(others, used)))
         return out
 
     async def wait_released(self, name: str, timeout_s: float) -> None:

@@ -20,9 +20,16 @@ from vramgate.gpu.share import share_mib
 class SimulatedGpus:
     kind = "simulated"
 
-    def __init__(self, totals_mib: list[int], reserve_mib: int, state_dir: Path) -> None:
+    def __init__(
+        self,
+        totals_mib: list[int],
+        reserve_mib: int,
+        state_dir: Path,
+        others_file: Path | None = None,
+    ) -> None:
         self.totals_mib = list(totals_mib)
         self.reserve_mib = reserve_mib
+        self.others_file = others_file  # gpus.simulate_others_file: other programs' MiB a GPU
         self.dir = state_dir / "simulated-gpu"
         self._on_gpus: dict[str, tuple[int, ...]] = {}  # engines holding memory now, by model
 
@@ -57,12 +64,28 @@ class SimulatedGpus:
         except (OSError, ValueError):
             return None
 
+    def others(self) -> list[int]:
+        """What other programs use on each GPU: the file's lines (read at every check: a test
+        rewrites it at will); a missing file or line means 0."""
+        found = [0] * len(self.totals_mib)
+        if self.others_file is None:
+            return found
+        try:
+            lines = self.others_file.read_text().split()
+        except OSError:
+            return found
+        for i, line in enumerate(lines[: len(found)]):
+            with contextlib.suppress(ValueError):
+                found[i] = max(0, int(line))
+        return found
+
     def memory(self) -> list[GpuMemory]:
         used = [0] * len(self.totals_mib)
         for name, gpus in self._on_gpus.items():
             for gpu in gpus:
                 used[gpu] += share_mib(self.used_by(name) or 0, len(gpus))
+        others = self.others()
         return [
-            GpuMemory(i, total, used[i], self.reserve_mib)
+            GpuMemory(i, total, used[i] + others[i], self.reserve_mib, others[i])
             for i, total in enumerate(self.totals_mib)
         ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from vramgate.errors import NoRoom, QueueFull
 from vramgate.gpu.share import share_mib
+from vramgate.hostram import HOST
 from vramgate.scheduling.placement import available_mib, place
 from vramgate.scheduling.snapshot import ModelSnap, Pending, Snapshot, State
 from vramgate.scheduling.steps import (
@@ -30,6 +31,7 @@ from vramgate.scheduling.steps import (
     Stop,
     Wait,
 )
+from vramgate.scheduling.yielding import make_way
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,14 @@ class Tick:
     pass
 
 
-Ask = Request | Room | Tick
+@dataclass(frozen=True)
+class Yield:
+    """Other programs use GPU memory: make way where they pushed a GPU past `share`."""
+
+    share: float
+
+
+Ask = Request | Room | Tick | Yield
 # Steps without fields are shared: one decision per request must not allocate more than it must.
 SERVE, QUEUE, JOIN = Serve(), Queue(), Join()
 
@@ -59,6 +68,8 @@ def decide(snap: Snapshot, ask: Ask) -> list[Step]:
         return [_request(snap.models[ask.name])]
     if isinstance(ask, Room):
         return _room(snap, snap.models[ask.name], ask.isolate)
+    if isinstance(ask, Yield):
+        return make_way(snap, ask.share)
     return _tick(snap)
 
 
@@ -159,6 +170,9 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             held = ", ".join(f"{r.name}: {_why_held(r)}" for r in residents if r.name != me.name)
             return [Wait(f"its GPU memory is held by engines that cannot make way ({held})")]
         gpus = plan.gpus
+    host = _host_room(snap, me)
+    if host is not None:
+        return host
     # The count limit: at most max_running engines at once. One being stopped is on its way out:
     # the new one starts while it goes (memory, where it matters, was placed above).
     running = [
@@ -179,6 +193,38 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
         return _drain(snap, me, (victim.name,), "lru", f"max_running={limit}")
     names = ", ".join(f"{m.name}: {_why_held(m)}" for m in running)
     return [Wait(f"max_running={limit} and no running engine can make way ({names})")]
+
+
+def _host_room(snap: Snapshot, me: ModelSnap) -> list[Step] | None:
+    """Host RAM for an engine on the CPU, placed as GPU memory is: it fits in the budget (and in
+    what the machine has available), or idle engines on the CPU and sleepers (stopped: asleep
+    they keep what they hold) make way, or busy ones drain; never more than the budget. None:
+    it fits, or needs none."""
+    if snap.host is None or me.ram_mib <= 0:
+        return None
+    residents = [
+        m._replace(gpus=(HOST,), held_mib=m.host_held_mib)
+        for m in snap.models.values()
+        if m.host_held_mib > 0 and m.name != me.name
+    ]
+    plan = place(me.ram_mib, [snap.host], residents, me.name, now=snap.now)
+    if plan.refuse:
+        return [
+            Refuse(
+                NoRoom(
+                    f"cannot start '{me.name}': it needs {me.ram_mib} MiB of host RAM and "
+                    f"host_ram_mib is {snap.host.total_mib}; nothing was stopped"
+                )
+            )
+        ]
+    if plan.evict:
+        return [Stop(n, "host_ram", f"host RAM to start {me.name}", me.name) for n in plan.evict]
+    if plan.drain:
+        return _drain(snap, me, plan.drain, "host_ram", "host RAM")
+    if plan.wait:
+        held = ", ".join(f"{r.name}: {_why_held(r)}" for r in residents)
+        return [Wait(f"host RAM is held by engines that cannot make way ({held})")]
+    return None
 
 
 def _drain(
@@ -210,7 +256,7 @@ def _make_way(snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str
         (m for m in snap.models.values() if m.state is State.SLEEPING and m.name not in names),
         key=lambda m: m.order,
     )
-    used = sum(m.host_mib for m in snap.models.values() if m.state is State.SLEEPING)
+    used = snap.host_used_mib  # sleepers and engines on the CPU share the host budget
     for name in names:
         victim = snap.models[name]
         if victim.state is not State.READY or not victim.can_sleep:
@@ -237,7 +283,7 @@ def _tick(snap: Snapshot) -> list[Step]:
     """Housekeeping: a reload's pending changes, idle engines that sleep or stop after their
     time, sleepers over the host RAM budget, pinned models."""
     steps: list[Step] = []
-    used = sum(m.host_mib for m in snap.models.values() if m.state is State.SLEEPING)
+    used = snap.host_used_mib  # sleepers and engines on the CPU share the host budget
     for m in snap.models.values():
         idle_s = snap.now - m.last_used
         if m.pending is not None:

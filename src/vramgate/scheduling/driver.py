@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +27,9 @@ from vramgate.memory import Memory
 from vramgate.proxy import new_upstream_session
 from vramgate.readahead import readahead
 from vramgate.runtimes.base import Runtime
-from vramgate.scheduling import sleeping
 from vramgate.scheduling import steps as do
-from vramgate.scheduling.decide import Request, Room, Tick, decide
+from vramgate.scheduling.decide import Request, Room, Tick, Yield, decide
+from vramgate.scheduling.definitions import Definitions
 from vramgate.scheduling.lifecycle import Lifecycle
 from vramgate.scheduling.slots import (
     Lease,
@@ -40,17 +40,17 @@ from vramgate.scheduling.slots import (
     send_back,
     wait_for_slot,
 )
-from vramgate.scheduling.snapshot import Pending, State
+from vramgate.scheduling.snapshot import State
+from vramgate.scheduling.stopping import Stopping
 from vramgate.scheduling.view import snapshot
 from vramgate.upstream import UpstreamPool
 
 log = logging.getLogger("vramgate.scheduler")
 T = TypeVar("T")
 TICK_S = 0.25
-KEEP_ALIVE_MIN_S = 1e-3  # keep_alive 0: stopped at the first tick it is idle (ttl 0 is "never")
 
 
-class Scheduler:
+class Scheduler(Stopping, Definitions):
     def __init__(self, settings: Settings, runtime: Runtime, memory: Memory, events: Events):
         self.settings = settings
         self.adapters = adapters(settings)
@@ -68,6 +68,7 @@ class Scheduler:
         self._room_queue: list[str] = []  # starts waiting for room, in arrival order
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_health = 0.0
+        self._last_yield = 0.0
         self._ticker: asyncio.Task[None] | None = None
         for name, model in settings.models.items():
             self.add_model(name, model)
@@ -293,7 +294,10 @@ class Scheduler:
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise GatewayBusy(f"cannot start '{inst.name}': {why}; retry later")
+                    raise GatewayBusy(
+                        f"cannot start '{inst.name}': {why}; retry later",
+                        headers={"Retry-After": "10"},
+                    )
                 # Decided again at a change, and at least every TICK_S: time alone makes room
                 # too (a busy engine's turn ends: gpus.drain_after).
                 with contextlib.suppress(TimeoutError):
@@ -314,175 +318,7 @@ class Scheduler:
         message = f"drain {name}: no new requests until it makes way for {for_}"
         self.events.record("drain", name, message)
 
-    # -- stopping --------------------------------------------------------------------------
-
-    def stop(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
-        """Stops a model's engine (shared by TTL, eviction, admin, reload and shutdown);
-        `for_`: the start it makes room for. A stop asked during a sleep is done by the sleep
-        as soon as it ends: an unload ends with the engine gone, not asleep."""
-        inst = self.instances[name]
-        under_way = inst.stop_task is not None and not inst.stop_task.done()
-        if inst.state is State.STOPPING and inst.leaving == "sleep" and under_way:
-            inst.then_stop = (reason, why)
-        return self._leave(inst, for_, reason, lambda: self._stop(inst, reason, why))
-
-    def sleep(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
-        """Puts an idle engine to sleep (it stops instead if that fails); `for_` as for stop."""
-        inst = self.instances[name]
-        return self._leave(inst, for_, "sleep", lambda: self._sleep(inst, reason, why))
-
-    def _leave(
-        self,
-        inst: Instance,
-        for_: str,
-        kind: str,  # "sleep", or the stop's reason
-        going: Callable[[], Coroutine[Any, Any, None]],
-    ) -> asyncio.Task[None]:
-        """One stop or sleep at a time per engine: `stopping` (requests wait, then start or
-        wake it) until `going` has run."""
-        if for_:
-            inst.made_way_for = for_
-        under_way = inst.stop_task is not None and not inst.stop_task.done()
-        if inst.state is State.STOPPING and under_way:
-            assert inst.stop_task is not None
-            return inst.stop_task
-        inst.leaving = kind  # first: whoever hears of the state change may read why
-        inst.state = State.STOPPING
-        inst.stop_task = self._spawn(going())
-        return inst.stop_task
-
-    async def _sleep(self, inst: Instance, reason: str, why: str) -> None:
-        adapter = self.adapters[inst.model.engine]
-        assert self.life.http is not None
-        try:
-            await sleeping.put_to_sleep(self.life.http, self.settings, adapter, inst)
-        except Exception as exc:  # it goes, then, as a stop would have it
-            message = f"{inst.name} did not go to sleep ({exc}); stopping it"
-            self.events.record("sleep_failed", inst.name, message, level="warning")
-            await self._stop(inst, reason, why)
-            return
-        if inst.then_stop is not None:  # an unload came during the sleep: it goes on to a stop
-            (reason, why), inst.then_stop = inst.then_stop, None
-            inst.leaving = reason
-            await self._stop(inst, reason, why)
-            return
-        inst.draining_for = None
-        inst.state = State.SLEEPING
-        if reason == "lru":
-            inst.evictions += 1
-        detail = f" {why}" if why else ""
-        message = f"sleep {inst.name} ({reason}{detail}), holding {inst.host_mib} MiB of host RAM"
-        self.events.record("sleep", inst.name, message, reason=reason)
-
-    async def _stop(self, inst: Instance, reason: str, why: str) -> None:
-        idle_s = time.monotonic() - inst.last_used if inst.last_used else 0.0
-        code = None
-        try:
-            if inst.start_task and not inst.start_task.done():
-                inst.start_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await inst.start_task
-            elif not inst.asleep:
-                await self.life.save_kv(inst)  # it was serving: its caches outlive it
-            timeout_s = self.settings.setting_of(inst.model, "stop_timeout")
-            code = await self.life.discard(inst, timeout_s)
-        finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`
-            inst.then_stop = inst.keep_alive_s = None
-            if inst.pending is Pending.CHANGED:
-                self._replace(inst)
-            inst.draining_for = None
-            inst.state = State.STOPPED
-            if reason in ("lru", "discovery", "oom"):
-                inst.evictions += 1
-                self.inflation = max(self.inflation, inst.priority)
-            detail = f" {why}" if why else ""
-            message = f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}"
-            self.events.record("stop", inst.name, message, reason=reason)
-
-    def keep_alive(self, name: str, seconds: float) -> None:
-        """A client's idle time for the model until its next stop (Ollama's keep_alive):
-        negative keeps it loaded, 0 stops it as soon as its requests are done."""
-        inst = self.instances[name]
-        inst.keep_alive_s = 0.0 if seconds < 0 else max(seconds, KEEP_ALIVE_MIN_S)
-
-    async def unload(self, name: str) -> None:
-        await self.stop(name, "admin")
-
-    # -- reload and housekeeping -----------------------------------------------------------
-
-    def define_adhoc(self, name: str, model: ModelConfig, message: str) -> None:
-        """Adds (or redefines, when no engine runs) a model a request named from models_dir;
-        past max_adhoc, the least recently used ad-hoc model with no engine is forgotten."""
-        if name not in self.adhoc_names and len(self.adhoc_names) >= self.settings.max_adhoc:
-            self._forget_adhoc(name)
-        self.settings = self.settings.model_copy(
-            update={"models": {**self.settings.models, name: model}}
-        )
-        inst = self.instances.get(name) or self.add_model(name, model)
-        inst.model, inst.notes = model, None
-        self._set_pending(inst, None)
-        self.memory.refresh(name, model)
-        self.adhoc_names.add(name)
-        self.events.record("adhoc", name, message)
-
-    def _forget_adhoc(self, wanted: str) -> None:
-        gone = [
-            i
-            for n in self.adhoc_names
-            if (i := self.instances[n]).state in (State.STOPPED, State.FAILED) and i.is_idle
-        ]
-        if not gone:
-            raise GatewayBusy(
-                f"cannot add ad-hoc model '{wanted}': max_adhoc={self.settings.max_adhoc} "
-                "ad-hoc models are defined and each has an engine; unload one or retry later",
-                headers={"Retry-After": "5"},
-            )
-        old = min(gone, key=lambda i: i.last_used).name
-        del self.instances[old]
-        self.adhoc_names.discard(old)
-        self.memory.estimates.pop(old, None)
-        models = {n: m for n, m in self.settings.models.items() if n != old}
-        self.settings = self.settings.model_copy(update={"models": models})
-        self.adhoc_labels = {k: v for k, v in self.adhoc_labels.items() if v != old}
-        self.events.record("adhoc", old, f"{old}: ad-hoc model forgotten (max_adhoc, for {wanted})")
-
-    def remember_label(self, label: str, name: str) -> None:
-        """Another spelling of an ad-hoc model's path, so that it is not looked up again."""
-        if len(self.adhoc_labels) >= 8 * self.settings.max_adhoc:
-            self.adhoc_labels.clear()  # bounded: any key may send any number of spellings
-        self.adhoc_labels[label] = name
-
-    def apply(self, settings: Settings, changed: set[str], removed: set[str], adhoc: set[str]):
-        """Takes a reloaded configuration: new models now, changed and removed ones once idle."""
-        self.settings, self.adapters, self.adhoc_names = settings, adapters(settings), adhoc
-        for name, inst in self.instances.items():
-            if name in removed:
-                self._set_pending(inst, Pending.REMOVED)
-            elif name in changed:
-                self._set_pending(inst, Pending.CHANGED, settings.models[name])
-            else:
-                self._set_pending(inst, None)
-        for name, model in settings.models.items():
-            if name not in self.instances:
-                self.memory.refresh(name, model)
-                self.add_model(name, model)
-        self._tick()
-
-    def _set_pending(
-        self, inst: Instance, pending: Pending | None, replacement: ModelConfig | None = None
-    ) -> None:
-        """A reload's change for `inst`, or none: then a drain for an earlier change (taken
-        back since: a reload that restores its definition) ends, and its requests go on."""
-        inst.pending, inst.replacement = pending, replacement
-        if pending is None and inst.draining_for == "reload":
-            inst.draining_for = None
-            self._notify()
-
-    def _replace(self, inst: Instance) -> None:
-        assert inst.replacement is not None
-        inst.model, inst.replacement, inst.pending = inst.replacement, None, None
-        inst.notes = None
-        self.memory.refresh(inst.name, inst.model)
+    # -- housekeeping ----------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
         while True:
@@ -509,6 +345,14 @@ class Scheduler:
                     self._notify()
                 case do.Begin(name=name):
                     self.begin_start(self.instances[name])
+        share, poll_s = self.settings.gpus.yield_above, self.settings.gpus.poll_s
+        if share is not None and time.monotonic() - self._last_yield >= poll_s:
+            self._last_yield = time.monotonic()
+            for step in decide(self._snapshot(with_memory=True), Yield(share)):
+                if isinstance(step, do.Sleep):
+                    self.sleep(step.name, step.reason, step.why)
+                elif isinstance(step, do.Stop):
+                    self.stop(step.name, step.reason, step.why)
         interval = self.settings.defaults.health_interval
         if interval and time.monotonic() - self._last_health >= interval:
             self._last_health = time.monotonic()

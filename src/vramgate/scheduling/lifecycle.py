@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -64,6 +65,7 @@ class Lifecycle:
                 self.events.record("note", name, f"model '{name}': {note}", level="warning")
         inst.starts += 1
         container = settings.container_of(model) if settings.runtime_of(model) == "docker" else None
+        spawned = time.monotonic()
         handle = await self.runtime.spawn(
             name, spec_for_port, {**model.env, **env}, gpus, settings.engine_log(name), inst.output,
             container,
@@ -82,11 +84,15 @@ class Lifecycle:
             if any(OOM_OUTPUT.search(line) for line in handle.tail(40)):
                 raise EngineOutOfMemory(exc.message, detail=exc.detail) from exc
             raise
+        # What bringing it back costs (gpus.eviction: cost), learned with its footprint.
+        self.memory.footprints.record_load_s(footprint_key(name, model), time.monotonic() - spawned)
         if kv_key is not None:
             assert self.http is not None
             # Before it serves: the first request finds its prefix cached as before the swap.
             restore = self.kv.restore(self.http, handle.base_url, kv_key)
             await quietly("restore", name, restore)
+        # On the CPU (or partly): its host RAM, learned as its GPU memory is.
+        await asyncio.to_thread(self.memory.measure_host, inst, new_load=True)
         if gpus:
             used = await asyncio.to_thread(self.memory.measure, inst, new_load=True)
             if self.memory.overcommitted(gpus):

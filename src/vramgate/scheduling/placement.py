@@ -28,11 +28,14 @@ class Placement:
 
 
 def available_mib(gpu: GpuMemory, residents: Sequence[ModelSnap], evicted: Sequence[str]) -> int:
-    """MiB a new engine may take on `gpu` once `evicted` are gone."""
+    """MiB a new engine may take on `gpu` once `evicted` are gone (and, while other programs
+    use it, below its ceiling: gpus.yield_above)."""
     staying = sum(r.on(gpu.index) for r in residents if r.name not in evicted)
     leaving = sum(r.on(gpu.index) for r in residents if r.name in evicted)
     by_footprints = gpu.total_mib - gpu.reserve_mib - staying
     reported = gpu.free_mib + leaving - gpu.reserve_mib
+    if gpu.ceiling_mib is not None:
+        reported = min(reported, gpu.ceiling_mib - gpu.used_mib + leaving)
     return min(by_footprints, reported)
 
 

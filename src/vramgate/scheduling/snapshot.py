@@ -26,6 +26,13 @@ class Pending(enum.Enum):
     CHANGED = "changed"  # a new definition: drain, stop, then take it
 
 
+def cost_rank(reload_s: float, idle_s: float) -> float:
+    """`gpus.eviction: cost`: what bringing an engine back would take against how long it has
+    been idle, lowest made to go first: one that loads in 40 s stays before one that loads in
+    2 s, unless it has been idle twenty times longer (Lemonade's idle time / load time)."""
+    return reload_s / max(idle_s, 1.0)
+
+
 class ModelSnap(NamedTuple):
     """One model as the decisions see it. (A NamedTuple: one is built per request, and a tuple
     builds in a third of a frozen dataclass's time.)"""
@@ -53,6 +60,8 @@ class ModelSnap(NamedTuple):
     pending: Pending | None = None
     can_sleep: bool = False  # its engine sleeps instead of stopping when room is needed
     host_mib: int = 0  # host RAM it holds asleep (measured), or would (estimated)
+    ram_mib: int = 0  # host RAM its engine holds running (on the CPU), footprint or measured
+    reload_s: float = 0.0  # what bringing it back would take: its last load, or wake
     sleep_after_s: float = 0.0  # idle seconds before it sleeps; 0 = only to make room
     asleep: bool = False  # its engine sleeps (also while a wake is under way: STARTING)
 
@@ -96,6 +105,13 @@ class ModelSnap(NamedTuple):
     def order(self) -> float:
         return self.last_used if self.rank is None else self.rank
 
+    @property
+    def host_held_mib(self) -> int:
+        """Host RAM it holds now: asleep, what it kept; running on the CPU, its footprint."""
+        if self.state is State.SLEEPING:
+            return self.host_mib
+        return self.ram_mib if self.is_running else 0
+
     def on(self, gpu: int) -> int:
         """MiB it holds on `gpu`."""
         return share_mib(self.held_mib, len(self.gpus)) if gpu in self.gpus else 0
@@ -111,4 +127,9 @@ class Snapshot(NamedTuple):
     min_residency_s: float = 0.0
     unknown_footprint: str = "estimate"  # gpus.unknown_footprint
     room_queue: tuple[str, ...] = ()  # starts waiting for room, in arrival order
-    host_budget_mib: int = 0  # host RAM that sleeping engines may hold in all
+    host_budget_mib: int = 0  # host RAM that engines on the CPU and sleepers may hold in all
+    host: GpuMemory | None = None  # the host's RAM as a device (hostram.HOST), for placement
+
+    @property
+    def host_used_mib(self) -> int:
+        return sum(m.host_held_mib for m in self.models.values())

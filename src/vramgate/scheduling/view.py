@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from vramgate.config import Settings
 from vramgate.instances import Instance
 from vramgate.memory import Memory
-from vramgate.scheduling.snapshot import ModelSnap, Snapshot
+from vramgate.scheduling.snapshot import ModelSnap, Snapshot, cost_rank
 
 
 def snapshot(
@@ -21,6 +21,7 @@ def snapshot(
 ) -> Snapshot:
     """Every model given; GPU figures only `with_memory` (reading them costs I/O: NVML, /proc)."""
     models = {i.name: _snap(i, settings, memory, with_memory) for i in instances}
+    held = sum(m.host_held_mib for m in models.values())
     return Snapshot(
         models,
         memory.memory() if with_memory else (),
@@ -30,6 +31,7 @@ def snapshot(
         memory.policy,
         room_queue,
         memory.host_budget_mib,
+        memory.host_device(held) if with_memory else None,
     )
 
 
@@ -39,6 +41,17 @@ def ttl_of(inst: Instance, settings: Settings) -> float:
     if inst.keep_alive_s is not None:
         return inst.keep_alive_s
     return settings.setting_of(inst.model, "ttl")
+
+
+def _rank(inst: Instance, settings: Settings, memory: Memory) -> float | None:
+    """Eviction order, lowest first (None: least recently used first). Only where room is
+    decided (a snapshot with memory): a request's own snapshot needs none."""
+    policy = settings.gpus.eviction
+    if policy == "frequency":
+        return inst.priority
+    if policy == "cost":
+        return cost_rank(memory.reload_s(inst), time.monotonic() - inst.last_used)
+    return None
 
 
 def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool) -> ModelSnap:
@@ -51,7 +64,7 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         joining=inst.joining,
         last_used=inst.last_used,
         pinned=model.pinned,
-        rank=inst.priority if settings.gpus.eviction == "frequency" else None,
+        rank=_rank(inst, settings, memory) if with_memory else None,
         gpus=inst.gpus,
         gpu_count=0 if model.device == "cpu" else model.gpus,
         footprint_mib=memory.footprint(inst)[0] if with_memory else None,
@@ -67,6 +80,8 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         made_way_for=inst.made_way_for,
         can_sleep=model.sleep > 0,
         host_mib=memory.host_mib(inst) if model.sleep else 0,
+        ram_mib=memory.ram(inst)[0] or 0,  # no I/O: 0 at once for a model wholly on GPUs
+        reload_s=memory.reload_s(inst) if with_memory else 0.0,
         sleep_after_s=defaults.sleep_after if model.sleep_after is None else model.sleep_after,
         asleep=inst.asleep,
     )

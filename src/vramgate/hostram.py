@@ -1,0 +1,142 @@
+"""Host RAM, placed like a GPU: what engines on the CPU (and the CPU side of partially offloaded
+ones) need, estimated before their first load, measured after (PSS of the engine's process
+tree: pages its workers share count once), learned and kept with the GPU footprints; and the
+budget they share with sleeping engines (`host_ram_mib`, default: MemAvailable at startup).
+
+Estimates, by engine, from what each was measured to take here (docs/benchmarks.md, "Host RAM"):
+the model's weights (the GGUF or safetensors files; a GGUF's KV cache and buffers as its GPU
+estimate counts them) plus the engine's own runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from vramgate.config import ModelConfig
+from vramgate.gpu.base import GpuMemory
+from vramgate.gpu.estimate import Estimate, read_gguf_header
+from vramgate.gpu.footprints import FootprintStore, footprint_key
+from vramgate.gpu.proctree import PROC, process_table, process_tree
+
+log = logging.getLogger("vramgate.memory")
+HOST = -1  # the host's RAM as a device in placement (GPUs are numbered from 0)
+HOST_RESERVE_MIB = 256  # of what the machine has available, never planned for
+# The engine's own runtime on the CPU beyond the weights (and, for llama.cpp, beyond its KV
+# cache and buffers, which the GGUF estimate counts): measured here with small models.
+RUNTIME_MIB = {"llamacpp": 64, "transformers": 700, "vllm": 1800, "sglang": 1800, "command": 0}
+NGL_FLAGS = ("-ngl", "--n-gpu-layers", "--gpu-layers")
+
+
+def host_key(name: str, model: ModelConfig) -> str:
+    return footprint_key(name, model) + "#host"
+
+
+def cpu_share(model: ModelConfig, layers: int | None) -> float:
+    """The share of a model's weights that live in host RAM while it runs: all of it on the
+    CPU; for llama.cpp with `-ngl N` below its layer count, the layers it keeps on the CPU."""
+    if model.device == "cpu":
+        return 1.0
+    if model.engine != "llamacpp" or not layers:
+        return 0.0
+    for i, arg in enumerate(model.args):
+        value = model.args[i + 1] if arg in NGL_FLAGS and i + 1 < len(model.args) else None
+        if value is not None and value.lstrip("-").isdigit():
+            on_gpu = int(value)
+            return 0.0 if on_gpu < 0 or on_gpu >= layers else (layers - on_gpu) / layers
+    return 0.0
+
+
+def estimate_host_mib(model: ModelConfig, estimate: Estimate | None) -> int | None:
+    """What `model`'s engine will hold in host RAM, from its metadata; None: unknown."""
+    layers = _layers(model)
+    share = cpu_share(model, layers)
+    if share == 0.0:
+        return 0
+    runtime = RUNTIME_MIB.get(model.engine, 0)
+    if estimate is None:
+        return None
+    if share < 1.0:  # partial offload: those layers' weights, and the engine's host buffers
+        return math.ceil(estimate.weights_mib * share + runtime)
+    body = (
+        estimate.total_mib - estimate.overhead_mib
+        if model.engine == "llamacpp"
+        else (estimate.weights_mib)
+    )
+    return math.ceil(body + runtime)
+
+
+def _layers(model: ModelConfig) -> int | None:
+    source = Path(model.source) if model.source else None
+    if model.engine != "llamacpp" or source is None or not source.is_file():
+        return None
+    try:
+        meta, _ = read_gguf_header(source)
+    except Exception:
+        return None
+    arch = meta.get("general.architecture")
+    count = meta.get(f"{arch}.block_count")
+    return int(count) if isinstance(count, int) else None
+
+
+def tree_pss_mib(roots: list[int]) -> int:
+    """Proportional set size of `roots` and their trees, in MiB: each shared page counted once
+    over the processes sharing it (RSS counts it in every one)."""
+    if not roots:
+        return 0
+    table = process_table()
+    pids = set().union(*(process_tree(root, table) for root in roots))
+    total_kib = 0
+    for pid in pids:
+        total_kib += _field_kib(PROC / str(pid) / "smaps_rollup", "Pss:") or _field_kib(
+            PROC / str(pid) / "status", "VmRSS:"
+        )
+    return total_kib // 1024
+
+
+def _field_kib(path: Path, field: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def available_mib() -> int:
+    """MemAvailable from /proc/meminfo, in MiB (0 where it cannot be read)."""
+    return _field_kib(Path("/proc/meminfo"), "MemAvailable:") // 1024
+
+
+class HostRam:
+    """The host RAM budget and the host footprints of models."""
+
+    def __init__(self, budget_mib: int | None, footprints: FootprintStore) -> None:
+        self.budget_mib = budget_mib if budget_mib is not None else available_mib()
+        self.footprints = footprints
+
+    def footprint(self, name: str, model: ModelConfig, needs: int | None) -> tuple[int | None, str]:
+        """(MiB, source) of what it holds running: measured > `ram_mib` > the estimate (`needs`,
+        estimate_host_mib's: 0 for a model wholly on a GPU, None when nothing tells)."""
+        if needs == 0 and model.ram_mib is None:
+            return 0, "gpu"
+        measured = self.footprints.get_mib(host_key(name, model))
+        if measured is not None:
+            return measured, "measured"
+        if model.ram_mib is not None:
+            return model.ram_mib, "hint"
+        return (needs, "estimate") if needs is not None else (None, "unknown")
+
+    def measure(self, name: str, model: ModelConfig, pids: list[int], *, new_load: bool) -> int:
+        used = tree_pss_mib(pids)
+        if used > 0:
+            self.footprints.record(host_key(name, model), used, new_load=new_load)
+        return used
+
+    def device(self, held_mib: int) -> GpuMemory:
+        """The host as placement sees it: the budget, with what our engines hold and what the
+        machine has available now (others' use of RAM counts, as on a GPU)."""
+        free = min(self.budget_mib - held_mib, available_mib() - HOST_RESERVE_MIB)
+        return GpuMemory(HOST, self.budget_mib, self.budget_mib - max(free, 0), 0)
