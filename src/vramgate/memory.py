@@ -259,12 +259,15 @@ class Memory:
                 "used_mib": g.used_mib,
                 "free_mib": g.free_mib,
                 "reserved_mib": g.reserve_mib,
+                "others_mib": g.others_mib,  # held by programs that are not our engines
+                "ceiling_mib": g.ceiling_mib,  # ours may fill it up to this, meanwhile
             }
-            for g in self.gpus.memory()
+            for g in self.memory()
         ]
 
     def model_status(self, inst: Instance) -> dict[str, Any]:
         mib, source = self.footprint(inst)
+        ram, ram_source = self.ram(inst)
         running = inst.state is not State.STOPPED and bool(inst.gpus)
         return {
             "footprint_mib": mib,
@@ -273,6 +276,9 @@ class Memory:
             "gpu_count": inst.model.gpus,
             "used_mib": self.used_now(inst) if running else None,
             "pinned": inst.model.pinned,
+            "ram_mib": ram,  # host RAM it holds running (0: wholly on GPUs)
+            "ram_source": ram_source,
+            "reload_s": round(self.reload_s(inst), 3),
         }
 
 

@@ -145,10 +145,21 @@ class _Gauges(Collector):
         wake = GaugeMetricFamily(
             "vramgate_last_wake_seconds", "How long a model's last wake took.", labels=["model"]
         )
+        ram = status["host_ram"]
         budget = GaugeMetricFamily(
-            "vramgate_host_ram_budget_bytes", "Host RAM that sleeping engines may hold in all."
+            "vramgate_host_ram_budget_bytes",
+            "Host RAM that engines on the CPU and sleeping engines may hold in all.",
         )
-        budget.add_metric([], status["host_ram"]["budget_mib"] * MIB)
+        budget.add_metric([], ram["budget_mib"] * MIB)
+        ram_used = GaugeMetricFamily(
+            "vramgate_host_ram_used_bytes", "Host RAM our engines hold, by model.", labels=["model"]
+        )
+        for name, mib in ram["models"].items():
+            ram_used.add_metric([name], mib * MIB)
+        available = GaugeMetricFamily(
+            "vramgate_host_ram_available_bytes", "What the machine has available (MemAvailable)."
+        )
+        available.add_metric([], ram["available_mib"] * MIB)
         for m in status["models"]:
             name = m["name"]
             if m["host_mib"] is not None:
@@ -160,13 +171,13 @@ class _Gauges(Collector):
             state.add_metric([name, m["state"]], 1)
             if m["footprint_mib"] is not None:
                 footprint.add_metric([name, m["footprint_source"]], m["footprint_mib"] * MIB)
-        yield from (in_flight, queued, state, footprint, host, wake, budget)
+        yield from (in_flight, queued, state, footprint, host, wake, budget, ram_used, available)
         gpus = status["gpus"]
         families = {
             key: GaugeMetricFamily(
                 f"vramgate_gpu_memory_{key}_bytes", f"GPU memory {key}.", labels=["gpu"]
             )
-            for key in ("total", "used", "free", "reserved")
+            for key in ("total", "used", "free", "reserved", "others")
         }
         for gpu in gpus:
             for key, family in families.items():

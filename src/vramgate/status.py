@@ -4,9 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from vramgate.hostram import available_mib
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
 from vramgate.scheduling.view import ttl_of
+
+
+def host_ram(scheduler: Scheduler) -> dict[str, Any]:
+    """The host's RAM as the scheduler places it: the budget, what our engines hold (on the CPU
+    running, or asleep), and what the machine has available now."""
+    by_model: dict[str, int] = {}
+    for name, inst in scheduler.instances.items():
+        if inst.state is State.SLEEPING:
+            by_model[name] = inst.host_mib or 0
+        elif inst.is_running:
+            mib = scheduler.memory.ram(inst)[0] or 0
+            if mib:
+                by_model[name] = mib
+    sleeping = [i.host_mib or 0 for i in scheduler.instances.values() if i.state is State.SLEEPING]
+    return {
+        "budget_mib": scheduler.memory.host_budget_mib,
+        "used_mib": sum(by_model.values()),
+        "sleeping_mib": sum(sleeping),
+        "available_mib": available_mib(),
+        "models": by_model,
+    }
 
 
 def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
@@ -19,12 +41,7 @@ def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
             | {"runtime": settings.runtime_of(i.model)}
             for i in scheduler.instances.values()
         ],
-        "host_ram": {
-            "budget_mib": memory.host_budget_mib,
-            "sleeping_mib": sum(
-                i.host_mib or 0 for i in scheduler.instances.values() if i.state is State.SLEEPING
-            ),
-        },
+        "host_ram": host_ram(scheduler),
         "max_running": settings.max_running,
         "runtime": scheduler.runtime.kind,
         "events": [e for e in scheduler.events.recent if e["kind"] != "state"][-50:],

@@ -411,3 +411,76 @@ def test_a_model_a_reload_removed_or_changed_is_not_started_with_its_old_definit
         for state in (STOPPED, State.FAILED, SLEEPING):
             step = one(world(m("a", state, pending=pending)), Request("a"))
             assert isinstance(step, Wait), (pending, state, step)
+
+
+# -- host RAM, other programs, cost ------------------------------------------------------------
+
+
+def host(used=0, total=4000) -> GpuMemory:
+    return GpuMemory(-1, total, used, 0)
+
+
+def test_a_cpu_engine_starts_when_its_host_ram_fits():
+    snap = world(m("cpu", ram_mib=1500), m("other", READY, ram_mib=2000), host=host(used=2000),
+                 host_budget_mib=4000)  # fmt: skip
+    assert decide(snap, Room("cpu")) == [Start(())]
+
+
+def test_idle_cpu_engines_and_sleepers_make_way_in_host_ram_by_stopping():
+    snap = world(
+        m("cpu", ram_mib=2500),
+        m("old", READY, ram_mib=2000, last_used=1),
+        m("sleeper", SLEEPING, host_mib=1500, last_used=5, can_sleep=True),
+        host=host(used=3500), host_budget_mib=4000,
+    )  # fmt: skip
+    steps = decide(snap, Room("cpu"))
+    assert steps == [Stop("old", "host_ram", "host RAM to start cpu", "cpu")]
+
+
+def test_a_busy_cpu_engine_drains_for_host_ram_and_too_much_is_a_507():
+    busy = m("busy", READY, ram_mib=3000, in_flight=1)
+    snap = world(m("cpu", ram_mib=2000), busy, host=host(used=3000), host_budget_mib=4000)
+    steps = decide(snap, Room("cpu"))
+    assert steps[0] == Drain("busy", "cpu") and isinstance(steps[-1], Wait)
+    huge = world(m("cpu", ram_mib=9000), busy, host=host(used=3000), host_budget_mib=4000)
+    step = one(huge, Room("cpu"))
+    assert isinstance(step, Refuse) and isinstance(step.error, NoRoom)
+    assert "host RAM" in step.error.message and busy.state is READY
+
+
+def test_sleeping_counts_against_the_budget_cpu_engines_share():
+    """A GPU engine may sleep only while host RAM (with what CPU engines hold) allows."""
+    gpu_model = m("g", READY, gpus=(0,), held_mib=6000, can_sleep=True, host_mib=1500)
+    cpu = m("c", READY, ram_mib=3000)
+    snap = world(m("new", footprint_mib=6000), gpu_model, cpu, gpus=[gpu(used=6000)],
+                 host=host(used=3000), host_budget_mib=4000)  # fmt: skip
+    assert decide(snap, Room("new")) == [Stop("g", "lru", "to start new", "new")]
+    roomy = snap._replace(host_budget_mib=5000)
+    assert decide(roomy, Room("new")) == [Sleep("g", "lru", "to start new", "new")]
+
+
+def test_other_programs_past_the_share_make_idle_engines_go_cheapest_first():
+    from vramgate.scheduling.decide import Yield
+
+    cheap = m("cheap", READY, gpus=(0,), held_mib=3000, reload_s=2, last_used=50)
+    dear = m("dear", READY, gpus=(0,), held_mib=3000, reload_s=40, last_used=50)
+    busy = m("busy", READY, gpus=(0,), held_mib=2000, in_flight=1)
+    others = GpuMemory(0, 10_000, 9500, 500, 1500)  # 8000 ours + 1500 others: past 0.9
+    snap = world(cheap, dear, busy, gpus=[others], now=100.0)
+    assert decide(snap, Yield(0.9)) == [
+        Stop("cheap", "yield", "other programs use 1500 MiB of GPU 0")
+    ]
+    # Ours alone over the share: not the others' doing, nothing yields.
+    mostly_ours = GpuMemory(0, 10_000, 9500, 500, 200)
+    assert decide(snap._replace(gpus=(mostly_ours,)), Yield(0.9)) == []
+
+
+def test_cost_eviction_keeps_a_slow_loader_over_a_quick_one():
+    from vramgate.scheduling.snapshot import cost_rank
+
+    slow = m("slow", READY, gpus=(0,), held_mib=5000, last_used=60, rank=cost_rank(40, 40))
+    quick = m("quick", READY, gpus=(0,), held_mib=5000, last_used=80, rank=cost_rank(2, 20))
+    snap = world(
+        m("x", footprint_mib=5000), slow, quick, gpus=[gpu(total=12_000, used=10_000)], now=100.0
+    )
+    assert decide(snap, Room("x")) == [Stop("quick", "lru", "to start x", "x")]

@@ -29,6 +29,7 @@ STATS = web.AppKey("stats", dict)
 OPTS = web.AppKey("opts", argparse.Namespace)
 READY = web.AppKey("ready", asyncio.Event)
 GPU_HELD = web.AppKey("gpu_held", list)
+RAM_HELD = web.AppKey("ram_held", bytearray)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embedding-dim", type=int, default=8)
     p.add_argument("-c", "--ctx-size", type=int, default=0, help="Taken, as llama-server's.")
     p.add_argument("--vram-mib", type=int, default=None, help="Use to report (simulated GPU).")
+    p.add_argument(
+        "--ram-mib", type=int, default=0, help="Host RAM to hold from its load on (touched)."
+    )
     p.add_argument(
         "--log-line", action="append", default=[], help="Print this line at load (repeatable)."
     )
@@ -260,6 +264,10 @@ async def _load(app: web.Application) -> None:
     for line in opts.log_line:  # e.g. llama.cpp's buffer sizes
         print(line, flush=True)
     app[GPU_HELD] = gpu_load.allocate(opts)  # real GPU memory, where asked for (PyTorch)
+    if opts.ram_mib:  # resident, not just reserved: every page written once
+        held = bytearray(opts.ram_mib << 20)
+        held[::4096] = b"\1" * len(held[::4096])
+        app[RAM_HELD] = held
     usage_file = os.environ.get("VRAMGATE_SIM_USAGE_FILE")
     if opts.vram_mib is not None and usage_file:
         Path(usage_file).write_text(str(opts.vram_mib))  # noqa: ASYNC240 (tiny, once)

@@ -1,0 +1,74 @@
+"""Host RAM placed like a GPU, with fake engines on the CPU that really hold what they say
+(`--ram-mib`): one budget for CPU engines and sleepers, idle ones make way, busy ones drain, what
+can never fit is refused at once, footprints are measured (PSS) and learned."""
+
+from __future__ import annotations
+
+import threading
+
+from tests.conftest import fake_cmd, wait_until
+
+
+def cpu_model(mib: int, *knobs: str, **extra) -> dict:
+    return {"engine": "command", "cmd": fake_cmd("--ram-mib", str(mib), *knobs), "device": "cpu",
+            "ram_mib": mib + 60, **extra}  # fmt: skip
+
+
+def ask(gw, model: str, tokens: int = 1) -> str:
+    reply = gw.client.completions.create(model=model, prompt="x", max_tokens=tokens)
+    return reply.choices[0].text
+
+
+def test_cpu_engines_share_the_host_budget_and_make_way_for_each_other(gateway):
+    models = {"a": cpu_model(300), "b": cpu_model(300), "huge": cpu_model(2000)}
+    gw = gateway({"host_ram_mib": 600, "models": models})
+    assert ask(gw, "a") == "tok0 "
+    a = gw.model("a")
+    assert a["ram_source"] == "measured" and 300 <= a["ram_mib"] < 450, a  # PSS, learned
+    assert gw.status()["host_ram"]["models"] == {"a": a["ram_mib"]}
+    assert ask(gw, "b") == "tok0 "  # a is idle: it makes way (two do not fit in 600)
+    assert gw.model("a")["state"] == "stopped" and gw.model("b")["state"] == "ready"
+    assert "stop a (host_ram" in gw.log()
+    huge = gw.http.post("/v1/completions", json={"model": "huge", "prompt": "x"})
+    assert huge.status_code == 507 and "host RAM" in huge.json()["error"]["message"]
+    assert gw.model("b")["state"] == "ready"  # nothing was stopped for it
+    metrics = gw.http.get("/metrics").text
+    assert 'vramgate_host_ram_used_bytes{model="b"}' in metrics
+
+
+def test_a_busy_cpu_engine_finishes_then_makes_way(gateway):
+    models = {"a": cpu_model(300, "--tokens-per-s", "20"), "b": cpu_model(300)}
+    gw = gateway({"host_ram_mib": 600, "gpus": {"drain_after": 0}, "models": models})
+    ask(gw, "a")
+    streamed: list[str] = []
+
+    def stream() -> None:
+        chunks = gw.client.completions.create(model="a", prompt="x", max_tokens=20, stream=True)
+        streamed.extend(c.choices[0].text for c in chunks if c.choices)
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    assert wait_until(lambda: gw.model("a")["in_flight"] == 1, 5)
+    assert ask(gw, "b") == "tok0 "  # waits for a's stream, which is never cut
+    worker.join(20)
+    assert len([t for t in streamed if t]) == 20
+    assert "drain a" in gw.log() and gw.model("a")["state"] == "stopped"
+
+
+def test_sleepers_count_against_the_budget_cpu_engines_share(gateway):
+    """A sleeper holds host RAM (measured once asleep); a CPU engine that needs it stops it."""
+    gpu = {"simulate_mib": [8000], "reserve_mib": 0}
+    sleepy = {"engine": "command", "vram_mib": 6000, "sleep": 1,
+              "cmd": fake_cmd("--vram-mib", "6000", "--sleep-vram-mib", "100",
+                              "--sleep-host-mib", "300")}  # fmt: skip
+    # c claims 6800 MiB until measured (its hint), and holds 100.
+    models = {"g1": sleepy, "g2": sleepy, "c": cpu_model(100, ram_mib=6800)}
+    gw = gateway({"gpus": gpu, "host_ram_mib": 7000, "models": models})
+    ask(gw, "g1")
+    ask(gw, "g2")  # g1 sleeps (its weights "in host RAM": about 350 MiB, measured)
+    assert gw.model("g1")["state"] == "sleeping"
+    asleep = gw.status()["host_ram"]["models"]["g1"]
+    assert 300 <= asleep < 500
+    ask(gw, "c")  # 6800 + the sleeper's 350 > 7000: the sleeper stops
+    assert gw.model("g1")["state"] == "stopped" and gw.model("c")["state"] == "ready"
+    assert "stop g1 (host_ram" in gw.log()

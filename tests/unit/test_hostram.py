@@ -1,0 +1,67 @@
+"""Host RAM: which share of a model lives there, its estimate, PSS measured over a process tree,
+and GPU placement under a ceiling while other programs use the GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from vramgate.config import ModelConfig
+from vramgate.gpu.base import GpuMemory
+from vramgate.gpu.estimate import Estimate
+from vramgate.hostram import cpu_share, estimate_host_mib, tree_pss_mib
+from vramgate.scheduling.placement import Placement, available_mib, place
+from vramgate.scheduling.snapshot import ModelSnap, State
+
+GGUF = ModelConfig(engine="llamacpp", source="/m.gguf")
+ESTIMATE = Estimate(weights_mib=1000, kv_cache_mib=200, compute_mib=100, overhead_mib=128,
+                    context=4096, basis="test")  # fmt: skip
+
+
+def test_the_share_of_weights_in_host_ram():
+    assert cpu_share(GGUF, 30) == 0.0
+    assert cpu_share(GGUF.model_copy(update={"device": "cpu"}), 30) == 1.0
+    partial = GGUF.model_copy(update={"args": ["-ngl", "20"]})
+    assert abs(cpu_share(partial, 30) - 10 / 30) < 1e-9
+    assert cpu_share(GGUF.model_copy(update={"args": ["-ngl", "99"]}), 30) == 0.0
+    assert cpu_share(GGUF.model_copy(update={"args": ["-ngl", "-1"]}), 30) == 0.0
+
+
+def test_estimates_by_engine():
+    on_cpu = GGUF.model_copy(update={"device": "cpu"})
+    # llama.cpp: weights, KV cache and buffers (the GGUF estimate less its GPU context), + 64.
+    assert estimate_host_mib(on_cpu, ESTIMATE) == 1000 + 200 + 100 + 64
+    tf = ModelConfig(engine="transformers", source="/m", device="cpu")
+    assert estimate_host_mib(tf, ESTIMATE) == 1000 + 700
+    assert estimate_host_mib(tf, None) is None  # nothing tells
+    assert estimate_host_mib(GGUF, ESTIMATE) == 0  # wholly on a GPU
+
+
+def test_pss_of_a_process_tree_counts_what_it_touched():
+    code = (
+        "import time; b = bytearray(200 << 20); b[::4096] = b'1' * len(b[::4096]); time.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(100):
+            measured = tree_pss_mib([child.pid])
+            if measured >= 200:
+                break
+            os.sched_yield()
+            subprocess.run(["sleep", "0.05"], check=True)
+        assert 200 <= measured < 300, measured
+    finally:
+        child.kill()
+        child.wait()
+    assert tree_pss_mib([]) == 0
+
+
+def test_under_a_ceiling_our_engines_leave_room_to_other_programs():
+    """10000 MiB, others use 2000 and ours 4000; with a ceiling at 9000 our engines may fill
+    3000 more, not 3500; without others there is no ceiling."""
+    resident = ModelSnap("a", State.READY, gpus=(0,), held_mib=4000)
+    gpu = GpuMemory(0, 10_000, 6000, 500, others_mib=2000, ceiling_mib=9000)
+    assert available_mib(gpu, [resident], ()) == 3000
+    assert place(3000, [gpu], [resident], "b") == Placement(gpus=(0,))
+    assert place(3200, [gpu], [resident], "b") == Placement(gpus=(0,), evict=("a",))
