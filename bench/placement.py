@@ -5,7 +5,7 @@
 A simulated GPU holds about half of 8 models of mixed sizes; requests pick a model by a Zipf law
 (popularity unrelated to size) and arrive as a Poisson process; loading takes time proportional
 to size, one load at a time; an engine serving a request is busy and cannot be stopped. The
-vramgate policy is the scheduler's own pure function (`vramgate.scheduling.placement.place`);
+vramgate policies are the scheduler's own pure function (`vramgate.scheduling.placement.place`);
 the others are what llama.cpp's router and LocalAI do (keep the last K models) and llama-swap's
 default group (one model at a time). A count-based policy that loads past the GPU's memory is an
 OOM: the load fails, it evicts until the model fits and loads again.
@@ -24,9 +24,12 @@ from pathlib import Path
 
 from vramgate.gpu.base import GpuMemory
 from vramgate.scheduling.placement import place
-from vramgate.scheduling.snapshot import ModelSnap, State
+from vramgate.scheduling.snapshot import ModelSnap, State, cost_weight
 
 SIZES_MIB = [2000, 3000, 4000, 5000, 6000, 7000, 8000, 10_000]
+# Seconds per GiB to load, by model: engines differ (llama.cpp from the page cache against vLLM's
+# compile and warm-up): three of the eight load five times slower for their size.
+LOAD_FACTORS = [1, 5, 1, 1, 5, 1, 5, 1]
 TOTAL_MIB, RESERVE_MIB = 24_000, 512
 
 
@@ -38,12 +41,18 @@ class Engine:
     last_used: float
 
 
+def load_s(name: str, load_s_per_gib: float) -> float:
+    i = int(name[1:])
+    return SIZES_MIB[i] / 1024 * load_s_per_gib * LOAD_FACTORS[i]
+
+
 @dataclass
 class Result:
     policy: str
     loads: int = 0
     evictions: int = 0
     ooms: int = 0
+    load_s: float = 0.0
     waits_s: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float | int | str]:
@@ -53,6 +62,7 @@ class Result:
             "loads": self.loads,
             "evictions": self.evictions,
             "ooms": self.ooms,
+            "load_s": round(self.load_s, 1),
             "mean_wait_s": round(statistics.fmean(waits), 3),
             "p99_wait_s": round(waits[int(0.99 * (len(waits) - 1))], 3),
         }
@@ -87,16 +97,21 @@ def _snap(name: str, e: Engine, now: float, rank: float | None = None) -> ModelS
 class VramgateFrequency:
     """vramgate's placement with `gpus.eviction: frequency`: the same `place()`, residents ranked
     by GreedyDual-Size-Frequency priority (requests so far + the last evicted priority), as
-    the scheduler computes it."""
+    the scheduler computes it; with `load_s_per_gib`, `gpus.eviction: cost`: each request
+    weighs what reloading the model costs per GiB it takes (instances.cost_weight)."""
 
-    def __init__(self) -> None:
+    def __init__(self, load_s_per_gib: float | None = None) -> None:
         self.requests: dict[str, int] = {}
         self.priority: dict[str, float] = {}
         self.inflation = 0.0
+        self.load_s_per_gib = load_s_per_gib
 
     def on_request(self, name: str) -> None:
         self.requests[name] = self.requests.get(name, 0) + 1
-        self.priority[name] = self.inflation + self.requests[name]
+        weight = 1.0
+        if self.load_s_per_gib is not None:
+            weight = cost_weight(load_s(name, self.load_s_per_gib), SIZES_MIB[int(name[1:])])
+        self.priority[name] = self.inflation + self.requests[name] * weight
 
     def __call__(
         self, name: str, size: int, resident: dict[str, Engine], now: float
@@ -185,13 +200,14 @@ def replay(
                 del resident[victim]
                 result.evictions += 1
             start = max(now, gpu_free_at)
-            load_s = size / 1024 * load_s_per_gib
+            loading = load_s(name, load_s_per_gib)
             result.loads += 1
+            result.load_s += loading
             if sum(e.size_mib for e in resident.values()) + size + RESERVE_MIB > TOTAL_MIB:
                 # Out of memory: the load fails midway; stop the least recently used idle
                 # engines until it fits, then load again.
                 result.ooms += 1
-                now = start + load_s / 2
+                now = start + loading / 2
                 gpu_free_at = now
                 while sum(e.size_mib for e in resident.values()) + size + RESERVE_MIB > TOTAL_MIB:
                     idle = [n for n, e in resident.items() if e.busy_until <= now]
@@ -201,7 +217,7 @@ def replay(
                     del resident[min(idle, key=lambda n: resident[n].last_used)]
                     result.evictions += 1
                 continue
-            gpu_free_at = start + load_s
+            gpu_free_at = start + loading
             resident[name] = Engine(size, gpu_free_at, gpu_free_at, gpu_free_at)
         engine = resident[name]
         begin = max(now, engine.ready_at)
@@ -230,7 +246,7 @@ def make_trace(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Replay one trace against placement policies.")
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--rate", type=float, default=0.1, help="Requests per second.")
+    parser.add_argument("--rate", type=float, default=0.05, help="Requests per second.")
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--service-s", type=float, default=2.0, help="Seconds a request is served.")
     parser.add_argument("--load-s-per-gib", type=float, default=1.0)
@@ -241,6 +257,7 @@ def main() -> None:
     policies: dict[str, Policy] = {
         "vramgate (bytes, LRU)": vramgate_policy,
         "vramgate (bytes, frequency)": VramgateFrequency(),
+        "vramgate (bytes, cost)": VramgateFrequency(args.load_s_per_gib),
         # keep 2 is the largest K with which the two biggest models never overfill the GPU.
         "count LRU, keep 2": count_lru_policy(2),
         "count LRU, keep 3": count_lru_policy(3),
@@ -255,11 +272,12 @@ def main() -> None:
     gpu = f"a {TOTAL_MIB} MiB GPU ({RESERVE_MIB} reserved)"
     print(f"{len(SIZES_MIB)} models {SIZES_MIB} MiB on {gpu}; {args.requests} requests, "
           f"Zipf {args.zipf}, {args.rate}/s, seed {args.seed}")  # fmt: skip
-    header = ("policy", "loads", "evictions", "OOMs", "mean wait s", "p99 wait s")
-    print("{:28} {:>6} {:>9} {:>5} {:>11} {:>10}".format(*header))
+    header = ("policy", "loads", "evictions", "OOMs", "load s", "mean wait s", "p99 wait s")
+    print("{:28} {:>6} {:>9} {:>5} {:>8} {:>11} {:>10}".format(*header))
     for r in rows:
         print(f"{r['policy']:28} {r['loads']:>6} {r['evictions']:>9} {r['ooms']:>5} "
-              f"{r['mean_wait_s']:>11.3f} {r['p99_wait_s']:>10.3f}")  # fmt: skip
+              f"{r['load_s']:>8.0f} {r['mean_wait_s']:>11.3f} "
+              f"{r['p99_wait_s']:>10.3f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"settings": vars(args) | {"out": str(args.out)}, "results": rows}, indent=2)

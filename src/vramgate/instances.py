@@ -46,6 +46,7 @@ class Instance:
     needed_start: int = 0  # requests that had to wait for a start
     evictions: int = 0  # stops to make room (lru, discovery, oom)
     priority: float = 0.0  # GreedyDual-Size-Frequency: kept longer the higher (eviction: frequency)
+    cost_weight: float = 1.0  # what a request adds to it (eviction: cost: reload s per GiB)
     output: Fanout[str] = field(default_factory=lambda: Fanout(keep=0), repr=False)
     pending: Pending | None = None  # a reload's change, applied once it is idle
     replacement: ModelConfig | None = None  # with Pending.CHANGED: the new definition
@@ -87,7 +88,7 @@ class Instance:
         self.requests += 1
         # GreedyDual-Size-Frequency with a load cost proportional to size: frequency plus the
         # priority of the last engine evicted (aging), so that past popularity fades.
-        self.priority = inflation + self.requests
+        self.priority = inflation + self.requests * self.cost_weight
         if self.state is State.READY:
             self.served_warm += 1
         else:

@@ -476,10 +476,12 @@ def test_other_programs_past_the_share_make_idle_engines_go_cheapest_first():
 
 
 def test_cost_eviction_keeps_a_slow_loader_over_a_quick_one():
-    from vramgate.scheduling.snapshot import cost_rank
+    """Asked for as often, of one size: the one that takes 40 s to load stays, the 2 s one goes
+    (ranks as instances.count_request makes them, weighed by snapshot.cost_weight)."""
+    from vramgate.scheduling.snapshot import cost_weight
 
-    slow = m("slow", READY, gpus=(0,), held_mib=5000, last_used=60, rank=cost_rank(40, 40))
-    quick = m("quick", READY, gpus=(0,), held_mib=5000, last_used=80, rank=cost_rank(2, 20))
+    slow = m("slow", READY, gpus=(0,), held_mib=5000, last_used=60, rank=5 * cost_weight(40, 5000))
+    quick = m("quick", READY, gpus=(0,), held_mib=5000, last_used=80, rank=5 * cost_weight(2, 5000))
     snap = world(
         m("x", footprint_mib=5000), slow, quick, gpus=[gpu(total=12_000, used=10_000)], now=100.0
     )

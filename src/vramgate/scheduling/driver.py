@@ -40,7 +40,7 @@ from vramgate.scheduling.slots import (
     send_back,
     wait_for_slot,
 )
-from vramgate.scheduling.snapshot import State
+from vramgate.scheduling.snapshot import State, cost_weight
 from vramgate.scheduling.stopping import Stopping
 from vramgate.scheduling.view import snapshot
 from vramgate.upstream import UpstreamPool
@@ -227,6 +227,9 @@ class Scheduler(Stopping, Definitions):
             return  # a stop came as it became ready: the stop takes its engine away
         inst.state = State.READY
         inst.ready_at, inst.loaded_at = time.time(), time.monotonic()
+        if self.settings.gpus.eviction == "cost":  # what its requests weigh: its reload, now known
+            size = self.memory.footprint(inst)[0] or self.memory.ram(inst)[0] or 1024
+            inst.cost_weight = cost_weight(self.memory.reload_s(inst), size)
         inst.touch()
         took = time.monotonic() - began
         self.events.record("ready", inst.name, f"{inst.name} ready in {took:.2f} s", seconds=took)

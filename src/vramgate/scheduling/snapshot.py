@@ -27,10 +27,18 @@ class Pending(enum.Enum):
 
 
 def cost_rank(reload_s: float, idle_s: float) -> float:
-    """`gpus.eviction: cost`: what bringing an engine back would take against how long it has
-    been idle, lowest made to go first: one that loads in 40 s stays before one that loads in
-    2 s, unless it has been idle twenty times longer (Lemonade's idle time / load time)."""
+    """Making way for other programs: what bringing an engine back would take against how long
+    it has been idle, lowest made to go first (Lemonade's idle time / load time): one that
+    loads in 40 s stays before one that loads in 2 s, unless idle twenty times longer."""
     return reload_s / max(idle_s, 1.0)
+
+
+def cost_weight(reload_s: float, footprint_mib: int) -> float:
+    """`gpus.eviction: cost`: what one request for a model weighs in its GreedyDual priority,
+    the seconds reloading it costs per GiB it takes (GreedyDual-Size-Frequency with measured
+    costs: a model that takes 40 s to load stays before one of its size that takes 2 s, and
+    the often asked for stay before the rarely asked for)."""
+    return max(reload_s, 0.1) / max(footprint_mib / 1024, 0.25)
 
 
 class ModelSnap(NamedTuple):

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from vramgate.config import Settings
 from vramgate.instances import Instance
 from vramgate.memory import Memory
-from vramgate.scheduling.snapshot import ModelSnap, Snapshot, cost_rank
+from vramgate.scheduling.snapshot import ModelSnap, Snapshot
 
 
 def snapshot(
@@ -43,15 +43,9 @@ def ttl_of(inst: Instance, settings: Settings) -> float:
     return settings.setting_of(inst.model, "ttl")
 
 
-def _rank(inst: Instance, settings: Settings, memory: Memory) -> float | None:
-    """Eviction order, lowest first (None: least recently used first). Only where room is
-    decided (a snapshot with memory): a request's own snapshot needs none."""
-    policy = settings.gpus.eviction
-    if policy == "frequency":
-        return inst.priority
-    if policy == "cost":
-        return cost_rank(memory.reload_s(inst), time.monotonic() - inst.last_used)
-    return None
+def _rank(inst: Instance, settings: Settings) -> float | None:
+    """Eviction order, lowest first (None: least recently used first)."""
+    return inst.priority if settings.gpus.eviction in ("frequency", "cost") else None
 
 
 def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool) -> ModelSnap:
@@ -64,7 +58,7 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         joining=inst.joining,
         last_used=inst.last_used,
         pinned=model.pinned,
-        rank=_rank(inst, settings, memory) if with_memory else None,
+        rank=_rank(inst, settings),
         gpus=inst.gpus,
         gpu_count=0 if model.device == "cpu" else model.gpus,
         footprint_mib=memory.footprint(inst)[0] if with_memory else None,
