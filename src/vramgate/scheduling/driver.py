@@ -371,7 +371,12 @@ class Scheduler(Stopping, Definitions):
         chosen = self.instances.values() if insts is None else insts
         queue = tuple(self._room_queue)
         return snapshot(
-            chosen, self.settings, self.memory, with_memory=with_memory, room_queue=queue
+            chosen,
+            self.settings,
+            self.memory,
+            self.adapters,
+            with_memory=with_memory,
+            room_queue=queue,
         )
 
     def _notify(self) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from vramgate.config import Settings
+from vramgate.engines.base import EngineAdapter
 from vramgate.instances import Instance
 from vramgate.memory import Memory
 from vramgate.scheduling.snapshot import ModelSnap, Snapshot
@@ -15,12 +16,13 @@ def snapshot(
     instances: Iterable[Instance],
     settings: Settings,
     memory: Memory,
+    adapters: Mapping[str, EngineAdapter],
     *,
     with_memory: bool,
     room_queue: tuple[str, ...] = (),
 ) -> Snapshot:
     """Every model given; GPU figures only `with_memory` (reading them costs I/O: NVML, /proc)."""
-    models = {i.name: _snap(i, settings, memory, with_memory) for i in instances}
+    models = {i.name: _snap(i, settings, memory, adapters, with_memory) for i in instances}
     held = sum(m.host_held_mib for m in models.values())
     return Snapshot(
         models,
@@ -48,7 +50,13 @@ def _rank(inst: Instance, settings: Settings) -> float | None:
     return inst.priority if settings.gpus.eviction in ("frequency", "cost") else None
 
 
-def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool) -> ModelSnap:
+def _snap(
+    inst: Instance,
+    settings: Settings,
+    memory: Memory,
+    adapters: Mapping[str, EngineAdapter],
+    with_memory: bool,
+) -> ModelSnap:
     model, defaults = inst.model, settings.defaults
     return ModelSnap(
         name=inst.name,
@@ -72,7 +80,7 @@ def _snap(inst: Instance, settings: Settings, memory: Memory, with_memory: bool)
         pending=inst.pending,
         admitted=inst.admitted,
         made_way_for=inst.made_way_for,
-        can_sleep=model.sleep > 0,
+        can_sleep=model.sleep > 0 and adapters[model.engine].sleep_calls(model) is not None,
         host_mib=memory.host_mib(inst) if model.sleep else 0,
         ram_mib=memory.ram(inst)[0] or 0,  # no I/O: 0 at once for a model wholly on GPUs
         reload_s=memory.reload_s(inst) if with_memory else 0.0,
