@@ -43,6 +43,7 @@ def test_pss_of_a_process_tree_counts_what_it_touched():
         "import time; b = bytearray(200 << 20); b[::4096] = b'1' * len(b[::4096]); time.sleep(30)"
     )
     child = subprocess.Popen([sys.executable, "-c", code])
+    measured = 0
     try:
         for _ in range(100):
             measured = tree_pss_mib([child.pid])
