@@ -30,6 +30,7 @@ from vramgate.errors import BadRequest, GatewayError, ModelNotFound, error_body
 from vramgate.events import Events
 from vramgate.gpu.base import GpuBackend
 from vramgate.gpu.footprints import FootprintStore
+from vramgate.history import MemoryHistory
 from vramgate.memory import Memory, footprint_store, gpu_backend
 from vramgate.metrics import Metrics
 from vramgate.runtimes.base import Runtime
@@ -112,6 +113,8 @@ def create_app(
         memory = Memory(settings, made.gpus, made.footprints)
         scheduler = Scheduler(settings, made.runtime, memory, made.events)
         made.events.hooks.append(made.metrics.event)
+        history = app.state.history = MemoryHistory(scheduler)
+        made.events.hooks.append(history.event)
         made.metrics.attach(lambda: gateway_status(scheduler))
         await scheduler.start()
         app.state.scheduler = scheduler
@@ -124,6 +127,7 @@ def create_app(
         app.state.started_at = time.time()
         app.state.reload_settings = reload_settings or (lambda: scheduler.settings)
         app.state.background = set()
+        sampler = asyncio.create_task(_sample(history))
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload_in_background(app))
         app.state.stopping = asyncio.Event()
         _tell_on_exit_signals(loop, app.state.stopping)
@@ -138,6 +142,7 @@ def create_app(
         try:
             yield
         finally:
+            sampler.cancel()
             loop.remove_signal_handler(signal.SIGHUP)
             app.state.downloads.close()
             # Shutdown (after uvicorn's drain of in-flight requests): stop every engine
@@ -157,6 +162,16 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     return GatewayApp(app, settings.ollama_port)
+
+
+async def _sample(history: MemoryHistory) -> None:
+    """The memory history's periodic sample (starts, stops and sleeps sample at once)."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            history.tick()
+        except Exception:  # a reading that fails now is taken again at the next
+            log.exception("sampling memory failed")
 
 
 def _download_changed(events: Events, job: Any) -> None:

@@ -60,6 +60,12 @@ async def status(request: Request) -> dict[str, Any]:
     return {"version": __version__, "uptime_s": uptime_s(request), **gateway_status(scheduler)}
 
 
+@router.get("/gateway/memory-history", dependencies=[Depends(any_key)])
+async def memory_history(request: Request) -> dict[str, Any]:
+    """Each device's memory over the last hour by model, with starts, stops and sleeps."""
+    return request.app.state.history.report()
+
+
 @router.post("/admin/models/{label:path}/load", dependencies=[Depends(admin_key)])
 async def load(label: str, request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)

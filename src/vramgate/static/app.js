@@ -96,6 +96,86 @@ function renderModels(status) {
   }
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+const MARKS = { start: "▲", stop: "▼", sleep: "z", wake: "↑" };
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+// One stacked area chart per device (GPU or host RAM): MiB by model over time, other programs'
+// use on top in grey, and a mark at each start, stop, sleep and wake of a model there.
+function renderCharts(history, names) {
+  const box = $("#charts");
+  box.replaceChildren();
+  // The last hour, or since the first sample where the gateway is younger (10 s at least).
+  const W = 1000, H = 160, end = history.now;
+  const first = history.samples.length ? history.samples[0].t : end;
+  const start = Math.max(end - history.window_s, Math.min(first - 1, end - 10));
+  const x = (t) => ((t - start) / (end - start)) * W;
+  for (const device of history.devices) {
+    const samples = history.samples.filter((s) => s.devices[device.id]);
+    const top = Math.max(device.total_mib, 1);
+    const y = (mib) => H - (Math.min(mib, top) / top) * H;
+    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none",
+      class: "chart", "data-device": device.id, role: "img" });
+    chart.append(svg("rect", { x: 0, y: 0, width: W, height: H, class: "frame" }));
+    const layers = [...new Set(samples.flatMap((s) => Object.keys(s.devices[device.id])))]
+      .sort((a, b) => (a === "others") - (b === "others") || names.indexOf(a) - names.indexOf(b));
+    const below = samples.map(() => 0);
+    for (const layer of layers) {
+      const above = samples.map((s, i) => below[i] + (s.devices[device.id][layer] || 0));
+      if (samples.length && above.some((v, i) => v !== below[i])) {
+        // Steps: a value holds until the next sample.
+        let d = `M ${x(samples[0].t)} ${y(below[0])}`;
+        samples.forEach((s, i) => {
+          const next = i + 1 < samples.length ? samples[i + 1].t : end;
+          d += ` L ${x(s.t)} ${y(above[i])} L ${x(next)} ${y(above[i])}`;
+        });
+        for (let i = samples.length - 1; i >= 0; i--) {
+          const next = i + 1 < samples.length ? samples[i + 1].t : end;
+          d += ` L ${x(next)} ${y(below[i])} L ${x(samples[i].t)} ${y(below[i])}`;
+        }
+        const path = svg("path", { d: d + " Z", "data-model": layer,
+          class: layer === "others" ? "others" : "layer" });
+        if (layer !== "others") path.setAttribute("fill", color(layer, names));
+        path.append(svg("title"));
+        path.firstChild.textContent = layer === "others" ? "other programs" : layer;
+        chart.append(path);
+      }
+      above.forEach((v, i) => { below[i] = v; });
+    }
+    const here = new Set(layers);
+    for (const mark of history.marks) {
+      if (!here.has(mark.model) || mark.t < start) continue;
+      const at = x(mark.t);
+      const line = svg("line", { x1: at, x2: at, y1: 0, y2: H, class: `mark ${mark.kind}`,
+        "data-kind": mark.kind, "data-model": mark.model });
+      const label = svg("text", { x: at + 2, y: 12, class: `mk ${mark.kind}` });
+      label.textContent = MARKS[mark.kind] || "•";
+      line.append(svg("title"));
+      line.firstChild.textContent = `${mark.kind} ${mark.model} at ${new Date(mark.t * 1000).toLocaleTimeString()}`;
+      chart.append(line, label);
+    }
+    const now = samples.length ? samples[samples.length - 1].devices[device.id] : {};
+    const used = Object.values(now).reduce((a, b) => a + b, 0);
+    box.append(el("div", { class: "device" },
+      el("div", { class: "label" }, `${device.label}: ${used} of ${device.total_mib} MiB now · ` +
+        `the last ${Math.round((end - start) / 60) || "<1"} min`),
+      chart));
+  }
+}
+
+async function refreshCharts(names) {
+  try {
+    renderCharts(await call("GET", "/gateway/memory-history"), names);
+  } catch (err) {
+    $("#error").textContent = err.message;
+  }
+}
+
 function renderEvents(events) {
   const list = $("#events");
   list.replaceChildren();
@@ -112,6 +192,7 @@ async function refresh() {
     renderGpus(status);
     renderModels(status);
     renderEvents(status.events);
+    await refreshCharts(status.models.map((m) => m.name));
     $("#error").textContent = "";
   } catch (err) {
     $("#error").textContent = err.message;
