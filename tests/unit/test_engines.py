@@ -94,6 +94,9 @@ def test_transformers_command_line(tmp_path):
     spec = adapter.launch("smol", cpu, 9000)
     assert spec.argv[7:] == ["--device", "cpu", "--dtype", "bfloat16", "--no-continuous-batching"]
     assert spec.env == {}  # a hub id: the hub may be asked
+    # On the CPU no batching unless asked: its preallocated cache is ~13.8 GiB for a 135M model.
+    plain = adapter.launch("smol", model(engine="transformers", source="o/r", device="cpu"), 9000)
+    assert plain.argv[7:] == ["--device", "cpu"]
     # Requests must name the pinned model exactly; answers are renamed back (rewrite.py).
     assert adapter.upstream_model("smol", cpu) == "org/repo"
     assert adapter.answer_fix("smol", CHAT) is not None
