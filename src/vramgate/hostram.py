@@ -25,7 +25,7 @@ HOST = -1  # the host's RAM as a device in placement (GPUs are numbered from 0)
 HOST_RESERVE_MIB = 256  # of what the machine has available, never planned for
 # The engine's own runtime on the CPU beyond the weights (and, for llama.cpp, beyond its KV
 # cache and buffers, which the GGUF estimate counts): measured here with small models.
-RUNTIME_MIB = {"llamacpp": 64, "transformers": 700, "vllm": 1800, "sglang": 1800, "command": 0}
+RUNTIME_MIB = {"llamacpp": 64, "transformers": 450, "vllm": 2100, "sglang": 2100, "command": 0}
 NGL_FLAGS = ("-ngl", "--n-gpu-layers", "--gpu-layers")
 
 
@@ -59,11 +59,13 @@ def estimate_host_mib(model: ModelConfig, estimate: Estimate | None) -> int | No
         return None
     if share < 1.0:  # partial offload: those layers' weights, and the engine's host buffers
         return math.ceil(estimate.weights_mib * share + runtime)
-    body = (
-        estimate.total_mib - estimate.overhead_mib
-        if model.engine == "llamacpp"
-        else (estimate.weights_mib)
-    )
+    if model.engine == "llamacpp":  # its KV cache and buffers, as the GGUF estimate counts them
+        body = estimate.total_mib - estimate.overhead_mib
+    else:
+        body = estimate.weights_mib
+    if model.engine == "vllm":  # its KV cache on the CPU: VLLM_CPU_KVCACHE_SPACE GiB (default 4)
+        space = model.env.get("VLLM_CPU_KVCACHE_SPACE", "4")
+        body += (int(space) if space.isdigit() else 4) * 1024
     return math.ceil(body + runtime)
 
 

@@ -33,7 +33,11 @@ def test_estimates_by_engine():
     # llama.cpp: weights, KV cache and buffers (the GGUF estimate less its GPU context), + 64.
     assert estimate_host_mib(on_cpu, ESTIMATE) == 1000 + 200 + 100 + 64
     tf = ModelConfig(engine="transformers", source="/m", device="cpu")
-    assert estimate_host_mib(tf, ESTIMATE) == 1000 + 700
+    assert estimate_host_mib(tf, ESTIMATE) == 1000 + 450
+    vllm = ModelConfig(
+        engine="vllm", source="/m", device="cpu", env={"VLLM_CPU_KVCACHE_SPACE": "1"}
+    )
+    assert estimate_host_mib(vllm, ESTIMATE) == 1000 + 1024 + 2100  # weights, its KV space, runtime
     assert estimate_host_mib(tf, None) is None  # nothing tells
     assert estimate_host_mib(GGUF, ESTIMATE) == 0  # wholly on a GPU
 
