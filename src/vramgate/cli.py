@@ -219,6 +219,27 @@ def gpu_bar(gpu: dict[str, Any], models: list[dict[str, Any]], width: int = 50) 
     return line + (f"  {' '.join(legend)}" if legend else "")
 
 
+def host_bar(ram: dict[str, Any], width: int = 50) -> str:
+    """`RAM   [aaab........] 530/20000 MiB held by engines, 18000 available` for engines on the
+    CPU and asleep; `#` is what the rest of the machine uses of the budget."""
+    budget = max(ram["budget_mib"], 1)
+    cells: list[str] = []
+    legend = []
+    for i, (name, mib) in enumerate(sorted(ram["models"].items())):
+        letter = chr(ord("a") + i % 26)
+        cells += [letter] * round(mib / budget * width)
+        legend.append(f"{letter}={name}")
+    # What the machine lacks beyond our own engines is someone else's (the OS, a desktop, a game).
+    others = max(0, budget - ram["used_mib"] - ram["available_mib"])
+    cells += ["#"] * round(others / budget * width)
+    bar = "".join(cells[:width]).ljust(width, ".")
+    line = (
+        f"RAM   [{bar}] {ram['used_mib']}/{ram['budget_mib']} MiB held by engines, "
+        f"{ram['available_mib']} available"
+    )
+    return line + (f"  {' '.join(legend)}" if legend else "")
+
+
 @app.command()
 def ps(url: UrlOpt = DEFAULT_URL) -> None:
     """Show every model's state as a table."""
@@ -248,6 +269,8 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
     for gpu in status.get("gpus", []):
         on_it = [m for m in status["models"] if gpu["index"] in (m.get("gpus") or ())]
         typer.echo("\n" + gpu_bar(gpu, on_it))
+    if status.get("host_ram"):
+        typer.echo("\n" + host_bar(status["host_ram"]))
     failed = [m for m in status["models"] if m["state"] == "failed" and m["last_error"]]
     for m in failed:
         typer.echo(f"\n{m['name']} failed: {m['last_error'].splitlines()[0]}")

@@ -4,6 +4,8 @@ can never fit is refused at once, footprints are measured (PSS) and learned."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 from tests.conftest import fake_cmd, wait_until
@@ -34,6 +36,15 @@ def test_cpu_engines_share_the_host_budget_and_make_way_for_each_other(gateway):
     assert gw.model("b")["state"] == "ready"  # nothing was stopped for it
     metrics = gw.http.get("/metrics").text
     assert 'vramgate_host_ram_used_bytes{model="b"}' in metrics
+    out = subprocess.run(
+        [sys.executable, "-m", "vramgate", "ps", "--url", gw.url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    bar = next(line for line in out if line.startswith("RAM   ["))
+    b_mib = gw.model("b")["ram_mib"]
+    cells = bar[bar.index("[") + 1 : bar.index("]")]
+    assert cells.startswith("a" * round(b_mib / 600 * 50) + ".") and len(cells) == 50, bar
+    assert f"{b_mib}/600 MiB held by engines" in bar and bar.endswith("a=b"), bar
 
 
 def test_a_busy_cpu_engine_finishes_then_makes_way(gateway):

@@ -70,3 +70,27 @@ def test_a_busy_engine_never_yields_and_a_start_goes_to_the_other_gpu(gateway, t
     worker.join(20)
     assert gw.model("busy")["state"] == "ready"  # it was busy when they came: it stayed
     assert wait_until(lambda: gw.model("busy")["state"] in ("stopped", "sleeping"), 5)
+
+
+def test_without_yield_others_memory_is_still_subtracted_before_placing(gateway, tmp_path):
+    """No yield_above: nothing makes way on its own when others come, but a start counts what
+    they hold: it evicts an idle engine that would have fit beside it on an empty GPU, and a
+    model that cannot fit beside them waits (they may leave), then 503, stopping no one."""
+    others = tmp_path / "others"
+    cfg = config(tmp_path, [10_000], a=engine(), b=engine(),
+                 big=engine(vram_mib=8000))  # fmt: skip
+    del cfg["gpus"]["yield_above"]
+    gw = gateway(cfg)
+    assert ask(gw, "a").status_code == 200
+    others.write_text("3000\n")
+    assert wait_until(lambda: gw.status()["gpus"][0]["others_mib"] == 3000, 5)
+    assert gw.model("a")["state"] == "ready"  # no yield_above: it stays
+    assert ask(gw, "b").status_code == 200  # 4000 + 4000 + 3000 > 10000: a makes way
+    assert gw.model("a")["state"] == "stopped" and "stop a" in gw.log()
+    refused = ask(gw, "big")  # 8000 beside their 3000 never fits
+    assert refused.status_code == 503 and refused.headers["retry-after"]  # they may leave
+    assert "other programs hold 3000 MiB on GPU 0" in refused.json()["error"]["message"]
+    assert gw.model("b")["state"] == "ready"
+    others.write_text("0\n")
+    assert ask(gw, "a").status_code == 200  # they left: a and b fit side by side again
+    assert gw.model("b")["state"] == "ready"

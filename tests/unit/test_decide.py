@@ -190,6 +190,15 @@ def test_memory_held_by_a_start_under_way_means_wait():
     assert isinstance(step, Wait) and "b: starting" in step.why
 
 
+def test_memory_other_programs_hold_means_wait_naming_them_not_our_idle_engines():
+    """Stopping the idle engine would not be enough beside what others hold: nothing stops,
+    and the reason names them (they may leave), not our idle engine."""
+    idle = m("b", READY, gpus=(0,), held_mib=3000, last_used=1)
+    theirs = GpuMemory(0, 10_000, 6000, 500, others_mib=3000)
+    [step] = decide(world(m("a", footprint_mib=7000), idle, gpus=[theirs]), Room("a"))
+    assert isinstance(step, Wait) and step.why == "other programs hold 3000 MiB on GPU 0"
+
+
 def test_a_stop_under_way_that_frees_enough_is_waited_for_rather_than_evicting_more():
     """The driver decides again as soon as it has issued a stop; the stopping engine's memory
     is on its way: nothing more is evicted for it."""

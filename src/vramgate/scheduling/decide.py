@@ -9,9 +9,11 @@ Three things are asked of it:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vramgate.errors import NoRoom, QueueFull
+from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
 from vramgate.hostram import HOST
 from vramgate.scheduling.placement import available_mib, place
@@ -167,8 +169,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
         if plan.drain:
             return _drain(snap, me, plan.drain, reason, "its GPU memory")
         if plan.wait:
-            held = ", ".join(f"{r.name}: {_why_held(r)}" for r in residents if r.name != me.name)
-            return [Wait(f"its GPU memory is held by engines that cannot make way ({held})")]
+            return [Wait(_held_by(me, here, residents))]
         gpus = plan.gpus
     host = _host_room(snap, me)
     if host is not None:
@@ -331,6 +332,22 @@ def _pending(m: ModelSnap) -> list[Step]:
         return [Stop(m.name, "reload", why)]
     # Under steady traffic it would never be idle: new requests wait while it drains.
     return [] if m.draining_for is not None else [Drain(m.name, "reload")]
+
+
+def _held_by(me: ModelSnap, gpus: Sequence[GpuMemory], residents: Sequence[ModelSnap]) -> str:
+    """Why a start waits: other programs' memory (they may leave) and our engines that cannot
+    make way now; idle ones are not named, since stopping them would not be enough."""
+    theirs = [f"{g.others_mib} MiB on GPU {g.index}" for g in gpus if g.others_mib]
+    stuck = [
+        f"{r.name}: {_why_held(r)}"
+        for r in residents
+        if r.name != me.name and not r.is_evictable and any(r.on(g.index) for g in gpus)
+    ]
+    parts = [f"other programs hold {', '.join(theirs)}"] if theirs else []
+    if stuck:
+        rest = "the rest is" if theirs else "its GPU memory is"
+        parts.append(f"{rest} held by engines that cannot make way ({', '.join(stuck)})")
+    return "; ".join(parts) or "its GPU memory is being freed by starts and stops under way"
 
 
 def _why_held(m: ModelSnap) -> str:
