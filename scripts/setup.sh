@@ -19,7 +19,7 @@ if ! "$root/.venv/bin/python" -c "import torch" >/dev/null 2>&1; then
   "$root/.venv/bin/python" -m pip install --quiet "torch==2.13.0+cpu" >&2 ||
     echo "no CPU build of torch here: installing the default one" >&2
 fi
-"$root/.venv/bin/python" -m pip install --quiet -e "$root[dev,transformers]" >&2
+"$root/.venv/bin/python" -m pip install --quiet -e "$root[dev,transformers,ray]" >&2
 
 # Headless Chromium for the status page's browser test: Debian's package, where this machine
 # can install it (root with apt); elsewhere that one test is skipped.

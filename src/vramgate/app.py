@@ -29,6 +29,7 @@ from vramgate.downloads import Downloads
 from vramgate.errors import BadRequest, GatewayError, ModelNotFound, error_body
 from vramgate.events import Events
 from vramgate.gpu.base import GpuBackend
+from vramgate.gpu.cluster import ClusterGpus
 from vramgate.gpu.footprints import FootprintStore
 from vramgate.history import MemoryHistory
 from vramgate.memory import Memory, footprint_store, gpu_backend
@@ -87,7 +88,12 @@ class Collaborators:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Collaborators:
-        return cls(Runtimes(settings), gpu_backend(settings), footprint_store(settings))
+        runtimes = Runtimes(settings)
+        if runtimes.ray is not None:  # a cluster's GPUs are its nodes'
+            gpus: GpuBackend = ClusterGpus(runtimes.ray.cluster, settings.gpus.reserve_mib)
+        else:
+            gpus = gpu_backend(settings)
+        return cls(runtimes, gpus, footprint_store(settings))
 
 
 def create_app(

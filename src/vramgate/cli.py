@@ -212,8 +212,9 @@ def gpu_bar(gpu: dict[str, Any], models: list[dict[str, Any]], width: int = 50) 
     reserve = ":" * round(gpu["reserved_mib"] / total * width)
     cells = cells[: width - len(reserve)]
     bar = "".join(cells).ljust(width - len(reserve), ".") + reserve
+    where = f" on {gpu['node']}" if gpu.get("node") else ""
     line = (
-        f"GPU {gpu['index']} [{bar}] {gpu['used_mib']}/{total} MiB used, "
+        f"GPU {gpu['index']}{where} [{bar}] {gpu['used_mib']}/{total} MiB used, "
         f"{gpu['reserved_mib']} reserved ({gpu['kind']})"
     )
     return line + (f"  {' '.join(legend)}" if legend else "")
@@ -253,7 +254,8 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
                 m["state"]
                 + (f" ({m['host_mib']} MiB RAM)" if m.get("host_mib") is not None else "")
                 + (" (pinned)" if m.get("pinned") else ""),
-                ",".join(map(str, m.get("gpus") or ())) or "-",
+                (",".join(map(str, m.get("gpus") or ())) or "-")
+                + (f"@{m['node']}" if m.get("node") else ""),
                 _footprint(m),
                 str(m["pid"] or "-"),
                 str(m["port"] or "-"),
@@ -271,6 +273,13 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
         typer.echo("\n" + gpu_bar(gpu, on_it))
     if status.get("host_ram"):
         typer.echo("\n" + host_bar(status["host_ram"]))
+    if status.get("nodes"):
+        typer.echo("")
+        for n in status["nodes"]:
+            state = "alive" if n["alive"] else f"dead ({n['why_dead']})"
+            gpus = ",".join(map(str, n["gpus"])) or "-"
+            typer.echo(f"node {n['name']} {n['address']} {state}  GPUs {gpus}  engines: "
+                       f"{', '.join(n['engines']) or '-'}")  # fmt: skip
     failed = [m for m in status["models"] if m["state"] == "failed" and m["last_error"]]
     for m in failed:
         typer.echo(f"\n{m['name']} failed: {m['last_error'].splitlines()[0]}")

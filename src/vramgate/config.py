@@ -169,6 +169,11 @@ class ModelConfig(_Strict):
     container: Container | None = Field(
         default=None, description="runtime docker: image, volumes, shm_size, ipc, network, extra."
     )
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="With cluster.ray: the nodes it may run on (their `vramgate-node` labels, or "
+        "Ray node ids); empty: any node.",
+    )
     sleep: int = Field(
         default=0, ge=0, le=2,
         description="Where room is needed, put the engine to sleep instead of stopping it "
@@ -289,6 +294,25 @@ class Gpus(_Strict):
         return self
 
 
+class RayCluster(_Strict):
+    address: str = Field(description="The running Ray cluster's GCS address, HOST:PORT.")
+    connect_timeout: float = Field(
+        default=30, gt=0, description="Seconds to join the cluster and to start a node's agent."
+    )
+    poll_s: float = Field(
+        default=1.0, gt=0, description="Seconds between reads of each node's GPUs and of the nodes."
+    )
+    namespace: str = Field(
+        default="vramgate", description="Ray namespace of this gateway's agents."
+    )
+
+
+class Cluster(_Strict):
+    ray: RayCluster | None = Field(
+        default=None, description="Place engines on the GPUs of this Ray cluster's nodes."
+    )
+
+
 class Auth(_Strict):
     api_keys: Keys = Field(default_factory=list, description="Keys that open /v1 routes.")
     admin_keys: Keys = Field(
@@ -355,7 +379,14 @@ class Settings(_Strict):
     kv_disk_mib: int = Field(
         default=4096, ge=0, description="Disk for kept KV caches (state_dir/kv); LRU beyond it."
     )
+    cluster: Cluster = Field(
+        default_factory=Cluster, description="Several machines (absent: this one alone)."
+    )
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @property
+    def ray(self) -> RayCluster | None:
+        return self.cluster.ray
 
     @property
     def auth_enabled(self) -> bool:
@@ -382,6 +413,20 @@ class Settings(_Strict):
                 raise ValueError(
                     f"model {name!r} runs in docker but names no image: set "
                     f"models.{name}.container.image (or defaults.container.image)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        for name, model in self.models.items():
+            if model.nodes and self.ray is None:
+                raise ValueError(
+                    f"models.{name}.nodes needs a cluster: set cluster.ray.address, or remove it"
+                )
+            if self.ray is not None and self.runtime_of(model) == "docker":
+                raise ValueError(
+                    f"model {name!r} runs in docker, which a Ray cluster does not run: remove "
+                    f"models.{name}.runtime (its engine runs on a node as a process)"
                 )
         return self
 

@@ -131,8 +131,8 @@ class HostRam:
             return model.ram_mib, "hint"
         return (needs, "estimate") if needs is not None else (None, "unknown")
 
-    def measure(self, name: str, model: ModelConfig, pids: list[int], *, new_load: bool) -> int:
-        used = tree_pss_mib(pids)
+    def record(self, name: str, model: ModelConfig, used: int, *, new_load: bool) -> int:
+        """Learns a measured host footprint (PSS of the engine's tree, MiB)."""
         if used > 0:
             self.footprints.record(host_key(name, model), used, new_load=new_load)
         return used

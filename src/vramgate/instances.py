@@ -109,6 +109,7 @@ class Instance:
             "pid": handle.pid if handle else None,
             "port": handle.port if handle else None,
             "url": handle.base_url if handle else None,
+            "node": (handle.where or None) if handle else None,
             "started_at": handle.started_at if handle else None,
             "ready_at": self.ready_at,
             "last_used": self.last_used_wall,

@@ -17,12 +17,14 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 
 import aiohttp
 
 from vramgate.filenames import file_stem
+
+Headers = Mapping[str, str] | None  # an engine's own (its key, on another node)
 
 log = logging.getLogger("vramgate.kv")
 SLOT_FILE = re.compile(r"^slot-(\d+)\.bin$")
@@ -41,20 +43,23 @@ class KvStore:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    async def save(self, http: aiohttp.ClientSession, base_url: str, key: str) -> int:
+    async def save(
+        self, http: aiohttp.ClientSession, base_url: str, key: str, headers: Headers = None
+    ) -> int:
         """Saves every slot holding tokens; returns how many. Earlier files for `key` go."""
         folder = self.folder(key)
         for old in folder.glob("slot-*.bin"):
             old.unlink(missing_ok=True)
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
-        async with http.get(f"{base_url}/slots", timeout=timeout) as resp:
+        async with http.get(f"{base_url}/slots", timeout=timeout, headers=headers) as resp:
             resp.raise_for_status()
             slots = [int(s["id"]) for s in await resp.json()]
         saved = 0
         for slot in slots:
             name = f"slot-{slot}.bin"
             url = f"{base_url}/slots/{slot}?action=save"
-            async with http.post(url, json={"filename": name}, timeout=timeout) as resp:
+            body = {"filename": name}
+            async with http.post(url, json=body, timeout=timeout, headers=headers) as resp:
                 resp.raise_for_status()
                 result = await resp.json()
             if int(result.get("n_saved", 0)) > 0:
@@ -65,7 +70,9 @@ class KvStore:
         await asyncio.to_thread(self.trim)
         return saved
 
-    async def restore(self, http: aiohttp.ClientSession, base_url: str, key: str) -> int:
+    async def restore(
+        self, http: aiohttp.ClientSession, base_url: str, key: str, headers: Headers = None
+    ) -> int:
         """Restores the saved slots of `key` into the same slot ids; returns how many."""
         folder = self.folder(key)
         restored = 0
@@ -75,7 +82,8 @@ class KvStore:
             if match is None:
                 continue
             url = f"{base_url}/slots/{match[1]}?action=restore"
-            async with http.post(url, json={"filename": path.name}, timeout=timeout) as resp:
+            body = {"filename": path.name}
+            async with http.post(url, json=body, timeout=timeout, headers=headers) as resp:
                 if resp.status == 200:
                     restored += 1
                 else:

@@ -52,7 +52,8 @@ class Memory:
     def __init__(self, settings: Settings, gpus: GpuBackend, footprints: FootprintStore) -> None:
         self.footprints = footprints
         self.gpus = gpus
-        self.enabled = bool(self.gpus.memory())
+        # A cluster's GPUs come with its nodes: accounted for even before the first joins.
+        self.enabled = bool(self.gpus.memory()) or getattr(self.gpus, "grows", False)
         log.info("GPU accounting: %s", self.gpus.kind if self.enabled else "off (no GPU found)")
         self.policy = settings.gpus.unknown_footprint
         self.yield_above = settings.gpus.yield_above
@@ -160,7 +161,15 @@ class Memory:
         """Measures (and learns) an engine's host RAM, where it needs some to run."""
         if inst.handle is None or self.ram(inst)[1] == "gpu":
             return None
-        return self.host.measure(inst.name, inst.model, inst.handle.pids(), new_load=new_load)
+        used = inst.handle.host_ram("pss")
+        return self.host.record(inst.name, inst.model, used, new_load=new_load)
+
+    async def read_again(self, inst: Instance) -> None:
+        """A fresh reading of the GPUs an engine is on, where reading them is not immediate (a
+        cluster's nodes are read every poll_s)."""
+        refresh = getattr(self.gpus, "refresh", None)
+        if refresh is not None:
+            await refresh({inst.name})
 
     def host_device(self, held_mib: int) -> GpuMemory:
         return self.host.device(held_mib)
@@ -182,8 +191,13 @@ class Memory:
         need = self.footprint(inst)[0]
         if need is None or not inst.gpus:
             return None
-        memory = self.gpus.memory()  # read before its engine exists: free is pre-load
-        tightest = min((memory[i] for i in inst.gpus), key=lambda g: g.free_mib)
+        # Read before its engine exists: free is pre-load. By index: on a cluster the indices
+        # of the GPUs still there need not be 0..n-1.
+        memory = {g.index: g for g in self.gpus.memory()}
+        mine = [memory[i] for i in inst.gpus if i in memory]
+        if not mine:  # its node has just gone: the start fails on its own
+            return None
+        tightest = min(mine, key=lambda g: g.free_mib)
         share = share_mib(need, len(inst.gpus))
         return MemoryBudget(share, tightest.total_mib, tightest.free_mib)
 
@@ -245,8 +259,7 @@ class Memory:
 
     def overcommitted(self, gpus: tuple[int, ...]) -> bool:
         """The engines on one of `gpus` report more than it has: simulated out-of-memory."""
-        memory = self.gpus.memory()
-        return any(memory[i].used_mib > memory[i].total_mib for i in gpus)
+        return any(g.used_mib > g.total_mib for g in self.gpus.memory() if g.index in gpus)
 
     def status(self) -> list[dict[str, Any]]:
         if not self.enabled:
@@ -261,6 +274,7 @@ class Memory:
                 "reserved_mib": g.reserve_mib,
                 "others_mib": g.others_mib,  # held by programs that are not our engines
                 "ceiling_mib": g.ceiling_mib,  # ours may fill it up to this, meanwhile
+                "node": g.node or None,  # on a cluster
             }
             for g in self.memory()
         ]

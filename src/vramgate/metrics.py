@@ -175,12 +175,25 @@ class _Gauges(Collector):
         gpus = status["gpus"]
         families = {
             key: GaugeMetricFamily(
-                f"vramgate_gpu_memory_{key}_bytes", f"GPU memory {key}.", labels=["gpu"]
+                f"vramgate_gpu_memory_{key}_bytes", f"GPU memory {key}.", labels=["gpu", "node"]
             )
             for key in ("total", "used", "free", "reserved", "others")
         }
         for gpu in gpus:
             for key, family in families.items():
-                family.add_metric([str(gpu["index"])], gpu[f"{key}_mib"] * MIB)
+                labels = [str(gpu["index"]), gpu.get("node") or ""]
+                family.add_metric(labels, gpu[f"{key}_mib"] * MIB)
         if gpus:
             yield from families.values()
+        if nodes := status.get("nodes"):
+            up = GaugeMetricFamily(
+                "vramgate_node_up", "1 for a cluster node that is alive, 0 once dead.",
+                labels=["node"],
+            )  # fmt: skip
+            engines = GaugeMetricFamily(
+                "vramgate_node_engines", "Engines running on a cluster node.", labels=["node"]
+            )
+            for node in nodes:
+                up.add_metric([node["name"]], 1 if node["alive"] else 0)
+                engines.add_metric([node["name"]], len(node["engines"]))
+            yield from (up, engines)

@@ -125,6 +125,7 @@ async def relay(
     mend: Mend | None = None,
     shape: Shape = OPENAI,
     opened: Opened | None = None,
+    head: bytes = b"",
 ) -> bool:
     """`mend`: the engine's answers need mending or translating; None for engines that speak
     the client's API as it is, the hot path. EngineGone: nothing reached the engine (the caller
@@ -135,7 +136,7 @@ async def relay(
     started = opened is not None and opened.started
     timing.posted = time.perf_counter()
     try:
-        answer = await pool.post(host, port, path, body)
+        answer = await pool.post(host, port, path, body, head)
     except NeverSent as exc:
         raise EngineGone(f"model '{model}': the engine refused the connection ({exc})") from exc
     except Broken as exc:

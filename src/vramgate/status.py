@@ -33,6 +33,7 @@ def host_ram(scheduler: Scheduler) -> dict[str, Any]:
 
 def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
     memory, settings = scheduler.memory, scheduler.settings
+    nodes = getattr(scheduler.runtime, "nodes", list)  # a cluster's nodes (none on one machine)
     return {
         "gpus": memory.status(),
         "models": [
@@ -42,6 +43,7 @@ def gateway_status(scheduler: Scheduler) -> dict[str, Any]:
             for i in scheduler.instances.values()
         ],
         "host_ram": host_ram(scheduler),
+        "nodes": nodes(),
         "max_running": settings.max_running,
         "runtime": scheduler.runtime.kind,
         "events": [e for e in scheduler.events.recent if e["kind"] != "state"][-50:],

@@ -336,6 +336,15 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
+    def abort(self, host: str, port: int) -> None:
+        """An engine is gone (its node may be, too: nothing would ever answer): every connection
+        to it ends now, and the requests on them fail at once instead of at read_timeout."""
+        key = (host, port)
+        for conn in self._idle.pop(key, []):
+            conn.close()
+        for conn in [c for c in self._busy if c.key == key]:
+            conn.close()
+
     def close(self) -> None:
         for idle in self._idle.values():
             for conn in idle:

@@ -183,7 +183,7 @@ def test_reload_keeps_unchanged_restarts_changed_once_idle_and_drains_removed(ga
     assert results["change"].count("tok") == 20 and results["drop"].count("tok") == 20
     # Once idle: the changed model restarts with its new arguments, the removed one is gone.
     assert wait_until(lambda: "drop" not in {m["name"] for m in gw.status()["models"]}, 10)
-    assert wait_until(lambda: gw.model("change")["state"] == "stopped", 10)
+    assert wait_until(lambda: gw.model("change")["state"] == "stopped", 10), str(gw.model("change"))
     reply = gw.client.completions.create(model="change", prompt="x")  # engine's default length
     assert reply.choices[0].text.count("tok") == 5
     assert gw.model("keep")["pid"] == pids["keep"]  # untouched

@@ -495,3 +495,34 @@ def test_cost_eviction_keeps_a_slow_loader_over_a_quick_one():
         m("x", footprint_mib=5000), slow, quick, gpus=[gpu(total=12_000, used=10_000)], now=100.0
     )
     assert decide(snap, Room("x")) == [Stop("quick", "lru", "to start x", "x")]
+
+
+# -- a cluster's nodes ----------------------------------------------------------------------------
+
+
+def node_gpu(index: int, node: str, total: int = 10_000, used: int = 0) -> GpuMemory:
+    return GpuMemory(index, total, used, 500, node=node)
+
+
+def test_a_model_split_over_two_gpus_takes_them_on_one_node():
+    """GPUs 0 (node a) and 2 (node b) are the emptiest, but a split model's GPUs share a node:
+    it goes to b's two, which need no stop."""
+    gpus = [node_gpu(0, "a"), node_gpu(1, "a", used=6000), node_gpu(2, "b"), node_gpu(3, "b")]
+    resident = m("r", READY, gpus=(1,), held_mib=6000)
+    [step] = decide(world(m("tp", footprint_mib=12_000, gpu_count=2), resident, gpus=gpus),
+                    Room("tp"))  # fmt: skip
+    assert isinstance(step, Start) and step == Start((2, 3)) and "of node b" in step.why
+
+
+def test_a_model_tied_to_a_node_evicts_there_and_nowhere_else():
+    gpus = [node_gpu(0, "a", used=6000), node_gpu(1, "b", used=6000)]
+    old = m("old", READY, gpus=(0,), held_mib=6000, last_used=1)
+    newer = m("newer", READY, gpus=(1,), held_mib=6000, last_used=5)
+    snap = world(m("t", footprint_mib=6000, nodes=("b",)), old, newer, gpus=gpus)
+    assert decide(snap, Room("t")) == [Stop("newer", "lru", "to start t", "t")]
+
+
+def test_a_model_whose_nodes_are_all_gone_waits():
+    gpus = [node_gpu(0, "a")]
+    [step] = decide(world(m("t", footprint_mib=1000, nodes=("b",)), gpus=gpus), Room("t"))
+    assert isinstance(step, Wait) and "none of its nodes (b)" in step.why

@@ -233,7 +233,7 @@ async def run(
                     try:
                         broke = await relay(
                             scheduler.upstream, routed.name, lease.url, routed.path, routed.body,
-                            routed.is_stream, send, timing, routed.mend, shape, opened,
+                            routed.is_stream, send, timing, routed.mend, shape, opened, lease.head,
                         )  # fmt: skip
                         if broke:
                             scheduler.release_after_exit(hold, BROKEN_EXIT_S)

@@ -18,6 +18,7 @@ class GpuMemory:
     others_mib: int = 0  # of used_mib, what processes that are not our engines hold
     # While other programs use it (gpus.yield_above): what our engines may fill it up to.
     ceiling_mib: int | None = None
+    node: str = ""  # on a cluster: the node it is in (its index is unique in the cluster)
 
     @property
     def free_mib(self) -> int:

@@ -26,6 +26,14 @@ class EngineHandle(Protocol):
 
     base_url: str  # e.g. http://127.0.0.1:41234, what requests are relayed to
     started_at: float  # time.time() of the spawn
+    headers: dict[str, str]  # sent with every request to it (an engine's key on another node)
+    where: str  # "" on this machine, else the cluster node it runs on
+    lost_reason: str | None  # set when it went with its node rather than by exiting
+
+    def host_ram(self, kind: str) -> int:
+        """MiB of host RAM its process tree holds: "pss" (running) or "rss" (asleep); read
+        wherever it runs (called in a thread: it may read /proc or ask another node)."""
+        ...
 
     @property
     def pid(self) -> int | None:
@@ -88,7 +96,9 @@ class Runtime(Protocol):
         log_path: Path,
         output: Fanout[str],
         container: Container | None = None,
+        nodes: tuple[str, ...] = (),
     ) -> EngineHandle:
-        """Starts an engine (in a container with these settings, where given); raises
-        EngineStartFailed if it cannot even be started."""
+        """Starts an engine (in a container with these settings, where given; on a cluster, on
+        the node of its GPUs, or without any on one of `nodes`); raises EngineStartFailed if it
+        cannot even be started."""
         ...

@@ -31,6 +31,8 @@ import aiohttp
 from vramgate.containers import Container
 from vramgate.errors import EngineStartFailed
 from vramgate.events import Fanout
+from vramgate.gpu.proctree import tree_rss_mib
+from vramgate.hostram import tree_pss_mib
 from vramgate.runtimes import readiness
 from vramgate.runtimes.base import IsReady, SpecForPort
 from vramgate.runtimes.local import KILL_WAIT_S, Watchdog, free_port
@@ -208,6 +210,9 @@ class ContainerEngine:
     def __init__(self, name: str, base_url: str, port: int, health_path: str) -> None:
         self.name = name
         self.base_url = base_url
+        self.headers: dict[str, str] = {}
+        self.where = ""
+        self.lost_reason: str | None = None
         self.port = port
         self.health_path = health_path
         self.started_at = 0.0
@@ -227,6 +232,9 @@ class ContainerEngine:
     def pids(self) -> list[int]:
         """The container's init process as the host sees it; GPU accounting follows its tree."""
         return [self._pid] if self._pid else []
+
+    def host_ram(self, kind: str) -> int:
+        return tree_pss_mib(self.pids()) if kind == "pss" else tree_rss_mib(self.pids())
 
     @property
     def returncode(self) -> int | None:

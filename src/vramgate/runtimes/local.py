@@ -24,6 +24,8 @@ from vramgate.containers import Container
 from vramgate.engines.base import LaunchSpec
 from vramgate.errors import EngineStartFailed
 from vramgate.events import Fanout
+from vramgate.gpu.proctree import tree_rss_mib
+from vramgate.hostram import tree_pss_mib
 from vramgate.runtimes import readiness
 from vramgate.runtimes.base import IsReady, SpecForPort
 from vramgate.runtimes.output import EngineOutput
@@ -112,6 +114,7 @@ class LocalRuntime:
         log_path: Path,
         output: Fanout[str],
         container: Container | None = None,
+        nodes: tuple[str, ...] = (),
     ) -> EngineProcess:
         if container is not None:
             raise EngineStartFailed(f"model '{name}': the local runtime runs no containers")
@@ -136,6 +139,9 @@ class EngineProcess:
         self.name = name
         self.watchdog = watchdog
         self.base_url = f"http://127.0.0.1:{port}"
+        self.headers: dict[str, str] = {}
+        self.where = ""
+        self.lost_reason: str | None = None
         self.out = EngineOutput(name, log_path, output)
         self.spec = spec
         self.port = port
@@ -149,6 +155,9 @@ class EngineProcess:
 
     def pids(self) -> list[int]:
         return [self.proc.pid] if self.proc else []
+
+    def host_ram(self, kind: str) -> int:
+        return tree_pss_mib(self.pids()) if kind == "pss" else tree_rss_mib(self.pids())
 
     @property
     def returncode(self) -> int | None:
@@ -214,7 +223,7 @@ class EngineProcess:
         proc = self.proc
 
         async def exited_error() -> Exception:
-            await self._drain_output()
+            await self.drain_output()
             return self._start_error(f"exited with code {proc.returncode} while starting")
 
         exited = asyncio.ensure_future(proc.wait())
@@ -226,7 +235,12 @@ class EngineProcess:
         finally:
             exited.cancel()
 
-    async def _drain_output(self) -> None:
+    @property
+    def output_done(self) -> bool:
+        """Every line it printed has been read (its pipe is closed)."""
+        return self._reader is None or self._reader.done()
+
+    async def drain_output(self) -> None:
         """Lets the reader catch the last lines a dying engine printed (they explain why)."""
         if self._reader:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -261,7 +275,7 @@ class EngineProcess:
                 )  # fmt: skip
         if self.watchdog:
             self.watchdog.forget(pgid)
-        await self._drain_output()
+        await self.drain_output()
         if self._reader and not self._reader.done():
             # A grandchild that escaped the group still holds the pipe open: stop reading it.
             self._reader.cancel()

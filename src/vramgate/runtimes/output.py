@@ -26,6 +26,7 @@ class EngineOutput:
         self.log_path = log_path
         self.live = live
         self.lines: deque[str] = deque(maxlen=LOG_LINES_KEPT)
+        self.count = 0  # lines taken so far: a reader elsewhere fetches from its own count
         self._log: TextIO | None = None
 
     def open(self, header: str) -> None:
@@ -39,6 +40,7 @@ class EngineOutput:
         self._write(f"--- {stamp} vramgate started {header}")
 
     def add(self, line: str) -> None:
+        self.count += 1
         self.lines.append(line)
         if self.live is not None:
             self.live.publish(line)
@@ -52,6 +54,12 @@ class EngineOutput:
 
     def tail(self, n: int = 20) -> list[str]:
         return list(self.lines)[-n:]
+
+    def since(self, cursor: int) -> list[str]:
+        """The kept lines after the first `cursor` (older ones may have left the ring)."""
+        kept = list(self.lines)
+        first = self.count - len(kept)  # the number of the oldest kept line
+        return kept[max(0, cursor - first) :]
 
     def _write(self, line: str) -> None:
         if self._log is None:
@@ -68,4 +76,5 @@ class EngineOutput:
             "model '%s': cannot write its log %s (%s); keeping its output in memory only",
             self.name, self.log_path, exc.strerror or exc,
         )  # fmt: skip
+        self.count += 1
         self.lines.append(f"[vramgate: log file unavailable: {exc.strerror or exc}]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -16,10 +16,15 @@ READY_POLL_S = 0.025
 
 
 async def probe(
-    http: aiohttp.ClientSession, url: str, is_ready: IsReady, timeout_s: float = 2.0
+    http: aiohttp.ClientSession,
+    url: str,
+    is_ready: IsReady,
+    timeout_s: float = 2.0,
+    headers: Mapping[str, str] | None = None,
 ) -> bool:
     try:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with http.get(url, timeout=timeout, headers=headers) as resp:
             return bool(is_ready(resp.status))
     except (TimeoutError, aiohttp.ClientError):
         return False
@@ -33,6 +38,7 @@ async def poll_until_ready(
     exited: asyncio.Future[Any],
     on_exit: Callable[[], Awaitable[Exception]],
     on_timeout: Callable[[], Exception],
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     """Returns once `url` answers ready; raises what `on_exit` gives if `exited` completes first,
     and what `on_timeout` gives after `timeout_s`."""
@@ -40,7 +46,7 @@ async def poll_until_ready(
     while True:
         if exited.done():
             raise await on_exit()
-        if await probe(http, url, is_ready):
+        if await probe(http, url, is_ready, headers=headers):
             return
         if time.monotonic() >= deadline:
             raise on_timeout()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vramgate.config import Settings
 from vramgate.containers import Container
@@ -11,16 +12,18 @@ from vramgate.events import Fanout
 from vramgate.runtimes.base import EngineHandle, SpecForPort
 from vramgate.runtimes.docker import DockerRuntime, instance_id
 from vramgate.runtimes.local import LocalRuntime
+from vramgate.runtimes.ray_runtime import RayRuntime
 
 USED_DOCKER = "docker-used"  # in state_dir: look for leftovers at the next start
 
 
 class Runtimes:
-    kind = "local+docker"
-
     def __init__(self, settings: Settings) -> None:
         self.state_dir = Path(settings.state_dir)
         self.local = LocalRuntime()
+        # On a cluster, engines run on its nodes (containers are refused by the config).
+        self.ray = RayRuntime(settings) if settings.ray is not None else None
+        self.kind = "ray" if self.ray is not None else "local+docker"
         self.docker: DockerRuntime | None = None
         self._docker_wanted = any(
             settings.runtime_of(m) == "docker" for m in settings.models.values()
@@ -28,10 +31,16 @@ class Runtimes:
 
     async def start(self) -> None:
         await self.local.start()
+        if self.ray is not None:
+            await self.ray.start()
         # Leftovers of this gateway's containers are removed at startup, when it uses Docker now
         # or did before (a reload may have dropped its last container model since).
         if self._docker_wanted or (self.state_dir / USED_DOCKER).exists():
             await self._docker()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """A cluster's nodes, for status; none on one machine."""
+        return self.ray.nodes() if self.ray is not None else []
 
     async def _docker(self) -> DockerRuntime:
         if self.docker is None:
@@ -44,6 +53,8 @@ class Runtimes:
     async def close(self) -> None:
         if self.docker is not None:
             await self.docker.close()
+        if self.ray is not None:
+            await self.ray.close()
         await self.local.close()
 
     async def spawn(
@@ -55,7 +66,12 @@ class Runtimes:
         log_path: Path,
         output: Fanout[str],
         container: Container | None = None,
+        nodes: tuple[str, ...] = (),
     ) -> EngineHandle:
+        if self.ray is not None:
+            return await self.ray.spawn(
+                name, spec_for_port, env, gpus, log_path, output, container, nodes
+            )
         if container is None:
             return await self.local.spawn(name, spec_for_port, env, gpus, log_path, output)
         docker = await self._docker()

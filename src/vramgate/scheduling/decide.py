@@ -127,6 +127,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
     """Room for `me` to start: GPU memory first (unless it runs on the CPU), then the count
     limit."""
     gpus: tuple[int, ...] = ()
+    why = ""
     if snap.gpus and me.gpu_count:
         need = None if isolate else me.footprint_mib
         if need is None and snap.unknown_footprint == "refuse" and not isolate:
@@ -142,6 +143,10 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
         residents = [m for m in snap.models.values() if m.gpus]
         # A sleeping engine wakes where it sleeps: its process holds its context there.
         here = [g for g in snap.gpus if g.index in me.gpus] if me.asleep else snap.gpus
+        if me.nodes:  # tied to some nodes of a cluster
+            here = [g for g in here if g.node in me.nodes]
+            if not here:
+                return [Wait(f"none of its nodes ({', '.join(me.nodes)}) has a GPU now")]
         plan = place(
             need,
             here,
@@ -171,6 +176,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
         if plan.wait:
             return [Wait(_held_by(me, here, residents))]
         gpus = plan.gpus
+        why = _where(here, gpus)
     host = _host_room(snap, me)
     if host is not None:
         return host
@@ -183,7 +189,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
     ]
     limit = snap.max_running
     if limit is None or len(running) < limit:
-        return [Start(gpus)]
+        return [Start(gpus, why)]
     idle = [m for m in running if m.is_evictable]
     if idle:
         victim = min(idle, key=lambda m: m.order).name
@@ -332,6 +338,18 @@ def _pending(m: ModelSnap) -> list[Step]:
         return [Stop(m.name, "reload", why)]
     # Under steady traffic it would never be idle: new requests wait while it drains.
     return [] if m.draining_for is not None else [Drain(m.name, "reload")]
+
+
+def _where(gpus: Sequence[GpuMemory], chosen: tuple[int, ...]) -> str:
+    """`GPU 2 of node gpu-b: it fits there now` for the decision log (room was made first when
+    others had to go: their stops are logged before it)."""
+    on = [g for g in gpus if g.index in chosen]
+    nodes = sorted({g.node for g in on if g.node})
+    where = f"GPU {','.join(str(g.index) for g in on)}"
+    if nodes:
+        where += f" of node {','.join(nodes)}"
+    spare = min((g.free_mib for g in on), default=0)
+    return f"{where} ({spare} MiB free there now)"
 
 
 def _held_by(me: ModelSnap, gpus: Sequence[GpuMemory], residents: Sequence[ModelSnap]) -> str:

@@ -4,6 +4,8 @@ once, changed and removed ones once idle) and ad-hoc models a request names from
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines import adapters
 from vramgate.engines.base import EngineAdapter
@@ -25,14 +27,10 @@ class Definitions:
     adhoc_names: set[str]
     adhoc_labels: dict[str, str]
 
-    def add_model(self, name: str, model: ModelConfig) -> Instance:
-        raise NotImplementedError
-
-    def _notify(self) -> None:
-        raise NotImplementedError
-
-    def _tick(self) -> None:
-        raise NotImplementedError
+    # Given by the Scheduler: declared, not defined (a stub here could shadow the real one).
+    add_model: Callable[[str, ModelConfig], Instance]
+    _notify: Callable[[], None]
+    _tick: Callable[[], None]
 
     def define_adhoc(self, name: str, model: ModelConfig, message: str) -> None:
         """Adds (or redefines, when no engine runs) a model a request named from models_dir;

@@ -63,6 +63,7 @@ class Scheduler(Stopping, Definitions):
         self.inflation = 0.0  # GreedyDual's L: the priority of the last engine evicted
         self.http: aiohttp.ClientSession | None = None  # probes, sleep calls, KV saves
         self.upstream = UpstreamPool(settings.defaults.read_timeout)  # relayed requests
+        self.life.upstream = self.upstream
         self._loading: dict[int, asyncio.Lock] = {}  # one load at a time per GPU
         self._changed = asyncio.Event()  # set (and replaced) whenever anything changes
         self._room_queue: list[str] = []  # starts waiting for room, in arrival order
@@ -269,9 +270,10 @@ class Scheduler(Stopping, Definitions):
                 changed = self._changed
                 steps = decide(self._snapshot(with_memory=True), Room(inst.name, isolate))
                 match steps:
-                    case [do.Start(gpus=gpus)]:  # decided and reserved with no await between
+                    case [do.Start(gpus=gpus, why=where)]:  # decided, reserved, no await between
                         inst.admitted = True
                         if gpus:
+                            self.events.record("place", inst.name, f"place {inst.name} on {where}")
                             return gpus, self.memory.attach(inst, gpus)
                         # On the CPU by choice: an engine that sees no GPU takes none.
                         return gpus, {

@@ -18,10 +18,12 @@ from vramgate.gpu.footprints import footprint_key
 from vramgate.instances import Instance
 from vramgate.kvcache import KvStore, quietly
 from vramgate.memory import Memory
+from vramgate.proxy import split_url
 from vramgate.runtimes.base import EngineHandle, Runtime
 from vramgate.scheduling import sleeping
 from vramgate.scheduling.slots import send_back
 from vramgate.scheduling.snapshot import State
+from vramgate.upstream import UpstreamPool
 
 # What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
 OOM_OUTPUT = re.compile(r"out of memory|cudaMalloc failed|hipMalloc failed|OutOfMemoryError", re.I)
@@ -34,6 +36,7 @@ class Lifecycle:
     events: Events
     kv: KvStore
     http: aiohttp.ClientSession | None = None
+    upstream: UpstreamPool | None = None  # relayed requests' connections
 
     async def spawn_until_ready(
         self,
@@ -68,12 +71,13 @@ class Lifecycle:
         spawned = time.monotonic()
         handle = await self.runtime.spawn(
             name, spec_for_port, {**model.env, **env}, gpus, settings.engine_log(name), inst.output,
-            container,
+            container, tuple(model.nodes),
         )  # fmt: skip
         inst.handle = handle
         if gpus:
             self.memory.track(inst, handle.pids())
         where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
+        where += f", node {handle.where}" if handle.where else ""
         message = f"starting {name} (pid {handle.pid}, {handle.base_url}{where})"
         self.events.record("start", name, message)
         assert self.http is not None
@@ -89,11 +93,12 @@ class Lifecycle:
         if kv_key is not None:
             assert self.http is not None
             # Before it serves: the first request finds its prefix cached as before the swap.
-            restore = self.kv.restore(self.http, handle.base_url, kv_key)
+            restore = self.kv.restore(self.http, handle.base_url, kv_key, handle.headers)
             await quietly("restore", name, restore)
         # On the CPU (or partly): its host RAM, learned as its GPU memory is.
         await asyncio.to_thread(self.memory.measure_host, inst, new_load=True)
         if gpus:
+            await self.memory.read_again(inst)  # on another node: read it there now
             used = await asyncio.to_thread(self.memory.measure, inst, new_load=True)
             if self.memory.overcommitted(gpus):
                 on = ",".join(map(str, gpus))
@@ -127,7 +132,8 @@ class Lifecycle:
             return
         assert self.http is not None
         key = footprint_key(inst.name, inst.model)
-        await quietly("save", inst.name, self.kv.save(self.http, handle.base_url, key))
+        save = self.kv.save(self.http, handle.base_url, key, handle.headers)
+        await quietly("save", inst.name, save)
 
     async def discard(self, inst: Instance, stop_timeout_s: float = 0.0) -> int | None:
         """Its engine goes (bounded), then its memory; requests queued for a slot decide again."""
@@ -145,7 +151,9 @@ class Lifecycle:
             inst.asleep = False
             self.memory.detach(inst)
 
-    async def fail(self, inst: Instance, error: str, kind: str, message: str) -> None:
+    async def fail(
+        self, inst: Instance, error: str, kind: str, message: str, end: State = State.FAILED
+    ) -> None:
         """Its process and memory go first, then it reads `failed`: until then no new engine of
         the model can start (and register its memory) while the old one is being cleared.
 
@@ -160,18 +168,29 @@ class Lifecycle:
             stopping = inst.state is State.STOPPING and inst.stop_task is not asyncio.current_task()
             if not stopping:
                 inst.draining_for = None
-                inst.state = State.FAILED
+                inst.state = end
             self.events.record(kind, inst.name, message)
 
-    async def lost(self, inst: Instance, error: str, kind: str, message: str) -> None:
+    async def lost(
+        self, inst: Instance, error: str, kind: str, message: str, end: State = State.FAILED
+    ) -> None:
         """A ready engine died or hung: requests on it fail; the next request starts it anew."""
         inst.leaving = kind
         inst.state = State.STOPPING
         inst.stop_task = asyncio.current_task()  # type: ignore[assignment]
-        await self.fail(inst, error, kind, message)
+        await self.fail(inst, error, kind, message, end)
 
     async def watch_exit(self, inst: Instance, handle: EngineHandle) -> None:
         code = await handle.wait()
+        if self.upstream is not None:  # requests on it end now (its node may be gone too)
+            self.upstream.abort(*split_url(handle.base_url))
+        if handle.lost_reason is not None and inst.handle is handle:
+            # Its node died: nothing is wrong with the model; it reads stopped and starts on
+            # another node at its next request.
+            where = f"node {handle.where}"
+            await self.lost(inst, f"its {where} died ({handle.lost_reason})", "node_lost",
+                            f"{inst.name} went with {where}", State.STOPPED)  # fmt: skip
+            return
         if inst.handle is handle and inst.state is State.SLEEPING:
             await self.lost(inst, f"engine exited with code {code} while asleep", "died",
                             f"{inst.name} died asleep (exit code {code})")  # fmt: skip

@@ -49,6 +49,44 @@ def place(
     now: float = 0.0,
     min_residency_s: float = 0.0,
 ) -> Placement:
+    """As `_place_on`; a model split over several GPUs (tensor parallel) takes them on one node
+    of a cluster: each node is tried, and the best plan wins (fits now, then fewest stops, then
+    fewest drains, then waiting)."""
+    nodes = sorted({g.node for g in gpus})
+    if gpu_count == 1 or len(nodes) < 2:
+        return _place_on(need_mib, gpus, residents, asking, gpu_count=gpu_count, now=now,
+                         min_residency_s=min_residency_s)  # fmt: skip
+    plans = [
+        _place_on(need_mib, [g for g in gpus if g.node == node], residents, asking,
+                  gpu_count=gpu_count, now=now, min_residency_s=min_residency_s)
+        for node in nodes
+    ]  # fmt: skip
+
+    def rank(p: Placement) -> tuple[int, int]:
+        if p.refuse:
+            return (4, 0)
+        if p.wait:
+            return (3, 0)
+        if p.drain:
+            return (2, len(p.drain))
+        return (1 if p.evict else 0, len(p.evict))
+
+    best = min(plans, key=rank)
+    if best.refuse:
+        return Placement(refuse=f"{best.refuse} on any one node")
+    return best
+
+
+def _place_on(
+    need_mib: int | None,
+    gpus: Sequence[GpuMemory],
+    residents: Sequence[ModelSnap],
+    asking: str,
+    *,
+    gpu_count: int = 1,
+    now: float = 0.0,
+    min_residency_s: float = 0.0,
+) -> Placement:
     """Where `asking` (needing `need_mib` in all, None if unknown) starts, and who makes way.
 
     1. Unknown footprint: a discovery run. The GPUs that need the fewest stops; every idle

@@ -13,7 +13,6 @@ import aiohttp
 from vramgate.config import Settings
 from vramgate.engines.base import EngineAdapter, SleepCalls
 from vramgate.errors import EngineStartFailed
-from vramgate.gpu.proctree import tree_rss_mib
 from vramgate.instances import Instance
 from vramgate.runtimes.base import EngineHandle
 
@@ -30,11 +29,13 @@ async def _post_all(
     base_url: str,
     calls: tuple[tuple[str, dict], ...],
     timeout_s: float,
+    headers: dict[str, str],
 ) -> None:
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     for path, body in calls:
         try:
-            async with http.post(base_url + path, json=body, timeout=timeout) as resp:
+            url = base_url + path
+            async with http.post(url, json=body, timeout=timeout, headers=headers) as resp:
                 if resp.status >= 300:
                     text = (await resp.text())[:300]
                     log.warning("POST %s%s answered %d: %s", base_url, path, resp.status, text)
@@ -58,12 +59,11 @@ async def put_to_sleep(
     """Sleeps `inst`'s engine and measures the host RAM its processes hold now."""
     calls, handle = _engine(adapter, inst)
     # Level 1 copies the weights to host RAM: as long as a load, at worst.
-    await _post_all(
-        http, handle.base_url, calls.sleep, settings.setting_of(inst.model, "start_timeout")
-    )
+    timeout_s = settings.setting_of(inst.model, "start_timeout")
+    await _post_all(http, handle.base_url, calls.sleep, timeout_s, handle.headers)
     inst.asleep = True
     inst.sleeps += 1
-    inst.host_mib = await asyncio.to_thread(tree_rss_mib, handle.pids())
+    inst.host_mib = await asyncio.to_thread(handle.host_ram, "rss")
 
 
 async def wake(
@@ -73,7 +73,7 @@ async def wake(
     calls, handle = _engine(adapter, inst)
     began = time.monotonic()
     timeout_s = settings.setting_of(inst.model, "start_timeout")
-    await _post_all(http, handle.base_url, calls.wake, timeout_s)
+    await _post_all(http, handle.base_url, calls.wake, timeout_s, handle.headers)
     try:
         await handle.wait_ready(http, timeout_s, adapter.is_ready)
     except EngineStartFailed as exc:

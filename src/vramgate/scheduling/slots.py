@@ -26,6 +26,14 @@ class Lease:
     def url(self) -> str:
         return self.handle.base_url
 
+    @property
+    def head(self) -> bytes:
+        """Header lines every request to its engine carries (its key, on another node)."""
+        headers = self.handle.headers
+        if not headers:  # the engines on this machine: the hot path
+            return b""
+        return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+
 
 async def wait_for_slot(inst: Instance, notify: Callable[[], None]) -> Lease | None:
     """A slot handed over by a finishing request, or None: decide again (engine gone)."""

@@ -72,6 +72,7 @@ class ModelSnap(NamedTuple):
     reload_s: float = 0.0  # what bringing it back would take: its last load, or wake
     sleep_after_s: float = 0.0  # idle seconds before it sleeps; 0 = only to make room
     asleep: bool = False  # its engine sleeps (also while a wake is under way: STARTING)
+    nodes: tuple[str, ...] = ()  # on a cluster: the nodes it may run on; empty: any
 
     @property
     def is_idle(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vramgate.errors import GatewayError
 
@@ -34,6 +34,8 @@ class Start:
     """Room is there: start now on these GPUs (none without GPU accounting)."""
 
     gpus: tuple[int, ...] = ()
+    # Why there (the decision log): fits now, or fits once others made way.
+    why: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from vramgate.config import Settings
 from vramgate.engines.base import EngineAdapter
 from vramgate.events import Events
 from vramgate.instances import Instance
+from vramgate.memory import Memory
 from vramgate.scheduling import sleeping
 from vramgate.scheduling.lifecycle import Lifecycle
 from vramgate.scheduling.snapshot import Pending, State
@@ -30,11 +31,11 @@ class Stopping:
     instances: dict[str, Instance]
     inflation: float
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        raise NotImplementedError
-
-    def _replace(self, inst: Instance) -> None:
-        raise NotImplementedError
+    # Given by the Scheduler and by Definitions. Declared, not defined: a stub method here
+    # would shadow Definitions' own (Stopping comes first in the Scheduler's bases).
+    _spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
+    _replace: Callable[[Instance], None]
+    memory: Memory
 
     def stop(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
         """Stops a model's engine (shared by TTL, eviction, admin, reload and shutdown);
@@ -86,6 +87,8 @@ class Stopping:
             inst.leaving = reason
             await self._stop(inst, reason, why)
             return
+        # What it still holds asleep, read now: a cluster node's last reading is older.
+        await self.memory.read_again(inst)
         inst.draining_for = None
         inst.state = State.SLEEPING
         if reason == "lru":

@@ -86,4 +86,5 @@ def _snap(
         reload_s=memory.reload_s(inst) if with_memory else 0.0,
         sleep_after_s=defaults.sleep_after if model.sleep_after is None else model.sleep_after,
         asleep=inst.asleep,
+        nodes=tuple(model.nodes),
     )

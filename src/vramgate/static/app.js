@@ -65,10 +65,27 @@ function renderGpus(status) {
     const reserved = el("div", { class: "seg reserved", title: `reserved: ${gpu.reserved_mib} MiB` });
     reserved.style.width = `${(100 * gpu.reserved_mib) / gpu.total_mib}%`;
     bar.append(reserved);
+    const where = gpu.node ? ` on node ${gpu.node}` : "";
     const label = el("div", { class: "label" },
-      `GPU ${gpu.index} (${gpu.kind}): ${gpu.used_mib} of ${gpu.total_mib} MiB used, ` +
+      `GPU ${gpu.index}${where} (${gpu.kind}): ${gpu.used_mib} of ${gpu.total_mib} MiB used, ` +
       `${gpu.free_mib} free, ${gpu.reserved_mib} reserved`);
     box.append(el("div", { class: "gpu", "data-gpu": gpu.index }, label, bar));
+  }
+}
+
+// A cluster's nodes: live ones with their GPUs and engines, dead ones with why.
+function renderNodes(status) {
+  const nodes = status.nodes || [];
+  $("#nodesection").hidden = !nodes.length;
+  const body = $("#nodes tbody");
+  body.replaceChildren();
+  for (const n of nodes) {
+    const state = el("span", { class: `state ${n.alive ? "ready" : "failed"}` }, n.alive ? "alive" : "dead");
+    if (n.why_dead) state.title = n.why_dead;
+    body.append(el("tr", { "data-node": n.name },
+      el("td", {}, n.name), el("td", {}, state), el("td", {}, n.address),
+      el("td", {}, n.gpus.join(",") || "-"), el("td", {}, n.engines.join(", ") || "-"),
+      el("td", {}, n.host_available_mib == null ? "-" : `${n.host_available_mib} MiB`)));
   }
 }
 
@@ -90,7 +107,8 @@ function renderModels(status) {
     if (m.last_error) state.title = m.last_error;
     body.append(el("tr", { "data-model": m.name },
       el("td", {}, m.name), el("td", {}, state), el("td", {}, m.engine), el("td", {}, footprint || "-"),
-      el("td", {}, (m.gpus || []).join(",") || "-"), el("td", {}, String(m.in_flight)),
+      el("td", {}, ((m.gpus || []).join(",") || "-") + (m.node ? ` @ ${m.node}` : "")),
+      el("td", {}, String(m.in_flight)),
       el("td", {}, String(m.queued)), el("td", {}, String(m.requests)), el("td", {}, String(m.starts)),
       el("td", {}, action, " ", logs)));
   }
@@ -190,6 +208,7 @@ async function refresh() {
     const status = await call("GET", "/gateway/status");
     $("#version").textContent = `${status.version} · up ${Math.round(status.uptime_s)} s`;
     renderGpus(status);
+    renderNodes(status);
     renderModels(status);
     renderEvents(status.events);
     await refreshCharts(status.models.map((m) => m.name));

@@ -1,0 +1,257 @@
+"""The gateway's view of a Ray cluster: it joins as a driver, runs one agent on every live node
+(never detached: they die with the gateway), reads each node's GPUs every `poll_s`, sees nodes
+join and die, and gives every node's GPUs cluster-wide indices (never reused: a GPU of a dead
+node is never mistaken for a new one).
+
+Every wait on Ray is bounded (`connect_timeout`). A node is dead when Ray says so, when its agent
+has died, or when its agent has not answered for three polls running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vramgate.config import RayCluster
+from vramgate.errors import EngineStartFailed
+
+log = logging.getLogger("vramgate.cluster")
+MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
+CALL_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Node:
+    node_id: str
+    name: str
+    address: str
+    agent: Any  # the agent's Ray actor handle
+    totals_mib: list[int]  # its GPUs, by local index
+    first_index: int  # its GPU k is the cluster's GPU first_index + k
+    kind: str  # nvml, simulated, none
+    alive: bool = True
+    joined_at: float = field(default_factory=time.time)
+    died_at: float | None = None
+    why_dead: str = ""
+    reading: dict[str, Any] = field(default_factory=dict)  # the agent's last memory()
+    missed: int = 0
+    engines: set[str] = field(default_factory=set)  # models whose engines run there
+
+    def indices(self) -> list[int]:
+        return [self.first_index + k for k in range(len(self.totals_mib))]
+
+
+async def call(ref: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+    """Awaits a Ray call, bounded: TimeoutError after `timeout_s`."""
+    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
+
+
+class Cluster:
+    def __init__(self, config: RayCluster, gateway: str) -> None:
+        self.config = config
+        self.gateway = gateway  # this gateway's id: its agents' names and node folders
+        self.nodes: dict[str, Node] = {}  # by Ray node id
+        self._next_index = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._starting: set[str] = set()
+        # Told when a node dies (runtimes end its engines) and when anything changes.
+        self.on_dead: list[Callable[[Node], Awaitable[None]]] = []
+        self.on_change: list[Callable[[], None]] = []
+
+    async def connect(self) -> None:
+        host = self.config.address.rpartition(":")[0]
+        if host.startswith("127.") or host == "localhost":
+            # Ray would advertise this machine's network address for a cluster it reaches on
+            # loopback; such a cluster (one box, the tests) must stay there. Read when Ray is
+            # imported: before. Never for a real cluster, whose nodes must reach this driver.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+
+        timeout = self.config.connect_timeout
+
+        def init() -> None:
+            ray.init(
+                address=self.config.address,
+                namespace=self.config.namespace,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+                include_dashboard=False,
+            )
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(init), timeout)
+        except TimeoutError as exc:
+            raise RuntimeError(
+                f"cluster.ray.address {self.config.address}: no Ray cluster answered within "
+                f"{timeout:g} s"
+            ) from exc
+        except Exception as exc:
+            raise RuntimeError(f"cluster.ray.address {self.config.address}: {exc}") from exc
+        await self.refresh()
+        self._poller = asyncio.create_task(self._poll())
+
+    async def close(self, stop_timeout_s: float) -> None:
+        import ray
+
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        live = [n for n in self.nodes.values() if n.alive]
+        with contextlib.suppress(Exception):
+            await asyncio.gather(
+                *(call(n.agent.shutdown.remote(stop_timeout_s), stop_timeout_s + 10) for n in live),
+                return_exceptions=True,
+            )
+        for node in live:
+            with contextlib.suppress(Exception):
+                ray.kill(node.agent)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.to_thread(ray.shutdown), 10)
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Ray's node table: new live nodes get an agent, nodes Ray calls dead are dead."""
+        import ray
+
+        infos = await asyncio.wait_for(asyncio.to_thread(ray.nodes), CALL_TIMEOUT_S)
+        starts = []
+        for info in infos:
+            node_id = info["NodeID"]
+            known = self.nodes.get(node_id)
+            if not info.get("Alive"):
+                if known is not None and known.alive:
+                    await self.dead(known, "Ray reports the node dead")
+                continue
+            if known is None and node_id not in self._starting:
+                starts.append(self._join(node_id))
+        if starts:
+            await asyncio.gather(*starts)
+
+    async def _join(self, node_id: str) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from vramgate.runtimes.ray_agent import NodeAgent
+
+        self._starting.add(node_id)
+        agent: Any = None
+        try:
+            agent = (
+                ray.remote(NodeAgent)
+                .options(
+                    # soft=False: on that node or nowhere; the node exists (Ray listed it alive)
+                    # and every wait below is bounded, so a node that dies meanwhile costs a
+                    # timeout, never a hang.
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                    num_cpus=0,
+                    max_restarts=0,
+                    max_concurrency=1000,
+                    name=f"vramgate-{self.gateway}-{node_id[:16]}",
+                    get_if_exists=False,
+                )
+                .remote(self.gateway)
+            )
+            hello = await call(agent.hello.remote(), self.config.connect_timeout)
+        except Exception as exc:
+            log.warning("node %s: its agent did not start: %r", node_id[:12], exc)
+            if agent is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(agent)
+            return
+        finally:
+            self._starting.discard(node_id)
+        node = Node(
+            node_id, hello["name"], hello["address"], agent, hello["gpus"], self._next_index,
+            hello["kind"],
+        )  # fmt: skip
+        self._next_index += len(node.totals_mib)
+        self.nodes[node_id] = node
+        removed = len(hello["removed"])
+        left = f"; removed {removed} engines an earlier run left" if removed else ""
+        log.info(
+            "node %s joined (%s, %s: %d GPUs, %s MiB%s)", node.name, node.address, node.kind,
+            len(node.totals_mib), node.totals_mib, left,
+        )  # fmt: skip
+        await self._read(node)
+        self._changed()
+
+    async def dead(self, node: Node, why: str) -> None:
+        if not node.alive:
+            return
+        node.alive, node.died_at, node.why_dead = False, time.time(), why
+        log.warning("node %s is dead (%s): its engines are gone", node.name, why)
+        for hook in self.on_dead:
+            await hook(node)
+        self._changed()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_s)
+            try:
+                await self.refresh()
+                live = [n for n in self.nodes.values() if n.alive]
+                await asyncio.gather(*(self._read(n) for n in live))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the GCS busy or away: try again at the next poll
+                log.warning("reading the cluster failed: %r", exc)
+
+    async def _read(self, node: Node) -> None:
+        from ray.exceptions import RayActorError
+
+        try:
+            node.reading = await call(node.agent.memory.remote(), CALL_TIMEOUT_S)
+            node.missed = 0
+        except RayActorError as exc:
+            await self.dead(node, f"its agent died: {type(exc).__name__}")
+        except Exception as exc:
+            node.missed += 1
+            if node.missed >= MISSED_POLLS:
+                await self.dead(node, f"its agent did not answer {node.missed} reads ({exc!r})")
+
+    async def read_now(self, names: set[str]) -> None:
+        """A fresh reading of the nodes running these engines (after a load, to measure it)."""
+        nodes = [n for n in self.nodes.values() if n.alive and n.engines & names]
+        await asyncio.gather(*(self._read(n) for n in nodes))
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            hook()
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.alive]
+
+    def node_of_gpu(self, index: int) -> tuple[Node, int]:
+        for node in self.live():
+            if node.first_index <= index < node.first_index + len(node.totals_mib):
+                return node, index - node.first_index
+        raise EngineStartFailed(f"GPU {index} is not in the cluster any more (its node died)")
+
+    def node_for(
+        self, gpus: tuple[int, ...], allowed: tuple[str, ...]
+    ) -> tuple[Node, tuple[int, ...]]:
+        """Where an engine on these (cluster) GPUs runs; without GPUs, on the first live node it
+        may run on, the one with the most host RAM available."""
+        if gpus:
+            placed = [self.node_of_gpu(i) for i in gpus]
+            nodes = {n.node_id for n, _ in placed}
+            if len(nodes) != 1:
+                raise EngineStartFailed(f"GPUs {gpus} are not on one node")
+            return placed[0][0], tuple(k for _, k in placed)
+        candidates = [n for n in self.live() if not allowed or n.name in allowed]
+        if not candidates:
+            where = f" among {', '.join(allowed)}" if allowed else ""
+            raise EngineStartFailed(f"no live node in the cluster{where}")
+        best = max(candidates, key=lambda n: n.reading.get("host_available_mib", 0))
+        return best, ()

@@ -1,0 +1,253 @@
+"""The `ray` runtime: engines on the nodes of a Ray cluster, started by each node's agent, reached
+through the agent's guard with a per-engine secret. Their output comes back to the gateway's
+log and log route; a node that dies ends its engines here at once (their requests fail, the
+models read stopped and start elsewhere at the next request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from vramgate.config import Settings
+from vramgate.containers import Container
+from vramgate.errors import EngineStartFailed
+from vramgate.events import Fanout
+from vramgate.runtimes import readiness
+from vramgate.runtimes.base import IsReady, SpecForPort
+from vramgate.runtimes.docker import instance_id
+from vramgate.runtimes.guard import KEY_HEADER
+from vramgate.runtimes.local import KILL_WAIT_S
+from vramgate.runtimes.output import EngineOutput
+from vramgate.runtimes.ray_cluster import CALL_TIMEOUT_S, Cluster, Node, call
+
+log = logging.getLogger("vramgate.runtime")
+OUTPUT_WAIT_S = 1.0  # each fetch of an engine's output waits this long for new lines
+
+
+class RayEngine:
+    """One engine on a node, as the gateway sees it."""
+
+    def __init__(
+        self, name: str, node: Node, port: int, secret: str, pid: int, health_path: str,
+        out: EngineOutput,
+    ) -> None:  # fmt: skip
+        self.name, self.node = name, node
+        self._health = health_path
+        self.base_url = f"http://{node.address}:{port}"
+        self.headers = {KEY_HEADER: secret}
+        self.where = node.name
+        self.started_at = time.time()
+        self.lost_reason: str | None = None
+        self._port, self._pid = port, pid
+        self.out = out
+        self._code: int | None = None
+        self._exit: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._pump = asyncio.create_task(self._fetch_output())
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid  # on its node
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def returncode(self) -> int | None:
+        return self._code
+
+    @property
+    def lines(self) -> Sequence[str]:
+        return self.out.lines
+
+    def tail(self, n: int = 20) -> list[str]:
+        return self.out.tail(n)
+
+    def pids(self) -> list[int]:
+        return []  # processes of another host: its agent measures them
+
+    def host_ram(self, kind: str) -> int:
+        """Its process tree's host RAM on its node (called in a thread)."""
+        import ray
+
+        try:
+            return int(ray.get(self.node.agent.host_ram.remote(self.name, kind), timeout=10))
+        except Exception:
+            return 0
+
+    async def _fetch_output(self) -> None:
+        cursor, missed = 0, 0
+        self.out.open(f"pid {self._pid} on node {self.node.name}")
+        try:
+            while not self._exit.done():
+                try:
+                    got = await call(
+                        self.node.agent.output.remote(self.name, cursor, OUTPUT_WAIT_S),
+                        OUTPUT_WAIT_S + CALL_TIMEOUT_S,
+                    )
+                except Exception as exc:  # the node's death is the cluster's to tell
+                    missed += 1
+                    if missed == 1:
+                        log.warning("model '%s': its output cannot be read: %r", self.name, exc)
+                    await asyncio.sleep(OUTPUT_WAIT_S)
+                    continue
+                missed = 0
+                for line in got["lines"]:
+                    self.out.add(line)
+                cursor = got["cursor"]
+                if got["exited"]:
+                    self._ended(got["code"])
+        finally:
+            self.out.close()
+
+    def _ended(self, code: int | None) -> None:
+        self._code = code
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    def lost(self, why: str) -> None:
+        """Its node died: it is gone with it."""
+        self.lost_reason = why
+        self.out.add(f"[vramgate: node {self.node.name} died ({why})]")
+        self._ended(None)
+
+    async def wait(self) -> int | None:
+        return await asyncio.shield(self._exit)
+
+    async def probe(self, http: aiohttp.ClientSession, timeout_s: float, is_ready: IsReady) -> bool:
+        return await readiness.probe(
+            http, self.base_url + self._health, is_ready, timeout_s, self.headers
+        )
+
+    async def wait_ready(
+        self, http: aiohttp.ClientSession, timeout_s: float, is_ready: IsReady
+    ) -> None:
+        async def exited_error() -> Exception:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pump), 2)
+            return self._start_error(f"exited with code {self._code} while starting")
+
+        await readiness.poll_until_ready(
+            http, self.base_url + self._health, timeout_s, is_ready, self._exit, exited_error,
+            lambda: self._start_error(f"was not ready after {timeout_s:g} s"), self.headers,
+        )  # fmt: skip
+
+    def _start_error(self, what: str) -> EngineStartFailed:
+        lines = "\n".join(self.tail(15)) or "(no output)"
+        return EngineStartFailed(
+            f"model '{self.name}' failed to start on node {self.node.name}: engine {what}.",
+            detail=f"Last output:\n{lines}",
+        )
+
+    async def stop(self, timeout_s: float) -> int | None:
+        """Its agent stops it (SIGTERM, SIGKILL after `timeout_s`); bounded, whatever the node."""
+        if not self._exit.done() and self.node.alive:
+            try:
+                code = await call(
+                    self.node.agent.stop.remote(self.name, timeout_s),
+                    timeout_s + KILL_WAIT_S + CALL_TIMEOUT_S,
+                )
+                self._ended(code)
+            except Exception as exc:
+                log.warning("model '%s': stopping it on node %s failed: %r", self.name,
+                            self.node.name, exc)  # fmt: skip
+        self._ended(self._code)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._pump), OUTPUT_WAIT_S + 2)
+        if not self._pump.done():
+            self._pump.cancel()
+        self.node.engines.discard(self.name)
+        return self._code
+
+
+class RayRuntime:
+    """Engines on the nodes of the Ray cluster `cluster.ray` names."""
+
+    kind = "ray"
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.ray is not None
+        self.settings = settings
+        state_dir = Path(settings.state_dir)
+        self.cluster = Cluster(settings.ray, instance_id(state_dir))
+        self.cluster.on_dead.append(self._node_died)
+        self.engines: dict[str, RayEngine] = {}
+
+    async def start(self) -> None:
+        await self.cluster.connect()
+
+    async def close(self) -> None:
+        await self.cluster.close(self.settings.defaults.stop_timeout)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node seen, live or dead, for status."""
+        return [
+            {
+                "name": n.name,
+                "node_id": n.node_id,
+                "address": n.address,
+                "alive": n.alive,
+                "kind": n.kind,
+                "gpus": n.indices(),
+                "engines": sorted(n.engines),
+                "joined_at": n.joined_at,
+                "died_at": n.died_at,
+                "why_dead": n.why_dead or None,
+                "host_available_mib": n.reading.get("host_available_mib"),
+            }
+            for n in self.cluster.nodes.values()
+        ]
+
+    async def _node_died(self, node: Node) -> None:
+        for name, engine in list(self.engines.items()):
+            if engine.node is node and engine.returncode is None:
+                engine.lost(node.why_dead)
+                del self.engines[name]
+
+    async def spawn(
+        self,
+        name: str,
+        spec_for_port: SpecForPort,
+        env: dict[str, str],
+        gpus: tuple[int, ...],
+        log_path: Path,
+        output: Fanout[str],
+        container: Container | None = None,
+        nodes: tuple[str, ...] = (),
+    ) -> RayEngine:
+        if container is not None:
+            raise EngineStartFailed(f"model '{name}': a Ray cluster runs no containers")
+        node, local = self.cluster.node_for(gpus, nodes)
+        timeout = self.settings.ray.connect_timeout if self.settings.ray else CALL_TIMEOUT_S
+        secret = secrets.token_urlsafe(32)
+        try:
+            port = await call(node.agent.port.remote(), timeout)
+            spec = spec_for_port(port)
+            started: dict[str, Any] = await call(
+                node.agent.spawn.remote(
+                    name, spec.argv, {**env, **spec.env}, spec.health_path, local, port, secret
+                ),
+                timeout,
+            )
+        except EngineStartFailed:
+            raise
+        except Exception as exc:
+            raise EngineStartFailed(
+                f"model '{name}': could not start its engine on node {node.name}: {exc}"
+            ) from exc
+        engine = RayEngine(
+            name, node, started["guard_port"], secret, started["pid"], spec.health_path,
+            EngineOutput(name, log_path, output),
+        )  # fmt: skip
+        node.engines.add(name)
+        self.engines[name] = engine
+        return engine

@@ -1,0 +1,120 @@
+"""Engines on a real Ray cluster of this machine (head + two nodes with simulated GPUs, all on
+loopback): models placed on the node with room and answering there, streams chunk by chunk,
+eviction on the node that needs room and nowhere else, models tied to a node, the sleep tier on a
+node, and the guard that keeps others off an engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.cluster.conftest import ray_config
+from tests.conftest import fake_cmd, wait_until
+
+NODES = {"gpu-a": "10000", "gpu-b": "10000"}
+
+
+@pytest.fixture(scope="module")
+def cluster(make_cluster):
+    return make_cluster(NODES)
+
+
+def engine(mib: int, *knobs: str, **extra) -> dict:
+    return {"engine": "command", "cmd": fake_cmd("--vram-mib", str(mib), *knobs),
+            "vram_mib": mib, **extra}  # fmt: skip
+
+
+def ask(gw, model: str, tokens: int = 2) -> str:
+    reply = gw.client.completions.create(model=model, prompt="x", max_tokens=tokens)
+    return reply.choices[0].text
+
+
+def node_of(gw, model: str) -> str | None:
+    return gw.model(model)["node"]
+
+
+def test_two_models_too_big_for_one_node_run_on_two_and_stream(gateway, cluster):
+    gw = gateway(ray_config(cluster, {"x": engine(8000, "--tokens-per-s", "50"),
+                                      "y": engine(8000)}))  # fmt: skip
+    assert wait_until(lambda: len([n for n in gw.status()["nodes"] if n["gpus"]]) == 2, 20)
+    assert ask(gw, "x") == "tok0 tok1 "
+    assert ask(gw, "y") == "tok0 tok1 "
+    assert {node_of(gw, "x"), node_of(gw, "y")} == {"gpu-a", "gpu-b"}
+    assert gw.model("x")["state"] == gw.model("y")["state"] == "ready"  # nothing was evicted
+    # A stream comes chunk by chunk from the other node (50 tokens/s: spread over time).
+    arrivals = []
+    chunks = gw.client.completions.create(model="x", prompt="x", max_tokens=10, stream=True)
+    for chunk in chunks:
+        if chunk.choices and chunk.choices[0].text:
+            arrivals.append(time.monotonic())
+    assert len(arrivals) == 10 and arrivals[-1] - arrivals[0] > 0.1
+    # The decision log names the node; status, ps and metrics show each node and its GPUs.
+    assert "place x on GPU" in gw.log() and f"of node {node_of(gw, 'x')}" in gw.log()
+    status = gw.status()
+    gpus = {g["node"]: g for g in status["gpus"]}
+    assert gpus["gpu-a"]["total_mib"] == 10000 and gpus["gpu-a"]["used_mib"] == 8000
+    nodes = {n["name"]: n for n in status["nodes"]}
+    assert nodes[node_of(gw, "y")]["engines"] == ["y"] and nodes["gpu-a"]["alive"]
+    out = subprocess.run([sys.executable, "-m", "vramgate", "ps", "--url", gw.url],
+                         capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert f"@{node_of(gw, 'x')}" in out and "node gpu-a 127.0.0.1 alive" in out, out
+    metrics = gw.http.get("/metrics").text
+    assert 'vramgate_node_up{node="gpu-b"} 1.0' in metrics
+
+
+def test_an_engine_on_a_node_answers_its_gateway_only(gateway, cluster):
+    """The engine listens on its node's loopback; its guard on the node's address lets in only
+    requests with the engine's key, which the gateway alone holds."""
+    gw = gateway(ray_config(cluster, {"x": engine(1000)}))
+    ask(gw, "x")
+    url = gw.model("x")["url"]
+    direct = httpx.post(url + "/v1/completions", json={"model": "x", "prompt": "x"}, timeout=10)
+    assert direct.status_code == 403, direct.text
+    wrong = httpx.post(url + "/v1/completions", json={"model": "x", "prompt": "x"}, timeout=10,
+                       headers={"x-vramgate-engine-key": "guess"})  # fmt: skip
+    assert wrong.status_code == 403
+    assert ask(gw, "x") == "tok0 tok1 "  # the gateway's own requests still pass
+
+
+def test_room_is_made_on_the_node_that_needs_it_and_tied_models_stay_on_their_node(
+    gateway, cluster
+):
+    models = {
+        "old": engine(6000, nodes=["gpu-a"]),
+        "newer": engine(6000, nodes=["gpu-b"]),
+        "tied": engine(6000, nodes=["gpu-b"]),
+    }
+    gw = gateway(ray_config(cluster, models))
+    ask(gw, "old")
+    ask(gw, "newer")
+    assert node_of(gw, "old") == "gpu-a" and node_of(gw, "newer") == "gpu-b"
+    # `tied` may only run on gpu-b: `newer` makes way there, though `old` (on gpu-a) is the
+    # least recently used engine.
+    assert ask(gw, "tied") == "tok0 tok1 "
+    assert node_of(gw, "tied") == "gpu-b"
+    assert gw.model("newer")["state"] == "stopped"
+    assert gw.model("old")["state"] == "ready"
+    assert "stop newer" in gw.log() and "stop old" not in gw.log()
+
+
+def test_the_sleep_tier_on_a_node(gateway, cluster):
+    """Two 6000 MiB models tied to one 10000 MiB node: one sleeps there (keeping 100 MiB) while
+    the other runs, and wakes there when asked for again."""
+    knobs = ("--sleep-vram-mib", "100")
+    models = {
+        "s1": engine(6000, *knobs, nodes=["gpu-a"], sleep=1),
+        "s2": engine(6000, *knobs, nodes=["gpu-a"], sleep=1),
+    }
+    gw = gateway(ray_config(cluster, models))
+    ask(gw, "s1")
+    ask(gw, "s2")
+    assert gw.model("s1")["state"] == "sleeping" and gw.model("s1")["node"] == "gpu-a"
+    gpu = next(g for g in gw.status()["gpus"] if g["node"] == "gpu-a")
+    assert wait_until(lambda: next(g for g in gw.status()["gpus"] if g["node"] == "gpu-a")
+                      ["used_mib"] == 6100, 5), gpu  # fmt: skip
+    assert ask(gw, "s1") == "tok0 tok1 "  # s2 sleeps, s1 wakes where it slept
+    assert gw.model("s1")["wakes"] == 1 and gw.model("s2")["state"] == "sleeping"

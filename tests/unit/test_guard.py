@@ -1,0 +1,57 @@
+"""The guard in front of an engine on another node: its key check, and a real guard on loopback
+in front of a tiny server: refused without the key, passed through (keep-alive too) with it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from vramgate.runtimes.guard import Guard, has_key
+
+
+def test_the_key_is_found_in_any_case_and_only_whole():
+    head = b"POST /v1/x HTTP/1.1\r\nHost: h\r\nX-Vramgate-Engine-Key: s3cret\r\n\r\n"
+    assert has_key(head, "s3cret")
+    assert not has_key(head, "s3cre") and not has_key(head, "s3cret2")
+    assert not has_key(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", "s3cret")
+    # The request line is not a header, whatever it holds.
+    assert not has_key(b"GET /x-vramgate-engine-key: s3cret HTTP/1.1\r\n\r\n", "s3cret")
+
+
+async def _engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request on the connection with its own path (keep-alive)."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            break
+        path = head.split(b" ")[1]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+        await writer.drain()
+    writer.close()
+
+
+async def _exchange(port: int, requests: list[bytes]) -> list[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    for request in requests:
+        writer.write(request)
+        await writer.drain()
+        answers.append(await asyncio.wait_for(reader.read(1000), 5))
+    writer.close()
+    return answers
+
+
+def test_a_guard_refuses_strangers_and_passes_the_gateway_through():
+    async def main() -> None:
+        engine = await asyncio.start_server(_engine, "127.0.0.1", 0)
+        guard = Guard("s3cret", engine.sockets[0].getsockname()[1])
+        port = await guard.start("127.0.0.1")
+        [refused] = await _exchange(port, [b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"])
+        assert refused.startswith(b"HTTP/1.1 403") and guard.refused == 1
+        keyed = b"GET /%s HTTP/1.1\r\nx-vramgate-engine-key: s3cret\r\n\r\n"
+        answers = await _exchange(port, [keyed % b"one", keyed % b"two"])
+        assert answers[0].endswith(b"/one") and answers[1].endswith(b"/two")
+        await guard.close()
+        engine.close()
+
+    asyncio.run(main())
