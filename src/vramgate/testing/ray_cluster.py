@@ -14,6 +14,8 @@ from pathlib import Path
 
 from vramgate.runtimes.local import free_port
 
+OFFLINE = {"RAY_USAGE_STATS_ENABLED": "0"}
+
 
 def _wait_until(predicate, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
@@ -66,7 +68,7 @@ class LocalRay:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env},
+                env={**os.environ, **OFFLINE, **env},
             )  # fmt: skip
         self.procs[name] = proc
 

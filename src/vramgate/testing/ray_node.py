@@ -8,6 +8,10 @@ import os
 import sys
 
 
+def _no_api_server(self, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+    self._webui_url = None
+
+
 def main() -> None:
     # (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps the head and drivers on 127.0.0.1, but a worker
     # node refuses to start with it: a worker needs this rewrite turned off instead.)
@@ -15,6 +19,13 @@ def main() -> None:
     import ray._private.services as services
 
     services.resolve_ip_for_localhost = lambda host: host  # type: ignore[attr-defined]
+    if "--head" in sys.argv and "false" in sys.argv:  # --include-dashboard false
+        # Without a dashboard the head's API server only runs usage stats, which ask cloud
+        # metadata servers (169.254.169.254) where they run, reporting or not: on a test box
+        # nothing may leave loopback, so it is not started (nothing of ours uses it).
+        from ray._private.node import Node
+
+        Node.start_api_server = _no_api_server  # type: ignore[method-assign]
     from ray.scripts.scripts import main as ray_main
 
     sys.argv = ["ray", *sys.argv[1:]]
