@@ -157,7 +157,7 @@ def test_errors_come_in_anthropics_shape(gateway):
 
 def test_claude_codes_turn_passes_with_its_query_string_beta_fields_and_huge_max_tokens(gateway):
     """As Claude Code sends every turn: `?beta=true`, streamed, ~125 KB, 25 tools, thinking,
-    context management, `max_tokens: 32000`, beta headers."""
+    context management, `max_tokens: 32000`, beta headers, a system message among the turns."""
     gw = gateway({"models": {**models(args=["-c", "2048"])}})
     tools = [
         {
@@ -179,7 +179,11 @@ def test_claude_codes_turn_passes_with_its_query_string_beta_fields_and_huge_max
                 "cache_control": {"type": "ephemeral"},
             }
         ],
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+        # Claude Code 2.1 puts a system message after the user's (its list of agents).
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+            {"role": "system", "content": "Available agent types: claude, Explore."},
+        ],
         "tools": tools,
         "tool_choice": {"type": "auto"},
         "thinking": {"type": "enabled", "budget_tokens": 31999},
@@ -204,6 +208,8 @@ def test_claude_codes_turn_passes_with_its_query_string_beta_fields_and_huge_max
     sent = last_body(gw, "translated")
     assert "max_tokens" not in sent  # 32000 >= its 2048 context: capped to the context
     assert len(sent["tools"]) == 25 and "cache_control" not in json.dumps(sent["tools"])
+    roles = [m["role"] for m in sent["messages"]]
+    assert roles == ["system", "user"] and "Available agent types" in sent["messages"][0]["content"]
 
 
 def test_images_are_a_clear_400_for_a_model_that_takes_none(gateway):

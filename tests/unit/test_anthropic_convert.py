@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from vramgate.api import anthropic_convert as convert
 from vramgate.api.anthropic_convert import (
     MessageStream,
     from_chat_response,
@@ -60,7 +61,8 @@ def test_sampling_fields_pass_and_unknown_ones_are_dropped():
         (request(max_tokens=0), "at least 1"),
         (request(max_tokens="5"), "max_tokens"),
         (request(messages=[]), "messages"),
-        (request(messages=[{"role": "system", "content": "x"}]), "role"),
+        (request(messages=[{"role": "system", "content": "x"}]), "at least one"),
+        (request(messages=[{"role": "tool", "content": "x"}]), "role"),
         (request(messages=[{"role": "user", "content": 5}]), "content"),
         (request(temperature="hot"), "temperature"),
         (request(tools={"a": 1}), "tools"),
@@ -243,3 +245,33 @@ def test_an_error_in_the_stream_becomes_an_error_event_and_nothing_follows():
 def test_a_stream_that_ends_with_nothing_still_ends_well_formed():
     got = events(MessageStream("m", []).end())
     assert [k for k, _ in got] == ["message_start", "message_delta", "message_stop"]
+
+
+def test_system_messages_among_the_turns_join_the_system_prompt():
+    """Claude Code 2.1 sends `role: system` messages after the user's (its agent list): they go
+    to the end of the top-level system, as text blocks where it is blocks, and the translation
+    has one system message, first."""
+    body = {
+        "max_tokens": 10,
+        "system": [{"type": "text", "text": "You are an agent."}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "Agents: a, b."},
+            {"role": "system", "content": [{"type": "text", "text": "More."}]},
+        ],
+    }
+    convert.check_messages_request(body)
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert [b["text"] for b in body["system"]] == ["You are an agent.", "Agents: a, b.", "More."]
+    chat = convert.to_chat_request(body, "m")
+    assert [m["role"] for m in chat["messages"]] == ["system", "user"]
+    plain = {"max_tokens": 1, "system": "S", "messages": [
+        {"role": "user", "content": "q"}, {"role": "system", "content": "T"}]}  # fmt: skip
+    convert.check_messages_request(plain)
+    assert plain["system"] == "S\n\nT"
+    with pytest.raises(BadRequest, match="at least one"):
+        convert.check_messages_request({"max_tokens": 1, "messages": [
+            {"role": "system", "content": "only"}]})  # fmt: skip
+    with pytest.raises(BadRequest, match="role"):
+        convert.check_messages_request({"max_tokens": 1, "messages": [
+            {"role": "tool", "content": "x"}]})  # fmt: skip

@@ -58,6 +58,9 @@ def to_chat_request(
     return chat
 
 
+ROLES = ("user", "assistant", "system")
+
+
 def check_messages_request(body: dict[str, Any]) -> None:
     """What Anthropic itself refuses with 400, before anything is started."""
     max_tokens = body.get("max_tokens")
@@ -69,8 +72,10 @@ def check_messages_request(body: dict[str, Any]) -> None:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: Field required (a non-empty list of messages)")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise BadRequest(f"messages.{i}: each message needs role 'user' or 'assistant'")
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise BadRequest(
+                f"messages.{i}: each message needs role 'user', 'assistant' or 'system'"
+            )
         if not isinstance(message.get("content"), str | list):
             raise BadRequest(f"messages.{i}.content: a string or a list of content blocks")
     system = body.get("system")
@@ -83,6 +88,25 @@ def check_messages_request(body: dict[str, Any]) -> None:
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise BadRequest(f"{key}: must be a number")
+    fold_system_messages(body)
+
+
+def fold_system_messages(body: dict[str, Any]) -> None:
+    """`role: system` messages among the turns (Claude Code 2.1 puts its agent list there) go
+    to the end of the top-level `system`, in order: local models' chat templates take a system
+    prompt first, and some raise on one anywhere else."""
+    messages = body["messages"]
+    if all(m["role"] != "system" for m in messages):
+        return  # the usual case: nothing to copy
+    extra = [_text_of(m["content"]) for m in messages if m["role"] == "system"]
+    body["messages"] = [m for m in messages if m["role"] != "system"]
+    if not body["messages"]:
+        raise BadRequest("messages: at least one 'user' or 'assistant' message is required")
+    system = body.get("system")
+    if isinstance(system, list):
+        body["system"] = [*system, *({"type": "text", "text": t} for t in extra)]
+    else:
+        body["system"] = "\n\n".join([system, *extra] if system else extra)
 
 
 def _messages(body: dict[str, Any], vision: bool) -> list[dict[str, Any]]:

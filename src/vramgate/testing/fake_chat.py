@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-messages", action="store_true", help="No /v1/messages (as engines that lack it)."
     )
+    p.add_argument("--no-tools", action="store_true", help="Never call a tool, answer in words.")
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:

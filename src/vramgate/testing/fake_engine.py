@@ -116,6 +116,8 @@ async def _read(request: web.Request) -> dict[str, Any]:
     request.app[STATS]["requests"] += 1
     body = orjson.loads(await request.read())
     request.app[STATS]["last"] = body  # what the gateway sent, for tests of its translations
+    if request.app[OPTS].no_tools:  # answers in words whatever tools it is offered
+        return {k: v for k, v in body.items() if k != "tools"}
     return body
 
 
