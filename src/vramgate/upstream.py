@@ -88,7 +88,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.lost_at = self.loop.time()
-        self.lost_cleanly = exc is None
+        # A reset counts as clean here: the engine's socket was closed (or closed unread), so
+        # whatever we wrote into it was never read by the engine.
+        self.lost_cleanly = exc is None or isinstance(exc, ConnectionResetError)
         self.pool.forget(self)
         if not self.complete:
             reason = f" ({exc})" if exc else ""
@@ -185,8 +187,8 @@ class _Connection(asyncio.Protocol):
         return not readable
 
     def closed_at_once(self, written: float) -> bool:
-        """The engine closed this (kept-alive) connection cleanly, within RACE_S of the write,
-        having sent nothing of an answer."""
+        """The engine closed this (kept-alive) connection cleanly or with a reset, within RACE_S
+        of the write, having sent nothing of an answer."""
         quick = self.lost_at - written < RACE_S
         return self.lost and self.lost_cleanly and not self.got_bytes and quick
 

@@ -14,7 +14,7 @@ import ollama
 
 from tests.conftest import free_port
 from tests.e2e.test_llama_server import BINARY, CHAT_GGUF, GGUF, _require_e2e
-from tests.e2e.test_transformers import CHAT_HF, _needs_transformers
+from tests.e2e.test_transformers import CHAT_HF, needs_transformers
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 SYSTEM = "You are a helpful assistant. Answer in one short sentence."
@@ -99,7 +99,7 @@ def test_ollama_sdk_on_llama_server(gateway):
 
 
 def test_anthropic_sdk_on_transformers_translated(gateway):
-    _needs_transformers()
+    needs_transformers()
     gw = gateway(
         {
             "models": {

@@ -22,8 +22,8 @@ QUESTION = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _needs_transformers() -> None:
+def needs_transformers() -> None:
+    """Skip (or fail, under VRAMGATE_REQUIRE_E2E) where the Transformers engine is not set up."""
     missing = [what for what, path in (("VRAMGATE_CHAT_HF", CHAT_HF),) if not path]
     try:
         import transformers  # noqa: F401
@@ -37,6 +37,11 @@ def _needs_transformers() -> None:
     if os.environ.get("VRAMGATE_REQUIRE_E2E"):
         pytest.fail(why)
     pytest.skip(why)
+
+
+@pytest.fixture(autouse=True)
+def _needs_transformers() -> None:
+    needs_transformers()
 
 
 def test_chat_stream_completions_and_responses_through_transformers(gateway):
@@ -115,12 +120,14 @@ def test_seed_003_requests_choose_engine_and_device_per_request(gateway, tmp_pat
         assert resp.status_code == 200, (backend, resp.text)
         assert resp.json()["choices"][0]["message"]["content"]
     assert set(answers) == set(asked)
-    tf, llama = f"{folder}@transformers-cpu", f"{folder}@llamacpp-cuda"
+    # Instances are named by their name inside models_dir, however the request spelled the path;
+    # llama.cpp's is the GGUF file the folder holds.
+    tf, llama = "smollm2@transformers-cpu", f"smollm2/{Path(CHAT_GGUF).stem}@llamacpp-cuda"
     states = {m["name"]: m for m in gw.status()["models"]}
     assert states[tf]["state"] == states[llama]["state"] == "ready"
     assert states[tf]["engine"] == "transformers" and states[tf]["ttl_s"] == 300
     assert states[llama]["engine"] == "llamacpp"
-    llama_log = gw.engine_log(llama.replace("/", "--"))
+    llama_log = gw.engine_log(llama)
     assert "-c 2048 -ngl 999" in llama_log and f"{folder}/SmolLM2" in llama_log
     # Other settings for a running instance: 409, as for the `vramgate` object.
     clash = gw.http.post(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
@@ -50,6 +52,12 @@ class Server:
                 await asyncio.sleep(0.005)
                 writer.close()
                 return
+            if self.mode == "reset-soon":  # the same, but the close is a reset (unread data)
+                await asyncio.sleep(0.005)
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.close()
+                return
 
 
 @pytest.mark.parametrize("mode", ["keep", "close-after"])
@@ -95,13 +103,15 @@ def test_a_refused_connection_never_sent_anything():
     asyncio.run(run())
 
 
-def test_the_idle_close_race_sends_the_request_once_more_on_a_new_connection():
+@pytest.mark.parametrize("mode", ["close-soon", "reset-soon"])
+def test_the_idle_close_race_sends_the_request_once_more_on_a_new_connection(mode):
     """The engine closes a kept-alive connection just as the next request is written on it
-    (llama-server did, 3 ms after an answer): that request, which the engine never read, goes
-    once more on a new connection; the engine reads it once."""
+    (llama-server did, 3 ms after an answer; `transformers serve` after a 500, where the
+    request then meets a reset): that request, which the engine never read, goes once more on
+    a new connection; the engine reads it once."""
 
     async def run() -> None:
-        server = Server("close-soon")
+        server = Server(mode)
         async with await server.start():
             pool = UpstreamPool(read_timeout_s=5)
             for _ in range(5):
