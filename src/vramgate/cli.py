@@ -275,10 +275,12 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
         typer.echo("\n" + host_bar(status["host_ram"]))
     if status.get("nodes"):
         typer.echo("")
+        held = (status.get("host_ram") or {}).get("nodes", {})
         for n in status["nodes"]:
             state = "alive" if n["alive"] else f"dead ({n['why_dead']})"
             gpus = ",".join(map(str, n["gpus"])) or "-"
-            typer.echo(f"node {n['name']} {n['address']} {state}  GPUs {gpus}  engines: "
+            ram = f"RAM {held.get(n['name'], 0)}/{n.get('host_budget_mib') or 0} MiB"
+            typer.echo(f"node {n['name']} {n['address']} {state}  GPUs {gpus}  {ram}  engines: "
                        f"{', '.join(n['engines']) or '-'}")  # fmt: skip
     failed = [m for m in status["models"] if m["state"] == "failed" and m["last_error"]]
     for m in failed:

@@ -116,6 +116,7 @@ class HostRam:
     """The host RAM budget and the host footprints of models."""
 
     def __init__(self, budget_mib: int | None, footprints: FootprintStore) -> None:
+        self.configured_mib = budget_mib  # host_ram_mib as set (None: MemAvailable)
         self.budget_mib = budget_mib if budget_mib is not None else available_mib()
         self.footprints = footprints
 

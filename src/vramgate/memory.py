@@ -174,6 +174,14 @@ class Memory:
     def host_device(self, held_mib: int) -> GpuMemory:
         return self.host.device(held_mib)
 
+    def host_devices(self, held_by_node: dict[str, int]) -> tuple[GpuMemory, ...]:
+        """On a cluster, each live node's RAM as a device (none on one machine): its budget is
+        host_ram_mib where set, else what the node had available when it joined."""
+        hosts = getattr(self.gpus, "hosts", None)
+        if hosts is None:
+            return ()
+        return tuple(hosts(self.host.configured_mib, held_by_node))
+
     def host_mib(self, inst: Instance) -> int:
         """Host RAM it holds asleep: measured when it last slept; else, at level 1 (weights kept
         in RAM), its GPU footprint, a bound on its weights; level 2 keeps next to nothing."""

@@ -22,12 +22,18 @@ def host_ram(scheduler: Scheduler) -> dict[str, Any]:
             if mib:
                 by_model[name] = mib
     sleeping = [i.host_mib or 0 for i in scheduler.instances.values() if i.state is State.SLEEPING]
+    by_node: dict[str, int] = {}  # on a cluster: what our engines hold of each node's RAM
+    for name, mib in by_model.items():
+        handle = scheduler.instances[name].handle
+        if handle is not None and handle.where:
+            by_node[handle.where] = by_node.get(handle.where, 0) + mib
     return {
         "budget_mib": scheduler.memory.host_budget_mib,
         "used_mib": sum(by_model.values()),
         "sleeping_mib": sum(sleeping),
         "available_mib": available_mib(),
         "models": by_model,
+        "nodes": by_node,
     }
 
 

@@ -118,3 +118,32 @@ def test_the_sleep_tier_on_a_node(gateway, cluster):
                       ["used_mib"] == 6100, 5), gpu  # fmt: skip
     assert ask(gw, "s1") == "tok0 tok1 "  # s2 sleeps, s1 wakes where it slept
     assert gw.model("s1")["wakes"] == 1 and gw.model("s2")["state"] == "sleeping"
+
+
+def cpu_model(mib: int) -> dict:
+    return {
+        "engine": "command",
+        "cmd": fake_cmd("--ram-mib", str(mib)),
+        "device": "cpu",
+        "ram_mib": mib + 60,
+        "nodes": ["gpu-a", "gpu-b"],  # two nodes of the three: a third engine must make way
+    }
+
+
+def test_engines_on_the_cpu_are_placed_in_each_nodes_ram(gateway, cluster):
+    """host_ram_mib is each node's budget: two 360 MiB engines do not fit in one node's 600
+    but one fits on each; a third makes the least recently used one make way, on its node."""
+    models = {"c1": cpu_model(300), "c2": cpu_model(300), "c3": cpu_model(300)}
+    gw = gateway(ray_config(cluster, models, host_ram_mib=600))
+    assert wait_until(lambda: len(gw.status()["nodes"]) == 3, 20)
+    ask(gw, "c1")
+    ask(gw, "c2")
+    first, second = node_of(gw, "c1"), node_of(gw, "c2")
+    assert first != second and gw.model("c1")["state"] == "ready"
+    assert "on the RAM of node" in gw.log()
+    ask(gw, "c1")  # c2 is now the least recently used
+    ask(gw, "c3")
+    assert gw.model("c2")["state"] == "stopped" and gw.model("c1")["state"] == "ready"
+    assert node_of(gw, "c3") == second and "stop c2 (host_ram" in gw.log()
+    held = gw.status()["host_ram"]["nodes"]
+    assert set(held) == {first, second} and all(300 <= mib < 600 for mib in held.values())

@@ -526,3 +526,38 @@ def test_a_model_whose_nodes_are_all_gone_waits():
     gpus = [node_gpu(0, "a")]
     [step] = decide(world(m("t", footprint_mib=1000, nodes=("b",)), gpus=gpus), Room("t"))
     assert isinstance(step, Wait) and "none of its nodes (b)" in step.why
+
+
+def node_ram(node: str, number: int, total: int = 1000, used: int = 0) -> GpuMemory:
+    return GpuMemory(-2 - number, total, used, 0, node=node)
+
+
+def test_an_engine_on_the_cpu_goes_to_the_node_with_room_in_its_ram():
+    busy = m("busy", READY, ram_mib=800, in_flight=1, node="a")
+    snap = world(m("cpu", ram_mib=500), busy,
+                 hosts=(node_ram("a", 0, used=800), node_ram("b", 1)))  # fmt: skip
+    [step] = decide(snap, Room("cpu"))
+    assert isinstance(step, Start) and step.node == "b"
+
+
+def test_room_in_a_nodes_ram_is_made_on_that_node_only():
+    """Tied to node a: the idle engine there makes way, though node b has room."""
+    idle = m("idle", READY, ram_mib=800, node="a", last_used=5)
+    other = m("other", READY, ram_mib=800, node="b", last_used=1)
+    snap = world(m("cpu", ram_mib=500, nodes=("a",)), idle, other,
+                 hosts=(node_ram("a", 0, used=800), node_ram("b", 1, used=800)))  # fmt: skip
+    assert decide(snap, Room("cpu")) == [Stop("idle", "host_ram", "host RAM to start cpu", "cpu")]
+
+
+def test_a_sleeper_counts_against_its_own_nodes_ram():
+    """b's sleepers fill b's RAM, not a's: an engine on a may sleep there."""
+    sleepy = m("s", READY, gpus=(0,), held_mib=6000, can_sleep=True, host_mib=600, node="a",
+               last_used=1)  # fmt: skip
+    full = m("z", SLEEPING, host_mib=900, node="b", last_used=2)
+    gpus = [node_gpu(0, "a", used=6000)]
+    snap = world(m("new", footprint_mib=6000, nodes=("a",)), sleepy, full, gpus=gpus,
+                 hosts=(node_ram("a", 0), node_ram("b", 1, used=900)))  # fmt: skip
+    assert decide(snap, Room("new")) == [Sleep("s", "lru", "to start new", "new")]
+    over = world(m("y", SLEEPING, host_mib=700, node="b", last_used=1), full,
+                 hosts=(node_ram("a", 0), node_ram("b", 1, used=1600)))  # fmt: skip
+    assert decide(over, Tick()) == [Stop("y", "host_ram", "host RAM over 1000 MiB")]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
+from vramgate.hostram import HOST_RESERVE_MIB
 from vramgate.runtimes.ray_cluster import Cluster
 
 
@@ -63,6 +64,19 @@ class ClusterGpus:
                 index = node.first_index + k
                 out.append(GpuMemory(index, total, base + ours[k], self.reserve_mib, others,
                                      node=node.name))  # fmt: skip
+        return out
+
+    def hosts(self, configured_mib: int | None, held_by_node: dict[str, int]) -> list[GpuMemory]:
+        """Each live node's RAM as a device: its budget (host_ram_mib, else what it had
+        available when it joined), less what our engines hold there and, as on a GPU, what
+        the node reports it has available now."""
+        out = []
+        for node in self.cluster.live():
+            budget = configured_mib if configured_mib is not None else node.host_budget_mib
+            available = int(node.reading.get("host_available_mib", budget))
+            held = held_by_node.get(node.name, 0)
+            free = max(0, min(budget - held, available - HOST_RESERVE_MIB))
+            out.append(GpuMemory(-2 - node.number, budget, budget - free, 0, node=node.name))
         return out
 
     async def refresh(self, names: set[str]) -> None:

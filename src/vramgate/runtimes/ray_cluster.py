@@ -35,6 +35,8 @@ class Node:
     totals_mib: list[int]  # its GPUs, by local index
     first_index: int  # its GPU k is the cluster's GPU first_index + k
     kind: str  # nvml, simulated, none
+    number: int = 0  # in order of joining: its RAM's device index in placement is -2 - number
+    host_budget_mib: int = 0  # what it had available when it joined: its default RAM budget
     alive: bool = True
     joined_at: float = field(default_factory=time.time)
     died_at: float | None = None
@@ -174,6 +176,7 @@ class Cluster:
             hello["kind"],
         )  # fmt: skip
         self._next_index += len(node.totals_mib)
+        node.number = len(self.nodes)
         self.nodes[node_id] = node
         removed = len(hello["removed"])
         left = f"; removed {removed} engines an earlier run left" if removed else ""
@@ -182,6 +185,7 @@ class Cluster:
             len(node.totals_mib), node.totals_mib, left,
         )  # fmt: skip
         await self._read(node)
+        node.host_budget_mib = int(node.reading.get("host_available_mib", 0))
         self._changed()
 
     async def dead(self, node: Node, why: str) -> None:

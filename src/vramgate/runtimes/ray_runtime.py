@@ -203,6 +203,7 @@ class RayRuntime:
                 "died_at": n.died_at,
                 "why_dead": n.why_dead or None,
                 "host_available_mib": n.reading.get("host_available_mib"),
+                "host_budget_mib": self.settings.host_ram_mib or n.host_budget_mib,
             }
             for n in self.cluster.nodes.values()
         ]

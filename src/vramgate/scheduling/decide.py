@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from vramgate.errors import NoRoom, QueueFull
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
-from vramgate.hostram import HOST
 from vramgate.scheduling.placement import available_mib, place
 from vramgate.scheduling.snapshot import ModelSnap, Pending, Snapshot, State
 from vramgate.scheduling.steps import (
@@ -177,7 +176,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             return [Wait(_held_by(me, here, residents))]
         gpus = plan.gpus
         why = _where(here, gpus)
-    host = _host_room(snap, me)
+    host, node = _host_room(snap, me, gpus)
     if host is not None:
         return host
     # The count limit: at most max_running engines at once. One being stopped is on its way out:
@@ -189,7 +188,7 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
     ]
     limit = snap.max_running
     if limit is None or len(running) < limit:
-        return [Start(gpus, why)]
+        return [Start(gpus, why, node)]
     idle = [m for m in running if m.is_evictable]
     if idle:
         victim = min(idle, key=lambda m: m.order).name
@@ -202,36 +201,52 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
     return [Wait(f"max_running={limit} and no running engine can make way ({names})")]
 
 
-def _host_room(snap: Snapshot, me: ModelSnap) -> list[Step] | None:
+def _host_room(
+    snap: Snapshot, me: ModelSnap, gpus: tuple[int, ...]
+) -> tuple[list[Step] | None, str]:
     """Host RAM for an engine on the CPU, placed as GPU memory is: it fits in the budget (and in
     what the machine has available), or idle engines on the CPU and sleepers (stopped: asleep
-    they keep what they hold) make way, or busy ones drain; never more than the budget. None:
-    it fits, or needs none."""
-    if snap.host is None or me.ram_mib <= 0:
-        return None
+    they keep what they hold) make way, or busy ones drain; never more than the budget. On a
+    cluster each node's RAM is a device: the node of its GPUs, else the one placement picks
+    among those it may run on. (None, node): it fits there, or needs none."""
+    if me.ram_mib <= 0:
+        return None, ""
+    if snap.hosts:
+        on = {g.node for g in snap.gpus if g.index in gpus}
+        hosts = [h for h in snap.hosts if h.node in on] if gpus else [
+            h for h in snap.hosts if not me.nodes or h.node in me.nodes
+        ]  # fmt: skip
+        if not hosts:
+            return [Wait(f"no live node for it ({', '.join(me.nodes) or 'none joined'})")], ""
+    elif snap.host is not None:
+        hosts = [snap.host]
+    else:
+        return None, ""
+    index = {h.node: h.index for h in hosts}
     residents = [
-        m._replace(gpus=(HOST,), held_mib=m.host_held_mib)
+        m._replace(gpus=(index[m.node],), held_mib=m.host_held_mib)
         for m in snap.models.values()
-        if m.host_held_mib > 0 and m.name != me.name
+        if m.host_held_mib > 0 and m.name != me.name and m.node in index
     ]
-    plan = place(me.ram_mib, [snap.host], residents, me.name, now=snap.now)
+    plan = place(me.ram_mib, hosts, residents, me.name, now=snap.now)
     if plan.refuse:
-        return [
-            Refuse(
-                NoRoom(
-                    f"cannot start '{me.name}': it needs {me.ram_mib} MiB of host RAM and "
-                    f"host_ram_mib is {snap.host.total_mib}; nothing was stopped"
-                )
-            )
-        ]
+        budget = max(h.total_mib for h in hosts)
+        what = "the largest node's RAM budget" if snap.hosts else "host_ram_mib"
+        message = (
+            f"cannot start '{me.name}': it needs {me.ram_mib} MiB of host RAM and {what} is "
+            f"{budget}; nothing was stopped"
+        )
+        return [Refuse(NoRoom(message))], ""
     if plan.evict:
-        return [Stop(n, "host_ram", f"host RAM to start {me.name}", me.name) for n in plan.evict]
+        why = f"host RAM to start {me.name}"
+        return [Stop(n, "host_ram", why, me.name) for n in plan.evict], ""
     if plan.drain:
-        return _drain(snap, me, plan.drain, "host_ram", "host RAM")
+        return _drain(snap, me, plan.drain, "host_ram", "host RAM"), ""
     if plan.wait:
         held = ", ".join(f"{r.name}: {_why_held(r)}" for r in residents)
-        return [Wait(f"host RAM is held by engines that cannot make way ({held})")]
-    return None
+        return [Wait(f"host RAM is held by engines that cannot make way ({held})")], ""
+    chosen = next(h.node for h in hosts if h.index == plan.gpus[0])
+    return None, chosen
 
 
 def _drain(
@@ -263,34 +278,37 @@ def _make_way(snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str
         (m for m in snap.models.values() if m.state is State.SLEEPING and m.name not in names),
         key=lambda m: m.order,
     )
-    used = snap.host_used_mib  # sleepers and engines on the CPU share the host budget
+    # Sleepers and engines on the CPU share the host budget (each node's, on a cluster).
+    used = {n: snap.host_used_on(n) for n in {m.node for m in snap.models.values()}}
     for name in names:
         victim = snap.models[name]
         if victim.state is not State.READY or not victim.can_sleep:
             steps.append(Stop(name, reason, why, me.name))
             continue
-        older = [m for m in asleep if m.order < victim.order]
+        node, budget = victim.node, snap.host_budget_on(victim.node)
+        older = [m for m in asleep if m.order < victim.order and m.node == node]
         freed: list[ModelSnap] = []
-        while used + victim.host_mib > snap.host_budget_mib and older:
+        while used[node] + victim.host_mib > budget and older:
             freed.append(older.pop(0))
-            used -= freed[-1].host_mib
-        if used + victim.host_mib <= snap.host_budget_mib:
+            used[node] -= freed[-1].host_mib
+        if used[node] + victim.host_mib <= budget:
             for m in freed:
                 asleep.remove(m)
                 steps.append(Stop(m.name, "host_ram", f"host RAM for {name} to sleep", me.name))
             steps.append(Sleep(name, reason, why, me.name))
-            used += victim.host_mib
+            used[node] += victim.host_mib
         else:  # even so it would not fit: it stops, and the sleepers stay
-            used += sum(m.host_mib for m in freed)
+            used[node] += sum(m.host_mib for m in freed)
             steps.append(Stop(name, reason, why, me.name))
     return steps
 
 
 def _tick(snap: Snapshot) -> list[Step]:
     """Housekeeping: a reload's pending changes, idle engines that sleep or stop after their
-    time, sleepers over the host RAM budget, pinned models."""
+    time, sleepers over the host RAM budget (each node's, on a cluster), pinned models."""
     steps: list[Step] = []
-    used = snap.host_used_mib  # sleepers and engines on the CPU share the host budget
+    # Sleepers and engines on the CPU share the host budget.
+    used = {n: snap.host_used_on(n) for n in {m.node for m in snap.models.values()}}
     for m in snap.models.values():
         idle_s = snap.now - m.last_used
         if m.pending is not None:
@@ -298,14 +316,15 @@ def _tick(snap: Snapshot) -> list[Step]:
         elif m.state is State.READY and m.is_idle and not m.pinned:
             expired = m.ttl_s > 0 and idle_s >= m.ttl_s
             drowsy = m.can_sleep and m.sleep_after_s > 0 and idle_s >= m.sleep_after_s
-            if drowsy and not expired and used + m.host_mib <= snap.host_budget_mib:
+            room = used[m.node] + m.host_mib <= snap.host_budget_on(m.node)
+            if drowsy and not expired and room:
                 steps.append(Sleep(m.name, "sleep_after", f"idle {idle_s:.0f} s"))
-                used += m.host_mib
+                used[m.node] += m.host_mib
             elif expired:
                 steps.append(Stop(m.name, "ttl"))
         elif m.state is State.SLEEPING and not m.pinned and m.ttl_s > 0 and idle_s >= m.ttl_s:
             steps.append(Stop(m.name, "ttl"))
-            used -= m.host_mib
+            used[m.node] -= m.host_mib
         elif m.pinned and m.state is State.STOPPED:
             steps.append(Begin(m.name))  # pinned models are up at all times
     # Over the host RAM budget (it was lowered, or sleepers grew): least recently used go.
@@ -314,10 +333,11 @@ def _tick(snap: Snapshot) -> list[Step]:
         (m for m in snap.models.values() if m.state is State.SLEEPING and m.name not in stopping),
         key=lambda m: m.order,
     )
-    while used > snap.host_budget_mib and asleep:
-        m = asleep.pop(0)
-        steps.append(Stop(m.name, "host_ram", f"host RAM over {snap.host_budget_mib} MiB"))
-        used -= m.host_mib
+    for m in asleep:
+        budget = snap.host_budget_on(m.node)
+        if used[m.node] > budget:
+            steps.append(Stop(m.name, "host_ram", f"host RAM over {budget} MiB"))
+            used[m.node] -= m.host_mib
     return steps
 
 

@@ -270,8 +270,11 @@ class Scheduler(Stopping, Definitions):
                 changed = self._changed
                 steps = decide(self._snapshot(with_memory=True), Room(inst.name, isolate))
                 match steps:
-                    case [do.Start(gpus=gpus, why=where)]:  # decided, reserved, no await between
-                        inst.admitted = True
+                    case [do.Start(gpus=gpus, why=where, node=node)]:  # decided, reserved
+                        inst.admitted, inst.placed_on = True, node
+                        if node and not gpus:
+                            self.events.record("place", inst.name, f"place {inst.name} on the "
+                                               f"RAM of node {node}")  # fmt: skip
                         if gpus:
                             self.events.record("place", inst.name, f"place {inst.name} on {where}")
                             return gpus, self.memory.attach(inst, gpus)

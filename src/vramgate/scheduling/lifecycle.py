@@ -71,7 +71,7 @@ class Lifecycle:
         spawned = time.monotonic()
         handle = await self.runtime.spawn(
             name, spec_for_port, {**model.env, **env}, gpus, settings.engine_log(name), inst.output,
-            container, tuple(model.nodes),
+            container, (inst.placed_on,) if inst.placed_on else tuple(model.nodes),
         )  # fmt: skip
         inst.handle = handle
         if gpus:

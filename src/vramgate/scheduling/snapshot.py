@@ -73,6 +73,7 @@ class ModelSnap(NamedTuple):
     sleep_after_s: float = 0.0  # idle seconds before it sleeps; 0 = only to make room
     asleep: bool = False  # its engine sleeps (also while a wake is under way: STARTING)
     nodes: tuple[str, ...] = ()  # on a cluster: the nodes it may run on; empty: any
+    node: str = ""  # on a cluster: the node its engine runs (or sleeps) on
 
     @property
     def is_idle(self) -> bool:
@@ -138,7 +139,21 @@ class Snapshot(NamedTuple):
     room_queue: tuple[str, ...] = ()  # starts waiting for room, in arrival order
     host_budget_mib: int = 0  # host RAM that engines on the CPU and sleepers may hold in all
     host: GpuMemory | None = None  # the host's RAM as a device (hostram.HOST), for placement
+    # On a cluster: each live node's RAM as a device of its own (its `node` set), in place of
+    # `host`; engines on the CPU and sleepers hold RAM on their node, against its budget.
+    hosts: tuple[GpuMemory, ...] = ()
 
     @property
     def host_used_mib(self) -> int:
         return sum(m.host_held_mib for m in self.models.values())
+
+    def host_used_on(self, node: str) -> int:
+        """What our engines hold of `node`'s RAM (all of it on one machine)."""
+        if not self.hosts:
+            return self.host_used_mib
+        return sum(m.host_held_mib for m in self.models.values() if m.node == node)
+
+    def host_budget_on(self, node: str) -> int:
+        if not self.hosts:
+            return self.host_budget_mib
+        return next((h.total_mib for h in self.hosts if h.node == node), 0)

@@ -36,6 +36,9 @@ class Start:
     gpus: tuple[int, ...] = ()
     # Why there (the decision log): fits now, or fits once others made way.
     why: str = field(default="", compare=False)
+    # On a cluster: the node whose RAM an engine on the CPU was placed in ("": the runtime's
+    # choice, or the node of its GPUs).
+    node: str = ""
 
 
 @dataclass(frozen=True)

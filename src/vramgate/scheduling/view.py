@@ -24,6 +24,9 @@ def snapshot(
     """Every model given; GPU figures only `with_memory` (reading them costs I/O: NVML, /proc)."""
     models = {i.name: _snap(i, settings, memory, adapters, with_memory) for i in instances}
     held = sum(m.host_held_mib for m in models.values())
+    by_node: dict[str, int] = {}
+    for m in models.values():
+        by_node[m.node] = by_node.get(m.node, 0) + m.host_held_mib
     return Snapshot(
         models,
         memory.memory() if with_memory else (),
@@ -34,6 +37,7 @@ def snapshot(
         room_queue,
         memory.host_budget_mib,
         memory.host_device(held) if with_memory else None,
+        memory.host_devices(by_node) if with_memory else (),
     )
 
 
@@ -87,4 +91,5 @@ def _snap(
         sleep_after_s=defaults.sleep_after if model.sleep_after is None else model.sleep_after,
         asleep=inst.asleep,
         nodes=tuple(model.nodes),
+        node=inst.handle.where if inst.handle is not None else "",
     )
