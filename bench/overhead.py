@@ -5,6 +5,10 @@
 Load comes from wrk (Debian's `wrk`), a C load generator light enough not to crowd the gateway
 off the two cores. The gateway starts the fake engine itself; we reach that very process both
 directly (its port from /gateway/status) and through the gateway, so the only difference is us.
+nginx (where installed: `apt-get install nginx-light`), one worker process as the gateway is one
+process, proxies to the same engines with kept-alive upstream connections: the reference proxy,
+measured in the same run (`--no-nginx` leaves it out). Each target gets a 1 s warm-up run, not
+counted; `gw cpu us` is the gateway's own CPU (user + system) per request, from /proc.
 Streams are paced by the engine (--stream-tokens-per-s per stream); streamed tokens/s is the
 completed streams per second times tokens per stream (every chunk is relayed, as tests check).
 
@@ -104,12 +108,13 @@ def cases(stream_tokens: int, apis: bool) -> list[Case]:
 @dataclass
 class Run:
     mode: str  # instant | short (non-streamed) | paced (streamed)
-    target: str  # direct | gateway
+    target: str  # direct | gateway | nginx
     concurrency: int
     requests_per_s: float
     p50_ms: float
     p99_ms: float
     errors: int  # summed over the repeats
+    cpu_us_per_request: float | None  # the proxy's own CPU (user + system); None: direct
 
 
 def _ms(value: str) -> float:
@@ -130,9 +135,10 @@ def wrk(
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(SOCKET_ERRORS, out)
-    if not (p50 and p99 and rps):
+    if not (p50 and p99 and rps and total):
         raise RuntimeError(f"could not read wrk's output:\n{out}")
     failed = int(errors.group(1)) if errors else 0
     if socket_errors:
@@ -142,7 +148,18 @@ def wrk(
         "p50_ms": _ms(p50.group(1)),
         "p99_ms": _ms(p99.group(1)),
         "errors": failed,
+        "requests": int(total.group(1)),
     }
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User and system CPU seconds these processes have used."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        used += int(fields[11]) + int(fields[12])  # utime, stime
+    return used / ticks
 
 
 def _place(served: list[int], concurrency: int, pin_latency: bool) -> str | None:
@@ -161,8 +178,70 @@ def _place(served: list[int], concurrency: int, pin_latency: bool) -> str | None
 
 
 def _median(results: list[dict[str, Any]]) -> dict[str, Any]:
-    med = {k: statistics.median(r[k] for r in results) for k in results[0] if k != "errors"}
-    return med | {"errors": sum(r["errors"] for r in results)}
+    keys = [k for k in results[0] if k not in ("errors", "cpu_us_per_request")]
+    med = {k: statistics.median(r[k] for r in results) for k in keys}
+    cpu = [r["cpu_us_per_request"] for r in results if r["cpu_us_per_request"] is not None]
+    return med | {
+        "errors": sum(r["errors"] for r in results),
+        "cpu_us_per_request": statistics.median(cpu) if cpu else None,
+    }
+
+
+NGINX = """
+daemon off;
+worker_processes {workers};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+{servers}
+}}
+"""
+NGINX_SERVER = """
+    upstream engine_{port} {{ server 127.0.0.1:{port}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://engine_{port};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}"""
+
+
+def start_nginx(tmp: Path, engine_ports: list[int], workers: int) -> tuple[subprocess.Popen, dict]:
+    """nginx in front of each engine port; returns it and {engine port: nginx port}."""
+    listen = {port: free_port() for port in engine_ports}
+    servers = "".join(NGINX_SERVER.format(port=p, listen=listen[p]) for p in engine_ports)
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX.format(workers=workers, tmp=tmp, servers=servers))
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for port in listen.values():
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            proc.kill()
+            raise RuntimeError(f"nginx did not start: {(tmp / 'nginx-error.log').read_text()}")
+    return proc, listen
+
+
+def nginx_pids(master: int) -> list[int]:
+    """nginx's master and its workers (pinned alike with the rest of what is served)."""
+    children = Path(f"/proc/{master}/task/{master}/children")
+    found = children.read_text().split() if children.exists() else []
+    return [master, *(int(pid) for pid in found)]
 
 
 def get_json(url: str) -> dict:
@@ -188,6 +267,10 @@ def main() -> None:
     parser.add_argument(
         "--apis", action="store_true", help="Also Anthropic's and Ollama's routes (same run)."
     )
+    parser.add_argument(
+        "--no-nginx", dest="nginx", action="store_false", help="Leave nginx out of the run."
+    )
+    parser.add_argument("--nginx-workers", type=int, default=1)
     parser.add_argument(
         "--cases", nargs="+", default=None, help="Only these cases (labels in the table)."
     )
@@ -237,6 +320,8 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    nginx: subprocess.Popen | None = None
+    proxied: dict[int, int] = {}
     try:
         for _ in range(300):
             try:
@@ -252,6 +337,13 @@ def main() -> None:
         models = get_json(base + "/gateway/status")["models"]
         ports = {m["name"]: m["port"] for m in models}
         served = [gateway.pid, *(m["pid"] for m in models)]
+        proxies = {"gateway": [gateway.pid]}
+        if args.nginx and shutil.which("nginx"):
+            nginx, proxied = start_nginx(tmp, sorted(set(ports.values())), args.nginx_workers)
+            proxies["nginx"] = nginx_pids(nginx.pid)
+            served += proxies["nginx"]
+        elif args.nginx:
+            print("nginx not found (apt-get install nginx-light): left out", file=sys.stderr)
         runs = []
         for case in cases(args.stream_tokens, args.apis):
             if case.label not in args.cases:
@@ -263,12 +355,24 @@ def main() -> None:
                     "direct": (direct, case.direct_body),
                     "gateway": (base + case.path, case.body),
                 }
+                if nginx is not None and case.path == case.direct_path:  # relayed as it is
+                    via = f"http://127.0.0.1:{proxied[ports[case.model]]}{case.direct_path}"
+                    targets["nginx"] = (via, case.direct_body)
                 results: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
                 # Alternate direct and gateway runs so that a slow spell of this shared VM hits
                 # both alike; medians of the repeats are what is reported.
+                for url, body in targets.values():  # a warm-up run of each, not counted
+                    wrk(url, body, concurrency, 1, script, wrk_cpus)
                 for _ in range(args.repeat):
                     for target, (url, body) in targets.items():
+                        pids = proxies.get(target, [])
+                        before = cpu_s(pids)
                         result = wrk(url, body, concurrency, args.duration, script, wrk_cpus)
+                        used = cpu_s(pids) - before
+                        result["cpu_us_per_request"] = (
+                            round(used * 1e6 / max(result["requests"], 1), 1) if pids else None
+                        )
+                        del result["requests"]
                         results[target].append(result)
                         print(
                             f"  {case.label:14} {target:7} c={concurrency:<4} {result}",
@@ -279,6 +383,9 @@ def main() -> None:
     finally:
         gateway.terminate()
         gateway.wait(30)
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(30)
 
     summary = summarize(runs, args.stream_tokens)
     print_table(summary)
@@ -315,6 +422,13 @@ def summarize(runs: list[Run], stream_tokens: int) -> list[dict[str, Any]]:
                 "added_p99_ms": round(g.p99_ms - d.p99_ms, 3),
                 "errors": d.errors + g.errors,
             }
+            row["gateway_cpu_us"] = g.cpu_us_per_request
+            n = _find_any(runs, mode, "nginx", c)
+            row["nginx_cpu_us"] = n.cpu_us_per_request if n else None
+            row["nginx_ratio"] = round(n.requests_per_s / d.requests_per_s, 3) if n else None
+            row["nginx_added_p50_ms"] = round(n.p50_ms - d.p50_ms, 3) if n else None
+            if n:
+                row["errors"] += n.errors
             if mode == "paced" or mode.endswith("-s"):
                 row["direct_tokens_per_s"] = round(d.requests_per_s * stream_tokens, 1)
                 row["gateway_tokens_per_s"] = round(g.requests_per_s * stream_tokens, 1)
@@ -323,7 +437,21 @@ def summarize(runs: list[Run], stream_tokens: int) -> list[dict[str, Any]]:
 
 
 def _find(runs: list[Run], mode: str, target: str, concurrency: int) -> Run:
-    return next(r for r in runs if (r.mode, r.target, r.concurrency) == (mode, target, concurrency))
+    found = _find_any(runs, mode, target, concurrency)
+    assert found is not None, (mode, target, concurrency)
+    return found
+
+
+def _find_any(runs: list[Run], mode: str, target: str, concurrency: int) -> Run | None:
+    key = (mode, target, concurrency)
+    return next((r for r in runs if (r.mode, r.target, r.concurrency) == key), None)
+
+
+def _cell(fmt: str, value: Any) -> str:
+    """A value in its column; a case nginx did not run (translated) shows a dash."""
+    if value is None:
+        return f"{'-':>{len(fmt.format(0))}}"
+    return fmt.format(value)
 
 
 def print_table(summary: list[dict[str, Any]]) -> None:
@@ -337,6 +465,10 @@ def print_table(summary: list[dict[str, Any]]) -> None:
         ("gw p50 ms", "gateway_p50_ms", "{:>9.2f}"),
         ("+p50 ms", "added_p50_ms", "{:>8.3f}"),
         ("+p99 ms", "added_p99_ms", "{:>9.3f}"),
+        ("gw cpu us", "gateway_cpu_us", "{:>9.1f}"),
+        ("nginx", "nginx_ratio", "{:>6.3f}"),
+        ("ng +p50", "nginx_added_p50_ms", "{:>8.3f}"),
+        ("ng cpu us", "nginx_cpu_us", "{:>9.1f}"),
         ("errors", "errors", "{:>6}"),
     ]
     print(
@@ -345,7 +477,7 @@ def print_table(summary: list[dict[str, Any]]) -> None:
         )
     )
     for row in summary:
-        print(" ".join(fmt.format(row[key]) for _, key, fmt in columns))
+        print(" ".join(_cell(fmt, row[key]) for _, key, fmt in columns))
     for row in summary:
         if "gateway_tokens_per_s" in row:
             print(

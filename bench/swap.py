@@ -4,7 +4,8 @@ through llama.cpp's own router, and by hand; the sleep tier's wake; a long promp
     python -m bench.swap [--rounds 8] [--prompt-tokens 3000] [--out FILE.json]
 
 1. Cold swap: two copies of gemma 3 270M asked alternately for 1 token, one engine at a time:
-   vramgate (`max_running: 1`), llama.cpp's router (`llama-server --models-dir D --models-max 1`)
+   vramgate (`max_running: 1`) plain and with `keep_kv: true`, llama.cpp's router
+   (`llama-server --models-dir D --models-max 1`)
    and the floor, a bare llama-server stopped and started by hand (SIGTERM and wait, start, poll
    /health every 5 ms, ask). Median and max of request to answer.
 2. Sleep tier: two fake engines on a simulated GPU that fits one, `sleep: 1`, waking in --wake-s:
@@ -68,8 +69,10 @@ def copies(folder: Path) -> list[Path]:
     return paths
 
 
-def through_vramgate(paths: list[Path], rounds: int) -> list[float]:
-    models = {p.stem: {"engine": "llamacpp", "source": str(p)} for p in paths}
+def through_vramgate(paths: list[Path], rounds: int, keep_kv: bool = False) -> list[float]:
+    """Alternating swaps; `keep_kv`: each engine saves its slots before it stops and restores
+    them when it starts again (the 1-token prompts leave next to nothing worth keeping)."""
+    models = {p.stem: {"engine": "llamacpp", "source": str(p), "keep_kv": keep_kv} for p in paths}
     with running_gateway(models, max_running=1, engines={"llamacpp": {"binary": BINARY}}) as http:
         return alternate(http, list(models), rounds)
 
@@ -181,6 +184,7 @@ def main() -> None:
         paths = copies(Path(tmp))
         swaps = {
             "vramgate": summary(through_vramgate(paths, args.rounds)),
+            "vramgate_keep_kv": summary(through_vramgate(paths, args.rounds, keep_kv=True)),
             "router": summary(through_router(Path(tmp), args.rounds)),
             "by_hand": summary(by_hand(paths, args.rounds)),
         }
@@ -198,6 +202,8 @@ def main() -> None:
     ours = swaps["vramgate"]["median_ms"]
     floor, router = swaps["by_hand"]["median_ms"], swaps["router"]["median_ms"]
     print(f"vramgate / by hand {ours / floor:.2f}, vramgate / router {ours / router:.2f}")
+    kept = swaps["vramgate_keep_kv"]["median_ms"]
+    print(f"kept KV / plain swap {kept / ours:.2f}")
     print(
         f"sleep tier: wake {args.wake_s * 1000:.0f} ms by the knob, request to answer median "
         f"{sleep['median_ms']} ms (gateway {sleep['gateway_ms_median']} ms), "

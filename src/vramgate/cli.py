@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from vramgate.config import ConfigError, Settings, engine_kinds, load_settings
+from vramgate.httpserver import MergedWritesProtocol
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -75,7 +76,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=MergedWritesProtocol,  # uvicorn's httptools protocol, one write per answer
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         # Engines are reached on loopback only; no X-Forwarded-* rewriting, no extra headers.

@@ -66,7 +66,7 @@ SERVE, QUEUE, JOIN = Serve(), Queue(), Join()
 def decide(snap: Snapshot, ask: Ask) -> list[Step]:
     """The steps for `ask` in the world `snap` describes."""
     if isinstance(ask, Request):
-        return [_request(snap.models[ask.name])]
+        return [decide_request(snap.models[ask.name])]
     if isinstance(ask, Room):
         return _room(snap, snap.models[ask.name], ask.isolate)
     if isinstance(ask, Yield):
@@ -74,8 +74,9 @@ def decide(snap: Snapshot, ask: Ask) -> list[Step]:
     return _tick(snap)
 
 
-def _request(m: ModelSnap) -> Step:
-    """A request, as a list of cases."""
+def decide_request(m: ModelSnap) -> Step:
+    """A request, as a list of cases. It reads only the model's own fields (those
+    `view.request_snap` fills): the driver's hot path asks this without a whole snapshot."""
     # 1. A start is under way: join it, never start a second engine.
     if m.state is State.STARTING:
         return JOIN

@@ -1,6 +1,6 @@
 """The driver: asks `decide` what to do and carries the steps out with the runtime and memory.
 
-It decides nothing itself. Cold start: a request asks `decide(Request)` -> Begin; the start task
+It decides nothing itself. Cold start: a request asks `decide_request` -> Begin; the start task
 asks `decide(Room)` until it says Start(gpus) (stopping or draining others meanwhile); the runtime
 spawns the engine; its readiness is awaited; every request that joined the start is served.
 """
@@ -28,7 +28,7 @@ from vramgate.proxy import new_upstream_session
 from vramgate.readahead import readahead
 from vramgate.runtimes.base import Runtime
 from vramgate.scheduling import steps as do
-from vramgate.scheduling.decide import Request, Room, Tick, Yield, decide
+from vramgate.scheduling.decide import Room, Tick, Yield, decide, decide_request
 from vramgate.scheduling.definitions import Definitions
 from vramgate.scheduling.lifecycle import Lifecycle
 from vramgate.scheduling.slots import (
@@ -42,7 +42,7 @@ from vramgate.scheduling.slots import (
 )
 from vramgate.scheduling.snapshot import State, cost_weight
 from vramgate.scheduling.stopping import Stopping
-from vramgate.scheduling.view import snapshot
+from vramgate.scheduling.view import request_snap, snapshot
 from vramgate.upstream import UpstreamPool
 
 log = logging.getLogger("vramgate.scheduler")
@@ -110,7 +110,7 @@ class Scheduler(Stopping, Definitions):
         deadline: float | None = None  # set once it must wait: the fast path reads no clock
         while True:
             changed = self._changed
-            [step] = decide(self._snapshot((inst,)), Request(name))
+            step = decide_request(request_snap(inst, self.settings))
             match step:
                 case do.Serve():
                     assert inst.handle is not None

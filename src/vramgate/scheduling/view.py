@@ -41,6 +41,23 @@ def snapshot(
     )
 
 
+def request_snap(inst: Instance, settings: Settings) -> ModelSnap:
+    """What a request's decision reads of its model (`decide.decide_request`), and nothing
+    else: built per request, so the rest (memory, TTL, sleep) is left at its defaults."""
+    model = inst.model
+    max_queue = model.max_queue
+    return ModelSnap(
+        name=inst.name,
+        state=inst.state,
+        in_flight=inst.in_flight,
+        queued=len(inst.slot_waiters),
+        max_concurrency=model.max_concurrency,
+        max_queue=settings.defaults.max_queue if max_queue is None else max_queue,
+        draining_for=inst.draining_for,
+        pending=inst.pending,
+    )
+
+
 def ttl_of(inst: Instance, settings: Settings) -> float:
     """Idle seconds before its stop (0: never): what a client asked for until the next stop
     (Ollama's keep_alive), else its configuration's."""
