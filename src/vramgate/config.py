@@ -183,10 +183,12 @@ class ModelConfig(_Strict):
     sleep_after: float | None = Field(
         default=None, ge=0, description="Idle seconds before it sleeps (default: defaults')."
     )
-    keep_kv: bool = Field(
-        default=False,
+    keep_kv: bool | None = Field(
+        default=None,
         description="Save the engine's KV caches before it stops and restore them at its next "
-        "start (llamacpp); sliding-window models then run with --swa-full (a larger cache).",
+        "start (llamacpp). Default: on for llama-server models without sliding-window "
+        "attention; sliding-window models (gemma 2 and 3) keep them only with keep_kv: true, "
+        "as they then run with --swa-full (a larger cache, ~0.3 s more per start here).",
     )
     dtype: str | None = Field(
         default=None,

@@ -56,6 +56,7 @@ class Instance:
     admitted: bool = False  # its start was granted room; False again once its engine is gone
     health_failures: int = 0  # readiness probes in a row that a ready engine did not answer
     asleep: bool = False  # its engine sleeps (SLEEPING, or STARTING while it wakes)
+    kv_key: str | None = None  # its engine was started to keep its KV caches, under this key
     placed_on: str = ""  # on a cluster: the node its start was placed on by its RAM ("": any)
     host_mib: int | None = None  # host RAM it held when it last slept (measured)
     sleeps: int = 0

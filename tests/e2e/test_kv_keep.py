@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.e2e.test_llama_server import BINARY, GGUF, _require_e2e
+from tests.e2e.test_llama_server import BINARY, CHAT_GGUF, GGUF, _require_e2e
 
 # About 1100 tokens: long enough that its prefill is most of an answer's time on a CPU.
 PROMPT = " ".join(f"The {i}th stone of the old wall was grey and cold." for i in range(70))
@@ -51,3 +51,24 @@ def test_a_prompt_cached_before_a_swap_is_not_evaluated_again(gateway):
     gw.config_path.write_text(yaml.safe_dump(config))
     assert gw.http.post("/admin/reload", json={}).json()["changed"] == ["kept"]
     assert ask(gw, "kept")["timings"]["cache_n"] == 0
+
+
+def test_models_that_do_not_slide_keep_their_caches_by_default(gateway):
+    """SmolLM2 (llama, no sliding window) with keep_kv unset: its caches are kept across a
+    swap, without --swa-full; `keep_kv: false` opts out."""
+    _require_e2e()
+    common = {"engine": "llamacpp", "source": CHAT_GGUF, "args": ["-c", "2048"]}
+    gw = gateway(
+        {
+            "engines": {"llamacpp": {"binary": BINARY}},
+            "max_running": 1,
+            "models": {"smol": common, "off": common | {"keep_kv": False}},
+        }
+    )
+    tokens = ask(gw, "smol")["usage"]["prompt_tokens"]
+    assert ask(gw, "off")["timings"]["cache_n"] == 0  # the swap: `smol` saves its slots
+    again = ask(gw, "smol")
+    assert again["timings"]["cache_n"] >= tokens - 1 and again["timings"]["prompt_n"] <= 1
+    assert ask(gw, "off")["timings"]["cache_n"] == 0
+    assert "--slot-save-path" in gw.engine_log("smol") and "--swa-full" not in gw.engine_log("smol")
+    assert "--slot-save-path" not in gw.engine_log("off")

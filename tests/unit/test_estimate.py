@@ -54,6 +54,25 @@ def test_gguf_header_is_read_without_the_weights(tmp_path):
     assert meta["tokenizer.ggml.tokens"] == 5000  # a long array stands for its length
 
 
+def test_gguf_header_is_read_once_per_file_version(tmp_path):
+    """Starts ask for the header at every swap: the same file is read once; a file written
+    again (another size or mtime) is read again; long arrays of numbers are skipped too."""
+    path = make_gguf(tmp_path / "m.gguf", vocab=5000)
+    first = read_gguf_header(path)
+    assert read_gguf_header(tmp_path / "." / "m.gguf") is first
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(3)
+    w.add_array("scores", [0.5] * 6000)
+    w.add_token_list([f"t{i}" for i in range(6000)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    meta, tensor_bytes = read_gguf_header(path)
+    assert meta["general.architecture"] == "llama" and meta["llama.block_count"] == 3
+    assert meta["scores"] == 6000 and meta["tokenizer.ggml.tokens"] == 6000
+    assert tensor_bytes == 0
+
+
 def test_gguf_estimate_with_sliding_window_layers(tmp_path):
     """gemma3: every 6th layer global; the others keep window + ubatch cells (padded to 256)."""
     est = estimate_gguf(make_gguf(tmp_path / "m.gguf"), ["-c", "4096"])
@@ -86,6 +105,24 @@ def test_keeping_kv_counts_the_full_sliding_window_cache(tmp_path):
         "--slot-save-path", str(tmp_path)
     ]  # fmt: skip
     assert adapters(Settings())["vllm"].kv_args(model, tmp_path) is None
+
+
+def test_kv_keeping_is_on_by_default_for_llama_server_models_that_do_not_slide(tmp_path):
+    """keep_kv unset: llama-server keeps the caches of a model without sliding-window
+    attention (a swap costs a few ms more), not of one that slides (its --swa-full costs each
+    start); keep_kv true or false decides either way; other engines keep nothing unasked."""
+    from vramgate.config import ModelConfig, Settings
+    from vramgate.engines import adapters
+
+    engines = adapters(Settings())
+    flat = ModelConfig(engine="llamacpp", source=str(make_gguf(tmp_path / "f.gguf", window=0)))
+    slides = ModelConfig(engine="llamacpp", source=str(make_gguf(tmp_path / "s.gguf")))
+    llama = engines["llamacpp"]
+    assert llama.keeps_kv(flat) and not llama.keeps_kv(slides)
+    assert llama.keeps_kv(slides.model_copy(update={"keep_kv": True}))
+    assert not llama.keeps_kv(flat.model_copy(update={"keep_kv": False}))
+    assert not llama.keeps_kv(flat.model_copy(update={"source": "org/repo"}))  # not a file yet
+    assert not engines["vllm"].keeps_kv(ModelConfig(engine="vllm", source="org/repo"))
 
 
 def test_gguf_estimate_defaults_to_the_training_context_and_honours_cache_types(tmp_path):

@@ -132,6 +132,11 @@ class EngineAdapter(ABC):
         engines that cannot (kvcache.py says how it is used)."""
         return None
 
+    def keeps_kv(self, model: ModelConfig) -> bool:
+        """Whether `model`'s engine keeps its KV caches across swaps: its `keep_kv`, else this
+        engine's default (off, where it cannot)."""
+        return bool(model.keep_kv)
+
     def answer_fix(self, asked: str, path: str) -> AnswerFix | None:
         """How this engine's answers on `path` must be mended before the client, who asked for
         model `asked`, sees them; None (the default, and the fast path): as they come."""

@@ -7,6 +7,7 @@ safety margin, and the first measurement replaces it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -106,11 +107,22 @@ _SMALL_ARRAY = 4096  # longer arrays (token lists) are skipped and stood for by 
 def read_gguf_header(path: Path) -> tuple[dict[str, Any], int]:
     """A GGUF file's metadata and the bytes of all its tensors, read from the header alone.
 
-    Our own reader rather than gguf.GGUFReader: that one builds Python objects for every token
-    of the vocabulary, about 20 s for a 262k-token model on this machine; this takes ~0.2 s.
+    Read once per file (path, size and mtime): starts, notes, estimates and the Ollama routes
+    all ask, and a read holds the GIL, which a start of a model with keep_kv paid at every swap
+    (bench/swap.py). The metadata returned is shared: read it, never change it.
     """
+    stat = path.stat()
+    return _read_gguf_header(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_gguf_header(path_name: str, size: int, mtime_ns: int) -> tuple[dict[str, Any], int]:
+    """Our own reader rather than gguf.GGUFReader: that one builds Python objects for every
+    token of the vocabulary, about 20 s for a 262k-token model on this machine; this skips
+    long arrays (token lists) without decoding them."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+    path = Path(path_name)
     with path.open("rb") as f:
 
         def read(fmt: str) -> Any:
@@ -126,9 +138,16 @@ def read_gguf_header(path: Path) -> tuple[dict[str, Any], int]:
                 return string()
             if kind == 9:
                 item, count = int(read("<I")), int(read("<Q"))
-                if count > _SMALL_ARRAY:
-                    for _ in range(count):
-                        value(item)
+                if count > _SMALL_ARRAY:  # stood for by its length, skipped unread
+                    if item in _GGUF_SCALARS:
+                        f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), 1)
+                    elif item == 8:
+                        length = struct.Struct("<Q")
+                        for _ in range(count):
+                            f.seek(length.unpack(f.read(8))[0], 1)
+                    else:
+                        for _ in range(count):
+                            value(item)
                     return count
                 return [value(item) for _ in range(count)]
             raise EstimateError(f"{path}: unknown GGUF value type {kind}")

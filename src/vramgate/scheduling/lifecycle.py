@@ -52,11 +52,12 @@ class Lifecycle:
         # Engines that size themselves are told their share, in bytes.
         extra = adapter.memory_args(model, budget) if budget is not None else []
         kv_key = None
-        if model.keep_kv:
+        if await asyncio.to_thread(adapter.keeps_kv, model):
             key = footprint_key(name, model)
             kv_args = await asyncio.to_thread(adapter.kv_args, model, self.kv.folder(key))
             if kv_args is not None:  # else this engine cannot keep them
                 kv_key, extra = key, [*extra, *kv_args]
+        inst.kv_key = kv_key  # this engine's caches are saved under it before it stops
 
         def spec_for_port(port: int) -> LaunchSpec:
             spec = adapter.launch(name, model, port)
@@ -127,11 +128,10 @@ class Lifecycle:
 
     async def save_kv(self, inst: Instance) -> None:
         """A ready engine about to stop saves its KV caches, where its model keeps them."""
-        handle = inst.handle
-        if not inst.model.keep_kv or handle is None or handle.returncode is not None:
+        handle, key = inst.handle, inst.kv_key
+        if key is None or handle is None or handle.returncode is not None:
             return
         assert self.http is not None
-        key = footprint_key(inst.name, inst.model)
         save = self.kv.save(self.http, handle.base_url, key, handle.headers)
         await quietly("save", inst.name, save)
 
