@@ -57,6 +57,9 @@ class Instance:
     health_failures: int = 0  # readiness probes in a row that a ready engine did not answer
     asleep: bool = False  # its engine sleeps (SLEEPING, or STARTING while it wakes)
     kv_key: str | None = None  # its engine was started to keep its KV caches, under this key
+    kv_restored: int = 0  # tokens restored at this start, until the first answer says if used
+    kv_reused: bool | None = None  # what the first answer after the last restore said
+    kv_unread: int = 0  # answers after a restore still to read for it (KV_PEEKS at most)
     placed_on: str = ""  # on a cluster: the node its start was placed on by its RAM ("": any)
     host_mib: int | None = None  # host RAM it held when it last slept (measured)
     sleeps: int = 0
@@ -133,4 +136,5 @@ class Instance:
             "sleeps": self.sleeps,
             "wakes": self.wakes,
             "wake_s": self.wake_s,
+            "kv_reused": self.kv_reused,
         }

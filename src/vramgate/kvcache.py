@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Mapping
 from pathlib import Path
 
 import aiohttp
+import orjson
 
 from vramgate.filenames import file_stem
 
@@ -71,9 +72,15 @@ class KvStore:
         return saved
 
     async def restore(
-        self, http: aiohttp.ClientSession, base_url: str, key: str, headers: Headers = None
+        self,
+        http: aiohttp.ClientSession,
+        base_url: str,
+        key: str,
+        headers: Headers = None,
+        tokens: list[int] | None = None,
     ) -> int:
-        """Restores the saved slots of `key` into the same slot ids; returns how many."""
+        """Restores the saved slots of `key` into the same slot ids; returns how many. Each
+        slot's tokens, as llama-server counts what it read back, go into `tokens`."""
         folder = self.folder(key)
         restored = 0
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
@@ -86,6 +93,9 @@ class KvStore:
             async with http.post(url, json=body, timeout=timeout, headers=headers) as resp:
                 if resp.status == 200:
                     restored += 1
+                    if tokens is not None:
+                        with contextlib.suppress(Exception):  # no count given: unknown
+                            tokens.append(int((await resp.json())["n_restored"]))
                 else:
                     log.warning("restoring %s failed: %s", path, (await resp.text())[:200])
         folder.touch()  # used: last to go
@@ -104,6 +114,33 @@ class KvStore:
                 shutil.rmtree(folder)
             log.info("kv cache of %s removed (disk budget %d MiB)", folder.name,
                      self.budget_bytes >> 20)  # fmt: skip
+
+
+def reuse_of(content: bytes) -> tuple[int, int] | None:
+    """llama-server's own account of a (non-streamed) answer's prompt: (tokens taken from its
+    cache, tokens evaluated), from `timings`; None where the answer has none."""
+    try:
+        timings = orjson.loads(content).get("timings")
+        return int(timings["cache_n"]), int(timings["prompt_n"])
+    except Exception:
+        return None
+
+
+def reuse_event(name: str, restored: int, cache_n: int, prompt_n: int) -> tuple[str, bool]:
+    """What the first answer after a restore says of it: (message, reused)."""
+    if cache_n > 0:
+        return (
+            f"model '{name}': its restored KV cache was used: {cache_n} prompt tokens from it, "
+            f"{prompt_n} evaluated",
+            True,
+        )
+    return (
+        f"model '{name}': its restored KV cache ({restored} tokens) was not used by the first "
+        f"answer after the start (cache_n 0, {prompt_n} tokens evaluated): this prompt shares "
+        "no prefix with the saved ones, or llama-server ignores restored slots (a sliding-window "
+        "model without --swa-full, some builds)",
+        False,
+    )
 
 
 async def quietly(what: str, name: str, call: Awaitable[int]) -> int:

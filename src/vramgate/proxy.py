@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -138,8 +139,10 @@ async def relay(
     shape: Shape = OPENAI,
     opened: Opened | None = None,
     head: bytes = b"",
+    peek: Callable[[int, bytes], None] | None = None,
 ) -> bool:
-    """`mend`: the engine's answers need mending or translating; None for engines that speak
+    """`peek`, where given, sees a whole answer's status and body as the engine sent them.
+    `mend`: the engine's answers need mending or translating; None for engines that speak
     the client's API as it is, the hot path. EngineGone: nothing reached the engine (the caller
     may try again); any other failure is answered here, in `shape`, never sent twice, and
     returns True: the engine broke (it may be dying: the caller lets its exit be seen before it
@@ -168,6 +171,8 @@ async def relay(
     finally:
         answer.release()
     status, content_type = answer.status, answer.content_type
+    if peek is not None:
+        peek(status, content)
     if mend is not None:
         status, content_type, content = mend.whole(status, content_type, content)
     if started:  # a stream was promised: its error goes into it

@@ -38,6 +38,8 @@ def test_a_prompt_cached_before_a_swap_is_not_evaluated_again(gateway):
     again = ask(gw, "kept")  # evicts `plain`; `kept` restores before it serves
     assert again["timings"]["cache_n"] >= tokens - 1, again["timings"]
     assert again["timings"]["prompt_n"] <= 1
+    assert gw.model("kept")["kv_reused"] is True  # the gateway read the same from the answer
+    assert "its restored KV cache was used" in gw.log()
     assert ask(gw, "plain")["timings"]["cache_n"] == 0  # no keeping: nothing kept
     log = gw.log()
     assert "model 'kept': kv cache save: 1 slot(s)" in log
@@ -70,5 +72,10 @@ def test_models_that_do_not_slide_keep_their_caches_by_default(gateway):
     again = ask(gw, "smol")
     assert again["timings"]["cache_n"] >= tokens - 1 and again["timings"]["prompt_n"] <= 1
     assert ask(gw, "off")["timings"]["cache_n"] == 0
+    # A prompt that shares nothing with the saved ones: the restore goes unused, and is reported.
+    other = {"model": "smol", "prompt": "Unrelated words.", "max_tokens": 1, "temperature": 0}
+    assert gw.http.post("/v1/completions", json=other, timeout=120).status_code == 200
+    assert gw.model("smol")["kv_reused"] is False
+    assert "its restored KV cache" in gw.log() and "was not used by the first answer" in gw.log()
     assert "--slot-save-path" in gw.engine_log("smol") and "--swa-full" not in gw.engine_log("smol")
     assert "--slot-save-path" not in gw.engine_log("off")

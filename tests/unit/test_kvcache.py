@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vramgate.config import ModelConfig
 from vramgate.gpu.footprints import footprint_key
-from vramgate.kvcache import KvStore
+from vramgate.kvcache import KvStore, reuse_event, reuse_of
 
 
 def fill(store: KvStore, key: str, mib: int, mtime: float) -> Path:
@@ -41,3 +41,17 @@ def test_keeping_kv_or_changing_args_changes_the_key():
     other = kept.model_copy(update={"args": ["-c", "4096"]})
     keys = {footprint_key("g", m) for m in (base, kept, other)}
     assert len(keys) == 3
+
+
+def test_the_first_answer_after_a_restore_says_whether_it_was_used():
+    """llama-server's `timings` (cache_n: tokens from its cache, prompt_n: evaluated) tell a
+    restore that was used from one that was not; answers without them say nothing."""
+
+    used = b'{"choices": [], "timings": {"cache_n": 1100, "prompt_n": 1}}'
+    assert reuse_of(used) == (1100, 1)
+    assert reuse_of(b'{"data": [{"embedding": [0.1]}]}') is None
+    assert reuse_of(b"not json") is None
+    message, reused = reuse_event("m", 1101, 1100, 1)
+    assert reused and "1100 prompt tokens from it" in message
+    message, reused = reuse_event("m", 1101, 0, 1101)
+    assert not reused and "(1101 tokens) was not used" in message and "--swa-full" in message

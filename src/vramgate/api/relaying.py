@@ -230,10 +230,14 @@ async def run(
                 async with hold as lease:
                     await keeper.stop()
                     timing.waited = time.perf_counter() - waiting
+                    # The first answers after a KV restore say whether the engine used it.
+                    inst = lease.instance
+                    peek = scheduler.life.kv_peek(inst) if inst.kv_restored else None
                     try:
                         broke = await relay(
                             scheduler.upstream, routed.name, lease.url, routed.path, routed.body,
                             routed.is_stream, send, timing, routed.mend, shape, opened, lease.head,
+                            peek,
                         )  # fmt: skip
                         if broke:
                             scheduler.release_after_exit(hold, BROKEN_EXIT_S)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -16,7 +17,7 @@ from vramgate.errors import EngineOutOfMemory, EngineStartFailed
 from vramgate.events import Events
 from vramgate.gpu.footprints import footprint_key
 from vramgate.instances import Instance
-from vramgate.kvcache import KvStore, quietly
+from vramgate.kvcache import KvStore, quietly, reuse_event, reuse_of
 from vramgate.memory import Memory
 from vramgate.proxy import split_url
 from vramgate.runtimes.base import EngineHandle, Runtime
@@ -26,6 +27,7 @@ from vramgate.scheduling.snapshot import State
 from vramgate.upstream import UpstreamPool
 
 # What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
+KV_PEEKS = 8  # answers read for llama-server's account of a restore before giving up
 OOM_OUTPUT = re.compile(r"out of memory|cudaMalloc failed|hipMalloc failed|OutOfMemoryError", re.I)
 
 
@@ -94,8 +96,11 @@ class Lifecycle:
         if kv_key is not None:
             assert self.http is not None
             # Before it serves: the first request finds its prefix cached as before the swap.
-            restore = self.kv.restore(self.http, handle.base_url, kv_key, handle.headers)
-            await quietly("restore", name, restore)
+            tokens: list[int] = []
+            restore = self.kv.restore(self.http, handle.base_url, kv_key, handle.headers, tokens)
+            if await quietly("restore", name, restore) and sum(tokens):
+                # The first answer says whether llama-server used it (relaying.run asks).
+                inst.kv_restored, inst.kv_reused, inst.kv_unread = sum(tokens), None, KV_PEEKS
         # On the CPU (or partly): its host RAM, learned as its GPU memory is.
         await asyncio.to_thread(self.memory.measure_host, inst, new_load=True)
         if gpus:
@@ -125,6 +130,24 @@ class Lifecycle:
             await self.spawn_until_ready(settings, adapter, inst, env, gpus)
             return
         self.events.record("wake", inst.name, f"{inst.name} woke in {took:.3f} s", seconds=took)
+
+    def kv_peek(self, inst: Instance) -> Callable[[int, bytes], None]:
+        """Reads llama-server's `timings` in the first whole answer after a KV restore: the
+        cache used (cache_n > 0) or not, in the events and the model's `kv_reused`."""
+
+        def peek(status: int, content: bytes) -> None:
+            seen = reuse_of(content) if status == 200 and inst.kv_restored else None
+            if seen is None:  # no account of its prompt (an embedding, an error): the next one
+                inst.kv_unread -= 1
+                if inst.kv_unread <= 0:  # its answers never say: stop reading them
+                    inst.kv_restored = 0
+                return
+            restored, inst.kv_restored = inst.kv_restored, 0
+            message, inst.kv_reused = reuse_event(inst.name, restored, *seen)
+            level = "info" if inst.kv_reused else "warning"
+            self.events.record("kv", inst.name, message, level=level)
+
+        return peek
 
     async def save_kv(self, inst: Instance) -> None:
         """A ready engine about to stop saves its KV caches, where its model keeps them."""

@@ -79,11 +79,8 @@ def _snap(
     with_memory: bool,
 ) -> ModelSnap:
     model, defaults = inst.model, settings.defaults
-    return ModelSnap(
-        name=inst.name,
-        state=inst.state,
-        in_flight=inst.in_flight,
-        queued=len(inst.slot_waiters),
+    # A request's own fields, then the rest: the two views agree by construction.
+    return request_snap(inst, settings)._replace(
         joining=inst.joining,
         last_used=inst.last_used,
         pinned=model.pinned,
@@ -94,11 +91,7 @@ def _snap(
         held_mib=memory.held_mib(inst) if with_memory else 0,
         loaded_at=inst.loaded_at,
         drain_after_s=settings.gpus.drain_after,
-        max_concurrency=model.max_concurrency,
-        max_queue=defaults.max_queue if model.max_queue is None else model.max_queue,
         ttl_s=ttl_of(inst, settings),
-        draining_for=inst.draining_for,
-        pending=inst.pending,
         admitted=inst.admitted,
         made_way_for=inst.made_way_for,
         can_sleep=model.sleep > 0 and adapters[model.engine].sleep_calls(model) is not None,
