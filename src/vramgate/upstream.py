@@ -47,7 +47,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
         self.lost_at = 0.0
-        self.lost_cleanly = False
+        self.lost_unread = False
         self.paused = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -88,9 +88,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.lost_at = self.loop.time()
-        # A reset counts as clean here: the engine's socket was closed (or closed unread), so
+        # A clean close, or a reset: the engine's socket was closed (or closed unread), so
         # whatever we wrote into it was never read by the engine.
-        self.lost_cleanly = exc is None or isinstance(exc, ConnectionResetError)
+        self.lost_unread = exc is None or isinstance(exc, ConnectionResetError)
         self.pool.forget(self)
         if not self.complete:
             reason = f" ({exc})" if exc else ""
@@ -190,7 +190,7 @@ class _Connection(asyncio.Protocol):
         """The engine closed this (kept-alive) connection cleanly or with a reset, within RACE_S
         of the write, having sent nothing of an answer."""
         quick = self.lost_at - written < RACE_S
-        return self.lost and self.lost_cleanly and not self.got_bytes and quick
+        return self.lost and self.lost_unread and not self.got_bytes and quick
 
     def close(self) -> None:
         self.lost = True

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import fake_cmd
 from vramgate.testing.ray_cluster import LocalRay
 
 
@@ -62,3 +63,13 @@ def ray_config(cluster: LocalRay, models: dict, **extra) -> dict:
         "models": models,
         **extra,
     }
+
+
+def engine(mib: int, *knobs: str, **extra) -> dict:
+    return {"engine": "command", "cmd": fake_cmd("--vram-mib", str(mib), *knobs),
+            "vram_mib": mib, **extra}  # fmt: skip
+
+
+def ask(gw, model: str, tokens: int = 2) -> str:
+    reply = gw.client.completions.create(model=model, prompt="x", max_tokens=tokens)
+    return reply.choices[0].text

@@ -13,24 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import ray_config
-from tests.conftest import fake_cmd, pid_alive, wait_until
+from tests.cluster.conftest import ask, engine, ray_config
+from tests.conftest import pid_alive, wait_until
 from vramgate.filenames import file_stem
 
 
 @pytest.fixture(scope="module")
 def cluster(make_cluster):
     return make_cluster({"gpu-a": "10000", "gpu-b": "10000"})
-
-
-def engine(mib: int, *knobs: str, **extra) -> dict:
-    return {"engine": "command", "cmd": fake_cmd("--vram-mib", str(mib), *knobs),
-            "vram_mib": mib, **extra}  # fmt: skip
-
-
-def ask(gw, model: str, tokens: int = 2) -> str:
-    reply = gw.client.completions.create(model=model, prompt="x", max_tokens=tokens)
-    return reply.choices[0].text
 
 
 def live_gpus(gw) -> set[str]:

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.cluster.conftest import ray_config
+from tests.cluster.conftest import ask, engine, ray_config
 from tests.conftest import fake_cmd, wait_until
 
 NODES = {"gpu-a": "10000", "gpu-b": "10000"}
@@ -21,16 +21,6 @@ NODES = {"gpu-a": "10000", "gpu-b": "10000"}
 @pytest.fixture(scope="module")
 def cluster(make_cluster):
     return make_cluster(NODES)
-
-
-def engine(mib: int, *knobs: str, **extra) -> dict:
-    return {"engine": "command", "cmd": fake_cmd("--vram-mib", str(mib), *knobs),
-            "vram_mib": mib, **extra}  # fmt: skip
-
-
-def ask(gw, model: str, tokens: int = 2) -> str:
-    reply = gw.client.completions.create(model=model, prompt="x", max_tokens=tokens)
-    return reply.choices[0].text
 
 
 def node_of(gw, model: str) -> str | None:

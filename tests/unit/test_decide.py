@@ -561,3 +561,20 @@ def test_a_sleeper_counts_against_its_own_nodes_ram():
     over = world(m("y", SLEEPING, host_mib=700, node="b", last_used=1), full,
                  hosts=(node_ram("a", 0), node_ram("b", 1, used=1600)))  # fmt: skip
     assert decide(over, Tick()) == [Stop("y", "host_ram", "host RAM over 1000 MiB")]
+
+
+def test_yielding_on_a_node_sleeps_within_that_nodes_ram():
+    """Other programs past the share on node a's GPU: the idle engine there sleeps if node a's
+    RAM has room, whatever node b's sleepers hold; with a full, it stops."""
+    from vramgate.scheduling.decide import Yield
+
+    idle = m("idle", READY, gpus=(0,), held_mib=3000, can_sleep=True, host_mib=600, node="a",
+             last_used=50)  # fmt: skip
+    elsewhere = m("z", SLEEPING, host_mib=900, node="b", last_used=2)
+    others = GpuMemory(0, 10_000, 9500, 500, 6500, node="a")  # 3000 ours + 6500 others
+    why = "other programs use 6500 MiB of GPU 0"
+    snap = world(idle, elsewhere, gpus=[others], now=100.0,
+                 hosts=(node_ram("a", 0), node_ram("b", 1, used=900)))  # fmt: skip
+    assert decide(snap, Yield(0.9)) == [Sleep("idle", "yield", why)]
+    full = snap._replace(hosts=(node_ram("a", 0, total=500), node_ram("b", 1, used=900)))
+    assert decide(full, Yield(0.9)) == [Stop("idle", "yield", why)]

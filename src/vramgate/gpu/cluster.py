@@ -72,7 +72,7 @@ class ClusterGpus:
         the node reports it has available now."""
         out = []
         for node in self.cluster.live():
-            budget = configured_mib if configured_mib is not None else node.host_budget_mib
+            budget = node.ram_budget_mib(configured_mib)
             available = int(node.reading.get("host_available_mib", budget))
             held = held_by_node.get(node.name, 0)
             free = max(0, min(budget - held, available - HOST_RESERVE_MIB))

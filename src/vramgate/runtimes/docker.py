@@ -359,11 +359,8 @@ class ContainerEngine:
         )  # fmt: skip
 
     def _start_error(self, what: str) -> EngineStartFailed:
-        lines = "\n".join(self.tail(15)) or "(no output)"
-        return EngineStartFailed(
-            f"model '{self.name}' failed to start: its container (image '{self.image}') {what}.",
-            detail=f"Last output:\n{lines}",
-        )
+        where = f": its container (image '{self.image}') {what}"
+        return readiness.start_failed(self.name, where, self.tail(15))
 
     async def stop(self, timeout_s: float) -> int | None:
         """Docker's stop (SIGTERM, SIGKILL after `timeout_s`), then removal; bounded."""

@@ -247,10 +247,7 @@ class EngineProcess:
                 await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
 
     def _start_error(self, what: str) -> EngineStartFailed:
-        lines = "\n".join(self.tail(15)) or "(no output)"
-        return EngineStartFailed(
-            f"model '{self.name}' failed to start: engine {what}.", detail=f"Last output:\n{lines}"
-        )
+        return readiness.start_failed(self.name, f": engine {what}", self.tail(15))
 
     async def stop(self, timeout_s: float) -> int | None:
         """SIGTERM to the group, then after `timeout_s` (or at once, if the engine has gone)

@@ -48,6 +48,10 @@ class Node:
     def indices(self) -> list[int]:
         return [self.first_index + k for k in range(len(self.totals_mib))]
 
+    def ram_budget_mib(self, configured_mib: int | None) -> int:
+        """Its RAM budget: host_ram_mib where set, else what it had available when it joined."""
+        return configured_mib if configured_mib is not None else self.host_budget_mib
+
 
 async def call(ref: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
     """Awaits a Ray call, bounded: TimeoutError after `timeout_s`."""

@@ -142,11 +142,8 @@ class RayEngine:
         )  # fmt: skip
 
     def _start_error(self, what: str) -> EngineStartFailed:
-        lines = "\n".join(self.tail(15)) or "(no output)"
-        return EngineStartFailed(
-            f"model '{self.name}' failed to start on node {self.node.name}: engine {what}.",
-            detail=f"Last output:\n{lines}",
-        )
+        where = f" on node {self.node.name}: engine {what}"
+        return readiness.start_failed(self.name, where, self.tail(15))
 
     async def stop(self, timeout_s: float) -> int | None:
         """Its agent stops it (SIGTERM, SIGKILL after `timeout_s`); bounded, whatever the node."""
@@ -203,7 +200,7 @@ class RayRuntime:
                 "died_at": n.died_at,
                 "why_dead": n.why_dead or None,
                 "host_available_mib": n.reading.get("host_available_mib"),
-                "host_budget_mib": self.settings.host_ram_mib or n.host_budget_mib,
+                "host_budget_mib": n.ram_budget_mib(self.settings.host_ram_mib),
             }
             for n in self.cluster.nodes.values()
         ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from vramgate.errors import EngineStartFailed
 from vramgate.runtimes.base import IsReady
 
 READY_POLL_S = 0.025
@@ -51,3 +52,11 @@ async def poll_until_ready(
         if time.monotonic() >= deadline:
             raise on_timeout()
         await asyncio.wait({exited}, timeout=READY_POLL_S)
+
+
+def start_failed(name: str, what: str, tail: list[str]) -> EngineStartFailed:
+    """A start that failed: `what` happened (where), and the engine's last output."""
+    lines = "\n".join(tail) or "(no output)"
+    return EngineStartFailed(
+        f"model '{name}' failed to start{what}.", detail=f"Last output:\n{lines}"
+    )

@@ -280,7 +280,7 @@ def _make_way(snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str
         key=lambda m: m.order,
     )
     # Sleepers and engines on the CPU share the host budget (each node's, on a cluster).
-    used = {n: snap.host_used_on(n) for n in {m.node for m in snap.models.values()}}
+    used = snap.host_used_by_node()
     for name in names:
         victim = snap.models[name]
         if victim.state is not State.READY or not victim.can_sleep:
@@ -308,8 +308,8 @@ def _tick(snap: Snapshot) -> list[Step]:
     """Housekeeping: a reload's pending changes, idle engines that sleep or stop after their
     time, sleepers over the host RAM budget (each node's, on a cluster), pinned models."""
     steps: list[Step] = []
-    # Sleepers and engines on the CPU share the host budget.
-    used = {n: snap.host_used_on(n) for n in {m.node for m in snap.models.values()}}
+    # Sleepers and engines on the CPU share the host budget (each node's, on a cluster).
+    used = snap.host_used_by_node()
     for m in snap.models.values():
         idle_s = snap.now - m.last_used
         if m.pending is not None:

@@ -26,8 +26,8 @@ from vramgate.scheduling.slots import send_back
 from vramgate.scheduling.snapshot import State
 from vramgate.upstream import UpstreamPool
 
-# What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
 KV_PEEKS = 8  # answers read for llama-server's account of a restore before giving up
+# What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
 OOM_OUTPUT = re.compile(r"out of memory|cudaMalloc failed|hipMalloc failed|OutOfMemoryError", re.I)
 
 
@@ -53,12 +53,14 @@ class Lifecycle:
         budget = self.memory.budget(inst) if gpus else None
         # Engines that size themselves are told their share, in bytes.
         extra = adapter.memory_args(model, budget) if budget is not None else []
-        kv_key = None
-        if await asyncio.to_thread(adapter.keeps_kv, model):
-            key = footprint_key(name, model)
-            kv_args = await asyncio.to_thread(adapter.kv_args, model, self.kv.folder(key))
-            if kv_args is not None:  # else this engine cannot keep them
-                kv_key, extra = key, [*extra, *kv_args]
+        key = footprint_key(name, model)
+
+        def kv_args() -> list[str] | None:  # reads the GGUF header, makes the folder: a thread
+            return adapter.kv_args(model, self.kv.folder(key)) if adapter.keeps_kv(model) else None
+
+        kept = await asyncio.to_thread(kv_args)  # None: not kept, or this engine cannot
+        kv_key = key if kept is not None else None
+        extra = [*extra, *(kept or [])]
         inst.kv_key = kv_key  # this engine's caches are saved under it before it stops
 
         def spec_for_port(port: int) -> LaunchSpec:
@@ -92,7 +94,7 @@ class Lifecycle:
                 raise EngineOutOfMemory(exc.message, detail=exc.detail) from exc
             raise
         # What bringing it back costs (gpus.eviction: cost), learned with its footprint.
-        self.memory.footprints.record_load_s(footprint_key(name, model), time.monotonic() - spawned)
+        self.memory.footprints.record_load_s(key, time.monotonic() - spawned)
         if kv_key is not None:
             assert self.http is not None
             # Before it serves: the first request finds its prefix cached as before the swap.

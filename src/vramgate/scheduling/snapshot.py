@@ -153,6 +153,11 @@ class Snapshot(NamedTuple):
             return self.host_used_mib
         return sum(m.host_held_mib for m in self.models.values() if m.node == node)
 
+    def host_used_by_node(self) -> dict[str, int]:
+        """host_used_on for every node our models are on: what sleeps and what runs on the
+        CPU there, to count against host_budget_on as decisions add to it."""
+        return {n: self.host_used_on(n) for n in {m.node for m in self.models.values()}}
+
     def host_budget_on(self, node: str) -> int:
         if not self.hosts:
             return self.host_budget_mib

@@ -16,7 +16,7 @@ from vramgate.scheduling.steps import Sleep, Step, Stop
 
 def make_way(snap: Snapshot, share: float) -> list[Step]:
     steps: list[Step] = []
-    host_used = snap.host_used_mib
+    host_used = snap.host_used_by_node()  # each node's, on a cluster
     for gpu in snap.gpus:
         limit = int(share * gpu.total_mib)
         ours = gpu.used_mib - gpu.others_mib
@@ -30,10 +30,10 @@ def make_way(snap: Snapshot, share: float) -> list[Step]:
             if (
                 m.state is State.READY
                 and m.can_sleep
-                and host_used + m.host_mib <= snap.host_budget_mib
+                and host_used[m.node] + m.host_mib <= snap.host_budget_on(m.node)
             ):
                 steps.append(Sleep(m.name, "yield", why))
-                host_used += m.host_mib
+                host_used[m.node] += m.host_mib
             else:
                 steps.append(Stop(m.name, "yield", why))
             over -= m.on(gpu.index)
