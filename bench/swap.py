@@ -1,17 +1,21 @@
 """Swaps on the CPU, in one run: what a request that needs another model costs through vramgate,
 through llama.cpp's own router, and by hand; the sleep tier's wake; a long prompt after a swap.
 
-    python -m bench.swap [--rounds 8] [--prompt-tokens 3000] [--out FILE.json]
+    python -m bench.swap [--rounds 8] [--prompt-tokens 4200] [--out FILE.json]
 
 1. Cold swap: two copies of gemma 3 270M asked alternately for 1 token, one engine at a time:
-   vramgate (`max_running: 1`) plain and with `keep_kv: true`, llama.cpp's router
+   vramgate (`max_running: 1`) plain (`keep_kv: false`) and keeping its KV caches, at gemma's
+   default 32k context (kept only with `keep_kv: true`: the full sliding cache costs) and at
+   4k (kept by default), SmolLM2 (no sliding window, kept by default) likewise; plain and
+   kept runs take turns, twice each. Then llama.cpp's router
    (`llama-server --models-dir D --models-max 1`)
    and the floor, a bare llama-server stopped and started by hand (SIGTERM and wait, start, poll
    /health every 5 ms, ask). Median and max of request to answer.
 2. Sleep tier: two fake engines on a simulated GPU that fits one, `sleep: 1`, waking in --wake-s:
    request to answer after a swap, and the gateway's time beyond the wake itself.
-3. KV keeping: a ~N-token prompt, then a swap, then the same prompt, with and without
-   `keep_kv`: request to answer (1 token) after the swap, and the prefill it replaces.
+3. KV keeping: a ~N-token prompt, then a swap, then the same prompt, gemma kept by default
+   and with `keep_kv: false`: request to answer (1 token) after the swap, and the prefill it
+   replaces.
 4. Readiness gap: how long after a (fake) engine is ready the gateway sees it.
 Needs scripts/setup.sh's exports (llama-server, gemma).
 """
@@ -38,6 +42,7 @@ from vramgate.runtimes.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GGUF = os.environ.get("VRAMGATE_DEFAULT_GGUF", "")
+CHAT_GGUF = os.environ.get("VRAMGATE_CHAT_GGUF", "")
 BINARY = os.environ.get("VRAMGATE_ENGINES__LLAMACPP__BINARY", "")
 FAKE = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
 
@@ -62,19 +67,41 @@ def alternate(http: httpx.Client, names: list[str], rounds: int) -> list[float]:
     return times
 
 
-def copies(folder: Path) -> list[Path]:
-    paths = [folder / f"gemma-copy-{i}.gguf" for i in (1, 2)]
+def copies(folder: Path, source: str = GGUF, stem: str = "gemma") -> list[Path]:
+    paths = [folder / f"{stem}-copy-{i}.gguf" for i in (1, 2)]
     for path in paths:
-        shutil.copy(GGUF, path)
+        shutil.copy(source, path)
     return paths
 
 
-def through_vramgate(paths: list[Path], rounds: int, keep_kv: bool = False) -> list[float]:
+def through_vramgate(
+    paths: list[Path], rounds: int, keep_kv: bool | None = False, args: list[str] | None = None
+) -> list[float]:
     """Alternating swaps; `keep_kv`: each engine saves its slots before it stops and restores
-    them when it starts again (the 1-token prompts leave next to nothing worth keeping)."""
-    models = {p.stem: {"engine": "llamacpp", "source": str(p), "keep_kv": keep_kv} for p in paths}
+    them when it starts again (the 1-token prompts leave next to nothing worth keeping); None:
+    the gateway's default for the model."""
+    model: dict[str, Any] = {"engine": "llamacpp", "args": args or []}
+    if keep_kv is not None:
+        model["keep_kv"] = keep_kv
+    models = {p.stem: model | {"source": str(p)} for p in paths}
     with running_gateway(models, max_running=1, engines={"llamacpp": {"binary": BINARY}}) as http:
         return alternate(http, list(models), rounds)
+
+
+def plain_and_kept(
+    paths: list[Path], rounds: int, kept: bool | None, args: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Plain (keep_kv: false) and kept swaps in turns, twice each, so that the machine's drift
+    falls on both alike; `kept`: True, or None where the model keeps its caches by default."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(2):
+        for keep in (False, True):
+            times[keep] += through_vramgate(
+                paths, max(1, rounds // 2), kept if keep else False, args
+            )
+    plain, keeping = summary(times[False]), summary(times[True])
+    return {"plain": plain, "kept": keeping | {"keep_kv": kept, "args": args or [],
+            "ratio": round(keeping["median_ms"] / plain["median_ms"], 3)}}  # fmt: skip
 
 
 def wait_health(url: str, proc: subprocess.Popen[bytes] | None = None, poll_s: float = 0.005):
@@ -158,7 +185,8 @@ def readiness_gap(rounds: int) -> list[float]:
 def kv_after_swap(prompt_tokens: int) -> dict[str, Any]:
     prompt = " ".join(["The old stone wall was grey and cold."] * (prompt_tokens // 10))
     common = {"engine": "llamacpp", "source": GGUF, "args": ["-c", str(prompt_tokens + 512)]}
-    models = {"kept": common | {"keep_kv": True}, "plain": common, "other": common}
+    # kept: keep_kv unset (at this context gemma keeps its caches by default)
+    models = {"kept": common, "plain": common | {"keep_kv": False}, "other": common}
     result: dict[str, Any] = {}
     with running_gateway(models, max_running=1, engines={"llamacpp": {"binary": BINARY}}) as http:
         for name in ("kept", "plain"):
@@ -174,7 +202,7 @@ def kv_after_swap(prompt_tokens: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--prompt-tokens", type=int, default=3000)
+    parser.add_argument("--prompt-tokens", type=int, default=4200)
     parser.add_argument("--wake-s", type=float, default=0.5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "swap.json"))
     args = parser.parse_args()
@@ -182,12 +210,19 @@ def main() -> None:
         sys.exit("needs llama-server and gemma: source scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="vramgate-swap-") as tmp:
         paths = copies(Path(tmp))
+        keeping = {
+            "gemma 32k, keep_kv: true": plain_and_kept(paths, args.rounds, True),
+            "gemma 4k, default": plain_and_kept(paths, args.rounds, None, ["-c", "4096"]),
+        }
         swaps = {
-            "vramgate": summary(through_vramgate(paths, args.rounds)),
-            "vramgate_keep_kv": summary(through_vramgate(paths, args.rounds, keep_kv=True)),
+            "vramgate": keeping["gemma 32k, keep_kv: true"]["plain"],
             "router": summary(through_router(Path(tmp), args.rounds)),
             "by_hand": summary(by_hand(paths, args.rounds)),
         }
+    if CHAT_GGUF:
+        with tempfile.TemporaryDirectory(prefix="vramgate-swap-") as tmp:
+            smol = copies(Path(tmp), CHAT_GGUF, "smollm2")
+            keeping["SmolLM2 8k, default"] = plain_and_kept(smol, args.rounds, None)
     wakes = sleep_tier(args.rounds, args.wake_s)
     gateway_ms = [(w - args.wake_s) * 1000 for w in wakes]
     sleep = summary(wakes) | {
@@ -202,8 +237,10 @@ def main() -> None:
     ours = swaps["vramgate"]["median_ms"]
     floor, router = swaps["by_hand"]["median_ms"], swaps["router"]["median_ms"]
     print(f"vramgate / by hand {ours / floor:.2f}, vramgate / router {ours / router:.2f}")
-    kept = swaps["vramgate_keep_kv"]["median_ms"]
-    print(f"kept KV / plain swap {kept / ours:.2f}")
+    print(f"{'kept KV caches':<26}{'plain ms':>10}{'kept ms':>10}{'kept/plain':>12}")
+    for name, pair in keeping.items():
+        plain, kept = pair["plain"]["median_ms"], pair["kept"]["median_ms"]
+        print(f"{name:<26}{plain:>10}{kept:>10}{pair['kept']['ratio']:>12}")
     print(
         f"sleep tier: wake {args.wake_s * 1000:.0f} ms by the knob, request to answer median "
         f"{sleep['median_ms']} ms (gateway {sleep['gateway_ms_median']} ms), "
@@ -213,7 +250,8 @@ def main() -> None:
     for name, row in kv.items():
         print(f"{args.prompt_tokens}-token prompt, {name}: first {row['first_ms']} ms, "
               f"warm {row['warm_ms']} ms, after a swap {row['after_swap_ms']} ms")  # fmt: skip
-    result = {"swaps": swaps, "sleep": sleep, "kv": kv, "readiness_gap": gap, "rounds": args.rounds,
+    result = {"swaps": swaps, "keeping": keeping, "sleep": sleep, "kv": kv, "readiness_gap": gap,
+              "rounds": args.rounds,
               "prompt_tokens": args.prompt_tokens, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "cpus": os.cpu_count()}  # fmt: skip
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

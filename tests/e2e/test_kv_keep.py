@@ -19,15 +19,17 @@ def ask(gw, model: str) -> dict:
 
 def test_a_prompt_cached_before_a_swap_is_not_evaluated_again(gateway):
     """Stopped and started again, the engine finds the slots it saved: the same prompt reuses
-    the cache (llama-server's own count, `timings.cache_n`) instead of a prefill. The model that
-    does not keep them, and a changed definition of the same one, start from nothing."""
+    the cache (llama-server's own count, `timings.cache_n`) instead of a prefill. gemma 3
+    slides: at a 2048 context its full cache costs nothing more, so it is kept with keep_kv
+    unset. The model that does not keep them (keep_kv: false), and a changed definition of
+    the same one, start from nothing."""
     _require_e2e()
     common = {"engine": "llamacpp", "source": GGUF, "args": ["-c", "2048"]}
     gw = gateway(
         {
             "engines": {"llamacpp": {"binary": BINARY}},
             "max_running": 1,  # each request for the other model is a swap
-            "models": {"kept": common | {"keep_kv": True}, "plain": common},
+            "models": {"kept": common, "plain": common | {"keep_kv": False}},
         }
     )
     first = ask(gw, "kept")
@@ -47,6 +49,7 @@ def test_a_prompt_cached_before_a_swap_is_not_evaluated_again(gateway):
     assert "model 'plain': kv cache" not in log
     assert "--swa-full" in gw.engine_log("kept")  # gemma 3 slides: the full cache is kept
     assert "--swa-full" not in gw.engine_log("plain")
+    assert "--slot-save-path" not in gw.engine_log("plain")
     # A changed definition (other args) never restores the old cache.
     config = yaml.safe_load(gw.config_path.read_text())
     config["models"]["kept"]["args"] = ["-c", "2560"]

@@ -267,10 +267,21 @@ def test_estimate_command_prints_the_parts(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "s: GGUF gemma3, context 4096"
+    # Its KV caches are kept by default (the full sliding cache adds 7.5 MiB, 5%): 12 x 2 MiB.
+    assert lines[0] == "s: GGUF gemma3, full sliding-window cache (--swa-full), context 4096"
     assert lines[1].split() == ["weights", "3.0", "MiB"]
-    assert lines[2].split() == ["KV", "cache", "9.0", "MiB"]  # 2 global x 2 + 10 sliding x 0.5
+    assert lines[2].split() == ["KV", "cache", "24.0", "MiB"]
     assert "placement uses" in lines[-1]
+    text = config.read_text().replace("'4096']}", "'4096'], keep_kv: false}")
+    config.write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-m", "vramgate", "estimate", "s", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = out.stdout.splitlines()
+    assert lines[0] == "s: GGUF gemma3, context 4096"
+    # 2 global layers x 2 MiB, 10 sliding x 2560 cells (4 slots' windows and a ubatch): 1.25
+    assert lines[2].split() == ["KV", "cache", "16.5", "MiB"]
     missing = subprocess.run(
         [sys.executable, "-m", "vramgate", "estimate", "nope", "--config", str(config)],
         capture_output=True, text=True, timeout=60,

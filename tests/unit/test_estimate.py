@@ -74,12 +74,24 @@ def test_gguf_header_is_read_once_per_file_version(tmp_path):
 
 
 def test_gguf_estimate_with_sliding_window_layers(tmp_path):
-    """gemma3: every 6th layer global; the others keep window + ubatch cells (padded to 256)."""
-    est = estimate_gguf(make_gguf(tmp_path / "m.gguf"), ["-c", "4096"])
+    """gemma3: every 6th layer global; the others keep the window of each of llama-server's
+    4 slots and one ubatch, padded to 256 (4 x 512 + 512, as llama-server reported for gemma 3
+    270M); with -np N each slot has its own window + ubatch, with -kvu they share one."""
+    path = make_gguf(tmp_path / "m.gguf")
+    est = estimate_gguf(path, ["-c", "4096"])
     per_cell = 2 * (64 * 2 + 64 * 2)  # 2 KV heads, K and V of 64, f16
     global_layers, sliding_layers = 2, 10
-    expected_kv = global_layers * 4096 * per_cell + sliding_layers * 1024 * per_cell
-    assert est.kv_cache_mib == expected_kv / MIB
+
+    def kv(sliding_cells: int) -> float:
+        return (global_layers * 4096 + sliding_layers * sliding_cells) * per_cell / MIB
+
+    assert est.kv_cache_mib == kv(2560)
+    # Cell counts llama-server printed for gemma 3 270M with these flags (-c 8192).
+    assert estimate_gguf(path, ["-c", "4096", "-np", "1"]).kv_cache_mib == kv(1024)
+    assert estimate_gguf(path, ["-c", "4096", "-np", "2"]).kv_cache_mib == kv(2048)
+    assert estimate_gguf(path, ["-c", "4096", "-np", "2", "-kvu"]).kv_cache_mib == kv(1536)
+    assert estimate_gguf(path, ["-c", "4096", "-np", "3", "-ub", "256"]).kv_cache_mib == kv(2304)
+    assert estimate_gguf(path, ["-c", "2048"]).kv_cache_mib == 12 * 2048 * per_cell / MIB
     assert est.weights_mib == 3.0
     assert est.compute_mib == 1000 * 512 * 4 / MIB  # logits of one ubatch
     assert est.overhead_mib == PROCESS_OVERHEAD_MIB
@@ -107,22 +119,35 @@ def test_keeping_kv_counts_the_full_sliding_window_cache(tmp_path):
     assert adapters(Settings())["vllm"].kv_args(model, tmp_path) is None
 
 
-def test_kv_keeping_is_on_by_default_for_llama_server_models_that_do_not_slide(tmp_path):
+def test_kv_keeping_is_on_by_default_where_the_full_sliding_cache_costs_little(tmp_path):
     """keep_kv unset: llama-server keeps the caches of a model without sliding-window
-    attention (a swap costs a few ms more), not of one that slides (its --swa-full costs each
-    start); keep_kv true or false decides either way; other engines keep nothing unasked."""
+    attention (a swap costs a few ms more), and of one that slides only while its full cache
+    (--swa-full, zeroed at every start) adds at most 5% to its estimate: at its 8192
+    context not (+28 MiB on ~170), at 4096 yes (+7.5 MiB); the estimate and the footprint key
+    follow. keep_kv true or false decides either way; other engines keep nothing unasked."""
     from vramgate.config import ModelConfig, Settings
     from vramgate.engines import adapters
+    from vramgate.gpu.footprints import footprint_key
 
     engines = adapters(Settings())
     flat = ModelConfig(engine="llamacpp", source=str(make_gguf(tmp_path / "f.gguf", window=0)))
     slides = ModelConfig(engine="llamacpp", source=str(make_gguf(tmp_path / "s.gguf")))
+    short = slides.model_copy(update={"args": ["-c", "4096"]})
     llama = engines["llamacpp"]
-    assert llama.keeps_kv(flat) and not llama.keeps_kv(slides)
+    assert llama.keeps_kv(flat) and not llama.keeps_kv(slides) and llama.keeps_kv(short)
+    per_cell = 2 * (64 * 2 + 64 * 2)
+    assert estimate_model(short).kv_cache_mib == 12 * 4096 * per_cell / MIB  # type: ignore[union-attr]
+    plain_kv = (2 * 8192 + 10 * 2560) * per_cell / MIB
+    assert estimate_model(slides).kv_cache_mib == plain_kv  # type: ignore[union-attr]
     assert llama.keeps_kv(slides.model_copy(update={"keep_kv": True}))
+    assert not llama.keeps_kv(short.model_copy(update={"keep_kv": False}))
     assert not llama.keeps_kv(flat.model_copy(update={"keep_kv": False}))
     assert not llama.keeps_kv(flat.model_copy(update={"source": "org/repo"}))  # not a file yet
     assert not engines["vllm"].keeps_kv(ModelConfig(engine="vllm", source="org/repo"))
+    # Each keep_kv setting has its own measured footprint: unset follows the file.
+    settings = (None, True, False)
+    keys = {footprint_key("m", short.model_copy(update={"keep_kv": k})) for k in settings}
+    assert len(keys) == 3
 
 
 def test_gguf_estimate_defaults_to_the_training_context_and_honours_cache_types(tmp_path):
@@ -144,6 +169,25 @@ def test_real_gemma_estimate_is_near_the_h100_readings():
     for context, measured in ((2048, 882), (32768, 1010)):
         est = estimate_gguf(Path(gguf), ["-c", str(context)])
         assert abs(est.total_mib - measured) / measured < 0.10, (context, est)
+
+
+def test_real_gemma_keeps_its_kv_by_default_up_to_a_5k_context():
+    """gemma 3 270M slides (15 of 18 layers): its full cache adds 22 MiB (2%) at 4096, 38 MiB
+    at 5120, 82 MiB (9%) at 8192 and 442 MiB at its 32768 default, where a start zeroes it for
+    ~0.25 s here."""
+    import os
+
+    from vramgate.config import Settings
+    from vramgate.engines import adapters
+
+    gguf = os.environ.get("VRAMGATE_DEFAULT_GGUF")
+    if not gguf:
+        pytest.skip("needs the gemma GGUF (scripts/setup.sh)")
+    llama = adapters(Settings())["llamacpp"]
+    kept = {c: llama.keeps_kv(ModelConfig(engine="llamacpp", source=gguf, args=["-c", str(c)]))
+            for c in (2048, 4096, 5120, 8192)}  # fmt: skip
+    assert kept == {2048: True, 4096: True, 5120: True, 8192: False}
+    assert not llama.keeps_kv(ModelConfig(engine="llamacpp", source=gguf))
 
 
 def test_not_a_gguf_is_a_clear_error(tmp_path):

@@ -26,6 +26,14 @@ MIB = 1 << 20
 PROCESS_OVERHEAD_MIB = 128
 SAFETY_MARGIN = 1.10  # placement uses estimate x this until a measurement exists
 DEFAULT_UBATCH = 512
+DEFAULT_PARALLEL = 4  # llama-server's slots when -np is not given (then one unified cache)
+# Keeping a sliding-window model's KV caches means llama-server's full cache (--swa-full), which
+# it allocates and zeroes at every start: ~0.55 ms per MiB on the CPU here (gemma 3 270M at its
+# 32k context: +442 MiB, +0.25 s a start; at 8k +82 MiB, +50 ms). Kept by default only while
+# that adds at most this share to the model's footprint: half the +10% a kept swap may cost,
+# the other half being the save, the restore and the larger engine's exit. `keep_kv: true`
+# keeps it whatever it costs.
+SWA_FULL_MAX_SHARE = 0.05
 # Bytes per element of llama.cpp's KV cache types (blocks of 32 for the quantized ones).
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
             "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}  # fmt: skip
@@ -70,7 +78,8 @@ def estimate_model(model: ModelConfig, *, hub: bool = True) -> Estimate | None:
     source = Path(model.source) if model.source else None
     if source and source.suffix.lower() == ".gguf" and source.is_file():
         # Keeping KV caches runs sliding-window models with the full cache (engines/llamacpp.py).
-        extra = ["--swa-full"] if model.keep_kv and model.engine == "llamacpp" else []
+        keeps = model.engine == "llamacpp" and gguf_keeps_kv(model, source)
+        extra = ["--swa-full"] if keeps else []
         return estimate_gguf(source, [*model.args, *extra])
     if source and source.is_dir() and any(source.glob("*.safetensors")):
         return estimate_safetensors(source, model.args)
@@ -196,22 +205,49 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
 
     context = int(_arg(list(args), ("-c", "--ctx-size"), "0") or 0) or ctx_train
     ubatch = int(_arg(list(args), ("-ub", "--ubatch-size"), str(DEFAULT_UBATCH)) or DEFAULT_UBATCH)
+    given = int(_arg(list(args), ("-np", "--parallel"), "-1") or -1)
+    parallel = given if given > 0 else DEFAULT_PARALLEL
+    # llama-server: one cache shared by its slots when -np is left to it (or -kvu), else one each.
+    unified = given <= 0 or bool({"-kvu", "--kv-unified"} & set(args))
     k_bytes = KV_BYTES.get(_arg(list(args), ("-ctk", "--cache-type-k"), "f16") or "f16", 2.0)
     v_bytes = KV_BYTES.get(_arg(list(args), ("-ctv", "--cache-type-v"), "f16") or "f16", 2.0)
 
     kv = 0.0
+    full_swa = False  # some layer slides, and holds the whole context all the same
     for il in range(n_layer):
         sliding = bool(window and isinstance(pattern, int) and pattern and (il + 1) % pattern)
+        full_swa = full_swa or (sliding and "--swa-full" in args)
         sliding = sliding and "--swa-full" not in args
-        # llama.cpp keeps window + one ubatch of cells for a sliding layer, padded to 256.
-        cells = min(context, math.ceil((window + ubatch) / 256) * 256) if sliding else context
+        # llama.cpp keeps the window of each slot and one ubatch of cells for a sliding layer,
+        # padded to 256 (llama-kv-cache-iswa.cpp); gemma 3 270M's default: 4 x 512 + 512.
+        streams = 1 if unified else parallel
+        per_stream = window * (parallel if unified else 1) + ubatch
+        swa_cells = min(context, streams * math.ceil(per_stream / 256) * 256)
+        cells = swa_cells if sliding else context
         heads = int(per_layer_kv[il])
         kv += heads * cells * (key_len * k_bytes + value_len * v_bytes)
     # The largest compute buffer is the logits of one ubatch over the vocabulary, in f32.
     compute = n_vocab * ubatch * 4
-    return Estimate(
-        weights / MIB, kv / MIB, compute / MIB, PROCESS_OVERHEAD_MIB, context, f"GGUF {arch}"
-    )
+    basis = f"GGUF {arch}" + (", full sliding-window cache (--swa-full)" if full_swa else "")
+    return Estimate(weights / MIB, kv / MIB, compute / MIB, PROCESS_OVERHEAD_MIB, context, basis)
+
+
+def swa_full_is_cheap(path: Path, args: Sequence[str] = ()) -> bool:
+    """Whether the full sliding-window cache (--swa-full) adds at most SWA_FULL_MAX_SHARE to
+    the GGUF's estimate: always for a model that does not slide. An unreadable file: True
+    (llama-server will say what is wrong with it when it starts)."""
+    try:
+        plain = estimate_gguf(path, args)
+        full = estimate_gguf(path, [*args, "--swa-full"])
+    except EstimateError:
+        return True
+    return full.total_mib - plain.total_mib <= SWA_FULL_MAX_SHARE * plain.total_mib
+
+
+def gguf_keeps_kv(model: ModelConfig, source: Path) -> bool:
+    """llama-server keeps `model`'s KV caches across swaps: its `keep_kv`, else by default
+    where that costs little (swa_full_is_cheap)."""
+    return model.keep_kv if model.keep_kv is not None else swa_full_is_cheap(source, model.args)
 
 
 def estimate_hub(repo: str, args: Sequence[str] = ()) -> Estimate:

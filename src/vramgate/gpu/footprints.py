@@ -27,8 +27,10 @@ def footprint_key(name: str, model: ModelConfig) -> str:
     parts = [model.engine, model.source or "", model.cmd or "", model.task, *model.args]
     if model.gpus > 1:  # split over N GPUs, a load takes more in all (each holds its copies)
         parts.append(f"gpus={model.gpus}")
-    if model.keep_kv:  # a sliding-window model then holds its full cache
-        parts.append("keep_kv")
+    # keep_kv changes a sliding-window model's cache (--swa-full): unset, it follows from the
+    # file and args (estimate.swa_full_is_cheap), so each setting is learned apart.
+    if model.keep_kv is not None:
+        parts.append("keep_kv" if model.keep_kv else "keep_kv=false")
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
     return f"{name}@{digest}"
 
