@@ -85,9 +85,10 @@ def test_queued_request_whose_engine_crashes_is_served_after_a_restart(gateway):
 def test_estimator_error_in_a_reload_leaves_no_model_stuck_in_stopping(
     gateway, tmp_path, monkeypatch
 ):
-    """Reproduced: an estimator raising anything but EstimateError (here `-c 8k`) during a
-    reload left the model `stopping` for good: every request 500, unload 500, and the TTL loop
-    ended for every model."""
+    """Reproduced: an estimator raising anything but EstimateError during a reload left the
+    model `stopping` for good: every request 500, unload 500, and the TTL loop ended for every
+    model. Here a GGUF that lists KV heads for 3 of its 12 layers (an IndexError; `-c 8k`, the
+    first trigger, is now an EstimateError that names it)."""
     gguf = tmp_path / "m.gguf"
     make_gguf(gguf)
     binary = stand_in(tmp_path)
@@ -103,7 +104,8 @@ def test_estimator_error_in_a_reload_leaves_no_model_stuck_in_stopping(
     }
     gw = gateway(config)
     gw.client.completions.create(model="g", prompt="x", max_tokens=1)
-    config["models"]["g"]["args"] = ["-c", "8k"]
+    odd = make_gguf(tmp_path / "odd.gguf", kv_heads=[2, 2, 2])
+    config["models"]["g"]["source"] = str(odd)
     config["models"]["g"].pop("vram_mib")
     import yaml
 
@@ -112,7 +114,7 @@ def test_estimator_error_in_a_reload_leaves_no_model_stuck_in_stopping(
     assert wait_until(lambda: gw.model("g")["state"] in ("stopped", "ready"), 10), gw.model("g")
     reply = gw.client.completions.create(model="g", prompt="x", max_tokens=1)
     assert reply.choices[0].text == "tok0 "
-    assert "-c 8k" in gw.engine_log("g")
+    assert str(odd) in gw.engine_log("g")
     # Housekeeping goes on for every model: TTL still stops `t`.
     gw.client.completions.create(model="t", prompt="x", max_tokens=1)
     assert wait_until(lambda: gw.model("t")["state"] == "stopped", 10)

@@ -22,7 +22,14 @@ from vramgate.gpu.estimate import (
 
 
 def make_gguf(
-    path: Path, *, arch="gemma3", layers=12, window=512, vocab=1000, chat_template=None
+    path: Path,
+    *,
+    arch="gemma3",
+    layers=12,
+    window=512,
+    vocab=1000,
+    chat_template=None,
+    kv_heads: int | list[int] = 2,
 ) -> Path:
     """A small GGUF: 12 layers, 2 KV heads of 64, a 2 MiB f32 tensor, a 1 MiB f16 one."""
     w = GGUFWriter(str(path), arch)
@@ -31,7 +38,7 @@ def make_gguf(
     w.add_block_count(layers)
     w.add_embedding_length(256)
     w.add_head_count(4)
-    w.add_head_count_kv(2)
+    w.add_head_count_kv(kv_heads)
     w.add_key_length(64)
     w.add_value_length(64)
     w.add_context_length(8192)
@@ -188,6 +195,22 @@ def test_real_gemma_keeps_its_kv_by_default_up_to_a_5k_context():
             for c in (2048, 4096, 5120, 8192)}  # fmt: skip
     assert kept == {2048: True, 4096: True, 5120: True, 8192: False}
     assert not llama.keeps_kv(ModelConfig(engine="llamacpp", source=gguf))
+
+
+def test_arguments_that_are_not_numbers_are_named_and_keep_only_what_costs_nothing(tmp_path):
+    """`-c 8k`: the estimate says which argument it could not read; whether the caches are
+    kept cannot be weighed, so only a model that does not slide keeps them (a start never
+    fails over it: llama-server judges its own arguments)."""
+    from vramgate.config import Settings
+    from vramgate.engines import adapters
+
+    slides = make_gguf(tmp_path / "s.gguf")
+    with pytest.raises(EstimateError, match="-c '8k' is not a whole number"):
+        estimate_gguf(slides, ["-c", "8k"])
+    llama = adapters(Settings())["llamacpp"]
+    flat = make_gguf(tmp_path / "f.gguf", window=0)
+    assert llama.keeps_kv(ModelConfig(engine="llamacpp", source=str(flat), args=["-c", "8k"]))
+    assert not llama.keeps_kv(ModelConfig(engine="llamacpp", source=str(slides), args=["-c", "8k"]))
 
 
 def test_not_a_gguf_is_a_clear_error(tmp_path):

@@ -10,23 +10,13 @@ from pathlib import Path
 
 from vramgate.config import ModelConfig
 from vramgate.engines.base import EngineAdapter, LaunchSpec
-from vramgate.gpu.estimate import gguf_keeps_kv, read_gguf_header
+from vramgate.gpu.estimate import gguf_keeps_kv, read_gguf_header, slides
 
 NO_CHAT_TEMPLATE = (
     "its GGUF has no chat template (a base model?): llama-server formats chat requests as "
     "ChatML, so chat answers may run on past the reply ('<|im_start|>...'); use "
     "/v1/completions, pass --chat-template in args, or serve an instruction-tuned model"
 )
-
-
-def is_swa(path: Path) -> bool:
-    """The GGUF's model uses sliding-window attention (gemma 2 and 3, among others)."""
-    try:
-        meta, _ = read_gguf_header(path)
-    except Exception:
-        return False
-    arch = meta.get("general.architecture")
-    return int(meta.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
 
 
 class LlamaCppEngine(EngineAdapter):
@@ -72,7 +62,7 @@ class LlamaCppEngine(EngineAdapter):
         # A sliding-window model keeps only the window's cells: a restored cache would not be
         # reused (the prefix is evaluated again), so it runs with the full cache (estimate.py
         # counts it).
-        if "--swa-full" not in model.args and model.source and is_swa(Path(model.source)):
+        if "--swa-full" not in model.args and model.source and slides(Path(model.source)):
             args.append("--swa-full")
         return args
 

@@ -107,6 +107,17 @@ def _arg(args: list[str], names: tuple[str, ...], default: str | None) -> str | 
     return default
 
 
+def _int_arg(args: list[str], names: tuple[str, ...], default: int) -> int:
+    """An integer argument (`-c 4096`), else `default`; not a number: EstimateError naming it."""
+    value = _arg(args, names, None)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise EstimateError(f"{names[0]} {value!r} is not a whole number") from None
+
+
 # GGUF value types: struct format of each scalar; 8 is a string, 9 an array.
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                  10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
@@ -203,9 +214,9 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     vocab = field("tokenizer.ggml.tokens", field(f"{arch}.vocab_size", 32000))
     n_vocab = len(vocab) if isinstance(vocab, list) else int(vocab)
 
-    context = int(_arg(list(args), ("-c", "--ctx-size"), "0") or 0) or ctx_train
-    ubatch = int(_arg(list(args), ("-ub", "--ubatch-size"), str(DEFAULT_UBATCH)) or DEFAULT_UBATCH)
-    given = int(_arg(list(args), ("-np", "--parallel"), "-1") or -1)
+    context = _int_arg(list(args), ("-c", "--ctx-size"), 0) or ctx_train
+    ubatch = _int_arg(list(args), ("-ub", "--ubatch-size"), DEFAULT_UBATCH) or DEFAULT_UBATCH
+    given = _int_arg(list(args), ("-np", "--parallel"), -1)
     parallel = given if given > 0 else DEFAULT_PARALLEL
     # llama-server: one cache shared by its slots when -np is left to it (or -kvu), else one each.
     unified = given <= 0 or bool({"-kvu", "--kv-unified"} & set(args))
@@ -232,15 +243,27 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     return Estimate(weights / MIB, kv / MIB, compute / MIB, PROCESS_OVERHEAD_MIB, context, basis)
 
 
+def slides(path: Path) -> bool:
+    """The GGUF's model uses sliding-window attention (gemma 2 and 3, among others); an
+    unreadable file: False."""
+    try:
+        meta, _ = read_gguf_header(path)
+    except Exception:
+        return False
+    arch = meta.get("general.architecture")
+    return int(meta.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
+
+
 def swa_full_is_cheap(path: Path, args: Sequence[str] = ()) -> bool:
     """Whether the full sliding-window cache (--swa-full) adds at most SWA_FULL_MAX_SHARE to
-    the GGUF's estimate: always for a model that does not slide. An unreadable file: True
-    (llama-server will say what is wrong with it when it starts)."""
+    the GGUF's estimate: always for a model that does not slide. Where nothing can be estimated
+    (an unreadable file, `-c 8k`), only a model that does not slide: the cost is unknown, and a
+    start never fails over it (llama-server says what is wrong with its file or arguments)."""
     try:
         plain = estimate_gguf(path, args)
         full = estimate_gguf(path, [*args, "--swa-full"])
-    except EstimateError:
-        return True
+    except Exception:
+        return not slides(path)
     return full.total_mib - plain.total_mib <= SWA_FULL_MAX_SHARE * plain.total_mib
 
 
@@ -292,8 +315,8 @@ def safetensors_estimate(
     --max-running-requests; else 1: the engines pool KV cache, so one full-length sequence is
     the least they must hold) + one process's overhead."""
     kv = 0.0
-    context = int(_arg(list(args), ("--max-model-len", "--context-length"), "0") or 0)
-    seqs = int(_arg(list(args), ("--max-num-seqs", "--max-running-requests"), "1") or 1)
+    context = _int_arg(list(args), ("--max-model-len", "--context-length"), 0)
+    seqs = _int_arg(list(args), ("--max-num-seqs", "--max-running-requests"), 1) or 1
     if config is not None:
         cfg = config.get("text_config", config)
         layers = int(cfg.get("num_hidden_layers", 0))
