@@ -37,10 +37,14 @@ class KvStore:
         self.root = root
         self.budget_bytes = budget_mib << 20
 
-    def folder(self, key: str) -> Path:
-        """Where `key`'s slots are saved; the engine is started with it as --slot-save-path."""
+    def path(self, key: str) -> Path:
+        """Where `key`'s slots are saved (it may not exist yet)."""
         # One plain component, never `..`, never too long: keys hold model names.
-        folder = self.root / file_stem(key)
+        return self.root / file_stem(key)
+
+    def folder(self, key: str) -> Path:
+        """`path(key)`, made: the engine is started with it as --slot-save-path."""
+        folder = self.path(key)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -50,8 +54,7 @@ class KvStore:
         """Saves every slot holding tokens; returns how many. Each slot's file replaces the
         one saved before (same name); an empty slot's goes. The disk is touched only off the
         event loop (a write here once stalled 0.3 s)."""
-        folder = self.root / file_stem(key)
-        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)  # trimmed meanwhile?
+        folder = await asyncio.to_thread(self.folder, key)  # trimmed meanwhile?
         timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
         async with http.get(f"{base_url}/slots", timeout=timeout, headers=headers) as resp:
             resp.raise_for_status()
@@ -85,7 +88,7 @@ class KvStore:
     ) -> int:
         """Restores the saved slots of `key` into the same slot ids; returns how many. Each
         slot's tokens, as llama-server counts what it read back, go into `tokens`."""
-        folder = self.root / file_stem(key)
+        folder = self.path(key)
 
         def saved() -> list[Path]:  # off the event loop, as every disk access here
             found = sorted(folder.glob("slot-*.bin"))

@@ -52,10 +52,10 @@ class LlamaCppEngine(EngineAdapter):
         every start: gemma 3 270M at 32k, +442 MiB and 1.40 s against 1.08 s to a first token),
         so its caches are kept by default only where that adds at most 5% to its footprint
         (a context of up to ~5.5k for gemma 3 270M); `keep_kv: true` keeps them at any cost."""
-        if model.keep_kv is not None:
-            return model.keep_kv
         source = Path(model.source) if model.source else None
-        return source is not None and source.is_file() and gguf_keeps_kv(model, source)
+        if source is not None and source.is_file():
+            return gguf_keeps_kv(model, source)
+        return bool(model.keep_kv)  # not a file (yet): only when asked
 
     def kv_args(self, model: ModelConfig, folder: Path) -> list[str] | None:
         args = ["--slot-save-path", str(folder)]

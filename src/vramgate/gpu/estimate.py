@@ -223,23 +223,25 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     k_bytes = KV_BYTES.get(_arg(list(args), ("-ctk", "--cache-type-k"), "f16") or "f16", 2.0)
     v_bytes = KV_BYTES.get(_arg(list(args), ("-ctv", "--cache-type-v"), "f16") or "f16", 2.0)
 
+    # llama.cpp keeps the window of each slot and one ubatch of cells for a sliding layer,
+    # padded to 256 (llama-kv-cache-iswa.cpp); gemma 3 270M's default: 4 x 512 + 512. With
+    # --swa-full a sliding layer holds the whole context, as the others do.
+    full_swa = "--swa-full" in args
+    streams = 1 if unified else parallel
+    per_stream = window * (parallel if unified else 1) + ubatch
+    swa_cells = min(context, streams * math.ceil(per_stream / 256) * 256)
     kv = 0.0
-    full_swa = False  # some layer slides, and holds the whole context all the same
+    slides_somewhere = False
     for il in range(n_layer):
         sliding = bool(window and isinstance(pattern, int) and pattern and (il + 1) % pattern)
-        full_swa = full_swa or (sliding and "--swa-full" in args)
-        sliding = sliding and "--swa-full" not in args
-        # llama.cpp keeps the window of each slot and one ubatch of cells for a sliding layer,
-        # padded to 256 (llama-kv-cache-iswa.cpp); gemma 3 270M's default: 4 x 512 + 512.
-        streams = 1 if unified else parallel
-        per_stream = window * (parallel if unified else 1) + ubatch
-        swa_cells = min(context, streams * math.ceil(per_stream / 256) * 256)
-        cells = swa_cells if sliding else context
+        slides_somewhere = slides_somewhere or sliding
+        cells = swa_cells if sliding and not full_swa else context
         heads = int(per_layer_kv[il])
         kv += heads * cells * (key_len * k_bytes + value_len * v_bytes)
     # The largest compute buffer is the logits of one ubatch over the vocabulary, in f32.
     compute = n_vocab * ubatch * 4
-    basis = f"GGUF {arch}" + (", full sliding-window cache (--swa-full)" if full_swa else "")
+    held = full_swa and slides_somewhere
+    basis = f"GGUF {arch}" + (", full sliding-window cache (--swa-full)" if held else "")
     return Estimate(weights / MIB, kv / MIB, compute / MIB, PROCESS_OVERHEAD_MIB, context, basis)
 
 
