@@ -188,9 +188,17 @@ def _ago(ts: float | None) -> str:
 
 
 def _footprint(m: dict[str, Any]) -> str:
+    if m.get("device") == "cpu":  # on the CPU: what it holds is host RAM
+        ram = m.get("ram_mib")
+        return f"RAM {ram} MiB {m['ram_source']}" if ram is not None else f"RAM {m['ram_source']}"
     if m.get("footprint_mib") is None:
         return m.get("footprint_source") or "-"
     return f"{m['footprint_mib']} MiB {m['footprint_source']}"
+
+
+def _no_gpu(m: dict[str, Any]) -> str:
+    """The GPU column of a model on none: `cpu` where it runs there, else `-` (not placed)."""
+    return "cpu" if m.get("device") == "cpu" else "-"
 
 
 def _on_one_gpu(model: dict[str, Any], mib: int) -> int:
@@ -255,7 +263,7 @@ def ps(url: UrlOpt = DEFAULT_URL) -> None:
                 m["state"]
                 + (f" ({m['host_mib']} MiB RAM)" if m.get("host_mib") is not None else "")
                 + (" (pinned)" if m.get("pinned") else ""),
-                (",".join(map(str, m.get("gpus") or ())) or "-")
+                (",".join(map(str, m.get("gpus") or ())) or _no_gpu(m))
                 + (f"@{m['node']}" if m.get("node") else ""),
                 _footprint(m),
                 str(m["pid"] or "-"),

@@ -158,10 +158,11 @@ class ModelConfig(_Strict):
     gpus: int = Field(
         default=1, ge=1, description="GPUs the model is split over (tensor parallel), 1/N on each."
     )
-    device: Literal["cuda", "cpu"] = Field(
-        default="cuda",
-        description="cuda: placed on GPUs (where there are any); cpu: runs on the CPU, takes no "
-        "GPU memory and sees no GPU.",
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto",
+        description="auto: on GPUs where the gateway sees any (NVML or simulated), else on the "
+        "CPU, counted in host RAM; cuda: on GPUs (where it sees none: on the CPU, counted in "
+        "host RAM, with a note); cpu: on the CPU, takes no GPU memory and sees no GPU.",
     )
     runtime: RuntimeKind | None = Field(
         default=None, description="local or docker (default: defaults.runtime)."

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Literal
 
 from vramgate.config import ModelConfig
 from vramgate.gpu.base import GpuMemory
@@ -29,13 +30,38 @@ RUNTIME_MIB = {"llamacpp": 64, "transformers": 450, "vllm": 2100, "sglang": 2100
 NGL_FLAGS = ("-ngl", "--n-gpu-layers", "--gpu-layers")
 
 
+NO_GPU_NOTE = (
+    "device: cuda, but the gateway sees no GPU (NVML finds none and none is simulated): it runs "
+    "on the CPU and is counted in host RAM"
+)
+
+
+def runs_on(model: ModelConfig, has_gpus: bool) -> Literal["cuda", "cpu"]:
+    """Where a model's engine runs: on GPUs where the gateway sees any, unless it asks for the
+    CPU; else on the CPU (`auto` there, and `cuda` too: nothing else can run it)."""
+    return "cuda" if has_gpus and model.device != "cpu" else "cpu"
+
+
+def as_run(model: ModelConfig, has_gpus: bool) -> ModelConfig:
+    """`model` with `device` where it runs (never `auto`), for what reads it: the engines'
+    arguments, the host RAM share and estimate below."""
+    device = runs_on(model, has_gpus)
+    return model if model.device == device else model.model_copy(update={"device": device})
+
+
+def device_notes(model: ModelConfig, has_gpus: bool) -> list[str]:
+    """What a model's definition should be told about its device on this gateway."""
+    return [NO_GPU_NOTE] if model.device == "cuda" and not has_gpus else []
+
+
 def host_key(name: str, model: ModelConfig) -> str:
     return footprint_key(name, model) + "#host"
 
 
 def cpu_share(model: ModelConfig, layers: int | None) -> float:
-    """The share of a model's weights that live in host RAM while it runs: all of it on the
-    CPU; for llama.cpp with `-ngl N` below its layer count, the layers it keeps on the CPU."""
+    """The share of a model's weights that live in host RAM while it runs (`model` as_run's):
+    all of it on the CPU; for llama.cpp with `-ngl N` below its layer count, the layers it
+    keeps on the CPU."""
     if model.device == "cpu":
         return 1.0
     if model.engine != "llamacpp" or not layers:
@@ -49,7 +75,7 @@ def cpu_share(model: ModelConfig, layers: int | None) -> float:
 
 
 def estimate_host_mib(model: ModelConfig, estimate: Estimate | None) -> int | None:
-    """What `model`'s engine will hold in host RAM, from its metadata; None: unknown."""
+    """What `model`'s engine (as_run's) will hold in host RAM, from its metadata; None: unknown."""
     layers = _layers(model)
     share = cpu_share(model, layers)
     if share == 0.0:

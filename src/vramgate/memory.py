@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines.base import MemoryBudget
@@ -23,7 +23,15 @@ from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
-from vramgate.hostram import NGL_FLAGS, HostRam, cpu_share, estimate_host_mib
+from vramgate.hostram import (
+    NGL_FLAGS,
+    HostRam,
+    as_run,
+    cpu_share,
+    device_notes,
+    estimate_host_mib,
+    runs_on,
+)
 from vramgate.hub import is_hub_id
 from vramgate.instances import Instance
 from vramgate.scheduling.snapshot import State
@@ -70,6 +78,7 @@ class Memory:
     def refresh(self, name: str, model: ModelConfig) -> None:
         """A model was added or its definition changed (reload): estimate it anew."""
         """Estimates from local files now; a hub id is only marked, for `prepare`."""
+        model = self.as_run(model)
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
         on_cpu = cpu_share(model, None) > 0 or any(a in NGL_FLAGS for a in model.args)
@@ -102,8 +111,19 @@ class Memory:
         if found is not None:
             self.estimates[inst.name] = found
 
+    def device(self, model: ModelConfig) -> Literal["cuda", "cpu"]:
+        """Where its engine runs here: `auto` (and `cuda`) on the CPU where no GPU is seen."""
+        return runs_on(model, self.enabled)
+
+    def as_run(self, model: ModelConfig) -> ModelConfig:
+        """`model` with the device it runs on here, for the engines' adapters."""
+        return as_run(model, self.enabled)
+
+    def device_notes(self, model: ModelConfig) -> list[str]:
+        return device_notes(model, self.enabled)
+
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
-        if inst.model.device == "cpu":
+        if self.device(inst.model) == "cpu":
             return 0, "cpu"
         measured = self.footprints.get_mib(footprint_key(inst.name, inst.model))
         if measured is not None:
@@ -296,6 +316,7 @@ class Memory:
             "footprint_source": source,
             "gpus": list(inst.gpus),
             "gpu_count": inst.model.gpus,
+            "device": self.device(inst.model),  # where it runs (`auto` resolved)
             "used_mib": self.used_now(inst) if running else None,
             "pinned": inst.model.pinned,
             "ram_mib": ram,  # host RAM it holds running (0: wholly on GPUs)

@@ -123,13 +123,20 @@ def vramgate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def gw_ram(gw, name: str) -> str:
+    model = gw.model(name)
+    assert model["device"] == "cpu" and model["ram_source"] == "measured", model
+    return str(model["ram_mib"])
+
+
 def test_cli_ps_load_unload(gw):
     """`vramgate load|ps|unload` drive a running gateway."""
     out = vramgate("load", "fake", "--url", gw.url)
     assert out.returncode == 0 and "fake: ready" in out.stdout
     table = vramgate("ps", "--url", gw.url).stdout.splitlines()
     assert table[0].split()[:3] == ["MODEL", "ENGINE", "STATE"]
-    assert table[1].split()[:5] == ["fake", "command", "ready", "-", "unknown"]
+    # No GPU here (none simulated): on the CPU (device auto), its RAM measured once it started.
+    assert table[1].split()[:6] == ["fake", "command", "ready", "cpu", "RAM", gw_ram(gw, "fake")]
     assert table[2].split()[:3] == ["emb", "command", "stopped"]
     out = vramgate("unload", "fake", "--url", gw.url)
     assert out.returncode == 0 and "fake: stopped" in out.stdout

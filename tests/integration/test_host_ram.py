@@ -8,7 +8,12 @@ import subprocess
 import sys
 import threading
 
+import httpx
+import pytest
+
 from tests.conftest import fake_cmd, wait_until
+from vramgate.gpu.nvml import nvml_available
+from vramgate.hostram import NO_GPU_NOTE
 
 
 def cpu_model(mib: int, *knobs: str, **extra) -> dict:
@@ -45,6 +50,38 @@ def test_cpu_engines_share_the_host_budget_and_make_way_for_each_other(gateway):
     cells = bar[bar.index("[") + 1 : bar.index("]")]
     assert cells.startswith("a" * round(b_mib / 600 * 50) + ".") and len(cells) == 50, bar
     assert f"{b_mib}/600 MiB held by engines" in bar and bar.endswith("a=b"), bar
+
+
+def test_without_a_gpu_models_run_on_the_cpu_counted_in_host_ram(gateway):
+    """No GPU seen, none simulated: a model of no `device` (auto) runs on the CPU, its RAM
+    measured and counted in host_ram; one that asks for cuda runs there too, saying so once."""
+    if nvml_available():
+        pytest.skip("this machine has a GPU: auto places on it")
+    models = {"auto": {"engine": "command", "cmd": fake_cmd("--ram-mib", "200")},
+              "cuda": {"engine": "command", "cmd": fake_cmd("--ram-mib", "100"),
+                       "device": "cuda"}}  # fmt: skip
+    gw = gateway({"models": models})
+    for name in models:
+        assert ask(gw, name) == "tok0 "
+    auto, cuda = gw.model("auto"), gw.model("cuda")
+    assert auto["device"] == cuda["device"] == "cpu" and auto["gpus"] == []
+    assert auto["ram_source"] == "measured" and 200 <= auto["ram_mib"] < 350, auto
+    assert cuda["ram_source"] == "measured" and 100 <= cuda["ram_mib"] < 250, cuda
+    ram = gw.status()["host_ram"]
+    assert ram["models"] == {"auto": auto["ram_mib"], "cuda": cuda["ram_mib"]}
+    assert ram["used_mib"] == auto["ram_mib"] + cuda["ram_mib"]
+    assert auto["notes"] == [] and cuda["notes"] == [NO_GPU_NOTE]
+    assert gw.log().count(NO_GPU_NOTE) == 1
+    engine = httpx.get(f"{gw.model('auto')['url']}/stats", timeout=5).json()
+    assert engine["cuda_visible"] == ""  # it sees no GPU: what it holds is all host RAM
+    out = subprocess.run(
+        [sys.executable, "-m", "vramgate", "ps", "--url", gw.url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    row = next(line for line in out if line.startswith("auto "))
+    assert f"RAM {auto['ram_mib']} MiB measured" in row and " cpu " in row, out
+    bar = next(line for line in out if line.startswith("RAM   ["))
+    assert f"{ram['used_mib']}/{ram['budget_mib']} MiB held by engines" in bar, bar
 
 
 def test_a_busy_cpu_engine_finishes_then_makes_way(gateway):

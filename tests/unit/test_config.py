@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from vramgate.config import ConfigError, engine_kinds, guess_engine, load_settings, parse_model_flag
+from vramgate.config import (
+    ConfigError,
+    ModelConfig,
+    engine_kinds,
+    guess_engine,
+    load_settings,
+    parse_model_flag,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -50,6 +58,13 @@ models:
     assert settings.ttl_s("anything") == 1800
     assert settings.resolve("gemma3-270m") == "gemma"
     assert settings.resolve("nope") is None
+
+
+def test_device_defaults_to_auto():
+    """A model placed where the gateway finds GPUs, else on the CPU, unless it says otherwise."""
+    assert ModelConfig(engine="llamacpp", source="/m.gguf").device == "auto"
+    with pytest.raises(ValidationError, match="'auto', 'cuda' or 'cpu'"):
+        ModelConfig(engine="llamacpp", source="/m.gguf", device="gpu")  # type: ignore[arg-type]
 
 
 def test_negative_ttl_names_file_path_and_value(tmp_path):

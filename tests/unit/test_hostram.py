@@ -10,7 +10,15 @@ import sys
 from vramgate.config import ModelConfig
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.estimate import Estimate
-from vramgate.hostram import cpu_share, estimate_host_mib, tree_pss_mib
+from vramgate.hostram import (
+    NO_GPU_NOTE,
+    as_run,
+    cpu_share,
+    device_notes,
+    estimate_host_mib,
+    runs_on,
+    tree_pss_mib,
+)
 from vramgate.scheduling.placement import Placement, available_mib, place
 from vramgate.scheduling.snapshot import ModelSnap, State
 
@@ -40,6 +48,21 @@ def test_estimates_by_engine():
     assert estimate_host_mib(vllm, ESTIMATE) == 1000 + 1024 + 2100  # weights, its KV space, runtime
     assert estimate_host_mib(tf, None) is None  # nothing tells
     assert estimate_host_mib(GGUF, ESTIMATE) == 0  # wholly on a GPU
+
+
+def test_auto_runs_on_gpus_where_the_gateway_sees_any_else_on_the_cpu():
+    """device: auto (the default) follows the GPUs the gateway sees; cuda without one runs on
+    the CPU too, with a note; cpu is the CPU everywhere."""
+    cuda, cpu = (GGUF.model_copy(update={"device": d}) for d in ("cuda", "cpu"))
+    assert GGUF.device == "auto"
+    assert [runs_on(GGUF, True), runs_on(cuda, True), runs_on(cpu, True)] == ["cuda", "cuda", "cpu"]
+    assert [runs_on(m, False) for m in (GGUF, cuda, cpu)] == ["cpu", "cpu", "cpu"]
+    assert as_run(GGUF, True).device == "cuda" and as_run(cpu, True) is cpu
+    # As run without a GPU, it is estimated in host RAM as a CPU model is.
+    assert estimate_host_mib(as_run(GGUF, False), ESTIMATE) == 1000 + 200 + 100 + 64
+    assert estimate_host_mib(as_run(GGUF, True), ESTIMATE) == 0
+    assert device_notes(cuda, False) == [NO_GPU_NOTE]
+    assert device_notes(cuda, True) == device_notes(GGUF, False) == device_notes(cpu, False) == []
 
 
 def test_pss_of_a_process_tree_counts_what_it_touched():

@@ -278,10 +278,10 @@ class Scheduler(Stopping, Definitions):
                         if gpus:
                             self.events.record("place", inst.name, f"place {inst.name} on {where}")
                             return gpus, self.memory.attach(inst, gpus)
-                        # On the CPU by choice: an engine that sees no GPU takes none.
-                        return gpus, {
-                            "CUDA_VISIBLE_DEVICES": ""
-                        } if inst.model.device == "cpu" else {}
+                        # On the CPU (asked, or no GPU seen): an engine that sees no GPU
+                        # takes none, so host RAM counts all it holds.
+                        on_cpu = self.memory.device(inst.model) == "cpu"
+                        return gpus, {"CUDA_VISIBLE_DEVICES": ""} if on_cpu else {}
                     case [do.Refuse(error=error)]:
                         raise error
                 why = next((s.why for s in steps if isinstance(s, do.Wait)), "")

@@ -49,7 +49,8 @@ class Lifecycle:
         gpus: tuple[int, ...],
     ) -> None:
         """Spawns `inst`'s engine and returns once it is ready and (on GPUs) measured."""
-        name, model = inst.name, inst.model
+        # Adapters read where it runs (`auto` resolved): transformers' --device, vLLM's sleep.
+        name, model = inst.name, self.memory.as_run(inst.model)
         budget = self.memory.budget(inst) if gpus else None
         # Engines that size themselves are told their share, in bytes.
         extra = adapter.memory_args(model, budget) if budget is not None else []
@@ -68,7 +69,8 @@ class Lifecycle:
             return replace(spec, argv=spec.argv + extra)
 
         if inst.notes is None:  # once per definition: in the log, the events and its status
-            inst.notes = await asyncio.to_thread(adapter.notes, model)
+            notes = await asyncio.to_thread(adapter.notes, model)
+            inst.notes = self.memory.device_notes(inst.model) + notes
             for note in inst.notes:
                 self.events.record("note", name, f"model '{name}': {note}", level="warning")
         inst.starts += 1

@@ -86,7 +86,7 @@ def _snap(
         pinned=model.pinned,
         rank=_rank(inst, settings),
         gpus=inst.gpus,
-        gpu_count=0 if model.device == "cpu" else model.gpus,
+        gpu_count=0 if memory.device(model) == "cpu" else model.gpus,
         footprint_mib=memory.footprint(inst)[0] if with_memory else None,
         held_mib=memory.held_mib(inst) if with_memory else 0,
         loaded_at=inst.loaded_at,
@@ -94,7 +94,8 @@ def _snap(
         ttl_s=ttl_of(inst, settings),
         admitted=inst.admitted,
         made_way_for=inst.made_way_for,
-        can_sleep=model.sleep > 0 and adapters[model.engine].sleep_calls(model) is not None,
+        can_sleep=model.sleep > 0
+        and adapters[model.engine].sleep_calls(memory.as_run(model)) is not None,
         host_mib=memory.host_mib(inst) if model.sleep else 0,
         ram_mib=memory.ram(inst)[0] or 0,  # no I/O: 0 at once for a model wholly on GPUs
         reload_s=memory.reload_s(inst) if with_memory else 0.0,

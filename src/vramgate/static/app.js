@@ -93,7 +93,10 @@ function renderModels(status) {
   const body = $("#models tbody");
   body.replaceChildren();
   for (const m of status.models) {
-    const footprint = m.footprint_mib == null ? m.footprint_source : `${m.footprint_mib} MiB (${m.footprint_source})`;
+    // On the CPU (asked, or no GPU seen) what it holds is host RAM: shown as such, never "0 MiB".
+    const onCpu = m.device === "cpu";
+    const [mib, source] = onCpu ? [m.ram_mib, m.ram_source] : [m.footprint_mib, m.footprint_source];
+    const footprint = (onCpu ? "RAM " : "") + (mib == null ? source : `${mib} MiB (${source})`);
     const running = ["starting", "ready", "stopping", "sleeping"].includes(m.state);
     const action = running
       ? el("button", { type: "button", "data-action": "unload", onclick: () => act("unload", m.name) }, "Unload")
@@ -107,7 +110,7 @@ function renderModels(status) {
     if (m.last_error) state.title = m.last_error;
     body.append(el("tr", { "data-model": m.name },
       el("td", {}, m.name), el("td", {}, state), el("td", {}, m.engine), el("td", {}, footprint || "-"),
-      el("td", {}, ((m.gpus || []).join(",") || "-") + (m.node ? ` @ ${m.node}` : "")),
+      el("td", {}, ((m.gpus || []).join(",") || (onCpu ? "CPU" : "-")) + (m.node ? ` @ ${m.node}` : "")),
       el("td", {}, String(m.in_flight)),
       el("td", {}, String(m.queued)), el("td", {}, String(m.requests)), el("td", {}, String(m.starts)),
       el("td", {}, action, " ", logs)));
