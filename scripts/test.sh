@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine (see setup.sh), then checks lint and types and runs every test: unit,
+# Sets up a fresh machine for serving and the tests (setup.sh: setup-serve.sh, then
+# setup-tests.sh), then checks lint and types and runs every test: unit,
 # integration with the fake engine, and end to end with the real llama-server and gemma 3 270M.
 # Arguments go to pytest.
 set -euo pipefail

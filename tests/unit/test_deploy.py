@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -84,3 +85,44 @@ def test_the_readme_configuration_examples_are_valid(monkeypatch):
         assert block is not None, section
         data = substitute_env(yaml.safe_load(block[1]), "README.md")
         assert Settings.model_validate(data).models, section
+
+
+def _scripts_run_by(name: str) -> dict[str, str]:
+    """`scripts/NAME` and every script it sources or runs from scripts/, by name: their text."""
+    found: dict[str, str] = {}
+    todo = [name]
+    while todo:
+        script = todo.pop()
+        if script in found:
+            continue
+        found[script] = text = (ROOT / "scripts" / script).read_text()
+        todo += re.findall(r"/(?:scripts/)?([\w-]+\.(?:sh|py))\"", text)
+    return found
+
+
+def test_serving_sets_up_only_what_serving_needs():
+    """serve-default.sh and what it runs install vramgate without extras, build llama-server
+    and fetch the models: no test stack, no system package, no daemon."""
+    scripts = _scripts_run_by("serve-default.sh")
+    assert {"setup-serve.sh", "build-llama-server.sh", "fetch-model.py"} <= set(scripts)
+    for script, text in scripts.items():
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        for word in ("apt-get", "docker", "chromium", "debootstrap", "torch", "vllm", "ray"):
+            assert not re.search(rf"\b{word}\b", code), f"{script} sets up {word}"
+        assert not re.search(r"pip install[^\n]*\[", code), f"{script} installs extras"
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        base = tomllib.load(f)["project"]["dependencies"]
+    names = {re.split(r"[\[<>=~ ]", d, maxsplit=1)[0].lower() for d in base}
+    assert not names & {"torch", "transformers", "ray", "vllm", "playwright", "pytest"}, names
+
+
+def test_the_tests_set_up_serving_and_then_the_test_stack():
+    """test.sh sources setup.sh, which is setup-serve.sh then setup-tests.sh: the README's test
+    command still sets up everything."""
+    assert (
+        'source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"'
+        in (ROOT / "scripts" / "test.sh").read_text()
+    )
+    sourced = re.findall(r"source .*/([\w-]+\.sh)\"", (ROOT / "scripts" / "setup.sh").read_text())
+    assert sourced == ["setup-serve.sh", "setup-tests.sh"]
+    assert "[dev,transformers,ray]" in (ROOT / "scripts" / "setup-tests.sh").read_text()
