@@ -101,3 +101,25 @@ def test_the_page_draws_each_devices_memory_over_time_with_its_marks(gateway, br
     out = os.environ.get("VRAMGATE_SCREENSHOTS")
     if out:  # kept where asked (the notes show one)
         shutil.copy(shot, out)
+
+
+def test_without_a_gpu_the_page_shows_models_in_host_ram(gateway, browser):
+    """No GPU seen and none simulated: a model of no `device` (auto) runs on the CPU, and the
+    page says so: `CPU` where its GPUs would be, its host RAM as its footprint, in the chart."""
+    from tests.conftest import fake_cmd
+    from vramgate.gpu.nvml import nvml_available
+
+    if nvml_available():
+        pytest.skip("this machine has a GPU: auto places on it")
+    gw = gateway({"models": {"m": {"engine": "command", "cmd": fake_cmd("--ram-mib", "200")}}})
+    gw.client.completions.create(model="m", prompt="x", max_tokens=1)
+    mib = gw.model("m")["ram_mib"]
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(gw.url + "/")
+    page.wait_for_selector('tr[data-model="m"] .state.ready')
+    assert page.inner_text('tr[data-model="m"] td:nth-child(4)') == f"RAM {mib} MiB (measured)"
+    assert page.inner_text('tr[data-model="m"] td:nth-child(5)') == "CPU"
+    assert "models run on the CPU" in page.inner_text("#gpus")
+    page.wait_for_selector('.chart[data-device="host"] path[data-model="m"]')
+    label = page.inner_text('.chart[data-device="host"] >> xpath=..')
+    assert f"Host RAM: {mib} of" in label, label

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import pid_alive, wait_until
 from vramgate.gpu.logged import logged_buffers
+from vramgate.gpu.nvml import nvml_available
 
 GGUF = os.environ.get("VRAMGATE_DEFAULT_GGUF", "")
 CHAT_GGUF = os.environ.get("VRAMGATE_CHAT_GGUF", "")  # SmolLM2-135M-Instruct
@@ -87,6 +90,30 @@ def test_llama_server_buffer_sizes_parse(gateway):
     weights = sum(mib for kind, mib in buffers.items() if kind.endswith(" model"))
     assert 200 < weights < 300, buffers  # gemma 3 270M Q4_K_M: about 241 MiB of tensors
     assert any(kind.endswith(" KV") for kind in buffers), buffers
+
+
+def test_without_a_gpu_llama_server_is_counted_in_host_ram(gemma):
+    """On a machine without a GPU (device auto, the default), llama-server runs on the CPU: its
+    host RAM is estimated from the GGUF before it starts, measured (PSS) once it runs, and shown
+    in /gateway/status and `vramgate ps`."""
+    if nvml_available():
+        pytest.skip("this machine has a GPU: device auto places gemma on it")
+    before = gemma.model("gemma")
+    assert before["device"] == "cpu" and before["ram_source"] == "estimate", before
+    assert 250 < before["ram_mib"] < 4000, before
+    gemma.client.completions.create(model="gemma", prompt="One, two,", max_tokens=4)
+    m = gemma.model("gemma")
+    assert m["ram_source"] == "measured" and 250 < m["ram_mib"] < 4000, m
+    assert (m["footprint_mib"], m["footprint_source"], m["gpus"]) == (0, "cpu", [])
+    ram = gemma.status()["host_ram"]
+    assert ram["models"] == {"gemma": m["ram_mib"]} and ram["used_mib"] == m["ram_mib"]
+    out = subprocess.run(
+        [sys.executable, "-m", "vramgate", "ps", "--url", gemma.url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    row = next(line for line in out if line.startswith("gemma "))
+    assert " cpu " in row and f"RAM {m['ram_mib']} MiB measured" in row, out
+    assert any(line.startswith("RAM   [aaa") and line.endswith("a=gemma") for line in out), out
 
 
 def test_streaming_chat_through_llama_server(gemma):
