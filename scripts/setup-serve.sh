@@ -12,8 +12,16 @@ cache="${VRAMGATE_CACHE:-$HOME/.cache/vramgate}"
 if [ ! -x "$root/.venv/bin/python" ]; then
   python3 -m venv "$root/.venv"
 fi
-"$root/.venv/bin/python" -m pip install --quiet --upgrade pip >&2
-"$root/.venv/bin/python" -m pip install --quiet -e "$root" >&2
+# Installed again only when pyproject.toml changed (an editable install: the code is read from
+# the checkout). --no-compile: byte-compiling every dependency took about a third of the install;
+# Python compiles what it imports when it first does.
+stamp="$root/.venv/.vramgate-serve"
+want="$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$root/.venv/bin/python" -m pip install --quiet --upgrade pip >&2
+  "$root/.venv/bin/python" -m pip install --quiet --no-compile -e "$root" >&2
+  echo "$want" >"$stamp"
+fi
 
 llama_server="$("$root/scripts/build-llama-server.sh" | tail -n 1)"
 gguf="$("$root/.venv/bin/python" "$root/scripts/fetch-model.py" gemma "$cache/models")"
