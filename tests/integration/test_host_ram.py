@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import fake_cmd, wait_until
+from tests.integration.test_gpu_memory import FAKE_VLLM
+from vramgate.engines.vllm import NO_CPU_SLEEP
 from vramgate.gpu.nvml import nvml_available
 from vramgate.hostram import NO_GPU_NOTE
 
@@ -82,6 +84,29 @@ def test_without_a_gpu_models_run_on_the_cpu_counted_in_host_ram(gateway):
     assert f"RAM {auto['ram_mib']} MiB measured" in row and " cpu " in row, out
     bar = next(line for line in out if line.startswith("RAM   ["))
     assert f"{ram['used_mib']}/{ram['budget_mib']} MiB held by engines" in bar, bar
+
+
+def test_without_a_gpu_engines_are_started_for_the_cpu(gateway, tmp_path):
+    """device auto where no GPU is seen: the engines' adapters are told the CPU, as for device
+    cpu: transformers gets --device cpu and no continuous batching (its CPU cache would take
+    ~14 GiB), vLLM no sleep mode (its CPU build refuses it), and says it cannot sleep."""
+    if nvml_available():
+        pytest.skip("this machine has a GPU: auto places on it")
+    script = tmp_path / "engine"
+    script.write_text(FAKE_VLLM.format(python=sys.executable, mib=0))
+    script.chmod(0o755)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    engines = {"transformers": {"binary": str(script)}, "vllm": {"binary": str(script)}}
+    models = {"tf": {"engine": "transformers", "source": str(weights)},
+              "vl": {"engine": "vllm", "source": str(weights), "sleep": 1}}  # fmt: skip
+    gw = gateway({"engines": engines, "models": models})
+    for name in models:
+        ask(gw, name)
+    argv = {n: next(x for x in gw.engine_log(n).splitlines() if "argv:" in x) for n in models}
+    assert "--device cpu" in argv["tf"] and "--continuous-batching" not in argv["tf"], argv
+    assert "--enable-sleep-mode" not in argv["vl"], argv
+    assert gw.model("vl")["notes"] == [NO_CPU_SLEEP]
 
 
 def test_a_busy_cpu_engine_finishes_then_makes_way(gateway):
