@@ -120,6 +120,7 @@ class Memory:
         return as_run(model, self.enabled)
 
     def device_notes(self, model: ModelConfig) -> list[str]:
+        """A `cuda` model where no GPU is seen runs on the CPU: its notes say so."""
         return device_notes(model, self.enabled)
 
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
