@@ -578,3 +578,16 @@ def test_yielding_on_a_node_sleeps_within_that_nodes_ram():
     assert decide(snap, Yield(0.9)) == [Sleep("idle", "yield", why)]
     full = snap._replace(hosts=(node_ram("a", 0, total=500), node_ram("b", 1, used=900)))
     assert decide(full, Yield(0.9)) == [Stop("idle", "yield", why)]
+
+
+def test_a_cpu_start_waits_for_a_host_ram_stop_under_way_instead_of_stopping_more():
+    """Three CPU engines of 1500 MiB under a 3800 MiB budget: the least recently used idle one
+    is being stopped for the third; decided again meanwhile, the other idle one stays."""
+    snap = world(
+        m("third", ram_mib=1500),
+        m("old", State.STOPPING, ram_mib=1500, last_used=1),
+        m("newer", READY, ram_mib=1500, last_used=5),
+        host=host(used=3000, total=3800), host_budget_mib=3800,
+    )  # fmt: skip
+    [step] = decide(snap, Room("third"))
+    assert isinstance(step, Wait) and "old" in step.why

@@ -160,14 +160,10 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             return [
                 Refuse(NoRoom(f"cannot start '{me.name}': it {plan.refuse}; nothing was evicted"))
             ]
-        stopping = tuple(r.name for r in residents if r.state is State.STOPPING)
-        if stopping and (plan.evict or plan.drain) and need is not None:
-            # Stops under way (decided a moment ago) may free enough: no more need go.
-            others = [r for r in residents if r.name != me.name]
-            share = share_mib(need, me.gpu_count)
-            freed = [g for g in here if available_mib(g, others, stopping) >= share]
-            if len(freed) >= me.gpu_count:
-                return [Wait(f"its room is being freed ({', '.join(stopping)} stopping)")]
+        if (plan.evict or plan.drain) and need is not None:
+            freeing = _freed_by_stops(here, residents, me.name, need, me.gpu_count)
+            if freeing is not None:
+                return [freeing]
         reason = "oom" if isolate else "discovery" if need is None else "lru"
         if plan.evict:
             return _make_way(snap, me, plan.evict, reason)
@@ -230,6 +226,10 @@ def _host_room(
         if m.host_held_mib > 0 and m.name != me.name and m.node in index
     ]
     plan = place(me.ram_mib, hosts, residents, me.name, now=snap.now)
+    if plan.evict or plan.drain:
+        freeing = _freed_by_stops(hosts, residents, me.name, me.ram_mib, 1)
+        if freeing is not None:
+            return [freeing], ""
     if plan.refuse:
         budget = max(h.total_mib for h in hosts)
         what = "the largest node's RAM budget" if snap.hosts else "host_ram_mib"
@@ -248,6 +248,27 @@ def _host_room(
         return [Wait(f"host RAM is held by engines that cannot make way ({held})")], ""
     chosen = next(h.node for h in hosts if h.index == plan.gpus[0])
     return None, chosen
+
+
+def _freed_by_stops(
+    devices: Sequence[GpuMemory],
+    residents: Sequence[ModelSnap],
+    asking: str,
+    need_mib: int,
+    count: int,
+) -> Wait | None:
+    """Stops under way (decided a moment ago, for this start or another) may free enough on
+    `count` of `devices`: then nothing more need go, it waits for them (a start decided again
+    while its first stop ran once stopped every idle engine on the host)."""
+    stopping = tuple(r.name for r in residents if r.state is State.STOPPING)
+    if not stopping:
+        return None
+    others = [r for r in residents if r.name != asking]
+    share = share_mib(need_mib, count)
+    freed = [d for d in devices if available_mib(d, others, stopping) >= share]
+    if len(freed) < count:
+        return None
+    return Wait(f"its room is being freed ({', '.join(stopping)} stopping)")
 
 
 def _drain(
