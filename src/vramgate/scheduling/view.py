@@ -37,7 +37,9 @@ def snapshot(
         room_queue,
         memory.host_budget_mib,
         memory.host_device(held) if with_memory else None,
-        memory.host_devices(by_node) if with_memory else (),
+        # Every decision, housekeeping too, counts each node's RAM against its own budget, not
+        # the gateway machine's; the nodes' last readings are at hand (no I/O).
+        memory.host_devices(by_node),
     )
 
 
@@ -101,5 +103,5 @@ def _snap(
         sleep_after_s=defaults.sleep_after if model.sleep_after is None else model.sleep_after,
         asleep=inst.asleep,
         nodes=tuple(model.nodes),
-        node=inst.handle.where if inst.handle is not None else "",
+        node=inst.node,
     )
