@@ -13,7 +13,7 @@ from vramgate.memory import Memory, footprint_store
 from vramgate.runtimes.ray_cluster import Cluster, Node
 from vramgate.scheduling.decide import Room, Tick, decide
 from vramgate.scheduling.snapshot import State
-from vramgate.scheduling.steps import Start
+from vramgate.scheduling.steps import Start, Stop
 from vramgate.scheduling.view import snapshot
 
 SLEEPER = {"engine": "command", "cmd": "true ${PORT}", "sleep": 1, "gpus": 1}
@@ -54,7 +54,7 @@ def test_housekeeping_counts_each_sleeper_against_its_own_nodes_ram(tmp_path: Pa
     insts["y"].placed_on = "a"  # both on a: 1400 there, the least recently used goes
     insts["x"].last_used = 1.0
     snap = snapshot(insts.values(), settings, memory, adapters(settings), with_memory=False)
-    assert [s.name for s in decide(snap, Tick())] == ["y"]
+    assert decide(snap, Tick()) == [Stop("y", "host_ram", "host RAM over 1000 MiB")]
 
 
 def test_a_start_holds_its_nodes_ram_from_the_moment_its_room_is_granted(tmp_path: Path):
