@@ -171,8 +171,9 @@ def test_sleeping_to_make_room_ages_frequency_eviction(gateway):
     were sleeps not aging it, a would stay for ever and b and c take each other's room."""
     knobs = ("--vram-mib", "4000", "--sleep-vram-mib", "200", "--sleep-host-mib", "16")
     model = {"engine": "command", "cmd": fake_cmd(*knobs), "vram_mib": 4000, "sleep": 1}
-    gw = gateway({"gpus": {"simulate_mib": [9000], "reserve_mib": 0, "eviction": "frequency"},
-                  "host_ram_mib": 20_000, "models": {"a": model, "b": model, "c": model}})  # fmt: skip
+    gpus = {"simulate_mib": [9000], "reserve_mib": 0, "eviction": "frequency"}
+    models = {"a": model, "b": model, "c": model}
+    gw = gateway({"gpus": gpus, "host_ram_mib": 20_000, "models": models})
     for name in ("a",) * 5 + ("b", "c", "b", "c", "b"):
         ask(gw, name)
     assert gw.model("a")["state"] == "ready"  # 5 against b's and c's aged counts: still first
