@@ -1,7 +1,8 @@
 """Host RAM, placed like a GPU: what engines on the CPU (and the CPU side of partially offloaded
 ones) need, estimated before their first load, measured after (PSS of the engine's process
 tree: pages its workers share count once), learned and kept with the GPU footprints; and the
-budget they share with sleeping engines (`host_ram_mib`, default: MemAvailable at startup).
+budget they share with sleeping engines (`host_ram_mib`, default: what this process may take at
+startup, the least of MemAvailable and its cgroup's room: cgroup.py).
 
 Estimates, by engine, from what each was measured to take here (docs/benchmarks.md, "Host RAM"):
 the model's weights (the GGUF or safetensors files; a GGUF's KV cache and buffers as its GPU
@@ -14,6 +15,7 @@ import logging
 import math
 from pathlib import Path
 
+from vramgate.cgroup import available_mib, read_field
 from vramgate.config import ModelConfig
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.estimate import Estimate, read_gguf_header
@@ -91,32 +93,17 @@ def tree_pss_mib(roots: list[int]) -> int:
     pids = set().union(*(process_tree(root, table) for root in roots))
     total_kib = 0
     for pid in pids:
-        total_kib += _field_kib(PROC / str(pid) / "smaps_rollup", "Pss:") or _field_kib(
+        total_kib += read_field(PROC / str(pid) / "smaps_rollup", "Pss:") or read_field(
             PROC / str(pid) / "status", "VmRSS:"
         )
     return total_kib // 1024
-
-
-def _field_kib(path: Path, field: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def available_mib() -> int:
-    """MemAvailable from /proc/meminfo, in MiB (0 where it cannot be read)."""
-    return _field_kib(Path("/proc/meminfo"), "MemAvailable:") // 1024
 
 
 class HostRam:
     """The host RAM budget and the host footprints of models."""
 
     def __init__(self, budget_mib: int | None, footprints: FootprintStore) -> None:
-        self.configured_mib = budget_mib  # host_ram_mib as set (None: MemAvailable)
+        self.configured_mib = budget_mib  # host_ram_mib as set (None: what is available)
         self.budget_mib = budget_mib if budget_mib is not None else available_mib()
         self.footprints = footprints
 
