@@ -31,8 +31,11 @@ RUNTIME_MIB = {"llamacpp": 64, "transformers": 450, "vllm": 2100, "sglang": 2100
 NGL_FLAGS = ("-ngl", "--n-gpu-layers", "--gpu-layers")
 
 
+HOST_SUFFIX = "#host"  # a model's host footprint: its GPU footprint's key and this
+
+
 def host_key(name: str, model: ModelConfig) -> str:
-    return footprint_key(name, model) + "#host"
+    return footprint_key(name, model) + HOST_SUFFIX
 
 
 def cpu_share(model: ModelConfig, layers: int | None) -> float:

@@ -23,7 +23,7 @@ from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
-from vramgate.hostram import NGL_FLAGS, HostRam, cpu_share, estimate_host_mib
+from vramgate.hostram import HOST_SUFFIX, NGL_FLAGS, HostRam, cpu_share, estimate_host_mib
 from vramgate.hub import is_hub_id
 from vramgate.instances import Instance
 from vramgate.scheduling.snapshot import State
@@ -72,6 +72,7 @@ class Memory:
         """Estimates from local files now; a hub id is only marked, for `prepare`."""
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
+        self.footprints.adopt_legacy(name, model, ("", HOST_SUFFIX))
         on_cpu = cpu_share(model, None) > 0 or any(a in NGL_FLAGS for a in model.args)
         self.host_estimates[name] = 0
         if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
