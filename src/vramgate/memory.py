@@ -246,7 +246,8 @@ class Memory:
         reading the GPU and /proc and saving with fsync must not hold the event loop, and
         nothing here may fail a request's release."""
         on_gpu = self.enabled and bool(inst.gpus)
-        on_cpu = bool(self.host_estimates.get(inst.name)) or inst.model.ram_mib is not None
+        # In host RAM: an estimate above 0, or one unknown (None: measured all the same).
+        on_cpu = self.host_estimates.get(inst.name, 0) != 0 or inst.model.ram_mib is not None
         if not (on_gpu or on_cpu) or inst.measured_requests >= MEASURED_REQUESTS:
             return
         if inst.name in self._measuring:

@@ -205,9 +205,18 @@ def _host_room(
     what the machine has available), or idle engines on the CPU and sleepers (stopped: asleep
     they keep what they hold) make way, or busy ones drain; never more than the budget. On a
     cluster each node's RAM is a device: the node of its GPUs, else the one placement picks
-    among those it may run on. (None, node): it fits there, or needs none."""
-    if me.ram_mib <= 0:
+    among those it may run on. A footprint that nothing tells is measured alone, as on a GPU:
+    idle engines holding the RAM of the node it goes to make way, and until it is measured it
+    counts as holding all of it. (None, node): it fits there, or needs none."""
+    need = me.ram_mib
+    if need == 0:
         return None, ""
+    if need is None and snap.unknown_footprint == "refuse":
+        message = (
+            f"cannot start '{me.name}': its host RAM footprint is unknown (never measured, no "
+            "ram_mib, no estimate) and gpus.unknown_footprint is 'refuse'; set ram_mib"
+        )
+        return [Refuse(NoRoom(message))], ""
     if snap.hosts:
         on = {g.node for g in snap.gpus if g.index in gpus}
         hosts = [h for h in snap.hosts if h.node in on] if gpus else [
@@ -219,22 +228,22 @@ def _host_room(
         hosts = [snap.host]
     else:
         return None, ""
-    index = {h.node: h.index for h in hosts}
+    by_node = {h.node: h for h in hosts}
     residents = [
-        m._replace(gpus=(index[m.node],), held_mib=m.host_held_mib)
+        m._replace(gpus=(by_node[m.node].index,), held_mib=_host_held(m, by_node[m.node]))
         for m in snap.models.values()
-        if m.host_held_mib > 0 and m.name != me.name and m.node in index
+        if m.holds_host and m.name != me.name and m.node in by_node
     ]
-    plan = place(me.ram_mib, hosts, residents, me.name, now=snap.now)
-    if plan.evict or plan.drain:
-        freeing = _freed_by_stops(hosts, residents, me.name, me.ram_mib, 1)
+    plan = place(need, hosts, residents, me.name, now=snap.now)
+    if (plan.evict or plan.drain) and need is not None:
+        freeing = _freed_by_stops(hosts, residents, me.name, need, 1)
         if freeing is not None:
             return [freeing], ""
     if plan.refuse:
         budget = max(h.total_mib for h in hosts)
         what = "the largest node's RAM budget" if snap.hosts else "host_ram_mib"
         message = (
-            f"cannot start '{me.name}': it needs {me.ram_mib} MiB of host RAM and {what} is "
+            f"cannot start '{me.name}': it needs {need} MiB of host RAM and {what} is "
             f"{budget}; nothing was stopped"
         )
         return [Refuse(NoRoom(message))], ""
@@ -248,6 +257,12 @@ def _host_room(
         return [Wait(f"host RAM is held by engines that cannot make way ({held})")], ""
     chosen = next(h.node for h in hosts if h.index == plan.gpus[0])
     return None, chosen
+
+
+def _host_held(m: ModelSnap, host: GpuMemory) -> int:
+    """What `m` holds of `host`'s RAM in placement: running with its footprint unknown (a
+    discovery run, not measured yet), all of it, so that nothing starts beside it."""
+    return host.total_mib if m.is_running and m.ram_mib is None else m.host_held_mib
 
 
 def _freed_by_stops(
@@ -327,7 +342,8 @@ def _make_way(snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str
 
 def _tick(snap: Snapshot) -> list[Step]:
     """Housekeeping: a reload's pending changes, idle engines that sleep or stop after their
-    time, sleepers over the host RAM budget (each node's, on a cluster), pinned models."""
+    time, sleepers and idle engines on the CPU over the host RAM budget (each node's, on a
+    cluster), pinned models."""
     steps: list[Step] = []
     # Sleepers and engines on the CPU share the host budget (each node's, on a cluster).
     used = snap.host_used_by_node()
@@ -349,17 +365,25 @@ def _tick(snap: Snapshot) -> list[Step]:
             used[m.node] -= m.host_mib
         elif m.pinned and m.state is State.STOPPED:
             steps.append(Begin(m.name))  # pinned models are up at all times
-    # Over the host RAM budget (it was lowered, or sleepers grew): least recently used go.
-    stopping = {s.name for s in steps if isinstance(s, Stop)}
-    asleep = sorted(
-        (m for m in snap.models.values() if m.state is State.SLEEPING and m.name not in stopping),
+    # Over the host RAM budget (it was lowered, sleepers grew, or an engine on the CPU was
+    # measured above its hint or estimate): sleepers and idle engines on the CPU there go,
+    # least recently used first; busy ones never.
+    decided = {s.name for s in steps if isinstance(s, Stop | Sleep)}
+    holding = sorted(
+        (
+            m
+            for m in snap.models.values()
+            if m.name not in decided
+            and m.host_held_mib > 0
+            and (m.state is State.SLEEPING or m.is_evictable)
+        ),
         key=lambda m: m.order,
     )
-    for m in asleep:
+    for m in holding:
         budget = snap.host_budget_on(m.node)
         if used[m.node] > budget:
             steps.append(Stop(m.name, "host_ram", f"host RAM over {budget} MiB"))
-            used[m.node] -= m.host_mib
+            used[m.node] -= m.host_held_mib
     return steps
 
 

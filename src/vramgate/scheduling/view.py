@@ -98,7 +98,7 @@ def _snap(
         made_way_for=inst.made_way_for,
         can_sleep=model.sleep > 0 and adapters[model.engine].sleep_calls(model) is not None,
         host_mib=memory.host_mib(inst) if model.sleep else 0,
-        ram_mib=memory.ram(inst)[0] or 0,  # no I/O: 0 at once for a model wholly on GPUs
+        ram_mib=memory.ram(inst)[0],  # no I/O: 0 at once for a model wholly on GPUs
         reload_s=memory.reload_s(inst) if with_memory else 0.0,
         sleep_after_s=defaults.sleep_after if model.sleep_after is None else model.sleep_after,
         asleep=inst.asleep,
