@@ -106,9 +106,13 @@ class HostRam:
     """The host RAM budget and the host footprints of models."""
 
     def __init__(self, budget_mib: int | None, footprints: FootprintStore) -> None:
-        self.configured_mib = budget_mib  # host_ram_mib as set (None: what is available)
-        self.budget_mib = budget_mib if budget_mib is not None else available_mib()
+        self.set_budget(budget_mib)
         self.footprints = footprints
+
+    def set_budget(self, budget_mib: int | None) -> None:
+        """host_ram_mib, at startup or from a reload (None: what this process may take now)."""
+        self.configured_mib = budget_mib
+        self.budget_mib = budget_mib if budget_mib is not None else available_mib()
 
     def footprint(self, name: str, model: ModelConfig, needs: int | None) -> tuple[int | None, str]:
         """(MiB, source) of what it holds running: measured > `ram_mib` > the estimate (`needs`,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 
+import yaml
+
 from tests.conftest import fake_cmd, wait_until
 
 
@@ -112,3 +114,20 @@ def test_an_engine_measured_above_its_hint_makes_idle_ones_go(gateway):
     ask(gw, "liar")
     assert wait_until(lambda: gw.model("b")["state"] == "stopped", 10), gw.log()[-2000:]
     assert "host RAM over 700 MiB" in gw.log() and gw.model("liar")["state"] == "ready"
+
+
+def test_a_reload_applies_the_host_and_kv_budgets_and_says_what_needs_a_restart(gateway):
+    """host_ram_mib lowered by a reload: taken at once, the idle CPU engine over it goes;
+    kv_disk_mib too; a changed cluster is said to need a restart (issue 24, defect 16)."""
+    config = {"host_ram_mib": 1000, "models": {"a": cpu_model(300)}}
+    gw = gateway(config)
+    ask(gw, "a")
+    config |= {"host_ram_mib": 200, "kv_disk_mib": 64,
+               "cluster": {"ray": {"address": "127.0.0.1:1"}}}  # fmt: skip
+    gw.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = gw.http.post("/admin/reload").json()
+    assert summary["applied"] == ["host_ram_mib", "kv_disk_mib"], summary
+    assert summary["restart_required"] == ["cluster"], summary
+    assert gw.status()["host_ram"]["budget_mib"] == 200
+    assert wait_until(lambda: gw.model("a")["state"] == "stopped", 10)
+    assert "host RAM over 200 MiB" in gw.log() and "restart_required cluster" in gw.log()
