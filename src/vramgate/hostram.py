@@ -18,7 +18,7 @@ from pathlib import Path
 from vramgate.cgroup import available_mib, read_field
 from vramgate.config import ModelConfig
 from vramgate.gpu.base import GpuMemory
-from vramgate.gpu.estimate import Estimate, read_gguf_header
+from vramgate.gpu.estimate import Estimate, gpu_layers, read_gguf_header
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.proctree import PROC, process_table, process_tree
 
@@ -28,7 +28,6 @@ HOST_RESERVE_MIB = 256  # of what the machine has available, never planned for
 # The engine's own runtime on the CPU beyond the weights (and, for llama.cpp, beyond its KV
 # cache and buffers, which the GGUF estimate counts): measured here with small models.
 RUNTIME_MIB = {"llamacpp": 64, "transformers": 450, "vllm": 2100, "sglang": 2100, "command": 0}
-NGL_FLAGS = ("-ngl", "--n-gpu-layers", "--gpu-layers")
 
 
 HOST_SUFFIX = "#host"  # a model's host footprint: its GPU footprint's key and this
@@ -45,12 +44,8 @@ def cpu_share(model: ModelConfig, layers: int | None) -> float:
         return 1.0
     if model.engine != "llamacpp" or not layers:
         return 0.0
-    for i, arg in enumerate(model.args):
-        value = model.args[i + 1] if arg in NGL_FLAGS and i + 1 < len(model.args) else None
-        if value is not None and value.lstrip("-").isdigit():
-            on_gpu = int(value)
-            return 0.0 if on_gpu < 0 or on_gpu >= layers else (layers - on_gpu) / layers
-    return 0.0
+    on_gpu = gpu_layers(model.args)
+    return 0.0 if on_gpu is None or on_gpu >= layers else (layers - on_gpu) / layers
 
 
 def estimate_host_mib(model: ModelConfig, estimate: Estimate | None) -> int | None:
@@ -62,8 +57,8 @@ def estimate_host_mib(model: ModelConfig, estimate: Estimate | None) -> int | No
     runtime = RUNTIME_MIB.get(model.engine, 0)
     if estimate is None:
         return None
-    if share < 1.0:  # partial offload: those layers' weights, and the engine's host buffers
-        return math.ceil(estimate.weights_mib * share + runtime)
+    if share < 1.0:  # partial offload: those layers' weights and KV cache (the GGUF estimate
+        return math.ceil(estimate.host_mib + runtime)  # splits them), its host buffers
     if model.engine == "llamacpp":  # its KV cache and buffers, as the GGUF estimate counts them
         body = estimate.total_mib - estimate.overhead_mib
     else:

@@ -17,13 +17,13 @@ from typing import Any
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines.base import MemoryBudget
 from vramgate.gpu.base import GpuBackend, GpuMemory
-from vramgate.gpu.estimate import Estimate, estimate_model
+from vramgate.gpu.estimate import Estimate, estimate_model, gpu_layers
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
-from vramgate.hostram import HOST_SUFFIX, NGL_FLAGS, HostRam, cpu_share, estimate_host_mib
+from vramgate.hostram import HOST_SUFFIX, HostRam, cpu_share, estimate_host_mib
 from vramgate.hub import is_hub_id
 from vramgate.instances import Instance
 from vramgate.scheduling.snapshot import State
@@ -73,7 +73,7 @@ class Memory:
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
         self.footprints.adopt_legacy(name, model, ("", HOST_SUFFIX))
-        on_cpu = cpu_share(model, None) > 0 or any(a in NGL_FLAGS for a in model.args)
+        on_cpu = cpu_share(model, None) > 0 or gpu_layers(model.args) is not None
         self.host_estimates[name] = 0
         if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
             self.host_estimates[name] = estimate_host_mib(
