@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vramgate.config import ModelConfig, Settings
+from vramgate.engines import REGISTRY
 from vramgate.engines.base import MemoryBudget
 from vramgate.gpu.base import GpuBackend, GpuMemory
 from vramgate.gpu.estimate import Estimate, estimate_model, gpu_layers
@@ -106,7 +107,7 @@ class Memory:
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
         if inst.model.device == "cpu":
             return 0, "cpu"
-        measured = self.footprints.get_mib(footprint_key(inst.name, inst.model))
+        measured = self._learned(inst)
         if measured is not None:
             return measured, "measured"
         if inst.model.vram_mib is not None:
@@ -238,8 +239,31 @@ class Memory:
         """Reads what the engine uses now and learns it as (part of) its footprint."""
         used = self.used_now(inst)
         if used is not None:
-            self.footprints.record(footprint_key(inst.name, inst.model), used, new_load=new_load)
+            [key] = self._keys(inst, self._totals(inst.gpus)[:1])
+            self.footprints.record(key, used, new_load=new_load)
         return used
+
+    def _learned(self, inst: Instance) -> int | None:
+        """Its learned footprint. An engine that takes a share of its GPU (`sizes_to_gpu`)
+        learns one per GPU size: the one for where it runs; not placed, the least of those of
+        the sizes present (told that budget, it holds to it on any of them). A size it never
+        ran on is unknown: 90% of a 16 GiB GPU is no footprint for an 8 GiB one."""
+        totals = self._totals(inst.gpus) or self._totals(())
+        found = [self.footprints.get_mib(key) for key in self._keys(inst, totals)]
+        return min((mib for mib in found if mib is not None), default=None)
+
+    def _keys(self, inst: Instance, totals: list[int]) -> list[str]:
+        key = footprint_key(inst.name, inst.model)
+        if not totals or not REGISTRY[inst.model.engine].sizes_to_gpu:
+            return [key]
+        return [f"{key}#gpu={total}" for total in totals]
+
+    def _totals(self, gpus: tuple[int, ...]) -> list[int]:
+        """The sizes (MiB) of `gpus`, smallest first; of every GPU when `gpus` is empty."""
+        if not self.enabled:
+            return []
+        found = self.gpus.memory()
+        return sorted({g.total_mib for g in found if not gpus or g.index in gpus})
 
     def after_request(self, inst: Instance) -> None:
         """Re-measures after the first few requests (KV caches and buffers grow), in a thread:
