@@ -4,7 +4,8 @@ Pure: no I/O, no clock of its own, no mutation; tested case by case (tests/unit/
 Three things are asked of it:
 - `Request(name)`: a request for a model arrived (serve, queue, refuse, start, join, wait);
 - `Room(name, isolate)`: a start needs room (start where, stop whom, drain whom, wait, refuse);
-- `Tick()`: time passed (TTL, a reload's pending changes, pinned models).
+- `Tick()`: time passed (TTL, a reload's pending changes, pinned models, host RAM over its
+  budget: housekeeping.py).
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from dataclasses import dataclass
 from vramgate.errors import NoRoom, QueueFull
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
+from vramgate.scheduling.housekeeping import tick
 from vramgate.scheduling.placement import available_mib, place
-from vramgate.scheduling.snapshot import ModelSnap, Pending, Snapshot, State
+from vramgate.scheduling.snapshot import ModelSnap, Snapshot, State
 from vramgate.scheduling.steps import (
     Begin,
     Drain,
-    Forget,
     Join,
     Queue,
     Refuse,
-    Replace,
     Serve,
     Sleep,
     Start,
@@ -71,7 +71,7 @@ def decide(snap: Snapshot, ask: Ask) -> list[Step]:
         return _room(snap, snap.models[ask.name], ask.isolate)
     if isinstance(ask, Yield):
         return make_way(snap, ask.share)
-    return _tick(snap)
+    return tick(snap)
 
 
 def decide_request(m: ModelSnap) -> Step:
@@ -338,72 +338,6 @@ def _make_way(snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str
             used[node] += sum(m.host_mib for m in freed)
             steps.append(Stop(name, reason, why, me.name))
     return steps
-
-
-def _tick(snap: Snapshot) -> list[Step]:
-    """Housekeeping: a reload's pending changes, idle engines that sleep or stop after their
-    time, sleepers and idle engines on the CPU over the host RAM budget (each node's, on a
-    cluster), pinned models."""
-    steps: list[Step] = []
-    # Sleepers and engines on the CPU share the host budget (each node's, on a cluster).
-    used = snap.host_used_by_node()
-    for m in snap.models.values():
-        idle_s = snap.now - m.last_used
-        if m.pending is not None:
-            steps.extend(_pending(m))
-        elif m.state is State.READY and m.is_idle and not m.pinned:
-            expired = m.ttl_s > 0 and idle_s >= m.ttl_s
-            drowsy = m.can_sleep and m.sleep_after_s > 0 and idle_s >= m.sleep_after_s
-            room = used[m.node] + m.host_mib <= snap.host_budget_on(m.node)
-            if drowsy and not expired and room:
-                steps.append(Sleep(m.name, "sleep_after", f"idle {idle_s:.0f} s"))
-                used[m.node] += m.host_mib
-            elif expired:
-                steps.append(Stop(m.name, "ttl"))
-        elif m.state is State.SLEEPING and not m.pinned and m.ttl_s > 0 and idle_s >= m.ttl_s:
-            steps.append(Stop(m.name, "ttl"))
-            used[m.node] -= m.host_mib
-        elif m.pinned and m.state is State.STOPPED:
-            steps.append(Begin(m.name))  # pinned models are up at all times
-    # Over the host RAM budget (it was lowered, sleepers grew, or an engine on the CPU was
-    # measured above its hint or estimate): sleepers and idle engines on the CPU there go,
-    # least recently used first; busy ones never.
-    decided = {s.name for s in steps if isinstance(s, Stop | Sleep)}
-    holding = sorted(
-        (
-            m
-            for m in snap.models.values()
-            if m.name not in decided
-            and m.host_held_mib > 0
-            and (m.state is State.SLEEPING or m.is_evictable)
-        ),
-        key=lambda m: m.order,
-    )
-    for m in holding:
-        budget = snap.host_budget_on(m.node)
-        if used[m.node] > budget:
-            steps.append(Stop(m.name, "host_ram", f"host RAM over {budget} MiB"))
-            used[m.node] -= m.host_held_mib
-    return steps
-
-
-def _pending(m: ModelSnap) -> list[Step]:
-    """A reload's change: applied at once when no engine runs, else once it has drained."""
-    why = (
-        "removed from the configuration"
-        if m.pending is Pending.REMOVED
-        else "its definition changed"
-    )
-    if m.state in (State.STOPPED, State.FAILED):
-        return [Forget(m.name) if m.pending is Pending.REMOVED else Replace(m.name)]
-    if m.state is State.SLEEPING:
-        return [Stop(m.name, "reload", why)]
-    if m.state is not State.READY:
-        return []  # a start or stop is under way: decided again once it ends
-    if m.is_idle:
-        return [Stop(m.name, "reload", why)]
-    # Under steady traffic it would never be idle: new requests wait while it drains.
-    return [] if m.draining_for is not None else [Drain(m.name, "reload")]
 
 
 def _where(gpus: Sequence[GpuMemory], chosen: tuple[int, ...]) -> str:
