@@ -16,7 +16,8 @@ from vramgate.scheduling.snapshot import State
 from vramgate.scheduling.steps import Start, Stop
 from vramgate.scheduling.view import snapshot
 
-SLEEPER = {"engine": "command", "cmd": "true ${PORT}", "sleep": 1, "gpus": 1}
+# ttl 0: the clock (time.monotonic, the machine's uptime) must not stop them by TTL.
+SLEEPER = {"engine": "command", "cmd": "true ${PORT}", "sleep": 1, "gpus": 1, "ttl": 0}
 CPU = {"engine": "command", "cmd": "true ${PORT}", "device": "cpu", "ram_mib": 700}
 
 
