@@ -77,9 +77,9 @@ class Memory:
         on_cpu = cpu_share(model, None) > 0 or gpu_layers(model.args) is not None
         self.host_estimates[name] = 0
         if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
-            self.host_estimates[name] = estimate_host_mib(
-                model, _estimate_or_none(name, model, hub=False)
-            )
+            host = estimate_host_mib(model, _estimate_or_none(name, model, hub=False))
+            # gpus.unknown_footprint: isolate holds in host RAM too: measured alone, first.
+            self.host_estimates[name] = None if host and self.policy == "isolate" else host
         if not on_cpu and (not self.enabled or self.policy == "isolate"):
             return
         self.estimates[name] = _estimate_or_none(name, model, hub=False)

@@ -106,3 +106,26 @@ def test_a_model_larger_than_the_gpu_starts_with_part_of_its_layers_there(tmp_pa
     )  # 9 layers' weights and 48k cells of KV cache, + 64
     [start] = decide(snap, Room("part"))
     assert isinstance(start, Start) and start.gpus == (0,), start
+
+
+def test_isolate_makes_a_cpu_engine_a_discovery_run_until_measured(tmp_path):
+    """gpus.unknown_footprint: isolate: its host estimate is not trusted before a measurement
+    (unknown, so a discovery run on its node's RAM); with estimate, the estimate is used."""
+    from tests.unit.test_estimate import make_gguf
+    from vramgate.config import Settings
+    from vramgate.gpu.simulated import SimulatedGpus
+    from vramgate.instances import Instance
+    from vramgate.memory import Memory, footprint_store
+
+    gguf = make_gguf(tmp_path / "m.gguf", arch="llama", window=0)
+    for policy, expected in (("estimate", "estimate"), ("isolate", "unknown")):
+        settings = Settings.model_validate({
+            "state_dir": str(tmp_path), "gpus": {"unknown_footprint": policy},
+            "models": {"c": {"engine": "llamacpp", "source": str(gguf), "device": "cpu"}},
+        })  # fmt: skip
+        memory = Memory(settings, SimulatedGpus([], 0, tmp_path), footprint_store(settings))
+        inst = Instance("c", settings.models["c"])
+        assert memory.ram(inst)[1] == expected
+        memory.host.record("c", inst.model, 500, new_load=True)
+        assert memory.ram(inst) == (500, "measured")
+        (tmp_path / "footprints.json").unlink()
