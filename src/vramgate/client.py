@@ -129,6 +129,7 @@ class ReloadResult(_Result):
     changed: list[str]
     removed: list[str]
     kept: list[str]
+    applied: list[str] = []  # settings taken at once (host_ram_mib, kv_disk_mib)
     restart_required: list[str] = []
 
 

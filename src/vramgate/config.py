@@ -377,9 +377,10 @@ class Settings(_Strict):
     host_ram_mib: int | None = Field(
         default=None, ge=0,
         description="Host RAM that engines on the CPU and sleeping engines may hold in all; "
-        "default: what the machine has available when the gateway starts (and never more than "
-        "it has available at each placement). On a Ray cluster, each node's budget (default: "
-        "what the node had available when it joined).",
+        "default: what the gateway may take when it starts, the least of MemAvailable and "
+        "what its cgroup's limit (a container's, a systemd MemoryMax) leaves (and never more "
+        "than that at each placement). On a Ray cluster, each node's budget (default: what "
+        "the node had available when it joined).",
     )  # fmt: skip
     kv_disk_mib: int = Field(
         default=4096, ge=0, description="Disk for kept KV caches (state_dir/kv); LRU beyond it."

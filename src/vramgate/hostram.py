@@ -1,7 +1,8 @@
 """Host RAM, placed like a GPU: what engines on the CPU (and the CPU side of partially offloaded
 ones) need, estimated before their first load, measured after (PSS of the engine's process
 tree: pages its workers share count once), learned and kept with the GPU footprints; and the
-budget they share with sleeping engines (`host_ram_mib`, default: MemAvailable at startup).
+budget they share with sleeping engines (`host_ram_mib`, default: what this process may take at
+startup, the least of MemAvailable and its cgroup's room: cgroup.py).
 
 Estimates, by engine, from what each was measured to take here (docs/benchmarks.md, "Host RAM"):
 the model's weights (the GGUF or safetensors files; a GGUF's KV cache and buffers as its GPU
@@ -15,9 +16,10 @@ import math
 from pathlib import Path
 from typing import Literal
 
+from vramgate.cgroup import available_mib, read_field
 from vramgate.config import ModelConfig
 from vramgate.gpu.base import GpuMemory
-from vramgate.gpu.estimate import Estimate, read_gguf_header
+from vramgate.gpu.estimate import Estimate, gpu_layers, read_gguf_header
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.proctree import PROC, process_table, process_tree
 
@@ -27,7 +29,9 @@ HOST_RESERVE_MIB = 256  # of what the machine has available, never planned for
 # The engine's own runtime on the CPU beyond the weights (and, for llama.cpp, beyond its KV
 # cache and buffers, which the GGUF estimate counts): measured here with small models.
 RUNTIME_MIB = {"llamacpp": 64, "transformers": 450, "vllm": 2100, "sglang": 2100, "command": 0}
-NGL_FLAGS = ("-ngl", "--n-gpu-layers", "--gpu-layers")
+
+
+HOST_SUFFIX = "#host"  # a model's host footprint: its GPU footprint's key and this
 
 
 NO_GPU_NOTE = (
@@ -55,7 +59,7 @@ def device_notes(model: ModelConfig, has_gpus: bool) -> list[str]:
 
 
 def host_key(name: str, model: ModelConfig) -> str:
-    return footprint_key(name, model) + "#host"
+    return footprint_key(name, model) + HOST_SUFFIX
 
 
 def cpu_share(model: ModelConfig, layers: int | None) -> float:
@@ -66,12 +70,8 @@ def cpu_share(model: ModelConfig, layers: int | None) -> float:
         return 1.0
     if model.engine != "llamacpp" or not layers:
         return 0.0
-    for i, arg in enumerate(model.args):
-        value = model.args[i + 1] if arg in NGL_FLAGS and i + 1 < len(model.args) else None
-        if value is not None and value.lstrip("-").isdigit():
-            on_gpu = int(value)
-            return 0.0 if on_gpu < 0 or on_gpu >= layers else (layers - on_gpu) / layers
-    return 0.0
+    on_gpu = gpu_layers(model.args)
+    return 0.0 if on_gpu is None or on_gpu >= layers else (layers - on_gpu) / layers
 
 
 def estimate_host_mib(model: ModelConfig, estimate: Estimate | None) -> int | None:
@@ -83,8 +83,8 @@ def estimate_host_mib(model: ModelConfig, estimate: Estimate | None) -> int | No
     runtime = RUNTIME_MIB.get(model.engine, 0)
     if estimate is None:
         return None
-    if share < 1.0:  # partial offload: those layers' weights, and the engine's host buffers
-        return math.ceil(estimate.weights_mib * share + runtime)
+    if share < 1.0:  # partial offload: those layers' weights and KV cache (the GGUF estimate
+        return math.ceil(estimate.host_mib + runtime)  # splits them), its host buffers
     if model.engine == "llamacpp":  # its KV cache and buffers, as the GGUF estimate counts them
         body = estimate.total_mib - estimate.overhead_mib
     else:
@@ -117,34 +117,23 @@ def tree_pss_mib(roots: list[int]) -> int:
     pids = set().union(*(process_tree(root, table) for root in roots))
     total_kib = 0
     for pid in pids:
-        total_kib += _field_kib(PROC / str(pid) / "smaps_rollup", "Pss:") or _field_kib(
+        total_kib += read_field(PROC / str(pid) / "smaps_rollup", "Pss:") or read_field(
             PROC / str(pid) / "status", "VmRSS:"
         )
     return total_kib // 1024
-
-
-def _field_kib(path: Path, field: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def available_mib() -> int:
-    """MemAvailable from /proc/meminfo, in MiB (0 where it cannot be read)."""
-    return _field_kib(Path("/proc/meminfo"), "MemAvailable:") // 1024
 
 
 class HostRam:
     """The host RAM budget and the host footprints of models."""
 
     def __init__(self, budget_mib: int | None, footprints: FootprintStore) -> None:
-        self.configured_mib = budget_mib  # host_ram_mib as set (None: MemAvailable)
-        self.budget_mib = budget_mib if budget_mib is not None else available_mib()
+        self.set_budget(budget_mib)
         self.footprints = footprints
+
+    def set_budget(self, budget_mib: int | None) -> None:
+        """host_ram_mib, at startup or from a reload (None: what this process may take now)."""
+        self.configured_mib = budget_mib
+        self.budget_mib = budget_mib if budget_mib is not None else available_mib()
 
     def footprint(self, name: str, model: ModelConfig, needs: int | None) -> tuple[int | None, str]:
         """(MiB, source) of what it holds running: measured > `ram_mib` > the estimate (`needs`,

@@ -81,6 +81,13 @@ class Instance:
             self.on_state(self, old, new)
 
     @property
+    def node(self) -> str:
+        """On a cluster, the node whose RAM it holds: its engine's, else (granted room, still
+        spawning) the one its start was placed on, so that two starts decided at once do not
+        both take one node's RAM ("": this machine, or none)."""
+        return self.handle.where if self.handle is not None else self.placed_on
+
+    @property
     def is_running(self) -> bool:
         """Has an engine (or is about to): shutdown stops it, /v1/models/loaded lists it."""
         return self.state in (State.STARTING, State.READY, State.STOPPING, State.SLEEPING)

@@ -2,8 +2,9 @@
 slots are saved under state_dir/kv/<footprint key>/; when the model starts again, they are restored
 before it serves, so a long prompt asked before the swap is not evaluated again.
 
-Files are keyed by the model's footprint key (engine, file, args), so a changed model or changed
-arguments never restore a stale cache. The folders share a disk budget: the least recently used
+Files are keyed by the model's footprint key (engine, file, args, the file's size and mtime), so
+a changed model, a file replaced at the same path or changed arguments never restore a stale
+cache. The folders share a disk budget: the least recently used
 go first. A save or restore that fails is logged and ignored: it costs a prefill, nothing else.
 llama-server's slot API (`--slot-save-path DIR`, `POST /slots/{id}?action=save|restore` with a
 bare file name) is in tools/server/README.md; `GET /slots` lists the slots.

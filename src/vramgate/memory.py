@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vramgate.config import ModelConfig, Settings
+from vramgate.engines import REGISTRY
 from vramgate.engines.base import MemoryBudget
 from vramgate.gpu.base import GpuBackend, GpuMemory
-from vramgate.gpu.estimate import Estimate, estimate_model
+from vramgate.gpu.estimate import Estimate, estimate_model, gpu_layers
 from vramgate.gpu.footprints import FootprintStore, footprint_key
 from vramgate.gpu.logged import logged_gpu_mib
 from vramgate.gpu.nvml import NvmlGpus, nvml_available
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
 from vramgate.hostram import (
-    NGL_FLAGS,
+    HOST_SUFFIX,
     HostRam,
     as_run,
     cpu_share,
@@ -81,12 +82,13 @@ class Memory:
         model = self.as_run(model)
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
-        on_cpu = cpu_share(model, None) > 0 or any(a in NGL_FLAGS for a in model.args)
+        self.footprints.adopt_legacy(name, model, ("", HOST_SUFFIX))
+        on_cpu = cpu_share(model, None) > 0 or gpu_layers(model.args) is not None
         self.host_estimates[name] = 0
         if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
-            self.host_estimates[name] = estimate_host_mib(
-                model, _estimate_or_none(name, model, hub=False)
-            )
+            host = estimate_host_mib(model, _estimate_or_none(name, model, hub=False))
+            # gpus.unknown_footprint: isolate holds in host RAM too: measured alone, first.
+            self.host_estimates[name] = None if host and self.policy == "isolate" else host
         if not on_cpu and (not self.enabled or self.policy == "isolate"):
             return
         self.estimates[name] = _estimate_or_none(name, model, hub=False)
@@ -126,7 +128,7 @@ class Memory:
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
         if self.device(inst.model) == "cpu":
             return 0, "cpu"
-        measured = self.footprints.get_mib(footprint_key(inst.name, inst.model))
+        measured = self._learned(inst)
         if measured is not None:
             return measured, "measured"
         if inst.model.vram_mib is not None:
@@ -258,15 +260,39 @@ class Memory:
         """Reads what the engine uses now and learns it as (part of) its footprint."""
         used = self.used_now(inst)
         if used is not None:
-            self.footprints.record(footprint_key(inst.name, inst.model), used, new_load=new_load)
+            [key] = self._keys(inst, self._totals(inst.gpus)[:1])
+            self.footprints.record(key, used, new_load=new_load)
         return used
+
+    def _learned(self, inst: Instance) -> int | None:
+        """Its learned footprint. An engine that takes a share of its GPU (`sizes_to_gpu`)
+        learns one per GPU size: the one for where it runs; not placed, the least of those of
+        the sizes present (told that budget, it holds to it on any of them). A size it never
+        ran on is unknown: 90% of a 16 GiB GPU is no footprint for an 8 GiB one."""
+        totals = self._totals(inst.gpus) or self._totals(())
+        found = [self.footprints.get_mib(key) for key in self._keys(inst, totals)]
+        return min((mib for mib in found if mib is not None), default=None)
+
+    def _keys(self, inst: Instance, totals: list[int]) -> list[str]:
+        key = footprint_key(inst.name, inst.model)
+        if not totals or not REGISTRY[inst.model.engine].sizes_to_gpu:
+            return [key]
+        return [f"{key}#gpu={total}" for total in totals]
+
+    def _totals(self, gpus: tuple[int, ...]) -> list[int]:
+        """The sizes (MiB) of `gpus`, smallest first; of every GPU when `gpus` is empty."""
+        if not self.enabled:
+            return []
+        found = self.gpus.memory()
+        return sorted({g.total_mib for g in found if not gpus or g.index in gpus})
 
     def after_request(self, inst: Instance) -> None:
         """Re-measures after the first few requests (KV caches and buffers grow), in a thread:
         reading the GPU and /proc and saving with fsync must not hold the event loop, and
         nothing here may fail a request's release."""
         on_gpu = self.enabled and bool(inst.gpus)
-        on_cpu = bool(self.host_estimates.get(inst.name)) or inst.model.ram_mib is not None
+        # In host RAM: an estimate above 0, or one unknown (None: measured all the same).
+        on_cpu = self.host_estimates.get(inst.name, 0) != 0 or inst.model.ram_mib is not None
         if not (on_gpu or on_cpu) or inst.measured_requests >= MEASURED_REQUESTS:
             return
         if inst.name in self._measuring:

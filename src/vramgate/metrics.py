@@ -157,7 +157,8 @@ class _Gauges(Collector):
         for name, mib in ram["models"].items():
             ram_used.add_metric([name], mib * MIB)
         available = GaugeMetricFamily(
-            "vramgate_host_ram_available_bytes", "What the machine has available (MemAvailable)."
+            "vramgate_host_ram_available_bytes",
+            "What the gateway may still take: MemAvailable, or less where its cgroup is limited.",
         )
         available.add_metric([], ram["available_mib"] * MIB)
         for m in status["models"]:

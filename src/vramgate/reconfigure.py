@@ -84,16 +84,33 @@ def apply_settings(scheduler: Scheduler, new: Settings) -> dict[str, list[str]]:
     kept = {n: scheduler.instances[n].model for n in adhoc}
     new = new.model_copy(update={"models": {**new.models, **kept}})
     summary = diff(old, new, {n: i.model for n, i in scheduler.instances.items()})
+    summary["applied"] = _apply_live(scheduler, old, new)  # before the tick that apply runs
     scheduler.apply(new, set(summary["changed"]), set(summary["removed"]), adhoc)
     summary["restart_required"] = [
         k
-        for k in ("host", "port", "state_dir", "gpus", "models_dir")
+        for k in ("host", "port", "state_dir", "gpus", "models_dir", "cluster")
         if getattr(old, k) != getattr(new, k)
     ]
     parts = [f"{k} {', '.join(v)}" for k, v in summary.items() if v and k != "kept"]
     message = "configuration reloaded: " + ("; ".join(parts) or "no change")
     scheduler.events.record("reload", "", message)
     return summary
+
+
+def _apply_live(scheduler: Scheduler, old: Settings, new: Settings) -> list[str]:
+    """Settings a reload applies at once, those that changed: the host RAM budget (every
+    decision reads it; housekeeping stops sleepers and idle engines on the CPU over a lowered
+    one, least recently used first; each node's, on a cluster), and the KV caches' disk
+    budget (the next save trims to it). The others in `restart_required` need a restart:
+    the listening socket, the state folder, the GPU backend and the cluster are made once."""
+    applied = []
+    if old.host_ram_mib != new.host_ram_mib:
+        scheduler.memory.host.set_budget(new.host_ram_mib)
+        applied.append("host_ram_mib")
+    if old.kv_disk_mib != new.kv_disk_mib:
+        scheduler.life.kv.budget_bytes = new.kv_disk_mib << 20
+        applied.append("kv_disk_mib")
+    return applied
 
 
 def diff(old: Settings, new: Settings, current: dict[str, ModelConfig]) -> dict[str, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vramgate.hostram import available_mib
+from vramgate.cgroup import available_mib
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
 from vramgate.scheduling.view import ttl_of

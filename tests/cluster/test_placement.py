@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -137,3 +138,38 @@ def test_engines_on_the_cpu_are_placed_in_each_nodes_ram(gateway, cluster):
     assert node_of(gw, "c3") == second and "stop c2 (host_ram" in gw.log()
     held = gw.status()["host_ram"]["nodes"]
     assert set(held) == {first, second} and all(300 <= mib < 600 for mib in held.values())
+
+
+def test_two_cpu_starts_at_once_take_two_nodes_ram(gateway, cluster):
+    """Asked for at the same moment, each start slow to spawn: the first holds its node's RAM
+    from the moment its room is granted, so the second goes to the other node, not on top of
+    it (issue 24, defect 7: both went to one node, 720 MiB in its 600)."""
+    slow = {**cpu_model(300), "cmd": fake_cmd("--ram-mib", "300", "--load-delay", "1")}
+    gw = gateway(ray_config(cluster, {"c1": slow, "c2": slow}, host_ram_mib=600))
+    assert wait_until(lambda: len(gw.status()["nodes"]) == 3, 20)
+    workers = [threading.Thread(target=ask, args=(gw, n)) for n in ("c1", "c2")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert gw.model("c1")["state"] == gw.model("c2")["state"] == "ready"
+    assert node_of(gw, "c1") != node_of(gw, "c2"), gw.log()[-3000:]
+
+
+def test_sleepers_on_two_nodes_count_against_their_own_nodes_ram(gateway, cluster):
+    """Two engines asleep, one on each node, holding ~330 MiB each under a 500 MiB budget per
+    node: both stay asleep (issue 24, defect 6: housekeeping summed them against one budget
+    and stopped one as 'host RAM over 500 MiB')."""
+    knobs = ("--sleep-vram-mib", "50", "--sleep-host-mib", "250")
+    models = {f"s{n}": engine(300, *knobs, nodes=[f"gpu-{n}"], sleep=1, sleep_after=0.5)
+              for n in ("a", "b")}  # fmt: skip
+    gw = gateway(ray_config(cluster, models, host_ram_mib=500))
+    ask(gw, "sa")
+    ask(gw, "sb")
+    asleep = lambda: {n: gw.model(n)["state"] for n in models}  # noqa: E731
+    assert wait_until(lambda: set(asleep().values()) == {"sleeping"}, 15), asleep()
+    time.sleep(2)  # housekeeping ticks every 0.25 s
+    held = gw.status()["host_ram"]
+    assert held["sleeping_mib"] > 500 and set(held["nodes"]) == {"gpu-a", "gpu-b"}, held
+    assert set(asleep().values()) == {"sleeping"}, gw.log()[-2000:]
+    assert "host RAM over" not in gw.log()

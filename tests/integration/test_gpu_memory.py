@@ -330,3 +330,47 @@ def test_frequency_eviction_keeps_the_model_asked_for_most(gateway):
     for name in ("a", "a", "a", "b", "c"):
         ask(lru, name)
     assert states(lru) == {"a": "stopped", "b": "ready", "c": "ready"}
+
+
+GREEDY_VLLM = """#!{python}
+# Stands in for `vllm serve` on a {total} MiB GPU: it takes --gpu-memory-utilization of it
+# (0.9 when not told), as vLLM does.
+import sys
+argv = sys.argv[1:]
+flag = "--gpu-memory-utilization"
+share = float(argv[argv.index(flag) + 1]) if flag in argv else 0.9
+print("fake vllm share:", share, flush=True)
+from vramgate.testing.fake_engine import main
+main(["--port", argv[argv.index("--port") + 1], "--vram-mib", str(int(share * {total}))])
+"""
+
+
+def test_a_self_sizing_engines_footprint_is_learned_per_gpu_size(gateway, tmp_path):
+    """vLLM left to itself takes 90% of its GPU: learned on a 16000 MiB GPU, that is 14400,
+    no footprint for an 8000 MiB one (it was refused there with a 507). Each GPU size learns
+    its own; on the two together, the least is told to either."""
+    (tmp_path / "model").mkdir()  # no metadata: nothing estimates it
+
+    def config(*totals: int) -> dict:
+        script = tmp_path / f"vllm-{max(totals)}"
+        script.write_text(GREEDY_VLLM.format(python=sys.executable, total=max(totals)))
+        script.chmod(0o755)
+        return {"state_dir": str(tmp_path / "state"), "gpus": gpus(*totals),
+                "engines": {"vllm": {"binary": str(script)}},
+                "models": {"v": {"engine": "vllm", "source": str(tmp_path / "model")}}}  # fmt: skip
+
+    big = gateway(config(16_000))
+    ask(big, "v")
+    assert (big.model("v")["footprint_mib"], big.model("v")["footprint_source"]) == (
+        14_400, "measured")  # fmt: skip
+    big.stop()
+    small = gateway(config(8000))
+    assert small.model("v")["footprint_source"] == "unknown"  # not 14400 on this GPU
+    ask(small, "v")  # a discovery run here
+    assert small.model("v")["footprint_mib"] == 7200
+    small.stop()
+    both = gateway(config(8000, 16_000))
+    assert both.model("v")["footprint_mib"] == 7200
+    ask(both, "v")
+    share = [x for x in both.engine_log("v").splitlines() if x.startswith("fake vllm share:")]
+    assert share and float(share[-1].split()[-1]) in (0.9, 0.45), share  # 7200 of 8000 or 16000

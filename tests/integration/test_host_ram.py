@@ -10,6 +10,7 @@ import threading
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import fake_cmd, wait_until
 from tests.integration.test_gpu_memory import FAKE_VLLM
@@ -63,7 +64,9 @@ def test_without_a_gpu_models_run_on_the_cpu_counted_in_host_ram(gateway):
               "cuda": {"engine": "command", "cmd": fake_cmd("--ram-mib", "100"),
                        "device": "cuda"}}  # fmt: skip
     gw = gateway({"models": models})
-    for name in models:
+    # Nothing sizes a command engine before its first load: each first start is a discovery
+    # run, alone in host RAM (the idle one makes way); once both are measured, both fit.
+    for name in [*models, "auto"]:
         assert ask(gw, name) == "tok0 "
     auto, cuda = gw.model("auto"), gw.model("cuda")
     assert auto["device"] == cuda["device"] == "cpu" and auto["gpus"] == []
@@ -145,3 +148,49 @@ def test_sleepers_count_against_the_budget_cpu_engines_share(gateway):
     ask(gw, "c")  # 6800 + the sleeper's 350 > 7000: the sleeper stops
     assert gw.model("g1")["state"] == "stopped" and gw.model("c")["state"] == "ready"
     assert "stop g1 (host_ram" in gw.log()
+
+
+def test_a_cpu_engine_nothing_sizes_is_measured_alone_and_again(gateway):
+    """No hint and no estimate (a `command` engine): before, it needed no room at all and was
+    never measured after its load. Now its start is a discovery run (the idle engine in host
+    RAM makes way), it is measured at its load and again after its first requests (it grows),
+    and what it was measured to hold makes way for the next start (issue 24, defect 10)."""
+    unknown = {"engine": "command", "device": "cpu",
+               "cmd": fake_cmd("--ram-mib", "200", "--ram-grow-mib", "250")}  # fmt: skip
+    gw = gateway({"host_ram_mib": 700, "models": {"a": cpu_model(300), "u": unknown}})
+    ask(gw, "a")
+    assert ask(gw, "u") == "tok0 "
+    assert gw.model("a")["state"] == "stopped" and "stop a (host_ram" in gw.log()
+    u = gw.model("u")
+    assert u["ram_source"] == "measured" and u["ram_mib"] >= 200, u
+    assert wait_until(lambda: gw.model("u")["ram_mib"] >= 450, 10), gw.model("u")
+    ask(gw, "a")  # 360 + 450 > 700: u makes way
+    assert gw.model("u")["state"] == "stopped" and gw.model("a")["state"] == "ready"
+
+
+def test_an_engine_measured_above_its_hint_makes_idle_ones_go(gateway):
+    """`liar` claims 100 MiB and holds 400: placed by its hint beside b, the host is over its
+    budget once it is measured, and the idle b goes at the next tick."""
+    models = {"b": cpu_model(300), "liar": cpu_model(400, ram_mib=100)}
+    gw = gateway({"host_ram_mib": 700, "models": models})
+    ask(gw, "b")
+    ask(gw, "liar")
+    assert wait_until(lambda: gw.model("b")["state"] == "stopped", 10), gw.log()[-2000:]
+    assert "host RAM over 700 MiB" in gw.log() and gw.model("liar")["state"] == "ready"
+
+
+def test_a_reload_applies_the_host_and_kv_budgets_and_says_what_needs_a_restart(gateway):
+    """host_ram_mib lowered by a reload: taken at once, the idle CPU engine over it goes;
+    kv_disk_mib too; a changed cluster is said to need a restart (issue 24, defect 16)."""
+    config = {"host_ram_mib": 1000, "models": {"a": cpu_model(300)}}
+    gw = gateway(config)
+    ask(gw, "a")
+    config |= {"host_ram_mib": 200, "kv_disk_mib": 64,
+               "cluster": {"ray": {"address": "127.0.0.1:1"}}}  # fmt: skip
+    gw.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = gw.http.post("/admin/reload").json()
+    assert summary["applied"] == ["host_ram_mib", "kv_disk_mib"], summary
+    assert summary["restart_required"] == ["cluster"], summary
+    assert gw.status()["host_ram"]["budget_mib"] == 200
+    assert wait_until(lambda: gw.model("a")["state"] == "stopped", 10)
+    assert "host RAM over 200 MiB" in gw.log() and "restart_required cluster" in gw.log()

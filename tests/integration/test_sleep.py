@@ -162,3 +162,21 @@ def test_vllm_and_sglang_sleep_apis(gateway, tmp_path):
     assert "--enable-memory-saver --enable-weights-cpu-backup" in s_log
     assert "asleep (level 1)" in s_log
     assert Path(script).exists()
+
+
+def test_sleeping_to_make_room_ages_frequency_eviction(gateway):
+    """gpus.eviction: frequency is GreedyDual: each engine that makes way raises the floor
+    later requests count from, so that old popularity fades. Evictions by sleep age it as stops
+    do: a, asked for five times long ago, goes once b and c have been asked for in turn since;
+    were sleeps not aging it, a would stay for ever and b and c take each other's room."""
+    knobs = ("--vram-mib", "4000", "--sleep-vram-mib", "200", "--sleep-host-mib", "16")
+    model = {"engine": "command", "cmd": fake_cmd(*knobs), "vram_mib": 4000, "sleep": 1}
+    gpus = {"simulate_mib": [9000], "reserve_mib": 0, "eviction": "frequency"}
+    models = {"a": model, "b": model, "c": model}
+    gw = gateway({"gpus": gpus, "host_ram_mib": 20_000, "models": models})
+    for name in ("a",) * 5 + ("b", "c", "b", "c", "b"):
+        ask(gw, name)
+    assert gw.model("a")["state"] == "ready"  # 5 against b's and c's aged counts: still first
+    ask(gw, "c")
+    states = {n: gw.model(n)["state"] for n in ("a", "b", "c")}
+    assert states == {"a": "sleeping", "b": "ready", "c": "ready"}, states

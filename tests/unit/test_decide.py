@@ -578,3 +578,45 @@ def test_yielding_on_a_node_sleeps_within_that_nodes_ram():
     assert decide(snap, Yield(0.9)) == [Sleep("idle", "yield", why)]
     full = snap._replace(hosts=(node_ram("a", 0, total=500), node_ram("b", 1, used=900)))
     assert decide(full, Yield(0.9)) == [Stop("idle", "yield", why)]
+
+
+def test_a_cpu_start_waits_for_a_host_ram_stop_under_way_instead_of_stopping_more():
+    """Three CPU engines of 1500 MiB under a 3800 MiB budget: the least recently used idle one
+    is being stopped for the third; decided again meanwhile, the other idle one stays."""
+    snap = world(
+        m("third", ram_mib=1500),
+        m("old", State.STOPPING, ram_mib=1500, last_used=1),
+        m("newer", READY, ram_mib=1500, last_used=5),
+        host=host(used=3000, total=3800), host_budget_mib=3800,
+    )  # fmt: skip
+    [step] = decide(snap, Room("third"))
+    assert isinstance(step, Wait) and "old" in step.why
+
+
+def test_a_cpu_engine_with_an_unknown_footprint_is_placed_alone_and_held_whole():
+    """Nothing tells its host RAM (no hint, no estimate, never measured): a discovery run,
+    as on a GPU; idle engines in host RAM make way, and until it is measured nothing else
+    starts beside it (issue 24, defect 10)."""
+    idle = m("idle", READY, ram_mib=500, last_used=1)
+    snap = world(m("unknown", ram_mib=None), idle, host=host(used=500), host_budget_mib=4000)
+    assert decide(snap, Room("unknown")) == [
+        Stop("idle", "host_ram", "host RAM to start unknown", "unknown")
+    ]
+    starting = m("unknown", STARTING, admitted=True, ram_mib=None)
+    beside = world(m("small", ram_mib=100), starting, host=host(), host_budget_mib=4000)
+    [step] = decide(beside, Room("small"))
+    assert isinstance(step, Wait), step
+    refusing = snap._replace(unknown_footprint="refuse")
+    [step] = decide(refusing, Room("unknown"))
+    assert isinstance(step, Refuse) and "set ram_mib" in step.error.message
+
+
+def test_idle_cpu_engines_over_the_host_budget_go_at_the_tick_least_recently_used_first():
+    """Measured above its hint, an engine on the CPU leaves the host over its budget: idle
+    ones there go until it fits again, least recently used first; a busy one stays."""
+    old = m("old", READY, ram_mib=1500, last_used=1)
+    newer = m("newer", READY, ram_mib=1500, last_used=5)
+    busy = m("busy", READY, ram_mib=1500, last_used=0, in_flight=1)
+    snap = world(old, newer, busy, host_budget_mib=4000)
+    assert decide(snap, Tick()) == [Stop("old", "host_ram", "host RAM over 4000 MiB")]
+    assert decide(snap._replace(host_budget_mib=4500), Tick()) == []

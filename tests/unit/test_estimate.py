@@ -265,3 +265,20 @@ def test_param_count_and_precision_when_no_file_can_be_read():
     assert est is not None and est.basis == "8B parameters at fp8"
     assert est.weights_mib == pytest.approx(8e9 / MIB)
     assert est.kv_cache_mib == pytest.approx(0.2 * 8e9 / MIB)
+
+
+def test_partial_offload_puts_its_last_layers_on_the_gpu_and_the_rest_in_host_ram(tmp_path):
+    """-ngl 3 of 12 layers (llama.cpp offloads the last N): the GPU holds their weights and
+    KV cache, the compute buffer and the process overhead; host RAM the other 9 layers'."""
+    path = make_gguf(tmp_path / "m.gguf", arch="llama", window=0)
+    whole = estimate_gguf(path, ["-c", "4096"])
+    part = estimate_gguf(path, ["-c", "4096", "-ngl", "3"])
+    assert part.weights_mib == whole.weights_mib * 3 / 12
+    assert part.kv_cache_mib == whole.kv_cache_mib * 3 / 12
+    assert part.compute_mib == whole.compute_mib and part.overhead_mib == PROCESS_OVERHEAD_MIB
+    assert part.host_mib == (whole.weights_mib + whole.kv_cache_mib) * 9 / 12
+    assert "3 of its 12 layers" in part.basis and whole.host_mib == 0
+    for all_of_them in (["-ngl", "99"], ["-ngl", "-1"], ["--n-gpu-layers=auto"]):
+        assert estimate_gguf(path, ["-c", "4096", *all_of_them]) == whole
+    on_cpu = ModelConfig(engine="llamacpp", source=str(path), device="cpu", args=["-ngl", "3"])
+    assert estimate_model(on_cpu) == estimate_gguf(path, [])  # no GPU seen: no offload

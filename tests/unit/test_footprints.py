@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 from vramgate.config import ModelConfig
 from vramgate.gpu.footprints import KEPT_LOADS, FootprintStore, footprint_key
@@ -54,3 +56,52 @@ def test_key_changes_with_what_changes_memory():
     assert footprint_key("g", base) != footprint_key("g", other_ctx)
     assert footprint_key("g", base) == footprint_key("g", same)
     assert footprint_key("g", base).startswith("g@")
+
+
+def test_a_file_replaced_at_the_same_path_is_learned_anew(tmp_path):
+    """Another file at the same path (size, or only mtime, differs): another key, so neither
+    its footprint nor its kept KV caches (kvcache keys by it) are those of the old file."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 100)
+    model = ModelConfig(engine="llamacpp", source=str(gguf))
+    before = footprint_key("g", model)
+    assert footprint_key("g", model) == before  # unchanged file: same key
+    gguf.write_bytes(b"GGUF" + b"\0" * 200)  # a bigger quantization downloaded over it
+    bigger = footprint_key("g", model)
+    assert bigger != before
+    os.utime(gguf, ns=(1, 1))  # same size, other contents: its mtime tells
+    assert footprint_key("g", model) not in (before, bigger)
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    st = ModelConfig(engine="vllm", source=str(folder))
+    first = footprint_key("s", st)
+    (folder / "model.safetensors").write_bytes(b"x" * 20)
+    assert footprint_key("s", st) != first
+    hub = ModelConfig(engine="vllm", source="Org/Model")  # not a local path: as before
+    assert footprint_key("h", hub) == footprint_key("h", hub.model_copy())
+
+
+def test_an_older_footprints_file_is_read_where_it_measured_this_file(tmp_path):
+    """Keys before the file's identity: an entry measured after the file was last written
+    is taken over (GPU and host RAM); one older than the file is not used."""
+    from vramgate.gpu.footprints import _key
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    model = ModelConfig(engine="llamacpp", source=str(gguf))
+    legacy = _key("g", model, "")
+    path = tmp_path / "footprints.json"
+    path.write_text(json.dumps({
+        legacy: {"loads_mib": [4000], "updated": time.time() + 60},
+        legacy + "#host": {"loads_mib": [700], "updated": time.time() + 60},
+    }))  # fmt: skip
+    store = FootprintStore(path)
+    store.adopt_legacy("g", model, ("", "#host"))
+    assert store.get_mib(footprint_key("g", model)) == 4000
+    assert store.get_mib(footprint_key("g", model) + "#host") == 700
+    assert FootprintStore(path).get_mib(footprint_key("g", model)) == 4000  # saved so
+    path.write_text(json.dumps({legacy: {"loads_mib": [4000], "updated": 1.0}}))
+    stale = FootprintStore(path)
+    stale.adopt_legacy("g", model, ("", "#host"))
+    assert stale.get_mib(footprint_key("g", model)) is None

@@ -93,3 +93,62 @@ def test_under_a_ceiling_our_engines_leave_room_to_other_programs():
     assert available_mib(gpu, [resident], ()) == 3000
     assert place(3000, [gpu], [resident], "b") == Placement(gpus=(0,))
     assert place(3200, [gpu], [resident], "b") == Placement(gpus=(0,), evict=("a",))
+
+
+def test_a_model_larger_than_the_gpu_starts_with_part_of_its_layers_there(tmp_path):
+    """A llama.cpp model of ~570 MiB (a 64k context) on a 400 MiB GPU: whole it is refused
+    (507); with -ngl 3 its GPU share (~250 MiB) is placed there and the rest counts in host
+    RAM (issue 24, defect 11: the whole-model estimate refused what -ngl is for)."""
+    from tests.unit.test_estimate import make_gguf
+    from vramgate.config import Settings
+    from vramgate.engines import adapters
+    from vramgate.gpu.simulated import SimulatedGpus
+    from vramgate.instances import Instance
+    from vramgate.memory import Memory, footprint_store
+    from vramgate.scheduling.decide import Room, decide
+    from vramgate.scheduling.steps import Refuse, Start
+    from vramgate.scheduling.view import snapshot
+
+    gguf = make_gguf(tmp_path / "m.gguf", arch="llama", window=0)
+    args = ["-c", "65536"]
+    models = {
+        "whole": {"engine": "llamacpp", "source": str(gguf), "args": args},
+        "part": {"engine": "llamacpp", "source": str(gguf), "args": [*args, "-ngl", "3"]},
+    }
+    settings = Settings.model_validate({"state_dir": str(tmp_path), "host_ram_mib": 4000,
+                                        "models": models})  # fmt: skip
+    memory = Memory(settings, SimulatedGpus([400], 0, tmp_path), footprint_store(settings))
+    insts = [Instance(n, m) for n, m in settings.models.items()]
+    snap = snapshot(insts, settings, memory, adapters(settings), with_memory=True)
+    [refused] = decide(snap, Room("whole"))
+    assert isinstance(refused, Refuse) and "needs 5" in refused.error.message
+    part = snap.models["part"]
+    assert part.footprint_mib is not None and 200 < part.footprint_mib < 300, part
+    assert part.ram_mib is not None and 300 < part.ram_mib < 400, (
+        part
+    )  # 9 layers' weights and 48k cells of KV cache, + 64
+    [start] = decide(snap, Room("part"))
+    assert isinstance(start, Start) and start.gpus == (0,), start
+
+
+def test_isolate_makes_a_cpu_engine_a_discovery_run_until_measured(tmp_path):
+    """gpus.unknown_footprint: isolate: its host estimate is not trusted before a measurement
+    (unknown, so a discovery run on its node's RAM); with estimate, the estimate is used."""
+    from tests.unit.test_estimate import make_gguf
+    from vramgate.config import Settings
+    from vramgate.gpu.simulated import SimulatedGpus
+    from vramgate.instances import Instance
+    from vramgate.memory import Memory, footprint_store
+
+    gguf = make_gguf(tmp_path / "m.gguf", arch="llama", window=0)
+    for policy, expected in (("estimate", "estimate"), ("isolate", "unknown")):
+        settings = Settings.model_validate({
+            "state_dir": str(tmp_path), "gpus": {"unknown_footprint": policy},
+            "models": {"c": {"engine": "llamacpp", "source": str(gguf), "device": "cpu"}},
+        })  # fmt: skip
+        memory = Memory(settings, SimulatedGpus([], 0, tmp_path), footprint_store(settings))
+        inst = Instance("c", settings.models["c"])
+        assert memory.ram(inst)[1] == expected
+        memory.host.record("c", inst.model, 500, new_load=True)
+        assert memory.ram(inst) == (500, "measured")
+        (tmp_path / "footprints.json").unlink()

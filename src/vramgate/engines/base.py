@@ -70,6 +70,9 @@ class EngineAdapter(ABC):
     default_binary: ClassVar[str]
     tasks: ClassVar[frozenset[str]] = frozenset({"generate", "embed", "rerank"})
     sleep_levels: ClassVar[frozenset[int]] = frozenset()  # the `sleep` levels it supports
+    # It takes a share of its GPU's total (vLLM's --gpu-memory-utilization, 0.9 by default;
+    # SGLang's --mem-fraction-static): what it was measured to hold holds for GPUs of that size.
+    sizes_to_gpu: ClassVar[bool] = False
     # Client APIs it serves itself beside OpenAI's (its routes relayed as they are); a model's
     # `native_apis` overrides it. Any other API is translated to OpenAI's by the gateway.
     native_apis: ClassVar[frozenset[str]] = frozenset()

@@ -19,6 +19,7 @@ SLEEP_FLAGS = ("--enable-memory-saver", "--enable-weights-cpu-backup")
 class SglangEngine(EngineAdapter):
     kind = "sglang"
     default_binary = "python3"
+    sizes_to_gpu = True
     sleep_levels = frozenset({1})
     # /v1/messages and /v1/messages/count_tokens (sglang/srt/entrypoints/anthropic).
     native_apis = frozenset({"anthropic"})

@@ -22,6 +22,7 @@ NO_CPU_SLEEP = (
 class VllmEngine(EngineAdapter):
     kind = "vllm"
     default_binary = "vllm"
+    sizes_to_gpu = True
     sleep_levels = frozenset({1, 2})
     # /v1/messages and /v1/messages/count_tokens (vllm/entrypoints/anthropic, on the server
     # `vllm serve` starts).

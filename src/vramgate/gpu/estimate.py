@@ -48,14 +48,22 @@ SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4
                      "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
 
+NGL_FLAGS = ("-ngl", "--n-gpu-layers", "--gpu-layers")
+
+
 @dataclass(frozen=True)
 class Estimate:
+    """What a model takes on its GPUs (all of it, but for partial offload: then `host_mib`)."""
+
     weights_mib: float
     kv_cache_mib: float
     compute_mib: float
     overhead_mib: float
     context: int
     basis: str  # what it was read from
+    # Partial offload (llama.cpp's -ngl N below its layer count): the weights and KV cache of
+    # the layers left on the CPU, in host RAM; the fields above are then the GPU's share.
+    host_mib: float = 0.0
 
     @property
     def total_mib(self) -> int:
@@ -80,7 +88,9 @@ def estimate_model(model: ModelConfig, *, hub: bool = True) -> Estimate | None:
         # Keeping KV caches runs sliding-window models with the full cache (engines/llamacpp.py).
         keeps = model.engine == "llamacpp" and gguf_keeps_kv(model, source)
         extra = ["--swa-full"] if keeps else []
-        return estimate_gguf(source, [*model.args, *extra])
+        # On the CPU by choice, llama-server sees no GPU: every layer stays in host RAM.
+        args = list(model.args) if model.device != "cpu" else _without_ngl(model.args)
+        return estimate_gguf(source, [*args, *extra])
     if source and source.is_dir() and any(source.glob("*.safetensors")):
         return estimate_safetensors(source, model.args)
     if hub and model.source and is_hub_id(model.source):
@@ -105,6 +115,26 @@ def _arg(args: list[str], names: tuple[str, ...], default: str | None) -> str | 
             if name.startswith("--") and arg.startswith(name + "="):
                 return arg.split("=", 1)[1]
     return default
+
+
+def gpu_layers(args: Sequence[str]) -> int | None:
+    """The layers llama.cpp offloads to its GPUs (`-ngl N`); None: all of them (unset, negative
+    or not a number, as `auto`)."""
+    value = _arg(list(args), NGL_FLAGS, None)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _without_ngl(args: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in NGL_FLAGS:
+            skip = True
+        elif not any(arg.startswith(f + "=") for f in NGL_FLAGS):
+            out.append(arg)
+    return out
 
 
 def _int_arg(args: list[str], names: tuple[str, ...], default: int) -> int:
@@ -230,19 +260,31 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     streams = 1 if unified else parallel
     per_stream = window * (parallel if unified else 1) + ubatch
     swa_cells = min(context, streams * math.ceil(per_stream / 256) * 256)
-    kv = 0.0
+    # -ngl N: llama.cpp offloads the last N layers (i_gpu_start = n_layer - N), each with its
+    # weights and its KV cache; the first ones stay in host RAM.
+    offloaded = gpu_layers(args)
+    on_gpu = n_layer if offloaded is None else min(offloaded, n_layer)
+    kv = kv_host = 0.0
     slides_somewhere = False
     for il in range(n_layer):
         sliding = bool(window and isinstance(pattern, int) and pattern and (il + 1) % pattern)
         slides_somewhere = slides_somewhere or sliding
         cells = swa_cells if sliding and not full_swa else context
         heads = int(per_layer_kv[il])
-        kv += heads * cells * (key_len * k_bytes + value_len * v_bytes)
+        layer = heads * cells * (key_len * k_bytes + value_len * v_bytes)
+        if il >= n_layer - on_gpu:
+            kv += layer
+        else:
+            kv_host += layer
     # The largest compute buffer is the logits of one ubatch over the vocabulary, in f32.
     compute = n_vocab * ubatch * 4
     held = full_swa and slides_somewhere
     basis = f"GGUF {arch}" + (", full sliding-window cache (--swa-full)" if held else "")
-    return Estimate(weights / MIB, kv / MIB, compute / MIB, PROCESS_OVERHEAD_MIB, context, basis)
+    gpu_weights = weights * on_gpu / n_layer if n_layer else weights
+    if on_gpu < n_layer:
+        basis += f", {on_gpu} of its {n_layer} layers on the GPU (-ngl)"
+    return Estimate(gpu_weights / MIB, kv / MIB, compute / MIB, PROCESS_OVERHEAD_MIB, context,
+                    basis, (weights - gpu_weights + kv_host) / MIB)  # fmt: skip
 
 
 def slides(path: Path) -> bool:

@@ -1,7 +1,8 @@
 """Learned footprints: what each model measured after loading, kept in state_dir/footprints.json.
 
 Keyed by model name and a hash of everything that changes memory (engine, source, command, args,
-task), so a changed definition is learned anew. Written atomically (temp file, fsync, rename); a
+task, and the model file's size and mtime), so a changed definition or a file replaced at the
+same path is learned anew. Written atomically (temp file, fsync, rename); a
 corrupt file is set aside and reported, a write that fails (full disk) is reported and retried at
 the next measurement: the gateway keeps serving either way.
 """
@@ -24,6 +25,34 @@ KEPT_LOADS = 5  # the footprint is the max over this many recent loads
 
 
 def footprint_key(name: str, model: ModelConfig) -> str:
+    """`name@digest` of what changes memory, the model file's identity included: a file
+    replaced at the same path (another quantization, a newer download) is learned anew, and
+    its kept KV caches (keyed alike) are never restored into it."""
+    identity, _ = file_identity(model.source)
+    return _key(name, model, identity)
+
+
+def file_identity(source: str | None) -> tuple[str, int]:
+    """(identity, newest mtime in ns) of a model on this machine's disk: a file's size and
+    mtime; a folder's (safetensors, config.json) of each file in it. ("", 0): not a local
+    path (a hub id, a file on a cluster's node that this machine cannot see), as before."""
+    if not source:
+        return "", 0
+    path = Path(source)
+    try:
+        if path.is_file():
+            st = path.stat()
+            return f"{st.st_size}:{st.st_mtime_ns}", st.st_mtime_ns
+        if not path.is_dir():
+            return "", 0
+        files = [(f.name, f.stat()) for f in sorted(path.iterdir()) if f.is_file()]
+    except OSError:
+        return "", 0
+    identity = ",".join(f"{n}:{st.st_size}:{st.st_mtime_ns}" for n, st in files)
+    return identity, max((st.st_mtime_ns for _, st in files), default=0)
+
+
+def _key(name: str, model: ModelConfig, identity: str) -> str:
     parts = [model.engine, model.source or "", model.cmd or "", model.task, *model.args]
     if model.gpus > 1:  # split over N GPUs, a load takes more in all (each holds its copies)
         parts.append(f"gpus={model.gpus}")
@@ -31,6 +60,8 @@ def footprint_key(name: str, model: ModelConfig) -> str:
     # file and args (estimate.swa_full_is_cheap), so each setting is learned apart.
     if model.keep_kv is not None:
         parts.append("keep_kv" if model.keep_kv else "keep_kv=false")
+    if identity:  # absent, the key is what it was before keys held the file's identity
+        parts.append(f"file={identity}")
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
     return f"{name}@{digest}"
 
@@ -72,6 +103,26 @@ class FootprintStore:
             entry = self.entries.setdefault(key, {"loads_mib": []})
             entry["load_s"] = round(seconds, 3)
             self.save()
+
+    def adopt_legacy(self, name: str, model: ModelConfig, suffixes: tuple[str, ...]) -> None:
+        """Footprints learned before keys held the file's identity (an older footprints.json):
+        taken over where measured after the file was last written, so of this very file; an
+        older one is left unread (the file changed since) and the model is learned anew."""
+        identity, mtime_ns = file_identity(model.source)
+        if not identity:
+            return  # its key did not change
+        old, new = _key(name, model, ""), _key(name, model, identity)
+        with self._lock:
+            moved = False
+            for suffix in suffixes:
+                entry = self.entries.get(old + suffix)
+                if entry is None or new + suffix in self.entries:
+                    continue
+                if float(entry.get("updated", 0)) * 1e9 > mtime_ns:
+                    self.entries[new + suffix] = self.entries.pop(old + suffix)
+                    moved = True
+            if moved:
+                self.save()
 
     def get_mib(self, key: str) -> int | None:
         entry = self.entries.get(key)

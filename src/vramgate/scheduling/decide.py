@@ -4,7 +4,8 @@ Pure: no I/O, no clock of its own, no mutation; tested case by case (tests/unit/
 Three things are asked of it:
 - `Request(name)`: a request for a model arrived (serve, queue, refuse, start, join, wait);
 - `Room(name, isolate)`: a start needs room (start where, stop whom, drain whom, wait, refuse);
-- `Tick()`: time passed (TTL, a reload's pending changes, pinned models).
+- `Tick()`: time passed (TTL, a reload's pending changes, pinned models, host RAM over its
+  budget: housekeeping.py).
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from dataclasses import dataclass
 from vramgate.errors import NoRoom, QueueFull
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
+from vramgate.scheduling.housekeeping import tick
 from vramgate.scheduling.placement import available_mib, place
-from vramgate.scheduling.snapshot import ModelSnap, Pending, Snapshot, State
+from vramgate.scheduling.snapshot import ModelSnap, Snapshot, State
 from vramgate.scheduling.steps import (
     Begin,
     Drain,
-    Forget,
     Join,
     Queue,
     Refuse,
-    Replace,
     Serve,
     Sleep,
     Start,
@@ -71,7 +71,7 @@ def decide(snap: Snapshot, ask: Ask) -> list[Step]:
         return _room(snap, snap.models[ask.name], ask.isolate)
     if isinstance(ask, Yield):
         return make_way(snap, ask.share)
-    return _tick(snap)
+    return tick(snap)
 
 
 def decide_request(m: ModelSnap) -> Step:
@@ -160,14 +160,10 @@ def _make_room(snap: Snapshot, me: ModelSnap, isolate: bool) -> list[Step]:
             return [
                 Refuse(NoRoom(f"cannot start '{me.name}': it {plan.refuse}; nothing was evicted"))
             ]
-        stopping = tuple(r.name for r in residents if r.state is State.STOPPING)
-        if stopping and (plan.evict or plan.drain) and need is not None:
-            # Stops under way (decided a moment ago) may free enough: no more need go.
-            others = [r for r in residents if r.name != me.name]
-            share = share_mib(need, me.gpu_count)
-            freed = [g for g in here if available_mib(g, others, stopping) >= share]
-            if len(freed) >= me.gpu_count:
-                return [Wait(f"its room is being freed ({', '.join(stopping)} stopping)")]
+        if (plan.evict or plan.drain) and need is not None:
+            freeing = _freed_by_stops(here, residents, me.name, need, me.gpu_count)
+            if freeing is not None:
+                return [freeing]
         reason = "oom" if isolate else "discovery" if need is None else "lru"
         if plan.evict:
             return _make_way(snap, me, plan.evict, reason)
@@ -209,9 +205,18 @@ def _host_room(
     what the machine has available), or idle engines on the CPU and sleepers (stopped: asleep
     they keep what they hold) make way, or busy ones drain; never more than the budget. On a
     cluster each node's RAM is a device: the node of its GPUs, else the one placement picks
-    among those it may run on. (None, node): it fits there, or needs none."""
-    if me.ram_mib <= 0:
+    among those it may run on. A footprint that nothing tells is measured alone, as on a GPU:
+    idle engines holding the RAM of the node it goes to make way, and until it is measured it
+    counts as holding all of it. (None, node): it fits there, or needs none."""
+    need = me.ram_mib
+    if need == 0:
         return None, ""
+    if need is None and snap.unknown_footprint == "refuse":
+        message = (
+            f"cannot start '{me.name}': its host RAM footprint is unknown (never measured, no "
+            "ram_mib, no estimate) and gpus.unknown_footprint is 'refuse'; set ram_mib"
+        )
+        return [Refuse(NoRoom(message))], ""
     if snap.hosts:
         on = {g.node for g in snap.gpus if g.index in gpus}
         hosts = [h for h in snap.hosts if h.node in on] if gpus else [
@@ -223,18 +228,22 @@ def _host_room(
         hosts = [snap.host]
     else:
         return None, ""
-    index = {h.node: h.index for h in hosts}
+    by_node = {h.node: h for h in hosts}
     residents = [
-        m._replace(gpus=(index[m.node],), held_mib=m.host_held_mib)
+        m._replace(gpus=(by_node[m.node].index,), held_mib=_host_held(m, by_node[m.node]))
         for m in snap.models.values()
-        if m.host_held_mib > 0 and m.name != me.name and m.node in index
+        if m.holds_host and m.name != me.name and m.node in by_node
     ]
-    plan = place(me.ram_mib, hosts, residents, me.name, now=snap.now)
+    plan = place(need, hosts, residents, me.name, now=snap.now)
+    if (plan.evict or plan.drain) and need is not None:
+        freeing = _freed_by_stops(hosts, residents, me.name, need, 1)
+        if freeing is not None:
+            return [freeing], ""
     if plan.refuse:
         budget = max(h.total_mib for h in hosts)
         what = "the largest node's RAM budget" if snap.hosts else "host_ram_mib"
         message = (
-            f"cannot start '{me.name}': it needs {me.ram_mib} MiB of host RAM and {what} is "
+            f"cannot start '{me.name}': it needs {need} MiB of host RAM and {what} is "
             f"{budget}; nothing was stopped"
         )
         return [Refuse(NoRoom(message))], ""
@@ -248,6 +257,33 @@ def _host_room(
         return [Wait(f"host RAM is held by engines that cannot make way ({held})")], ""
     chosen = next(h.node for h in hosts if h.index == plan.gpus[0])
     return None, chosen
+
+
+def _host_held(m: ModelSnap, host: GpuMemory) -> int:
+    """What `m` holds of `host`'s RAM in placement: running with its footprint unknown (a
+    discovery run, not measured yet), all of it, so that nothing starts beside it."""
+    return host.total_mib if m.is_running and m.ram_mib is None else m.host_held_mib
+
+
+def _freed_by_stops(
+    devices: Sequence[GpuMemory],
+    residents: Sequence[ModelSnap],
+    asking: str,
+    need_mib: int,
+    count: int,
+) -> Wait | None:
+    """Stops under way (decided a moment ago, for this start or another) may free enough on
+    `count` of `devices`: then nothing more need go, it waits for them (a start decided again
+    while its first stop ran once stopped every idle engine on the host)."""
+    stopping = tuple(r.name for r in residents if r.state is State.STOPPING)
+    if not stopping:
+        return None
+    others = [r for r in residents if r.name != asking]
+    share = share_mib(need_mib, count)
+    freed = [d for d in devices if available_mib(d, others, stopping) >= share]
+    if len(freed) < count:
+        return None
+    return Wait(f"its room is being freed ({', '.join(stopping)} stopping)")
 
 
 def _drain(
@@ -302,63 +338,6 @@ def _make_way(snap: Snapshot, me: ModelSnap, names: tuple[str, ...], reason: str
             used[node] += sum(m.host_mib for m in freed)
             steps.append(Stop(name, reason, why, me.name))
     return steps
-
-
-def _tick(snap: Snapshot) -> list[Step]:
-    """Housekeeping: a reload's pending changes, idle engines that sleep or stop after their
-    time, sleepers over the host RAM budget (each node's, on a cluster), pinned models."""
-    steps: list[Step] = []
-    # Sleepers and engines on the CPU share the host budget (each node's, on a cluster).
-    used = snap.host_used_by_node()
-    for m in snap.models.values():
-        idle_s = snap.now - m.last_used
-        if m.pending is not None:
-            steps.extend(_pending(m))
-        elif m.state is State.READY and m.is_idle and not m.pinned:
-            expired = m.ttl_s > 0 and idle_s >= m.ttl_s
-            drowsy = m.can_sleep and m.sleep_after_s > 0 and idle_s >= m.sleep_after_s
-            room = used[m.node] + m.host_mib <= snap.host_budget_on(m.node)
-            if drowsy and not expired and room:
-                steps.append(Sleep(m.name, "sleep_after", f"idle {idle_s:.0f} s"))
-                used[m.node] += m.host_mib
-            elif expired:
-                steps.append(Stop(m.name, "ttl"))
-        elif m.state is State.SLEEPING and not m.pinned and m.ttl_s > 0 and idle_s >= m.ttl_s:
-            steps.append(Stop(m.name, "ttl"))
-            used[m.node] -= m.host_mib
-        elif m.pinned and m.state is State.STOPPED:
-            steps.append(Begin(m.name))  # pinned models are up at all times
-    # Over the host RAM budget (it was lowered, or sleepers grew): least recently used go.
-    stopping = {s.name for s in steps if isinstance(s, Stop)}
-    asleep = sorted(
-        (m for m in snap.models.values() if m.state is State.SLEEPING and m.name not in stopping),
-        key=lambda m: m.order,
-    )
-    for m in asleep:
-        budget = snap.host_budget_on(m.node)
-        if used[m.node] > budget:
-            steps.append(Stop(m.name, "host_ram", f"host RAM over {budget} MiB"))
-            used[m.node] -= m.host_mib
-    return steps
-
-
-def _pending(m: ModelSnap) -> list[Step]:
-    """A reload's change: applied at once when no engine runs, else once it has drained."""
-    why = (
-        "removed from the configuration"
-        if m.pending is Pending.REMOVED
-        else "its definition changed"
-    )
-    if m.state in (State.STOPPED, State.FAILED):
-        return [Forget(m.name) if m.pending is Pending.REMOVED else Replace(m.name)]
-    if m.state is State.SLEEPING:
-        return [Stop(m.name, "reload", why)]
-    if m.state is not State.READY:
-        return []  # a start or stop is under way: decided again once it ends
-    if m.is_idle:
-        return [Stop(m.name, "reload", why)]
-    # Under steady traffic it would never be idle: new requests wait while it drains.
-    return [] if m.draining_for is not None else [Drain(m.name, "reload")]
 
 
 def _where(gpus: Sequence[GpuMemory], chosen: tuple[int, ...]) -> str:

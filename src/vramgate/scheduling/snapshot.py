@@ -68,7 +68,9 @@ class ModelSnap(NamedTuple):
     pending: Pending | None = None
     can_sleep: bool = False  # its engine sleeps instead of stopping when room is needed
     host_mib: int = 0  # host RAM it holds asleep (measured), or would (estimated)
-    ram_mib: int = 0  # host RAM its engine holds running (on the CPU), footprint or measured
+    # Host RAM its engine holds running (on the CPU), footprint or measured; None: unknown (no
+    # hint, no estimate, not measured yet): placed as a discovery run, alone on its node's RAM.
+    ram_mib: int | None = 0
     reload_s: float = 0.0  # what bringing it back would take: its last load, or wake
     sleep_after_s: float = 0.0  # idle seconds before it sleeps; 0 = only to make room
     asleep: bool = False  # its engine sleeps (also while a wake is under way: STARTING)
@@ -120,7 +122,12 @@ class ModelSnap(NamedTuple):
         """Host RAM it holds now: asleep, what it kept; running on the CPU, its footprint."""
         if self.state is State.SLEEPING:
             return self.host_mib
-        return self.ram_mib if self.is_running else 0
+        return (self.ram_mib or 0) if self.is_running else 0
+
+    @property
+    def holds_host(self) -> bool:
+        """Holds host RAM, or may hold any amount of it (running, its footprint unknown)."""
+        return self.host_held_mib > 0 or (self.is_running and self.ram_mib is None)
 
     def on(self, gpu: int) -> int:
         """MiB it holds on `gpu`."""

@@ -91,8 +91,8 @@ class Stopping:
         await self.memory.read_again(inst)
         inst.draining_for = None
         inst.state = State.SLEEPING
-        if reason == "lru":
-            inst.evictions += 1
+        if reason == "lru":  # made way, as a stop for room does: GreedyDual ages on it too
+            self._evicted(inst)
         detail = f" {why}" if why else ""
         message = f"sleep {inst.name} ({reason}{detail}), holding {inst.host_mib} MiB of host RAM"
         self.events.record("sleep", inst.name, message, reason=reason)
@@ -116,11 +116,17 @@ class Stopping:
             inst.draining_for = None
             inst.state = State.STOPPED
             if reason in ("lru", "discovery", "oom"):
-                inst.evictions += 1
-                self.inflation = max(self.inflation, inst.priority)
+                self._evicted(inst)
             detail = f" {why}" if why else ""
             message = f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}"
             self.events.record("stop", inst.name, message, reason=reason)
+
+    def _evicted(self, inst: Instance) -> None:
+        """`inst` made way for another model: GreedyDual's L rises to its priority, the floor
+        that later requests count from (gpus.eviction: frequency, cost), else past popularity
+        would never fade."""
+        inst.evictions += 1
+        self.inflation = max(self.inflation, inst.priority)
 
     def keep_alive(self, name: str, seconds: float) -> None:
         """A client's idle time for the model until its next stop (Ollama's keep_alive):

@@ -37,7 +37,9 @@ def snapshot(
         room_queue,
         memory.host_budget_mib,
         memory.host_device(held) if with_memory else None,
-        memory.host_devices(by_node) if with_memory else (),
+        # Every decision, housekeeping too, counts each node's RAM against its own budget, not
+        # the gateway machine's; the nodes' last readings are at hand (no I/O).
+        memory.host_devices(by_node),
     )
 
 
@@ -97,10 +99,10 @@ def _snap(
         can_sleep=model.sleep > 0
         and adapters[model.engine].sleep_calls(memory.as_run(model)) is not None,
         host_mib=memory.host_mib(inst) if model.sleep else 0,
-        ram_mib=memory.ram(inst)[0] or 0,  # no I/O: 0 at once for a model wholly on GPUs
+        ram_mib=memory.ram(inst)[0],  # no I/O: 0 at once for a model wholly on GPUs
         reload_s=memory.reload_s(inst) if with_memory else 0.0,
         sleep_after_s=defaults.sleep_after if model.sleep_after is None else model.sleep_after,
         asleep=inst.asleep,
         nodes=tuple(model.nodes),
-        node=inst.handle.where if inst.handle is not None else "",
+        node=inst.node,
     )

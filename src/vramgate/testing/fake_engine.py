@@ -30,6 +30,7 @@ OPTS = web.AppKey("opts", argparse.Namespace)
 READY = web.AppKey("ready", asyncio.Event)
 GPU_HELD = web.AppKey("gpu_held", list)
 RAM_HELD = web.AppKey("ram_held", bytearray)
+GROWN = web.AppKey("ram_grown", bytearray)  # --ram-grow-mib, from the first request on
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ram-mib", type=int, default=0, help="Host RAM to hold from its load on (touched)."
     )
+    p.add_argument(
+        "--ram-grow-mib", type=int, default=0,
+        help="Host RAM it holds more from its first request on (as KV caches and buffers grow).",
+    )  # fmt: skip
     p.add_argument(
         "--log-line", action="append", default=[], help="Print this line at load (repeatable)."
     )
@@ -134,6 +139,8 @@ async def completion(request: web.Request) -> web.StreamResponse:
     is_chat = request.path.endswith("/chat/completions")
     n = _max_tokens(body, opts)
     timings = fake_slots.evaluate(request.app, body)
+    if opts.ram_grow_mib and GROWN not in request.app:
+        request.app[GROWN] = _touched(opts.ram_grow_mib)
     ident = f"cmpl-{time.monotonic_ns()}"
     stats = request.app[STATS]
     tool = fake_chat.tool_to_call(body) if is_chat else None
@@ -256,6 +263,13 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+def _touched(mib: int) -> bytearray:
+    """`mib` MiB resident, not just reserved: every page written once."""
+    held = bytearray(mib << 20)
+    held[::4096] = b"\1" * len(held[::4096])
+    return held
+
+
 async def _load(app: web.Application) -> None:
     opts = app[OPTS]
     if not opts.listen_after_load:  # else main() already waited before listening
@@ -266,10 +280,8 @@ async def _load(app: web.Application) -> None:
     for line in opts.log_line:  # e.g. llama.cpp's buffer sizes
         print(line, flush=True)
     app[GPU_HELD] = gpu_load.allocate(opts)  # real GPU memory, where asked for (PyTorch)
-    if opts.ram_mib:  # resident, not just reserved: every page written once
-        held = bytearray(opts.ram_mib << 20)
-        held[::4096] = b"\1" * len(held[::4096])
-        app[RAM_HELD] = held
+    if opts.ram_mib:
+        app[RAM_HELD] = _touched(opts.ram_mib)
     usage_file = os.environ.get("VRAMGATE_SIM_USAGE_FILE")
     if opts.vram_mib is not None and usage_file:
         Path(usage_file).write_text(str(opts.vram_mib))  # noqa: ASYNC240 (tiny, once)
