@@ -76,9 +76,12 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(Broken(f"the engine's answer is not valid HTTP ({exc})"))
             return
-        if self.buffered > _READ_LIMIT and not self.paused and self.transport is not None:
-            self.paused = True  # a slow client: the engine waits, memory stays bounded
-            self.transport.pause_reading()
+        if self.buffered > _READ_LIMIT and not self.complete and not self.paused:
+            # A slow client: the engine waits, memory stays bounded. take() resumes, and wait()
+            # never waits while body is buffered, so a pause always has its resume coming.
+            self.paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         if self.headers_done and not self.complete and self._until_close():
@@ -134,10 +137,15 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait(self, timeout_s: float) -> None:
-        """Until something arrives (headers, body, the end) or fails; ReadTimeout after
-        `timeout_s` of silence."""
+        """Until there is something to act on: headers, body to take, the end, or a failure
+        (raised); ReadTimeout after `timeout_s` of silence. What arrived before the call counts
+        (level, not edge): the body may have filled the buffer and paused reading already, and
+        waiting for more would then wait for ever (seen: a 2 MiB answer that arrived with its
+        headers, read_timeout, a 502)."""
         if self.error is not None:
             raise self.error
+        if self.body or self.complete:
+            return
         self.waiter = waiter = self.loop.create_future()
         timer = self.loop.call_later(timeout_s, self._timed_out, waiter, timeout_s)
         try:
@@ -183,8 +191,10 @@ class _Connection(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket")
         if sock is None:
             return False
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        return not readable
+        # poll, not select: select() takes no fd over 1023, and a gateway holds more.
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     def closed_at_once(self, written: float) -> bool:
         """The engine closed this (kept-alive) connection cleanly or with a reset, within RACE_S
@@ -217,11 +227,11 @@ class Answer:
     async def read(self) -> bytes:
         conn = self._conn
         parts: list[bytes] = []
-        while not conn.complete:
+        while True:
+            parts.append(conn.take())  # before waiting: this may be what resumes reading
+            if conn.complete:
+                return b"".join(parts)
             await conn.wait(self._timeout_s)
-            parts.append(conn.take())
-        parts.append(conn.take())
-        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in the pieces the engine sent (joined where several wait)."""
