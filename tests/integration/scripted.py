@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
+import select
 import socket
 import struct
 import threading
@@ -43,8 +45,9 @@ def framed(body: bytes, framing: str, chunk_bytes: int = 1 << 20) -> bytes:
 class Peer:
     """One accepted connection, as its script sees it (a blocking socket)."""
 
-    def __init__(self, sock: socket.socket, server: Scripted) -> None:
+    def __init__(self, sock: socket.socket, server: Scripted, index: int) -> None:
         self.sock, self.server = sock, server
+        self.index = index  # 1 for the server's first connection, 2 for the next...
         self._buffer = b""
 
     def read_request(self) -> bytes | None:
@@ -115,13 +118,14 @@ class Scripted:
             with self.lock:
                 self.connections += 1
                 self._socks.append(sock)
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            args = (sock, self.connections)
+            thread = threading.Thread(target=self._serve, args=args, daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _serve(self, sock: socket.socket, index: int) -> None:
         with contextlib.suppress(OSError), sock:
-            self.script(Peer(sock, self))
+            self.script(Peer(sock, self, index))
 
     def __enter__(self) -> Scripted:
         return self
@@ -154,3 +158,108 @@ def answering(
                 return
 
     return script
+
+
+class Link:
+    """A slow network between the client and a server on loopback: everything (bytes, a close,
+    a reset) arrives `delay_s` after it was sent, so the client can write a request while the
+    server's close is still on its way, as across a real network.
+
+    One thread polls every socket and closes them itself: a socket closed while another thread
+    waits on it (recv, poll) is released, and its reset sent, only when that wait ends."""
+
+    def __init__(self, target_port: int, delay_s: float) -> None:
+        self.target_port, self.delay_s = target_port, delay_s
+        self.late_bytes = 0  # bytes the client sent after the server had closed its end
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._poller = select.poll()
+        self._poller.register(self.listener, select.POLLIN)
+        # fd -> (that socket, where its bytes go, whether it is the server's side)
+        self._routes: dict[int, tuple[socket.socket, socket.socket, bool]] = {}
+        self._closed: set[socket.socket] = set()  # server sides that closed (FIN)
+        self._due: list[tuple[float, int, str, socket.socket, bytes]] = []
+        self._socks: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait_ms = 50 if not self._due else max(0, (self._due[0][0] - time.monotonic()) * 1000)
+            for fd, _ in self._poller.poll(wait_ms):
+                if fd == self.listener.fileno():
+                    self._accept()
+                elif fd in self._routes:
+                    self._readable(*self._routes[fd])
+            while self._due and self._due[0][0] <= time.monotonic():
+                _, _, kind, dst, data = heapq.heappop(self._due)
+                self._deliver(kind, dst, data)
+
+    def _accept(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection(("127.0.0.1", self.target_port))
+        self._socks += [client, server]
+        self._routes[client.fileno()] = (client, server, False)
+        self._routes[server.fileno()] = (server, client, True)
+        self._poller.register(client, select.POLLIN)
+        self._poller.register(server, select.POLLIN)
+
+    def _later(self, kind: str, dst: socket.socket, data: bytes = b"") -> None:
+        at = time.monotonic() + self.delay_s
+        heapq.heappush(self._due, (at, next(_order), kind, dst, data))
+
+    def _readable(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        if src in self._closed:  # after the server's FIN: only a reset can follow
+            if src.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._later("reset", dst)
+                self._drop(src)
+            return
+        try:
+            data = src.recv(1 << 16)
+        except OSError:
+            self._later("reset", dst)
+            self._drop(src)
+            return
+        if data:
+            if not from_server and any(s is dst for s in self._closed):
+                self.late_bytes += len(data)
+            self._later("data", dst, data)
+            return
+        self._later("close", dst)
+        if from_server:
+            self._closed.add(src)
+            self._poller.modify(src, 0)  # POLLERR and POLLHUP are always reported: the reset
+        else:
+            self._drop(src)
+
+    def _drop(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._poller.unregister(sock)
+        self._routes.pop(sock.fileno(), None)
+
+    def _deliver(self, kind: str, dst: socket.socket, data: bytes) -> None:
+        if dst.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):
+            if kind == "data":
+                dst.sendall(data)
+            elif kind == "close":
+                dst.shutdown(socket.SHUT_WR)
+            else:
+                self._drop(dst)
+                dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                dst.close()
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+        for sock in self._socks:
+            sock.close()
+
+
+_order = itertools.count()  # ties in the link's schedule keep the order things were sent in
