@@ -228,10 +228,9 @@ class _Connection(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket")
         pause_s = 0.0005
         while True:
-            try:
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            except OSError:  # closed meanwhile (the pool was closed, the engine aborted)
+            if self.lost:  # closed meanwhile (the pool was closed, or the engine aborted)
                 return False
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error in (errno.ECONNRESET, errno.EPIPE):
                 return True
             left_s = written + RACE_S - self.loop.time()

@@ -44,6 +44,22 @@ def read_then_reset_mid_answer(peer: Peer) -> None:
     peer.reset()
 
 
+def read_then_reset_mid_head(peer: Peer) -> None:
+    """A reset within RACE_S of the write, but a byte of the answer came: the engine read it."""
+    peer.read_request()
+    peer.send([OK[:5]])
+    time.sleep(0.01)
+    peer.reset()
+
+
+def read_then_reset_later(peer: Peer) -> None:
+    """A reset well after RACE_S with nothing answered: the engine read the request, worked on
+    it and aborted (SO_LINGER 0): it may have run."""
+    peer.read_request()
+    time.sleep(0.15)
+    peer.reset()
+
+
 def read_then_close_mid_answer(peer: Peer) -> None:
     peer.read_request()
     peer.send([OK[:-1]])
@@ -87,8 +103,10 @@ async def _twice(port: int) -> tuple[bytes, bytes | BaseException]:
 
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize(
-    "then", [read_then_close, read_then_close_mid_answer, read_then_reset_mid_answer]
-)
+    "then",
+    [read_then_close, read_then_close_mid_answer, read_then_reset_mid_answer,
+     read_then_reset_mid_head, read_then_reset_later],
+)  # fmt: skip
 def test_a_request_the_engine_read_whole_is_never_sent_again(loop, then):
     """Reproduced (read_then_close): the engine read the request and closed the connection
     cleanly at once; the client took the close for the idle-close race and sent the request
