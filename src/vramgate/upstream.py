@@ -158,8 +158,8 @@ class _Connection(asyncio.Protocol):
         """Until there is something to act on: headers, body to take, the end, or a failure
         (raised); ReadTimeout after `timeout_s` of silence. What arrived before the call counts
         (level, not edge): the body may have filled the buffer and paused reading already, and
-        waiting for more would then wait for ever (seen: a 2 MiB answer that arrived with its
-        headers, read_timeout, a 502)."""
+        waiting for more would then wait for ever (seen: 4 MiB of embeddings that arrived with
+        their headers: read_timeout, then a 502)."""
         if self.error is not None:
             raise self.error
         if self.body or self.complete:
