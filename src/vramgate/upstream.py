@@ -2,20 +2,25 @@
 parsed by httptools (llhttp, the parser uvicorn uses), bodies handed on as they arrive.
 
 Why not a general client: a relayed request must know whether it left. A request is sent again
-only if it never reached the engine: the connection was refused (a new connection), or a
+only if the engine provably never read it: the connection was refused (a new connection), or a
 kept-alive connection was found closed before a byte was written (its FIN, or anything at all,
 already waiting to be read), or (the race every keep-alive client meets) the engine closed the
-idle connection cleanly just as the request was written, answering nothing, and then accepts a
-new connection. Otherwise a written request is never written again: an engine that died
-mid-answer must not run the prompt twice. aiohttp's client cannot tell these apart, and it costs
-about half of the gateway's CPU per request.
+idle connection just as the request was written, and its kernel then reset the connection
+within RACE_S, answering nothing. TCP resets a closed connection only for bytes its application
+never read (they came after its close, or waited unread at it); a clean close (FIN) with no
+reset after it proves nothing: the engine may have read the request, and run it. Otherwise a
+written request is never written again: an engine that died mid-answer must not run the prompt
+twice. aiohttp's and httpx's clients cannot tell these apart, and aiohttp's costs about half of
+the gateway's CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import select
+import socket
 from collections.abc import AsyncIterator
 
 import httptools
@@ -37,6 +42,11 @@ class ReadTimeout(Broken):
     """The engine sent nothing for read_timeout seconds."""
 
 
+class _Unread(Exception):
+    """A kept-alive connection's request the engine provably never read: post() sends it once
+    more on a new connection."""
+
+
 class _Connection(asyncio.Protocol):
     """One connection, one answer at a time; the parser's callbacks fill the answer's parts."""
 
@@ -48,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         self.lost_at = 0.0
         self.lost_unread = False
+        self.eof_at: float | None = None
         self.paused = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -63,6 +74,7 @@ class _Connection(asyncio.Protocol):
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.got_bytes = False
+        self.is_sent = False  # the request for this answer is written
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -76,21 +88,30 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(Broken(f"the engine's answer is not valid HTTP ({exc})"))
             return
-        if self.buffered > _READ_LIMIT and not self.paused and self.transport is not None:
-            self.paused = True  # a slow client: the engine waits, memory stays bounded
-            self.transport.pause_reading()
+        if self.buffered > _READ_LIMIT and not self.complete and not self.paused:
+            # A slow client: the engine waits, memory stays bounded. take() resumes, and wait()
+            # never waits while body is buffered, so a pause always has its resume coming.
+            self.paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         if self.headers_done and not self.complete and self._until_close():
             self.on_message_complete()  # an answer delimited by the close itself
+        elif self.is_sent and not self.got_bytes:
+            # Closed with nothing answered: whether the engine read the request is told by a
+            # reset that may follow (our bytes met its closed socket), so the socket is kept
+            # open to see it (never_read); the pool closes it.
+            self.eof_at = self.loop.time()
+            self._fail(Broken("the engine closed the connection without answering"))
+            return True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.lost_at = self.loop.time()
-        # A clean close, or a reset: the engine's socket was closed (or closed unread), so
-        # whatever we wrote into it was never read by the engine.
-        self.lost_unread = exc is None or isinstance(exc, ConnectionResetError)
+        # A reset (or a write that met one): the engine's socket closed with our bytes unread.
+        self.lost_unread = isinstance(exc, ConnectionResetError | BrokenPipeError)
         self.pool.forget(self)
         if not self.complete:
             reason = f" ({exc})" if exc else ""
@@ -134,10 +155,15 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait(self, timeout_s: float) -> None:
-        """Until something arrives (headers, body, the end) or fails; ReadTimeout after
-        `timeout_s` of silence."""
+        """Until there is something to act on: headers, body to take, the end, or a failure
+        (raised); ReadTimeout after `timeout_s` of silence. What arrived before the call counts
+        (level, not edge): the body may have filled the buffer and paused reading already, and
+        waiting for more would then wait for ever (seen: 4 MiB of embeddings that arrived with
+        their headers: read_timeout, then a 502)."""
         if self.error is not None:
             raise self.error
+        if self.body or self.complete:
+            return
         self.waiter = waiter = self.loop.create_future()
         timer = self.loop.call_later(timeout_s, self._timed_out, waiter, timeout_s)
         try:
@@ -183,14 +209,35 @@ class _Connection(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket")
         if sock is None:
             return False
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        return not readable
+        # poll, not select: select() takes no fd over 1023, and a gateway holds more.
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
-    def closed_at_once(self, written: float) -> bool:
-        """The engine closed this (kept-alive) connection cleanly or with a reset, within RACE_S
-        of the write, having sent nothing of an answer."""
-        quick = self.lost_at - written < RACE_S
-        return self.lost and self.lost_unread and not self.got_bytes and quick
+    async def never_read(self, written: float) -> bool:
+        """The engine provably never read the request written at `written`: nothing of an
+        answer came, and the engine's kernel reset the connection within RACE_S of the write
+        (at once, or after a close: then its FIN came first, and the reset shows in SO_ERROR,
+        EPIPE once the FIN is in). A clean close with no reset after it is no proof."""
+        if self.got_bytes:
+            return False
+        if self.lost:
+            return self.lost_unread and self.lost_at - written < RACE_S
+        if self.eof_at is None or self.transport is None:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        pause_s = 0.0005
+        while True:
+            if self.lost:  # closed meanwhile (the pool was closed, or the engine aborted)
+                return False
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error in (errno.ECONNRESET, errno.EPIPE):
+                return True
+            left_s = written + RACE_S - self.loop.time()
+            if left_s <= 0:
+                return False
+            await asyncio.sleep(min(pause_s, left_s))  # a reset is a round trip away at most
+            pause_s *= 2
 
     def close(self) -> None:
         self.lost = True
@@ -217,11 +264,11 @@ class Answer:
     async def read(self) -> bytes:
         conn = self._conn
         parts: list[bytes] = []
-        while not conn.complete:
+        while True:
+            parts.append(conn.take())  # before waiting: this may be what resumes reading
+            if conn.complete:
+                return b"".join(parts)
             await conn.wait(self._timeout_s)
-            parts.append(conn.take())
-        parts.append(conn.take())
-        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in the pieces the engine sent (joined where several wait)."""
@@ -262,17 +309,14 @@ class UpstreamPool:
         conn = self._idle_connection(key)
         if conn is None:
             return await self._send(await self._connect(key), request)
-        written = asyncio.get_running_loop().time()
         try:
-            return await self._send(conn, request)
-        except Broken:
-            if not conn.closed_at_once(written):
-                raise
+            return await self._send(conn, request, kept=True)
+        except _Unread:
+            pass
         # The race every keep-alive client meets: the engine closed the idle connection just as
-        # the request was written (seen: llama-server, 3 ms after an answer). Cleanly, at once,
-        # with no byte of an answer: a live engine that had read the request would answer it.
-        # Once more on a new connection, and if the engine refuses that one it may be dying
-        # with the request read: Broken, never sent a third time.
+        # the request was written (seen: llama-server, 3 ms after an answer), and the reset
+        # that followed says it never read it. Once more on a new connection, and if the engine
+        # refuses that one it is going: Broken, never sent a third time.
         try:
             fresh = await self._connect(key)
         except NeverSent as exc:
@@ -281,18 +325,27 @@ class UpstreamPool:
             ) from None
         return await self._send(fresh, request)
 
-    async def _send(self, conn: _Connection, request: bytes) -> Answer:
+    async def _send(self, conn: _Connection, request: bytes, kept: bool = False) -> Answer:
+        """Writes the request and waits for the answer's headers. `kept`: a kept-alive
+        connection, whose request, provably never read, raises _Unread."""
         self._busy.add(conn)
         transport = conn.transport
         if transport is None or transport.is_closing():  # closed as soon as it was made
             self.discard(conn)
             raise NeverSent("the engine closed the connection before the request was sent")
+        written = conn.loop.time()
+        conn.is_sent = True
         transport.write(request)
         try:
             while not conn.headers_done:
                 await conn.wait(self.read_timeout_s)
-        except BaseException:
-            self.discard(conn)
+        except BaseException as exc:
+            try:
+                unread = kept and isinstance(exc, Broken) and await conn.never_read(written)
+            finally:
+                self.discard(conn)
+            if unread:
+                raise _Unread() from exc
             raise
         return Answer(conn, self.read_timeout_s)
 
