@@ -24,7 +24,9 @@ log = logging.getLogger("vramgate.api")
 # Deeper bodies are refused at parse: orjson parses 1024 levels but writes only 255, and no
 # client API's request nests past a few dozen (tool schemas included).
 MAX_DEPTH = 128
-_WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # a `host` that names no one name clients use
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+_CONTAINERS = (dict, list)
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # most requests: no address parsed  # a `host` that names no one name clients use
 
 
 # -- the Host allow-list --------------------------------------------------------------------
@@ -50,7 +52,7 @@ def host_allowed(host: str, settings: Settings, machine: Iterable[str] = ()) -> 
     address is on the gateway's own page); the configured `host`; the machine's own names
     (`machine`); and `allowed_hosts` (`*.example.com` for its subdomains, `*` for any)."""
     name = host_name(host)
-    if name == "localhost" or name.endswith(".localhost"):
+    if name in _LOOPBACK or name.endswith(".localhost"):
         return True
     try:
         ipaddress.ip_address(name)
@@ -141,16 +143,21 @@ def parse_json(body: bytes) -> Any:
 
 def check_depth(body: bytes, payload: Any) -> None:
     """400 when `payload` (parsed from `body`) nests deeper than MAX_DEPTH. Counting brackets
-    first costs microseconds and spares nearly every request the walk."""
+    first spares nearly every request the walk, which visits containers only, a level at a
+    time."""
     if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
         return
-    stack: list[tuple[Any, int]] = [(payload, 1)]
-    while stack:
-        value, depth = stack.pop()
-        items = value.values() if isinstance(value, dict) else value
-        if depth > MAX_DEPTH:
-            raise BadRequest(_too_deep())
-        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+    level = [payload] if isinstance(payload, _CONTAINERS) else []
+    for _ in range(MAX_DEPTH):
+        if not level:
+            return
+        below = []
+        for value in level:
+            items = value.values() if type(value) is dict else value
+            below += [item for item in items if isinstance(item, _CONTAINERS)]
+        level = below
+    if level:
+        raise BadRequest(_too_deep())
 
 
 def looks_like_json(body: bytes) -> bool:
