@@ -3,11 +3,14 @@ durations, strict `stream`, and a bug's 500 that shows nothing of the code."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+import httpx
 import pytest
 
 from vramgate.api import guards
+from vramgate.app import create_app
 from vramgate.config import MAX_DURATION_S, Settings
 from vramgate.errors import BadRequest, Forbidden
 
@@ -82,14 +85,41 @@ def test_stream_true_false_or_null_pass(value):
 
 def test_an_internal_error_shows_no_exception_and_logs_it_under_its_id(caplog):
     """Reproduced: a bug answered `internal error: TypeError(...)` to any client."""
+    exc = KeyError("secret-internal-key")
     try:
-        {}["secret-internal-key"]
-    except KeyError as exc:
-        with caplog.at_level(logging.ERROR, logger="vramgate.api"):
-            error = guards.internal_error("relaying /v1/x", exc)
+        raise exc
+    except KeyError:  # raised, so that it has a traceback to log
+        pass
+    with caplog.at_level(logging.ERROR, logger="vramgate.api"):
+        error = guards.internal_error("relaying /v1/x", exc)
     assert "secret-internal-key" not in error.message and "KeyError" not in error.message
     request_id = error.message.split("request id ")[1].split(")")[0]
     assert len(request_id) == 12
     [record] = caplog.records
     assert request_id in record.getMessage() and record.exc_info is not None
     assert "secret-internal-key" in caplog.text  # the traceback, for the operator
+
+
+def test_a_bug_in_any_route_answers_a_request_id_in_the_routes_shape(tmp_path, caplog):
+    """The FastAPI routes' 500s too: a route that raises answers no exception text, in the shape
+    of its API, and the exception is logged under the answer's id."""
+    app = create_app(Settings(state_dir=tmp_path))
+
+    async def boom() -> None:
+        raise TypeError("secret-internal-detail")
+
+    app.api.add_api_route("/api/boom", boom)
+    app.api.add_api_route("/v1/boom", boom)
+
+    async def ask(path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return await c.get(path)
+
+    with caplog.at_level(logging.ERROR, logger="vramgate.api"):
+        ollama, openai = asyncio.run(ask("/api/boom")), asyncio.run(ask("/v1/boom"))
+    assert ollama.status_code == openai.status_code == 500
+    assert "request id" in ollama.json()["error"]
+    assert "request id" in openai.json()["error"]["message"]
+    assert "secret-internal-detail" not in ollama.text + openai.text
+    assert "secret-internal-detail" in caplog.text

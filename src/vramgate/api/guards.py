@@ -24,9 +24,9 @@ log = logging.getLogger("vramgate.api")
 # Deeper bodies are refused at parse: orjson parses 1024 levels but writes only 255, and no
 # client API's request nests past a few dozen (tool schemas included).
 MAX_DEPTH = 128
-_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # a `host` that names no one name clients use
 _CONTAINERS = (dict, list)
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # most requests: no address parsed  # a `host` that names no one name clients use
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # most requests: no address parsed
 
 
 # -- the Host allow-list --------------------------------------------------------------------

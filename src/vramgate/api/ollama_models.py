@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
 from vramgate import inventory
-from vramgate.api import common
+from vramgate.api import common, guards
 from vramgate.api import ollama_convert as convert
 from vramgate.api.anthropic import context_length
 from vramgate.api.common import admin_key, any_key, scheduler_of
@@ -193,12 +193,10 @@ def _remove(entry: inventory.Entry, root: Path) -> None:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    body = guards.parse_json(await request.body())
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    guards.check_stream(body)
     return body
 
 
