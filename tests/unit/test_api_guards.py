@@ -13,6 +13,7 @@ from vramgate.api import guards
 from vramgate.app import create_app
 from vramgate.config import MAX_DURATION_S, Settings
 from vramgate.errors import BadRequest, Forbidden
+from vramgate.inventory import check_options
 
 
 @pytest.mark.parametrize(("header", "name"), [
@@ -123,3 +124,11 @@ def test_a_bug_in_any_route_answers_a_request_id_in_the_routes_shape(tmp_path, c
     assert "request id" in openai.json()["error"]["message"]
     assert "secret-internal-detail" not in ollama.text + openai.text
     assert "secret-internal-detail" in caplog.text
+
+
+@pytest.mark.parametrize("ttl", [1e308, 4e9])
+def test_an_adhoc_ttl_past_the_bound_is_a_400(ttl):
+    """A request's ad-hoc `ttl` is a client's duration too: past the bound, refused."""
+    with pytest.raises(BadRequest, match="ttl"):
+        check_options({"ttl": ttl})
+    assert check_options({"ttl": 600})["ttl"] == 600
