@@ -106,9 +106,7 @@ class GatewayApp:
         if not any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"]):
             return receive  # no body (a GET): nothing to read
         body = await guards.read_body(scope, receive, guards.max_body_bytes(self._settings()))
-        if guards.looks_like_json(body):
-            with contextlib.suppress(orjson.JSONDecodeError):
-                guards.check_depth(body, orjson.loads(body))  # not JSON: the route says so
+        guards.check_depth(body)
         return guards.replayed(body, receive)
 
     def _on_ollama_port(self, scope: Scope) -> bool:

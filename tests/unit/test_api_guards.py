@@ -132,3 +132,12 @@ def test_an_adhoc_ttl_past_the_bound_is_a_400(ttl):
     with pytest.raises(BadRequest, match="ttl"):
         check_options({"ttl": ttl})
     assert check_options({"ttl": 600})["ttl"] == 600
+
+
+def test_the_depth_check_of_an_unparsed_body_leaves_what_is_not_json_to_its_route():
+    guards.check_depth(b"[" * 500)  # not JSON: no verdict here
+    guards.check_depth(b"text/plain with {[ brackets ]}")
+    with pytest.raises(BadRequest, match="nested deeper"):
+        guards.check_depth(b"[" * 300 + b"]" * 300)
+    with pytest.raises(BadRequest, match="nested deeper"):
+        guards.check_depth(b"[" * 2000 + b"]" * 2000)  # past what orjson parses at all

@@ -26,6 +26,7 @@ log = logging.getLogger("vramgate.api")
 MAX_DEPTH = 128
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # a `host` that names no one name clients use
 _CONTAINERS = (dict, list)
+_UNPARSED: Any = object()
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})  # most requests: no address parsed
 
 
@@ -141,12 +142,20 @@ def parse_json(body: bytes) -> Any:
     return payload
 
 
-def check_depth(body: bytes, payload: Any) -> None:
-    """400 when `payload` (parsed from `body`) nests deeper than MAX_DEPTH. Counting brackets
-    first spares nearly every request the walk, which visits containers only, a level at a
+def check_depth(body: bytes, payload: Any = _UNPARSED) -> None:
+    """400 when `body` (parsed: `payload`, parsed here if not given) nests deeper than
+    MAX_DEPTH; a body that is not JSON is its route's to refuse. Counting brackets first spares
+    nearly every request the parse and the walk, which visits containers only, a level at a
     time."""
     if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
         return
+    if payload is _UNPARSED:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            if "depth limit" in str(exc):
+                raise BadRequest(_too_deep()) from None
+            return
     level = [payload] if isinstance(payload, _CONTAINERS) else []
     for _ in range(MAX_DEPTH):
         if not level:
@@ -158,10 +167,6 @@ def check_depth(body: bytes, payload: Any) -> None:
         level = below
     if level:
         raise BadRequest(_too_deep())
-
-
-def looks_like_json(body: bytes) -> bool:
-    return body.lstrip()[:1] in (b"{", b"[")
 
 
 def _too_deep() -> str:
