@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,13 +18,24 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from vramgate import __version__, reconfigure
-from vramgate.api import admin, anthropic, downloads, manage, ollama, ollama_models, openai, page
-from vramgate.api.shapes import ANTHROPIC, OLLAMA, OPENAI, Shape
+from vramgate.api import (
+    admin,
+    anthropic,
+    downloads,
+    guards,
+    manage,
+    ollama,
+    ollama_models,
+    openai,
+    page,
+)
+from vramgate.api.shapes import OPENAI, Shape, shape_of
 from vramgate.config import ConfigError, Settings
 from vramgate.downloads import Downloads
 from vramgate.errors import BadRequest, GatewayError, ModelNotFound, error_body
@@ -34,6 +46,7 @@ from vramgate.gpu.footprints import FootprintStore
 from vramgate.history import MemoryHistory
 from vramgate.memory import Memory, footprint_store, gpu_backend
 from vramgate.metrics import Metrics
+from vramgate.proxy import send_error
 from vramgate.runtimes.base import Runtime
 from vramgate.runtimes.router import Runtimes
 from vramgate.scheduling.driver import Scheduler
@@ -51,16 +64,28 @@ OLLAMA_HELLO = b"Ollama is running"  # what Ollama answers at / (clients check f
 class GatewayApp:
     """The ASGI app served: relay POSTs go straight to their endpoint, the rest to FastAPI."""
 
-    def __init__(self, api: FastAPI, ollama_port: int | None = None) -> None:
+    def __init__(self, api: FastAPI, settings: Settings) -> None:
         self.api = api
-        self.ollama_port = ollama_port
+        self.settings = settings
+        self.ollama_port = settings.ollama_port
+        # The machine's own name is allowed as a Host: it is how its LAN reaches a gateway
+        # on 0.0.0.0, and a rebinding page cannot take it.
+        self.machine = {guards.host_name(socket.gethostname())}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = RELAYS.get(scope["path"])
-            if endpoint is not None:
-                scope["app"] = self.api
-                await endpoint(scope, receive, send)
+        if scope["type"] == "http":
+            try:
+                # Every request's Host first: a rebound name passes the cross-site rule.
+                guards.check_host(scope["headers"], self._settings(), self.machine)
+                if scope["method"] == "POST" and (endpoint := RELAYS.get(scope["path"])):
+                    scope["app"] = self.api
+                    await endpoint(scope, receive, send)  # it reads its body after the key
+                    return
+                receive = await self._body_guarded(scope, receive)
+            except GatewayError as exc:
+                await send_error(send, exc, shape=shape_of(scope["path"]))
+                return
+            except ClientDisconnect:
                 return
         if scope["type"] == "http" and scope["path"] == "/" and self._on_ollama_port(scope):
             headers = [(b"content-type", b"text/plain; charset=utf-8"),
@@ -70,6 +95,19 @@ class GatewayApp:
             await send({"type": "http.response.body", "body": body})
             return
         await self.api(scope, receive, send)
+
+    def _settings(self) -> Settings:
+        scheduler = getattr(self.api.state, "scheduler", None)  # the settings of the last reload
+        return scheduler.settings if scheduler is not None else self.settings
+
+    async def _body_guarded(self, scope: Scope, receive: Receive) -> Receive:
+        """The routes FastAPI serves get their body read here, once, within max_body_mb and
+        (JSON) MAX_DEPTH: one limit for every route, whatever it does with the body."""
+        if not any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"]):
+            return receive  # no body (a GET): nothing to read
+        body = await guards.read_body(scope, receive, guards.max_body_bytes(self._settings()))
+        guards.check_depth(body)
+        return guards.replayed(body, receive)
 
     def _on_ollama_port(self, scope: Scope) -> bool:
         server = scope.get("server")
@@ -167,7 +205,8 @@ def create_app(
     app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    return GatewayApp(app, settings.ollama_port)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return GatewayApp(app, settings)
 
 
 async def _sample(history: MemoryHistory) -> None:
@@ -235,11 +274,7 @@ def _json(body: object, status: int, headers: dict[str, str] | None = None) -> R
 
 
 def _shape(request: Request) -> Shape:
-    """The error shape of the client API a path belongs to."""
-    path = request.url.path
-    if path.startswith("/api/"):
-        return OLLAMA
-    return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
+    return shape_of(request.url.path)
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> Response:
@@ -261,3 +296,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     return await _gateway_error(request, BadRequest(str(exc.errors())))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    """A bug's 500: its text and traceback go to the log, never to the client."""
+    error = guards.internal_error(f"{request.method} {request.url.path}", exc)
+    status, body = _shape(request).error(error)
+    return Response(body, status, media_type="application/json")

@@ -88,6 +88,11 @@ class Access:
         self.models = {name for name, m in settings.models.items() if _among(key, m.api_keys)}
 
     @property
+    def is_admin(self) -> bool:
+        """May use the admin routes (an admin key, or any request with auth off)."""
+        return self.open or self.admin
+
+    @property
     def known(self) -> bool:
         return self.open or self.api or bool(self.models)
 

@@ -29,6 +29,11 @@ from vramgate.filenames import file_stem
 
 Task = Literal["generate", "embed", "rerank"]
 ENV_PREFIX = "VRAMGATE_"
+# The one bound of every duration (a client's keep_alive and ad-hoc ttl, the file's ttl): a
+# century outlasts any gateway; past it is forever, and nothing infinite is ever stored (an
+# expiry computed from 1e308 seconds broke /api/ps for everyone).
+MAX_DURATION_S = 100 * 365 * 86400.0
+Seconds = Annotated[float, Field(allow_inf_nan=False, le=MAX_DURATION_S)]
 
 
 class ConfigError(Exception):
@@ -40,7 +45,7 @@ class _Strict(BaseModel):
 
 
 class Defaults(_Strict):
-    ttl: float = Field(default=1800, ge=0, description="Idle seconds before a stop; 0 = never.")
+    ttl: Seconds = Field(default=1800, ge=0, description="Idle seconds before a stop; 0 = never.")
     start_timeout: float = Field(default=600, gt=0, description="Seconds to become ready.")
     stop_timeout: float = Field(default=10, ge=0, description="Seconds from SIGTERM to SIGKILL.")
     max_queue: int = Field(default=256, ge=0, description="Requests that may wait for a slot.")
@@ -137,7 +142,7 @@ class ModelConfig(_Strict):
     task: Task = Field(default="generate", description="generate, embed or rerank.")
     health: str = Field(default="/health", description="Readiness path, ready when 200.")
     upstream_model: str | None = Field(default=None, description="Model name the engine expects.")
-    ttl: float | None = Field(default=None, ge=0, description="Idle seconds; 0 = never stop.")
+    ttl: Seconds | None = Field(default=None, ge=0, description="Idle seconds; 0 = never stop.")
     start_timeout: float | None = Field(default=None, gt=0)
     stop_timeout: float | None = Field(default=None, ge=0)
     max_concurrency: int | None = Field(default=None, ge=1, description="Requests relayed at once.")
@@ -198,12 +203,24 @@ class ModelConfig(_Strict):
         "--dtype); default: the weights' own.",
     )
     max_queue: int | None = Field(default=None, ge=0, description="Waiting requests; then 429.")
-    native_apis: list[Literal["anthropic", "ollama"]] | None = Field(
+    native_apis: list[Literal["anthropic"]] | None = Field(
         default=None,
         description="Client APIs the engine serves itself beside OpenAI's (relayed as they are; "
         "the others are translated); default: its engine kind's (llamacpp, vllm, sglang: "
-        "anthropic).",
+        "anthropic). Ollama's API is always translated: no engine kind serves it.",
     )
+
+    @field_validator("native_apis", mode="before")
+    @classmethod
+    def _no_native_ollama(cls, apis: Any) -> Any:
+        # Accepted once, it did nothing: Ollama's requests were translated all the same.
+        if isinstance(apis, list) and "ollama" in apis:
+            raise ValueError(
+                "'ollama' is no engine's own API here: Ollama's requests are always translated "
+                "to the engine's OpenAI API; remove it (only 'anthropic' is relayed natively)"
+            )
+        return apis
+
     vision: bool | None = Field(
         default=None,
         description="Whether the model takes images (false: an image is a 400 at the gateway); "
@@ -338,6 +355,12 @@ class Auth(_Strict):
 class Settings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Names a request's Host may give besides loopback names, addresses, `host` "
+        "and the machine's hostname (a guard against DNS rebinding): a name, `*.example.com` "
+        "for its subdomains, `*` for any.",
+    )
     ollama_port: int | None = Field(
         default=None,
         ge=0,
@@ -397,6 +420,15 @@ class Settings(_Strict):
     @property
     def auth_enabled(self) -> bool:
         return self.auth.enabled or any(m.api_keys for m in self.models.values())
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        names = [h.strip().lower().removesuffix(".") for h in hosts]
+        for name in names:
+            if not name or ":" in name or "/" in name:
+                raise ValueError(f"{name!r}: a host name without port or scheme (gw.example.com)")
+        return names
 
     @field_validator("engines")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vramgate.config import EngineKind, ModelConfig, Settings, format_errors
+from vramgate.config import EngineKind, ModelConfig, Seconds, Settings, format_errors
 from vramgate.errors import BadRequest
 from vramgate.gpu.estimate import Estimate, EstimateError, estimate_gguf, estimate_safetensors
 
@@ -225,7 +225,7 @@ class AdhocOptions(BaseModel):
 
     engine: EngineKind | None = None
     context_length: int | None = Field(default=None, gt=0)
-    ttl: float | None = Field(default=None, ge=0)
+    ttl: Seconds | None = Field(default=None, ge=0)
     gpu_memory_mib: int | None = Field(default=None, gt=0)
     device: Literal["cuda", "cpu"] | None = None
     n_gpu_layers: int | None = None

@@ -247,3 +247,28 @@ def test_patterns_of_one_length_that_a_name_matches_both_are_reported():
     assert {(first, one), (second, other)} == {("claude-*-4-5", "a"), ("claude-opus*", "b")}
     assert not patterns_overlap("a*b", "c*")
     assert patterns_overlap("*-x", "y-*") and patterns_overlap("a?c", "[ab]bc")
+
+
+def test_native_ollama_is_refused_with_what_happens_instead(tmp_path):
+    """Reproduced: `native_apis: [ollama]` was accepted and did nothing (Ollama's requests are
+    always translated); it is a config error now that says so."""
+    text = "models:\n  m: {engine: llamacpp, source: /m.gguf, native_apis: [anthropic, ollama]}\n"
+    message = error_of(write(tmp_path, text))
+    assert "models.m.native_apis: 'ollama' is no engine's own API here" in message
+    assert "always translated" in message
+    ok = "models:\n  m: {engine: llamacpp, source: /m.gguf, native_apis: [anthropic]}\n"
+    assert load_settings(write(tmp_path, ok), environ={}).models["m"].native_apis == ["anthropic"]
+
+
+def test_allowed_hosts_are_names_lowercased(tmp_path):
+    settings = load_settings(write(tmp_path, "allowed_hosts: [GW.Lan., '*.corp']\n"), environ={})
+    assert settings.allowed_hosts == ["gw.lan", "*.corp"]
+    message = error_of(write(tmp_path, "allowed_hosts: ['gw.lan:8080']\n"))
+    assert "allowed_hosts.0: Value error" not in message and "without port" in message
+
+
+@pytest.mark.parametrize("ttl", [".inf", "1e308", ".nan"])
+def test_a_ttl_past_the_one_bound_of_durations_is_refused(tmp_path, ttl):
+    """An infinite or astronomical ttl broke every expiry computed from it (/api/ps)."""
+    message = error_of(write(tmp_path, f"defaults: {{ttl: {ttl}}}\n"))
+    assert "defaults.ttl" in message

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from vramgate import __version__, reconfigure
+from vramgate.api import common
 from vramgate.api.common import (
     access_of,
     admin_key,
@@ -22,6 +23,7 @@ from vramgate.api.common import (
     scheduler_of,
     uptime_s,
 )
+from vramgate.auth import Access
 from vramgate.config import ConfigError
 from vramgate.errors import BadRequest
 from vramgate.events import Fanout
@@ -66,42 +68,50 @@ async def memory_history(request: Request) -> dict[str, Any]:
     return request.app.state.history.report()
 
 
-@router.post("/admin/models/{label:path}/load", dependencies=[Depends(admin_key)])
-async def load(label: str, request: Request) -> dict[str, Any]:
+@router.post("/admin/models/{label:path}/load")
+async def load(label: str, request: Request, access: Access = Depends(admin_key)) -> dict[str, Any]:
     scheduler = scheduler_of(request)
-    name = resolve_or_404(scheduler.settings, label)
+    name = resolve_or_404(scheduler.settings, label, access)
     inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
     await scheduler.ensure_ready(name)
     return inst.status(ttl_of(inst, scheduler.settings))
 
 
-@router.post("/admin/models/{label:path}/unload", dependencies=[Depends(admin_key)])
-async def unload(label: str, request: Request) -> dict[str, Any]:
+@router.post("/admin/models/{label:path}/unload")
+async def unload(
+    label: str, request: Request, access: Access = Depends(admin_key)
+) -> dict[str, Any]:
     scheduler = scheduler_of(request)
-    name = resolve_or_404(scheduler.settings, label)
+    name = resolve_or_404(scheduler.settings, label, access)
     inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
-    await scheduler.unload(name)
+    await common.unload(scheduler, access, name)
     return inst.status(ttl_of(inst, scheduler.settings))
 
 
-@router.get("/admin/models/{label:path}/logs", dependencies=[Depends(admin_key)])
+@router.get("/admin/models/{label:path}/logs")
 async def logs(
-    label: str, request: Request, tail: int = Query(200, ge=1, le=MAX_TAIL)
+    label: str,
+    request: Request,
+    tail: int = Query(200, ge=1, le=MAX_TAIL),
+    access: Access = Depends(admin_key),
 ) -> dict[str, Any]:
     """The last `tail` lines the engine wrote, from its log file (kept across restarts)."""
     scheduler = scheduler_of(request)
-    name = resolve_or_404(scheduler.settings, label)
+    name = resolve_or_404(scheduler.settings, label, access)
     path = scheduler.settings.engine_log(name)
     return {"model": name, "lines": _tail(path, tail)}
 
 
-@router.get("/admin/models/{label:path}/logs/stream", dependencies=[Depends(admin_key)])
+@router.get("/admin/models/{label:path}/logs/stream")
 async def logs_stream(
-    label: str, request: Request, tail: int = Query(50, ge=0, le=MAX_TAIL)
+    label: str,
+    request: Request,
+    tail: int = Query(50, ge=0, le=MAX_TAIL),
+    access: Access = Depends(admin_key),
 ) -> StreamingResponse:
     """SSE: the last `tail` lines, then each new line as the engine writes it."""
     scheduler = scheduler_of(request)
-    name = resolve_or_404(scheduler.settings, label)
+    name = resolve_or_404(scheduler.settings, label, access)
     inst = scheduler.instances[name]
     path = scheduler.settings.engine_log(name)
     recent = [{"line": line} for line in _tail(path, tail)] if tail else []

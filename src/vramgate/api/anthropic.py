@@ -42,7 +42,7 @@ class MessagesEndpoint(Endpoint):
             if context is not None and payload["max_tokens"] > context:
                 payload["max_tokens"] = context  # capped, not refused
             payload["model"] = upstream
-            return Routed(name, self.path, orjson.dumps(payload), is_stream)
+            return Routed(name, self.path, orjson.dumps(payload), is_stream, NativeErrors())
         images = adapter.takes_images(model)
         chat = convert.to_chat_request(
             payload, upstream, context=context, vision=images is not False
@@ -65,7 +65,7 @@ class CountTokensEndpoint(Endpoint):
         upstream = adapter.upstream_model(name, model)
         payload["model"] = upstream
         if adapter.serves_natively(model, "anthropic"):
-            return Routed(name, self.path, orjson.dumps(payload), False)
+            return Routed(name, self.path, orjson.dumps(payload), False, NativeErrors())
         payload.update(max_tokens=1, stream=False)
         chat = convert.to_chat_request(payload, upstream)
         chat["max_tokens"] = 1
@@ -89,6 +89,21 @@ def context_length(
         return found
     estimate = scheduler.memory.estimates.get(name)
     return estimate.context if estimate is not None and estimate.context > 0 else None
+
+
+class NativeErrors:
+    """An engine's own Messages answers as they are, but its errors (llama-server's
+    {"error": {"code": 400, ...}}, a text/plain 500) in Anthropic's shape, as a client of
+    Anthropic's API reads them."""
+
+    def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[int, bytes, bytes]:
+        return engine_error(status, content) if status >= 400 else (status, content_type, content)
+
+    def chunk(self, data: bytes) -> bytes:
+        return data
+
+    def end(self) -> bytes:
+        return b""
 
 
 class Translated:

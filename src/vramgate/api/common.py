@@ -20,13 +20,23 @@ def uptime_s(request: Request) -> float:
     return round(time.time() - request.app.state.started_at, 3)
 
 
-def resolve_or_404(settings: Settings, label: str) -> str:
-    """The model a name or alias stands for; 404 listing the known names if none."""
+def resolve_or_404(settings: Settings, label: str, access: Access) -> str:
+    """The model a name or alias stands for; 404 listing the names `access` may use if none
+    (another key's models are not this one's to learn of)."""
     name = settings.resolve(label)
     if name is None:
-        known = ", ".join(sorted(settings.models)) or "(none configured)"
+        usable = sorted(n for n in settings.models if access.may_use(n))
+        known = ", ".join(usable) or "(none this key may use)"
         raise ModelNotFound(f"model '{label}' is not configured; known models: {known}")
     return name
+
+
+async def unload(scheduler: Scheduler, access: Access, name: str) -> None:
+    """Unloading, through any API (the admin routes, Ollama's `keep_alive: 0`): an admin key's
+    to ask (403 otherwise); the scheduler lets running requests finish and keeps pinned models
+    (Scheduler.unload)."""
+    access.require_admin()
+    await scheduler.unload(name)
 
 
 def access_of(request: Request) -> Access:

@@ -10,7 +10,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from vramgate import inventory
+from vramgate.api import common
 from vramgate.api.common import admin_key, any_key, resolve_or_404, scheduler_of
+from vramgate.auth import Access
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
 from vramgate.scheduling.view import ttl_of
@@ -82,17 +84,19 @@ async def inventory_list(request: Request) -> dict[str, Any]:
     return {"object": "list", "models_dir": str(settings.models_dir), "data": data}
 
 
-@router.post("/v1/models/unload", dependencies=[Depends(admin_key)])
-async def unload(body: UnloadRequest, request: Request) -> dict[str, Any]:
+@router.post("/v1/models/unload")
+async def unload(
+    body: UnloadRequest, request: Request, access: Access = Depends(admin_key)
+) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     label = body.model
     if body.backend is not None or body.device is not None:
         options = inventory.seed_options({"backend": body.backend, "device": body.device})
         label = await asyncio.to_thread(_seed_instance, scheduler, label, options)
-    name = resolve_or_404(scheduler.settings, label)
+    name = resolve_or_404(scheduler.settings, label, access)
     inst = scheduler.instances[name]  # before the await: a reload may forget it meanwhile
     was = inst.state.value
-    await scheduler.unload(name)
+    await common.unload(scheduler, access, name)
     return {"model": name, "was": was, "state": inst.state.value}
 
 
@@ -113,9 +117,10 @@ def _seed_instance(scheduler: Scheduler, label: str, options: dict[str, Any]) ->
     return label
 
 
-@router.post("/v1/models/unload-all", dependencies=[Depends(admin_key)])
-async def unload_all(request: Request) -> dict[str, Any]:
+@router.post("/v1/models/unload-all")
+async def unload_all(request: Request, access: Access = Depends(admin_key)) -> dict[str, Any]:
+    """Every running model but the pinned ones (which stay, whoever asks)."""
     scheduler = scheduler_of(request)
-    running = [n for n, i in scheduler.instances.items() if i.is_running]
-    await asyncio.gather(*(scheduler.unload(n) for n in running))
+    running = [n for n, i in scheduler.instances.items() if i.is_running and not i.model.pinned]
+    await asyncio.gather(*(common.unload(scheduler, access, n) for n in running))
     return {"unloaded": running}

@@ -4,8 +4,10 @@ streams included; the same scheduling, keys, limits and metrics as every other r
 Ollama sends them (`{"error": "..."}`).
 
 `keep_alive` sets the model's idle time until its next stop (0: stopped once this request is
-done; negative: kept loaded); an empty `messages` or `prompt` only loads the model (or, with
-`keep_alive: 0`, unloads it), as Ollama's clients use it.
+done; negative, or past a century: kept loaded), from a key that may unload it (an admin key, or
+any with auth off; others' is ignored); an empty `messages` or `prompt` only loads the model (or,
+with `keep_alive: 0`, unloads it: as every unload, an admin key's to ask, after the running
+requests, never a pinned model), as Ollama's clients use it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import orjson
 from starlette.types import Send
 
 from vramgate import inventory
+from vramgate.api import common
 from vramgate.api import ollama_convert as convert
 from vramgate.api.relaying import Endpoint, Routed
 from vramgate.api.shapes import OLLAMA
+from vramgate.auth import Access
 from vramgate.engines.base import CHAT, COMPLETIONS, EMBEDDINGS
 from vramgate.errors import BadRequest
 from vramgate.proxy import Timing
@@ -39,18 +43,23 @@ class OllamaEndpoint(Endpoint):
     async def answered(
         self,
         scheduler: Scheduler,
+        access: Access,
         name: str,
         payload: dict[str, Any],
         send: Send,
         timing: Timing,
     ) -> bool:
         seconds = convert.keep_alive_s(payload.get("keep_alive"))
+        if seconds is not None and not access.is_admin and not self.unloads(payload, seconds):
+            # When a model stops is all its users' concern: only a key that may unload it sets
+            # that; others' keep_alive is ignored (the configured ttl stays).
+            seconds = None
         if not self.loads_only(payload):
             if seconds is not None:
                 scheduler.keep_alive(name, seconds)
             return False
-        if seconds is not None and seconds == 0:
-            await scheduler.unload(name)
+        if self.unloads(payload, seconds):
+            await common.unload(scheduler, access, name)
             reason = "unload"
         else:
             await scheduler.ensure_ready(name)
@@ -68,6 +77,10 @@ class OllamaEndpoint(Endpoint):
 
     def loads_only(self, payload: dict[str, Any]) -> bool:
         return False
+
+    def unloads(self, payload: dict[str, Any], seconds: float | None) -> bool:
+        """Ollama's unload: nothing to generate, and `keep_alive: 0`."""
+        return seconds == 0 and self.loads_only(payload)
 
     def empty_answer(self) -> dict[str, Any]:
         return {}

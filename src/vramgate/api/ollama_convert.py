@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from vramgate.api.guards import bounded_s
 from vramgate.errors import BadRequest
 from vramgate.sse import SseSplitter, data_lines
 
@@ -55,20 +56,21 @@ def listed_name(name: str) -> str:
 
 def keep_alive_s(value: Any) -> float | None:
     """Ollama's keep_alive in seconds: a number of seconds or a Go duration ("5m", "1h30m",
-    "-1m"); negative = keep it loaded; None when the request has none."""
+    "-1m"); negative (or past the bound, guards.bounded_s) = keep it loaded, -1; None when the
+    request has none."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise BadRequest("keep_alive: a number of seconds or a duration such as '5m'")
     if isinstance(value, int | float):
-        return float(value)
+        return bounded_s(float(value), "keep_alive")
     if isinstance(value, str):
         text = value.strip()
         if re.fullmatch(r"-?\d+(\.\d+)?", text):
-            return float(text)
+            return bounded_s(float(text), "keep_alive")
         parts = _DURATION.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
-            return sum(float(n) * _UNITS[u] for n, u in parts)
+            return bounded_s(sum(float(n) * _UNITS[u] for n, u in parts), "keep_alive")
     raise BadRequest(f"keep_alive: {value!r} is not a number of seconds or a duration ('5m')")
 
 

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
 from vramgate import inventory
+from vramgate.api import common, guards
 from vramgate.api import ollama_convert as convert
 from vramgate.api.anthropic import context_length
 from vramgate.api.common import admin_key, any_key, scheduler_of
@@ -160,8 +161,8 @@ async def _progress(job: Any) -> AsyncIterator[bytes]:
         yield _line({"status": status})
 
 
-@router.delete("/api/delete", dependencies=[Depends(admin_key)])
-async def delete(request: Request) -> Response:
+@router.delete("/api/delete")
+async def delete(request: Request, access: Access = Depends(admin_key)) -> Response:
     """Removes a model of models_dir (its engine stopped first); configured models are the
     configuration's to remove."""
     body = await _json(request)
@@ -177,7 +178,7 @@ async def delete(request: Request) -> Response:
     if entry is None:
         raise ModelNotFound(f"model '{name}' not found")
     for known in [n for n in scheduler.adhoc_names if n.split("@")[0] == entry.name]:
-        await scheduler.unload(known)
+        await common.unload(scheduler, access, known)
     await asyncio.to_thread(_remove, entry, root)
     return Response(status_code=200)
 
@@ -192,12 +193,10 @@ def _remove(entry: inventory.Entry, root: Path) -> None:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    body = guards.parse_json(await request.body())
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    guards.check_stream(body)
     return body
 
 

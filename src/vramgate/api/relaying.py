@@ -1,6 +1,6 @@
 """What every relaying route shares, whichever API the client speaks: the body read within its
-limit, the key checked, the model resolved (ad-hoc ones defined), a slot leased (the engine
-started if need be, a streamed wait kept alive), the request relayed once, and every error
+limit (guards.py), the key checked, the model resolved (ad-hoc ones defined), a slot leased (the
+engine started if need be, a streamed wait kept alive), the request relayed once, and every error
 answered in the client's API's shape (api/shapes.py).
 
 The routes are plain ASGI endpoints that the gateway app calls before FastAPI sees the request:
@@ -22,10 +22,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from vramgate import reconfigure
+from vramgate.api import guards
 from vramgate.api.common import refuse_cross_site, resolve_or_404
 from vramgate.api.shapes import OPENAI, Shape
 from vramgate.auth import Access, presented_key
-from vramgate.errors import BadRequest, EngineGone, GatewayError, PayloadTooLarge
+from vramgate.errors import BadRequest, EngineGone, GatewayError
 from vramgate.inventory import SEED_FIELDS
 from vramgate.proxy import _STREAM_HEADERS, Mend, Opened, Timing, hangup_cancels, relay, send_error
 from vramgate.scheduling.driver import Scheduler
@@ -52,37 +53,10 @@ class Routed:
     keepalive: bytes | None = None  # sent while a stream waits (default: the shape's)
 
 
-async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `max_bytes`."""
-    for key, value in scope["headers"]:
-        if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            raise PayloadTooLarge(_too_large(int(value), max_bytes))
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(_too_large(size, max_bytes))
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _too_large(size: int, max_bytes: int) -> str:
-    limit_mb = max_bytes / (1 << 20)
-    return f"request body of {size} bytes is over the limit of {limit_mb:g} MiB (max_body_mb)"
-
-
 def parse_request(body: bytes) -> dict[str, Any]:
-    """A JSON object with a `model` string that names no file by a control character."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    """A JSON object with a `model` string that names no file by a control character, and a
+    `stream` that is a boolean (or null)."""
+    payload = guards.parse_json(body)
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
     model = payload.get("model")
@@ -90,6 +64,7 @@ def parse_request(body: bytes) -> dict[str, Any]:
         raise BadRequest("request body has no `model` field naming the model to use")
     if not model.isprintable():
         raise BadRequest("`model` has control characters; no model is named so")
+    guards.check_stream(payload)
     return payload
 
 
@@ -117,10 +92,10 @@ class Endpoint:
             timing.status = exc.status
             await self._error(send, exc, opened, detail=access.open or access.admin)
         except Exception as exc:
-            log.exception("relaying %s failed", self.path)
             timing.status = 500
+            error = guards.internal_error(f"relaying {self.path}", exc)
             with contextlib.suppress(RuntimeError):  # the answer had started: nothing to add
-                await self._error(send, GatewayError(f"internal error: {exc!r}"), opened)
+                await self._error(send, error, opened)
         now = time.perf_counter()
         first = None if timing.first_chunk is None else timing.first_chunk - timing.arrived
         state.metrics.request(
@@ -153,14 +128,17 @@ class Endpoint:
         settings = scheduler.settings
         access.require_known()  # before the body is even read
         refuse_cross_site(scope["headers"])
-        body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
+        body = await guards.read_body(scope, receive, guards.max_body_bytes(settings))
         payload = self.parse(body)
         label = await self.label(scheduler, payload)
         name, stripped = await resolve(scheduler, access, label, payload)
+        if "stream" in payload and payload["stream"] is None:  # null: the API's default
+            del payload["stream"]
+            stripped = True
         if stripped:  # the gateway's own fields never reach the engine
             body = orjson.dumps(payload)
         served.append(name)
-        if await self.answered(scheduler, name, payload, send, timing):
+        if await self.answered(scheduler, access, name, payload, send, timing):
             return
         routed = await self.route(scheduler, name, label, payload, body)
         await run(scheduler, routed, receive, send, timing, self.shape, opened)
@@ -175,6 +153,7 @@ class Endpoint:
     async def answered(
         self,
         scheduler: Scheduler,
+        access: Access,
         name: str,
         payload: dict[str, Any],
         send: Send,
@@ -204,7 +183,7 @@ async def resolve(
         access.require_adhoc()  # before anything is looked up or defined
         name = await reconfigure.adhoc(scheduler, label, options, seed)
     elif name is None:
-        name = resolve_or_404(settings, label)
+        name = resolve_or_404(settings, label, access)
     access.require_model(name)
     return name, options is not None or bool(seed)
 

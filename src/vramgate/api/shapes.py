@@ -77,3 +77,10 @@ def _message(exc: GatewayError, detail: bool) -> str:
 OPENAI = Shape("openai", b"text/event-stream")
 ANTHROPIC = Shape("anthropic", b"text/event-stream")
 OLLAMA = Shape("ollama", b"application/x-ndjson")
+
+
+def shape_of(path: str) -> Shape:
+    """The error shape of the client API a path belongs to."""
+    if path.startswith("/api/"):
+        return OLLAMA
+    return ANTHROPIC if path.startswith("/v1/messages") else OPENAI

@@ -102,7 +102,7 @@ class EngineAdapter(ABC):
         return GENERATE_ROUTES
 
     def serves_natively(self, model: ModelConfig, api: str) -> bool:
-        """Whether `model`'s engine serves client API `api` (anthropic, ollama) itself."""
+        """Whether `model`'s engine serves client API `api` (anthropic) itself."""
         apis = self.native_apis if model.native_apis is None else model.native_apis
         return api in apis
 

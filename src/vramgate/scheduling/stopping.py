@@ -11,6 +11,7 @@ from typing import Any
 
 from vramgate.config import Settings
 from vramgate.engines.base import EngineAdapter
+from vramgate.errors import Conflict
 from vramgate.events import Events
 from vramgate.instances import Instance
 from vramgate.memory import Memory
@@ -19,6 +20,7 @@ from vramgate.scheduling.lifecycle import Lifecycle
 from vramgate.scheduling.snapshot import Pending, State
 
 KEEP_ALIVE_MIN_S = 1e-3  # keep_alive 0: stopped at the first tick it is idle (ttl 0 is "never")
+UNLOAD = "unload"  # draining_for of a model whose unload waits for its running requests
 
 
 class Stopping:
@@ -35,6 +37,7 @@ class Stopping:
     # would shadow Definitions' own (Stopping comes first in the Scheduler's bases).
     _spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
     _replace: Callable[[Instance], None]
+    _changed: asyncio.Event
     memory: Memory
 
     def stop(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
@@ -135,4 +138,23 @@ class Stopping:
         inst.keep_alive_s = 0.0 if seconds < 0 else max(seconds, KEEP_ALIVE_MIN_S)
 
     async def unload(self, name: str) -> None:
+        """The one unload of every API (who may ask is the route's: api/common.unload): a
+        pinned model stays (409); a ready one takes no new requests, lets its running ones
+        finish (within drain_timeout, as at shutdown), then stops. Ollama's unload waits the
+        same way; this one killed other users' streams mid-answer."""
+        inst = self.instances[name]
+        if inst.model.pinned:
+            raise Conflict(
+                f"model '{name}' is pinned: it stays loaded (set pinned: false to unload it)"
+            )
+        if inst.state is State.READY and inst.in_flight:
+            inst.draining_for = UNLOAD
+            try:
+                deadline = time.monotonic() + self.settings.drain_timeout
+                while inst.in_flight and (left := deadline - time.monotonic()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+            finally:
+                if inst.draining_for == UNLOAD and inst.state is State.READY:
+                    inst.draining_for = None  # not stopped after all (its caller went)
         await self.stop(name, "admin")

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 CALL_ARGUMENTS = {"city": "Paris"}
+CONTEXT_ERROR = "the request exceeds the available context size, try increasing it"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-messages", action="store_true", help="No /v1/messages (as engines that lack it)."
     )
     p.add_argument("--no-tools", action="store_true", help="Never call a tool, answer in words.")
+    p.add_argument(
+        "--messages-error",
+        choices=["json", "text"],
+        help="/v1/messages fails as llama-server's does: json, a 400 in its own shape "
+        '({"error": {"code": 400, ...}}); text, a text/plain 500.',
+    )
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -105,7 +112,13 @@ def add_routes(app: web.Application, opts: argparse.Namespace, generate: Any, re
         return
 
     async def messages(request: web.Request) -> web.StreamResponse:
-        return await _messages(request, await read(request), generate)
+        body = await read(request)
+        if opts.messages_error == "json":
+            error = {"code": 400, "message": CONTEXT_ERROR, "type": "exceed_context_size_error"}
+            return web.json_response({"error": error}, status=400)
+        if opts.messages_error == "text":
+            return web.Response(status=500, text=f"Internal Server Error: {CONTEXT_ERROR}")
+        return await _messages(request, body, generate)
 
     async def count(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())

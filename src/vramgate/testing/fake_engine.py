@@ -126,8 +126,14 @@ async def _read(request: web.Request) -> dict[str, Any]:
     return body
 
 
+CONTEXT_TOKENS = 1 << 16  # the most a request makes where -c sets no context
+
+
 def _max_tokens(body: dict[str, Any], opts: argparse.Namespace) -> int:
-    return int(body.get("max_tokens") or body.get("max_completion_tokens") or opts.max_tokens)
+    """The tokens to make: as asked, but never past a context (a real engine stops there; an
+    unbounded fake asked for 2**63 never answered)."""
+    asked = int(body.get("max_tokens") or body.get("max_completion_tokens") or opts.max_tokens)
+    return min(asked, opts.ctx_size or CONTEXT_TOKENS)
 
 
 async def completion(request: web.Request) -> web.StreamResponse:
@@ -291,8 +297,21 @@ async def _load(app: web.Application) -> None:
         print(f"fake engine: ready on port {opts.port}", flush=True)
 
 
+@web.middleware
+async def _engine_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request the fake cannot read (a value of the wrong type) fails as llama-server's do:
+    a 500 in OpenAI's error shape, whatever the route, not aiohttp's text page."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        error = {"code": 500, "message": f"{type(exc).__name__}: {exc}", "type": "server_error"}
+        return web.json_response({"error": error}, status=500)
+
+
 def build_app(opts: argparse.Namespace) -> web.Application:
-    app = web.Application(client_max_size=1 << 30)
+    app = web.Application(client_max_size=1 << 30, middlewares=[_engine_errors])
     app[OPTS] = opts
     app[STATS] = {"requests": 0, "completed": 0, "cancelled": 0}
     app[READY] = asyncio.Event()
