@@ -24,6 +24,7 @@ from vramgate.errors import EngineStartFailed
 log = logging.getLogger("vramgate.cluster")
 MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
 CALL_TIMEOUT_S = 10.0
+REJOIN_S = 5.0  # a node Ray reports alive whose agent was lost: a new agent tried this often
 
 
 @dataclass
@@ -66,6 +67,9 @@ class Cluster:
         self._next_index = 0
         self._poller: asyncio.Task[None] | None = None
         self._starting: set[str] = set()
+        self._rejoin_at: dict[str, float] = {}  # node id -> when a new agent may be tried
+        self._agents = 0  # agents started: each one's name is its own (the old may linger)
+        self._rejoins: set[asyncio.Task[None]] = set()
         # Told when a node dies (runtimes end its engines) and when anything changes.
         self.on_dead: list[Callable[[Node], Awaitable[None]]] = []
         self.on_change: list[Callable[[], None]] = []
@@ -110,6 +114,8 @@ class Cluster:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        for task in list(self._rejoins):
+            task.cancel()
         live = [n for n in self.nodes.values() if n.alive]
         with contextlib.suppress(Exception):
             await asyncio.gather(
@@ -137,8 +143,18 @@ class Cluster:
                 if known is not None and known.alive:
                     await self.dead(known, "Ray reports the node dead")
                 continue
-            if known is None and node_id not in self._starting:
+            if node_id in self._starting:
+                continue
+            if known is None:
                 starts.append(self._join(node_id))
+            elif not known.alive and time.monotonic() >= self._rejoin_at.get(node_id, 0.0):
+                # Alive for Ray, lost to us (its agent died, or stalled and was fenced): a new
+                # agent, in the background (a node still hung costs its connect_timeout there,
+                # not every node's reads); its hello removes what the old one left running.
+                self._rejoin_at[node_id] = time.monotonic() + REJOIN_S
+                task = asyncio.create_task(self._join(node_id))
+                self._rejoins.add(task)
+                task.add_done_callback(self._rejoins.discard)
         if starts:
             await asyncio.gather(*starts)
 
@@ -149,6 +165,7 @@ class Cluster:
         from vramgate.runtimes.ray_agent import NodeAgent
 
         self._starting.add(node_id)
+        self._agents += 1
         agent: Any = None
         try:
             agent = (
@@ -161,7 +178,7 @@ class Cluster:
                     num_cpus=0,
                     max_restarts=0,
                     max_concurrency=1000,
-                    name=f"vramgate-{self.gateway}-{node_id[:16]}",
+                    name=f"vramgate-{self.gateway}-{node_id[:16]}-{self._agents}",
                     get_if_exists=False,
                 )
                 .remote(self.gateway)
@@ -181,6 +198,9 @@ class Cluster:
         )  # fmt: skip
         self._next_index += len(node.totals_mib)
         node.number = len(self.nodes)
+        former = self.nodes.get(node_id)
+        if former is not None:  # joined again: the dead entry stays, under a key of its own
+            self.nodes[f"{node_id}#{former.number}"] = former
         self.nodes[node_id] = node
         removed = len(hello["removed"])
         left = f"; removed {removed} engines an earlier run left" if removed else ""
@@ -197,9 +217,22 @@ class Cluster:
             return
         node.alive, node.died_at, node.why_dead = False, time.time(), why
         log.warning("node %s is dead (%s): its engines are gone", node.name, why)
+        # Fenced: a stalled agent (a hung NVML call) that answers again later would keep its
+        # engines, and their GPU memory, until the gateway exits. Killed, its watchdog ends
+        # them; the next agent there removes any left (ray_agent._remove_leftovers).
+        await self._fence(node)
         for hook in self.on_dead:
             await hook(node)
         self._changed()
+
+    async def _fence(self, node: Node) -> None:
+        import ray
+
+        try:
+            kill = asyncio.to_thread(ray.kill, node.agent, no_restart=True)
+            await asyncio.wait_for(kill, CALL_TIMEOUT_S)
+        except Exception as exc:  # the GCS away too: the next agent there removes them
+            log.warning("node %s: its agent could not be killed: %r", node.name, exc)
 
     async def _poll(self) -> None:
         while True:

@@ -205,6 +205,18 @@ class RayRuntime:
             for n in self.cluster.nodes.values()
         ]
 
+    async def _undo(self, node: Node, name: str, spawning: Any, timeout_s: float) -> None:
+        """Stops what a spawn call that was given up on started on `node` (bounded)."""
+        if not node.alive:
+            return  # its agent was killed with the node's death: its watchdog ended the engine
+        with contextlib.suppress(Exception):  # its end first: a stop before it finds nothing
+            await call(spawning, timeout_s)
+        try:
+            await call(node.agent.stop.remote(name, 0), KILL_WAIT_S + CALL_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("model '%s': its engine on node %s, started as its start was given up, "
+                        "could not be stopped: %r", name, node.name, exc)  # fmt: skip
+
     async def _node_died(self, node: Node) -> None:
         for name, engine in list(self.engines.items()):
             if engine.node is node and engine.returncode is None:
@@ -229,18 +241,26 @@ class RayRuntime:
         secret = secrets.token_urlsafe(32)
         try:
             port = await call(node.agent.port.remote(), timeout)
-            spec = spec_for_port(port)
-            started: dict[str, Any] = await call(
-                node.agent.spawn.remote(
-                    name, spec.argv, {**env, **spec.env}, spec.health_path, local, port, secret
-                ),
-                timeout,
-            )
-        except EngineStartFailed:
-            raise
         except Exception as exc:
             raise EngineStartFailed(
-                f"model '{name}': could not start its engine on node {node.name}: {exc}"
+                f"model '{name}': could not start its engine on node {node.name}: {exc!r}"
+            ) from exc
+        spec = spec_for_port(port)
+        ref = node.agent.spawn.remote(
+            name, spec.argv, {**env, **spec.env}, spec.health_path, local, port, secret
+        )
+        try:
+            started: dict[str, Any] = await call(ref, timeout)
+        except BaseException as exc:
+            # Cancelled (an unload a few ms after the request that started it) or timed out:
+            # the agent goes on spawning all the same, and its engine would run there with
+            # nobody's account of it (its memory read as ours). Stopped there, whatever ends
+            # this, before the start ends, as the Docker runtime removes its container.
+            await asyncio.shield(self._undo(node, name, ref, timeout))
+            if isinstance(exc, EngineStartFailed | asyncio.CancelledError):
+                raise
+            raise EngineStartFailed(
+                f"model '{name}': could not start its engine on node {node.name}: {exc!r}"
             ) from exc
         engine = RayEngine(
             name, node, started["guard_port"], secret, started["pid"], spec.health_path,

@@ -103,6 +103,24 @@ class LocalRay:
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
 
+    def agent_pids(self, name: str) -> list[int]:
+        """The processes of our node agents (Ray actor workers) on node `name`."""
+        proc = self.procs[name]
+        return [p for p in process_tree(proc.pid) if cmdline(p).startswith("ray::NodeAgent")]
+
+    def stall(self, name: str) -> list[int]:
+        """Node `name`'s agents stop answering (SIGSTOP), as in a hung NVML call: Ray itself
+        still reports the node alive. Returns the stopped pids, for `resume`."""
+        pids = self.agent_pids(name)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def resume(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)

@@ -1,0 +1,120 @@
+"""Nodes whose agent stalls (SIGSTOP, as a hung NVML call) or dies while Ray reports the node
+alive, in the middle of a sleep or a wake: a stale lifecycle task never touches the model's new
+engine, a wake on a node taken for dead ends in seconds and is placed anew, and the node's engines
+are stopped and the node joined again (issue 24: 1, 3, 5, 8)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.cluster.conftest import ask, engine, ray_config
+from tests.conftest import fake_cmd, pid_alive, wait_until
+from vramgate.testing.ray_cluster import cmdline
+
+
+@pytest.fixture(scope="module")
+def cluster(make_cluster):
+    return make_cluster({"gpu-a": "10000", "gpu-b": "10000"})
+
+
+def sleepy(*knobs: str, **extra) -> dict:
+    cmd = fake_cmd("--vram-mib", "6000", "--sleep-vram-mib", "100", "--tokens-per-s", "20", *knobs)
+    return {"engine": "command", "cmd": cmd, "vram_mib": 6000, "sleep": 1, **extra}
+
+
+def alive_nodes(gw) -> set[str]:
+    return {n["name"] for n in gw.status()["nodes"] if n["alive"]}
+
+
+def test_a_stale_sleep_never_stops_the_new_engine_and_the_stalled_node_is_cleared(gateway, cluster):
+    """The sleep call hangs on a stalled node; the node is taken for dead; the next request
+    starts the model on the other node; the old sleep's end (its call's timeout) must leave
+    that engine's stream alone (it cut 300 tokens at 112). Once the node answers again, the
+    engine left on it is stopped and the node is used again."""
+    model = sleepy("--sleep-s", "600", start_timeout=45, sleep_after=1)
+    gw = gateway(ray_config(cluster, {"m": model}))
+    assert wait_until(lambda: {"gpu-a", "gpu-b"} <= alive_nodes(gw), 30)
+    ask(gw, "m")
+    first = gw.model("m")
+    stalled = cluster.stall(first["node"])
+    try:
+        assert wait_until(lambda: gw.model("m")["state"] == "stopping", 10)  # its sleep hangs
+        assert wait_until(lambda: first["node"] not in alive_nodes(gw), 60), gw.status()["nodes"]
+        result: dict = {}
+
+        def stream() -> None:
+            text = []
+            with gw.client.completions.create(
+                model="m", prompt="x", max_tokens=600, stream=True
+            ) as chunks:
+                text = [c.choices[0].text for c in chunks if c.choices]
+            result["tokens"] = len("".join(text).split())
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+        worker.join(90)
+        assert result.get("tokens") == 600, (result, gw.model("m"))
+        assert gw.model("m")["node"] != first["node"]
+    finally:
+        cluster.resume(stalled)
+    # It answers again: what ran there is stopped, and the node joins again.
+    assert wait_until(lambda: not pid_alive(first["pid"]), 30), "an engine outlived its node"
+    assert wait_until(lambda: first["node"] in alive_nodes(gw), 30), gw.status()["nodes"]
+    assert "stale" in gw.log()
+
+
+def test_a_wake_on_a_stalled_node_is_placed_anew_in_seconds(gateway, cluster):
+    """A sleeping engine's node stalls as a request wakes it: the wake ends when the node is
+    taken for dead (not at start_timeout, 600 s) and the request is served on the other node."""
+    model = sleepy(start_timeout=600, sleep_after=1, max_wait=300)
+    gw = gateway(ray_config(cluster, {"w": model}))
+    assert wait_until(lambda: {"gpu-a", "gpu-b"} <= alive_nodes(gw), 30)
+    ask(gw, "w")
+    node = gw.model("w")["node"]
+    assert wait_until(lambda: gw.model("w")["state"] == "sleeping", 15)
+    stalled = cluster.stall(node)
+    try:
+        began = time.monotonic()
+        reply = gw.http.post(
+            "/v1/completions",
+            json={"model": "w", "prompt": "x", "max_tokens": 2},
+            timeout=httpx.Timeout(120),
+        )
+        took = time.monotonic() - began
+        assert reply.status_code == 200, reply.text
+        assert took < 60, took
+        assert gw.model("w")["node"] != node
+    finally:
+        cluster.resume(stalled)
+
+
+def engines_with(knob: str) -> list[int]:
+    """Fake engines on this machine (any node) whose command line holds `knob`."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and "fake_engine" in cmdline(int(p))
+            and knob in cmdline(int(p)) and pid_alive(int(p))]  # fmt: skip
+
+
+def test_an_unload_just_after_a_start_leaves_no_engine_on_the_node(gateway, cluster):
+    """An unload lands at every point of a start on a node (the spawn call in flight among
+    them): nothing it started there outlives it unaccounted (issue 24, 2)."""
+    gw = gateway(ray_config(cluster, {"u": engine(4321)}))
+    assert wait_until(lambda: {"gpu-a", "gpu-b"} <= alive_nodes(gw), 30)
+    for delay_s in (0.0, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3):
+        asking = threading.Thread(
+            target=lambda: gw.http.post("/v1/completions", json={"model": "u", "prompt": "x"})
+        )
+        asking.start()
+        assert wait_until(lambda: gw.model("u")["state"] == "starting", 10)
+        time.sleep(delay_s)
+        assert gw.http.post("/admin/models/u/unload").status_code == 200
+        asking.join(30)
+        assert wait_until(lambda: gw.model("u")["state"] in ("stopped", "ready"), 15)
+        if gw.model("u")["state"] == "ready":  # the start won the race: unloaded now
+            gw.http.post("/admin/models/u/unload")
+        left = engines_with("4321")
+        assert wait_until(lambda: not engines_with("4321"), 10), (delay_s, left)
