@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vramgate.runtimes.guard import Guard, has_key
+from vramgate.runtimes.guard import MAX_WAITING, Guard, has_key
 
 
 def test_the_key_is_found_in_any_case_and_only_whole():
@@ -51,6 +51,33 @@ def test_a_guard_refuses_strangers_and_passes_the_gateway_through():
         keyed = b"GET /%s HTTP/1.1\r\nx-vramgate-engine-key: s3cret\r\n\r\n"
         answers = await _exchange(port, [keyed % b"one", keyed % b"two"])
         assert answers[0].endswith(b"/one") and answers[1].endswith(b"/two")
+        await guard.close()
+        engine.close()
+
+    asyncio.run(main())
+
+
+def test_idle_strangers_are_capped_and_the_gateway_still_gets_in():
+    """Connections that send no request head are held HEAD_TIMEOUT_S each; without a cap, a
+    stranger opening thousands runs the agent out of file descriptors. Beyond the cap the
+    oldest one still waiting is closed, so the gateway's own connection still gets through."""
+
+    async def main() -> None:
+        engine = await asyncio.start_server(_engine, "127.0.0.1", 0)
+        guard = Guard("s3cret", engine.sockets[0].getsockname()[1])
+        port = await guard.start("127.0.0.1")
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(MAX_WAITING + 20)]
+        await asyncio.sleep(0.2)
+        assert len(guard.waiting) <= MAX_WAITING
+        closed = 0
+        for reader, _ in idle[:20]:  # the oldest went first
+            closed += await asyncio.wait_for(reader.read(100), 2) == b""
+        assert closed == 20
+        keyed = b"GET /%s HTTP/1.1\r\nx-vramgate-engine-key: s3cret\r\n\r\n"
+        [answer] = await _exchange(port, [keyed % b"in"])
+        assert answer.endswith(b"/in")
+        for _, writer in idle:
+            writer.close()
         await guard.close()
         engine.close()
 

@@ -17,6 +17,11 @@ import logging
 KEY_HEADER = "x-vramgate-engine-key"
 HEAD_LIMIT = 64 * 1024  # a request head larger than this is not the gateway's
 HEAD_TIMEOUT_S = 10.0
+# Connections still owing their request head, at most: beyond, the oldest is closed. Each is
+# held up to HEAD_TIMEOUT_S; uncapped, a stranger opening thousands ran the agent out of file
+# descriptors. The oldest goes, not the newest: the gateway's own connection, which sends its
+# head at once, always gets in however many idle ones a stranger keeps opening.
+MAX_WAITING = 64
 CHUNK = 256 * 1024
 log = logging.getLogger("vramgate.guard")
 FORBIDDEN = (
@@ -43,6 +48,7 @@ class Guard:
         self.server: asyncio.Server | None = None
         self.refused = 0  # connections turned away, for the agent's report
         self._tasks: set[asyncio.Task[None]] = set()
+        self.waiting: dict[asyncio.StreamWriter, None] = {}  # owing their head, oldest first
 
     async def start(self, host: str) -> int:
         self.server = await asyncio.start_server(self._serve, host, 0, limit=HEAD_LIMIT)
@@ -68,8 +74,20 @@ class Guard:
             self._tasks.discard(task)
             writer.close()
 
+    async def _head(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        self.waiting[writer] = None
+        if len(self.waiting) > MAX_WAITING:
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            self.refused += 1
+            oldest.transport.abort()  # its read ends (IncompleteReadError): its task ends
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+        finally:
+            self.waiting.pop(writer, None)
+
     async def _pass(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+        head = await self._head(reader, writer)
         if not has_key(head, self.secret):
             self.refused += 1
             peer = writer.get_extra_info("peername")
