@@ -140,6 +140,14 @@ class RayEngine:
             http, self.base_url + self._health, timeout_s, is_ready, self._exit, exited_error,
             lambda: self._start_error(f"was not ready after {timeout_s:g} s"), self.headers,
         )  # fmt: skip
+        # Ready, and behind its guard only: an engine that binds beyond the node's loopback (a
+        # `command` with its own --host 0.0.0.0) would answer anyone there without the key.
+        found: list[str] = await call(self.node.agent.exposed.remote(self.name))
+        if found:
+            raise self._start_error(
+                f"listens on {', '.join(found)}, reachable without the guard's key; make it "
+                "listen on 127.0.0.1 (the guard in front of it is what the gateway reaches)"
+            )
 
     def _start_error(self, what: str) -> EngineStartFailed:
         where = f" on node {self.node.name}: engine {what}"
