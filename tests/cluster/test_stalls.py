@@ -99,6 +99,33 @@ def test_a_wake_on_a_stalled_node_is_placed_anew_in_seconds(gateway, cluster):
         cluster.resume(stalled)
 
 
+def test_a_start_on_a_node_taken_for_dead_is_placed_anew(gateway, cluster):
+    """The node a start was placed on stalls while its engine loads: the requests waiting for
+    it are served from another node, not given a 503 (issue 24, to settle)."""
+    slow = {**engine(6000, "--load-delay", "8"), "max_wait": 300}
+    gw = gateway(ray_config(cluster, {"s": slow}))
+    assert wait_until(lambda: {"gpu-a", "gpu-b"} <= alive_nodes(gw), 30)
+    result: dict = {}
+
+    def request() -> None:
+        body = {"model": "s", "prompt": "x", "max_tokens": 2}
+        result["reply"] = gw.http.post("/v1/completions", json=body, timeout=httpx.Timeout(120))
+
+    asking = threading.Thread(target=request)
+    asking.start()
+    assert wait_until(lambda: gw.model("s")["node"] is not None, 20)
+    node = gw.model("s")["node"]
+    stalled = cluster.stall(node)
+    try:
+        asking.join(120)
+        reply = result["reply"]
+        assert reply.status_code == 200, reply.text
+        assert gw.model("s")["node"] != node
+        assert "placing it anew" in gw.log()
+    finally:
+        cluster.resume(stalled)
+
+
 def test_a_node_whose_agent_died_gets_a_new_one(gateway, cluster):
     """Its agent killed while Ray reports the node alive: the node is dead for a moment, then
     joined again with a new agent, and its GPUs are used again without a restart (issue 24, 5)."""

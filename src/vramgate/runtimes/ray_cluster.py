@@ -27,6 +27,10 @@ CALL_TIMEOUT_S = 10.0
 REJOIN_S = 5.0  # a node Ray reports alive whose agent was lost: a new agent tried this often
 
 
+class HeadUnreachable(Exception):
+    """The head's GCS did not answer; the message says since when and what it means."""
+
+
 @dataclass
 class Node:
     node_id: str
@@ -70,6 +74,8 @@ class Cluster:
         self._rejoin_at: dict[str, float] = {}  # node id -> when a new agent may be tried
         self._agents = 0  # agents started: each one's name is its own (the old may linger)
         self._rejoins: set[asyncio.Task[None]] = set()
+        self._listing: asyncio.Future[list[dict[str, Any]]] | None = None  # ray.nodes() running
+        self._listing_since = 0.0
         # Told when a node dies (runtimes end its engines) and when anything changes.
         self.on_dead: list[Callable[[Node], Awaitable[None]]] = []
         self.on_change: list[Callable[[], None]] = []
@@ -132,9 +138,8 @@ class Cluster:
 
     async def refresh(self) -> None:
         """Ray's node table: new live nodes get an agent, nodes Ray calls dead are dead."""
-        import ray
 
-        infos = await asyncio.wait_for(asyncio.to_thread(ray.nodes), CALL_TIMEOUT_S)
+        infos = await self._node_table()
         starts = []
         for info in infos:
             node_id = info["NodeID"]
@@ -157,6 +162,26 @@ class Cluster:
                 task.add_done_callback(self._rejoins.discard)
         if starts:
             await asyncio.gather(*starts)
+
+    async def _node_table(self) -> list[dict[str, Any]]:
+        """Ray's node table from the head (its GCS), bounded. One listing at a time: a head
+        that is down holds `ray.nodes()` in its thread, and a new thread every poll filled the
+        default executor that every other `to_thread` of the gateway waits on."""
+        import ray
+
+        if self._listing is None or self._listing.done():
+            self._listing = asyncio.ensure_future(asyncio.to_thread(ray.nodes))
+            self._listing_since = time.monotonic()
+        try:
+            infos = await asyncio.wait_for(asyncio.shield(self._listing), CALL_TIMEOUT_S)
+        except TimeoutError:
+            silent_s = time.monotonic() - self._listing_since
+            raise HeadUnreachable(
+                f"the Ray head at {self.config.address} has not answered for {silent_s:.0f} s "
+                "(its GCS down or out of reach): no node is joined or read meanwhile; engines "
+                "already running keep serving"
+            ) from None
+        return infos
 
     async def _join(self, node_id: str) -> None:
         import ray
@@ -243,7 +268,9 @@ class Cluster:
                 await asyncio.gather(*(self._read(n) for n in live))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the GCS busy or away: try again at the next poll
+            except HeadUnreachable as exc:  # tried again at the next poll
+                log.warning("reading the cluster failed: %s", exc)
+            except Exception as exc:  # the GCS busy: try again at the next poll
                 log.warning("reading the cluster failed: %r", exc)
 
     async def _read(self, node: Node) -> None:
