@@ -24,6 +24,7 @@ from vramgate.errors import EngineStartFailed
 log = logging.getLogger("vramgate.cluster")
 MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
 CALL_TIMEOUT_S = 10.0
+GCS_WAIT_S = 86_400 * 365  # how long the driver waits for a lost head before Ray ends it
 REJOIN_S = 5.0  # a node Ray reports alive whose agent was lost: a new agent tried this often
 
 
@@ -87,6 +88,11 @@ class Cluster:
             # loopback; such a cluster (one box, the tests) must stay there. Read when Ray is
             # imported: before. Never for a real cluster, whose nodes must reach this driver.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray ends a driver whose GCS has not answered for 60 s: a head lost that long ended the
+        # gateway, cutting every request in flight, though no request goes through Ray (the
+        # engines are reached through their guards). Told to wait for its head instead; what
+        # is lost meanwhile is the node table (HeadUnreachable in the log). Read at import.
+        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_WAIT_S))
         import ray
 
         timeout = self.config.connect_timeout
