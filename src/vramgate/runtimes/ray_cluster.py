@@ -77,6 +77,8 @@ class Cluster:
         self._rejoins: set[asyncio.Task[None]] = set()
         self._listing: asyncio.Future[list[dict[str, Any]]] | None = None  # ray.nodes() running
         self._listing_since = 0.0
+        self.connected = False  # joined: the head answered once
+        self._init: asyncio.Future[None] | None = None  # ray.init running in its thread
         # Told when a node dies (runtimes end its engines) and when anything changes.
         self.on_dead: list[Callable[[Node], Awaitable[None]]] = []
         self.on_change: list[Callable[[], None]] = []
@@ -107,8 +109,10 @@ class Cluster:
                 include_dashboard=False,
             )
 
+        if self._init is None or self._init.done():  # one ray.init at a time, in its thread
+            self._init = asyncio.ensure_future(asyncio.to_thread(init))
         try:
-            await asyncio.wait_for(asyncio.to_thread(init), timeout)
+            await asyncio.wait_for(asyncio.shield(self._init), timeout)
         except TimeoutError as exc:
             raise RuntimeError(
                 f"cluster.ray.address {self.config.address}: no Ray cluster answered within "
@@ -118,6 +122,21 @@ class Cluster:
             raise RuntimeError(f"cluster.ray.address {self.config.address}: {exc}") from exc
         await self.refresh()
         self._poller = asyncio.create_task(self._poll())
+        self.connected = True
+        self._changed()
+
+    async def connect_until_up(self, retry_s: float) -> None:
+        """`connect`, tried every `retry_s` until the head answers (a gateway started while
+        its head was down serves what does not need it meanwhile)."""
+        while True:
+            await asyncio.sleep(retry_s)
+            try:
+                await self.connect()
+            except (RuntimeError, HeadUnreachable) as exc:
+                log.warning("%s: trying again in %g s", exc, retry_s)
+                continue
+            log.info("cluster at %s joined", self.config.address)
+            return
 
     async def close(self, stop_timeout_s: float) -> None:
         import ray

@@ -19,7 +19,7 @@ import aiohttp
 
 from vramgate.config import Settings
 from vramgate.containers import Container
-from vramgate.errors import EngineStartFailed
+from vramgate.errors import EngineStartFailed, GatewayBusy, GatewayError
 from vramgate.events import Fanout
 from vramgate.runtimes import readiness
 from vramgate.runtimes.base import IsReady, SpecForPort
@@ -30,6 +30,7 @@ from vramgate.runtimes.output import EngineOutput
 from vramgate.runtimes.ray_cluster import CALL_TIMEOUT_S, Cluster, Node, call
 
 log = logging.getLogger("vramgate.runtime")
+JOIN_RETRY_S = 10.0  # a cluster whose head did not answer at start: joined again this often
 OUTPUT_WAIT_S = 1.0  # each fetch of an engine's output waits this long for new lines
 
 
@@ -186,11 +187,30 @@ class RayRuntime:
         self.cluster = Cluster(settings.ray, instance_id(state_dir))
         self.cluster.on_dead.append(self._node_died)
         self.engines: dict[str, RayEngine] = {}
+        self._joining: asyncio.Task[None] | None = None  # a head that did not answer at start
 
     async def start(self) -> None:
-        await self.cluster.connect()
+        """Joins the cluster; a head that does not answer yet does not keep the gateway down:
+        it is tried again in the background, and cluster models answer 503 meanwhile."""
+        try:
+            await self.cluster.connect()
+        except RuntimeError as exc:
+            log.warning("%s: serving without the cluster until its head answers (tried every "
+                        "%g s)", exc, JOIN_RETRY_S)  # fmt: skip
+            self._joining = asyncio.create_task(self.cluster.connect_until_up(JOIN_RETRY_S))
+
+    def unavailable(self) -> GatewayError | None:
+        if self.cluster.connected:
+            return None
+        return GatewayBusy(
+            f"the Ray cluster at {self.settings.ray.address if self.settings.ray else '?'} has "
+            "not been joined yet (its head does not answer); retry later",
+            headers={"Retry-After": str(int(JOIN_RETRY_S))},
+        )
 
     async def close(self) -> None:
+        if self._joining is not None:
+            self._joining.cancel()
         await self.cluster.close(self.settings.defaults.stop_timeout)
 
     def nodes(self) -> list[dict[str, Any]]:

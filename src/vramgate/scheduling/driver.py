@@ -270,6 +270,8 @@ class Scheduler(Stopping, Definitions):
     async def _launch(self, inst: Instance, *, isolate: bool) -> None:
         if not inst.asleep:  # its weights read while others make room
             self._spawn(asyncio.to_thread(readahead, inst.model.source))
+        if (error := self.runtime.unavailable()) is not None:
+            raise error
         await self.memory.prepare(inst)
         gpus, env = await self._make_room(inst, isolate)
         # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it),
