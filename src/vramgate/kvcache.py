@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
@@ -37,6 +39,10 @@ class KvStore:
     def __init__(self, root: Path, budget_mib: int) -> None:
         self.root = root
         self.budget_bytes = budget_mib << 20
+        # Saves of two engines end at once (two stops for one start): their trims, each in a
+        # thread of its own, removed folders the other was reading (FileNotFoundError, and
+        # "kv cache save failed" logged for slots already written). One trim at a time.
+        self._trimming = threading.Lock()
 
     def path(self, key: str) -> Path:
         """Where `key`'s slots are saved (it may not exist yet)."""
@@ -70,14 +76,19 @@ class KvStore:
                 result = await resp.json()
             if int(result.get("n_saved", 0)) <= 0:  # an empty slot: nothing worth a file
                 empty.append(folder / name)
-        await asyncio.to_thread(self._after_save, folder, empty)
+        await asyncio.to_thread(self.after_save, folder, empty)
         return len(slots) - len(empty)
 
-    def _after_save(self, folder: Path, empty: list[Path]) -> None:
-        for path in empty:
-            path.unlink(missing_ok=True)
-        folder.touch()  # used: last to go
-        self.trim()
+    def after_save(self, folder: Path, empty: list[Path]) -> None:
+        """A save's end (in a thread): its empty slots' files go, its folder is the most
+        recently used, and the folders are trimmed to the budget."""
+        with self._trimming:
+            for path in empty:
+                path.unlink(missing_ok=True)
+            # Never `touch()` a folder a trim removed: it would come back as a plain file.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(folder)  # used: last to go
+            self._trim()
 
     async def restore(
         self,
@@ -117,17 +128,36 @@ class KvStore:
 
     def trim(self) -> None:
         """Removes the least recently used folders until the rest fit the disk budget."""
-        folders = [f for f in self.root.iterdir() if f.is_dir()] if self.root.exists() else []
-        sizes = {f: sum(p.stat().st_size for p in f.glob("*") if p.is_file()) for f in folders}
-        total = sum(sizes.values())
-        for folder in sorted(folders, key=lambda f: f.stat().st_mtime):
+        with self._trimming:
+            self._trim()
+
+    def _trim(self) -> None:
+        # Files still come and go meanwhile (an engine writing its slots, a restore's folder
+        # made): whatever vanished between the listing and its stat counts as gone.
+        stats: dict[Path, tuple[float, int]] = {}
+        for folder in self.root.iterdir() if self.root.exists() else ():
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if folder.is_dir():
+                    stats[folder] = (folder.stat().st_mtime, _size(folder))
+        total = sum(size for _, size in stats.values())
+        for folder, (_, size) in sorted(stats.items(), key=lambda item: item[1][0]):
             if total <= self.budget_bytes:
                 break
-            total -= sizes[folder]
+            total -= size
             with contextlib.suppress(OSError):
                 shutil.rmtree(folder)
             log.info("kv cache of %s removed (disk budget %d MiB)", folder.name,
                      self.budget_bytes >> 20)  # fmt: skip
+
+
+def _size(folder: Path) -> int:
+    """The bytes of the files in `folder`, counting none that vanish while it is read."""
+    total = 0
+    for path in folder.glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def reuse_of(content: bytes) -> tuple[int, int] | None:

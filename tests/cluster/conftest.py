@@ -5,6 +5,7 @@ with simulated GPUs from its environment and its `vramgate-node` label. One clus
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -18,11 +19,9 @@ from vramgate.testing.ray_cluster import LocalRay
 
 
 def _have_ray() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Found, not imported: a test that joins the cluster from this process must import it
+    # itself, after Cluster.connect has kept it on loopback (Ray reads that at its import).
+    return importlib.util.find_spec("ray") is not None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

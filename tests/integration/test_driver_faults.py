@@ -223,3 +223,27 @@ def test_a_failed_wake_says_so_without_the_engines_words(tmp_path):
             assert all("answered 500" in e["message"] for e in events), events
 
     asyncio.run(run())
+
+
+def test_a_wake_waits_for_a_load_on_its_gpu(tmp_path):
+    """Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it):
+    a wake, which brings its weights back, is one of them. Reproduced: a wake ran beside a
+    load under way on the same GPU (issue 24, 14)."""
+    gpu = {"simulate_mib": [20_000], "reserve_mib": 0}
+    sleepy = fake("--vram-mib", "6000", "--sleep-vram-mib", "100", vram_mib=6000, sleep=1)
+    slow = fake("--vram-mib", "6000", "--load-delay", "2", vram_mib=6000)
+
+    async def run() -> None:
+        async with driver(tmp_path, {"a": sleepy, "b": slow}, gpus=gpu) as s:
+            a, b = s.instances["a"], s.instances["b"]
+            await ask(s, "a")
+            await s.sleep("a", "admin")
+            assert a.state is State.SLEEPING
+            loading = asyncio.create_task(ask(s, "b"))
+            assert await until(lambda: b.handle is not None)  # b's load is under way
+            waking = asyncio.create_task(ask(s, "a"))
+            assert await until(lambda: a.state is State.READY, 15)
+            assert b.state is State.READY, "a woke while b loaded on the same GPU"
+            await asyncio.gather(loading, waking)
+
+    asyncio.run(run())

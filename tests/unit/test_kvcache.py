@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from vramgate.config import ModelConfig
@@ -55,3 +56,32 @@ def test_the_first_answer_after_a_restore_says_whether_it_was_used():
     assert reused and "1100 prompt tokens from it" in message
     message, reused = reuse_event("m", 1101, 0, 1101)
     assert not reused and "(1101 tokens) was not used" in message and "--swa-full" in message
+
+
+def test_concurrent_trims_never_fail_on_a_folder_another_trim_removed(tmp_path):
+    """Two engines saving at once trim together: a folder (or file) one trim removes while the
+    other reads it is skipped, not a FileNotFoundError (issue 24, 15: a save logged as failed
+    though its slots were written)."""
+    store = KvStore(tmp_path, budget_mib=0)
+    errors: list[BaseException] = []
+
+    def saver(k: int) -> None:
+        for round_ in range(40):
+            try:  # the engine's own writes, into a folder another trim may remove meanwhile
+                folder = store.folder(f"m{k}@{round_}")
+                for slot in range(4):
+                    (folder / f"slot-{slot}.bin").write_bytes(b"\0" * 4096)
+            except OSError:
+                continue
+            try:
+                store.after_save(folder, [folder / "slot-3.bin"])
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=saver, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[:3]
+    assert all(f.is_dir() for f in tmp_path.iterdir())  # no folder came back as a file

@@ -14,6 +14,7 @@ import aiohttp
 
 from vramgate.containers import Container
 from vramgate.engines.base import LaunchSpec
+from vramgate.errors import GatewayError
 from vramgate.events import Fanout
 
 # Builds the engine's launch spec once the runtime has chosen the port it will listen on.
@@ -85,6 +86,11 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """After the last stop."""
+        ...
+
+    def unavailable(self) -> GatewayError | None:
+        """Why no engine can be started now, where that passes (a cluster whose head has not
+        answered yet): its starts wait for a retry rather than fail. None: available."""
         ...
 
     async def spawn(

@@ -25,7 +25,7 @@ from vramgate.gpu.proctree import tree_rss_mib
 from vramgate.gpu.share import share_mib
 from vramgate.gpu.simulated import SimulatedGpus
 from vramgate.hostram import available_mib, tree_pss_mib
-from vramgate.runtimes.guard import Guard
+from vramgate.runtimes.guard import Guard, exposed_here
 from vramgate.runtimes.local import EngineProcess, Watchdog, free_port
 
 NODE_LABEL = "vramgate-node"
@@ -148,6 +148,11 @@ class NodeAgent:
             record.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
         guard_port = await guard.start(self.address)
         return {"pid": proc.pid, "guard_port": guard_port, "started_at": proc.started_at}
+
+    def exposed(self, name: str) -> list[str]:
+        """Where the engine listens beyond this node's loopback (it should not: see guard)."""
+        engine = self.engines.get(name)
+        return exposed_here(engine.proc.port) if engine is not None else []
 
     async def output(self, name: str, cursor: int, wait_s: float) -> dict[str, Any]:
         """Lines after `cursor` (waiting up to `wait_s` for some), and the exit status once the

@@ -24,6 +24,12 @@ from vramgate.errors import EngineStartFailed
 log = logging.getLogger("vramgate.cluster")
 MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
 CALL_TIMEOUT_S = 10.0
+GCS_WAIT_S = 86_400 * 365  # how long the driver waits for a lost head before Ray ends it
+REJOIN_S = 5.0  # a node Ray reports alive whose agent was lost: a new agent tried this often
+
+
+class HeadUnreachable(Exception):
+    """The head's GCS did not answer; the message says since when and what it means."""
 
 
 @dataclass
@@ -66,6 +72,13 @@ class Cluster:
         self._next_index = 0
         self._poller: asyncio.Task[None] | None = None
         self._starting: set[str] = set()
+        self._rejoin_at: dict[str, float] = {}  # node id -> when a new agent may be tried
+        self._agents = 0  # agents started: each one's name is its own (the old may linger)
+        self._rejoins: set[asyncio.Task[None]] = set()
+        self._listing: asyncio.Future[list[dict[str, Any]]] | None = None  # ray.nodes() running
+        self._listing_since = 0.0
+        self.connected = False  # joined: the head answered once
+        self._init: asyncio.Future[None] | None = None  # ray.init running in its thread
         # Told when a node dies (runtimes end its engines) and when anything changes.
         self.on_dead: list[Callable[[Node], Awaitable[None]]] = []
         self.on_change: list[Callable[[], None]] = []
@@ -77,6 +90,11 @@ class Cluster:
             # loopback; such a cluster (one box, the tests) must stay there. Read when Ray is
             # imported: before. Never for a real cluster, whose nodes must reach this driver.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray ends a driver whose GCS has not answered for 60 s: a head lost that long ended the
+        # gateway, cutting every request in flight, though no request goes through Ray (the
+        # engines are reached through their guards). Told to wait for its head instead; what
+        # is lost meanwhile is the node table (HeadUnreachable in the log). Read at import.
+        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_WAIT_S))
         import ray
 
         timeout = self.config.connect_timeout
@@ -91,8 +109,10 @@ class Cluster:
                 include_dashboard=False,
             )
 
+        if self._init is None or self._init.done():  # one ray.init at a time, in its thread
+            self._init = asyncio.ensure_future(asyncio.to_thread(init))
         try:
-            await asyncio.wait_for(asyncio.to_thread(init), timeout)
+            await asyncio.wait_for(asyncio.shield(self._init), timeout)
         except TimeoutError as exc:
             raise RuntimeError(
                 f"cluster.ray.address {self.config.address}: no Ray cluster answered within "
@@ -102,6 +122,21 @@ class Cluster:
             raise RuntimeError(f"cluster.ray.address {self.config.address}: {exc}") from exc
         await self.refresh()
         self._poller = asyncio.create_task(self._poll())
+        self.connected = True
+        self._changed()
+
+    async def connect_until_up(self, retry_s: float) -> None:
+        """`connect`, tried every `retry_s` until the head answers (a gateway started while
+        its head was down serves what does not need it meanwhile)."""
+        while True:
+            await asyncio.sleep(retry_s)
+            try:
+                await self.connect()
+            except (RuntimeError, HeadUnreachable) as exc:
+                log.warning("%s: trying again in %g s", exc, retry_s)
+                continue
+            log.info("cluster at %s joined", self.config.address)
+            return
 
     async def close(self, stop_timeout_s: float) -> None:
         import ray
@@ -110,6 +145,8 @@ class Cluster:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        for task in list(self._rejoins):
+            task.cancel()
         live = [n for n in self.nodes.values() if n.alive]
         with contextlib.suppress(Exception):
             await asyncio.gather(
@@ -126,9 +163,8 @@ class Cluster:
 
     async def refresh(self) -> None:
         """Ray's node table: new live nodes get an agent, nodes Ray calls dead are dead."""
-        import ray
 
-        infos = await asyncio.wait_for(asyncio.to_thread(ray.nodes), CALL_TIMEOUT_S)
+        infos = await self._node_table()
         starts = []
         for info in infos:
             node_id = info["NodeID"]
@@ -137,10 +173,40 @@ class Cluster:
                 if known is not None and known.alive:
                     await self.dead(known, "Ray reports the node dead")
                 continue
-            if known is None and node_id not in self._starting:
+            if node_id in self._starting:
+                continue
+            if known is None:
                 starts.append(self._join(node_id))
+            elif not known.alive and time.monotonic() >= self._rejoin_at.get(node_id, 0.0):
+                # Alive for Ray, lost to us (its agent died, or stalled and was fenced): a new
+                # agent, in the background (a node still hung costs its connect_timeout there,
+                # not every node's reads); its hello removes what the old one left running.
+                self._rejoin_at[node_id] = time.monotonic() + REJOIN_S
+                task = asyncio.create_task(self._join(node_id))
+                self._rejoins.add(task)
+                task.add_done_callback(self._rejoins.discard)
         if starts:
             await asyncio.gather(*starts)
+
+    async def _node_table(self) -> list[dict[str, Any]]:
+        """Ray's node table from the head (its GCS), bounded. One listing at a time: a head
+        that is down holds `ray.nodes()` in its thread, and a new thread every poll filled the
+        default executor that every other `to_thread` of the gateway waits on."""
+        import ray
+
+        if self._listing is None or self._listing.done():
+            self._listing = asyncio.ensure_future(asyncio.to_thread(ray.nodes))
+            self._listing_since = time.monotonic()
+        try:
+            infos = await asyncio.wait_for(asyncio.shield(self._listing), CALL_TIMEOUT_S)
+        except TimeoutError:
+            silent_s = time.monotonic() - self._listing_since
+            raise HeadUnreachable(
+                f"the Ray head at {self.config.address} has not answered for {silent_s:.0f} s "
+                "(its GCS down or out of reach): no node is joined or read meanwhile; engines "
+                "already running keep serving"
+            ) from None
+        return infos
 
     async def _join(self, node_id: str) -> None:
         import ray
@@ -149,6 +215,7 @@ class Cluster:
         from vramgate.runtimes.ray_agent import NodeAgent
 
         self._starting.add(node_id)
+        self._agents += 1
         agent: Any = None
         try:
             agent = (
@@ -161,7 +228,7 @@ class Cluster:
                     num_cpus=0,
                     max_restarts=0,
                     max_concurrency=1000,
-                    name=f"vramgate-{self.gateway}-{node_id[:16]}",
+                    name=f"vramgate-{self.gateway}-{node_id[:16]}-{self._agents}",
                     get_if_exists=False,
                 )
                 .remote(self.gateway)
@@ -181,6 +248,9 @@ class Cluster:
         )  # fmt: skip
         self._next_index += len(node.totals_mib)
         node.number = len(self.nodes)
+        former = self.nodes.get(node_id)
+        if former is not None:  # joined again: the dead entry stays, under a key of its own
+            self.nodes[f"{node_id}#{former.number}"] = former
         self.nodes[node_id] = node
         removed = len(hello["removed"])
         left = f"; removed {removed} engines an earlier run left" if removed else ""
@@ -197,9 +267,22 @@ class Cluster:
             return
         node.alive, node.died_at, node.why_dead = False, time.time(), why
         log.warning("node %s is dead (%s): its engines are gone", node.name, why)
+        # Fenced: a stalled agent (a hung NVML call) that answers again later would keep its
+        # engines, and their GPU memory, until the gateway exits. Killed, its watchdog ends
+        # them; the next agent there removes any left (ray_agent._remove_leftovers).
+        await self._fence(node)
         for hook in self.on_dead:
             await hook(node)
         self._changed()
+
+    async def _fence(self, node: Node) -> None:
+        import ray
+
+        try:
+            kill = asyncio.to_thread(ray.kill, node.agent, no_restart=True)
+            await asyncio.wait_for(kill, CALL_TIMEOUT_S)
+        except Exception as exc:  # the GCS away too: the next agent there removes them
+            log.warning("node %s: its agent could not be killed: %r", node.name, exc)
 
     async def _poll(self) -> None:
         while True:
@@ -210,7 +293,9 @@ class Cluster:
                 await asyncio.gather(*(self._read(n) for n in live))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the GCS busy or away: try again at the next poll
+            except HeadUnreachable as exc:  # tried again at the next poll
+                log.warning("reading the cluster failed: %s", exc)
+            except Exception as exc:  # the GCS busy: try again at the next poll
                 log.warning("reading the cluster failed: %r", exc)
 
     async def _read(self, node: Node) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 
 from vramgate.config import Settings
 from vramgate.containers import Container
-from vramgate.errors import EngineStartFailed
+from vramgate.errors import EngineStartFailed, GatewayBusy, GatewayError
 from vramgate.events import Fanout
 from vramgate.runtimes import readiness
 from vramgate.runtimes.base import IsReady, SpecForPort
@@ -30,6 +30,7 @@ from vramgate.runtimes.output import EngineOutput
 from vramgate.runtimes.ray_cluster import CALL_TIMEOUT_S, Cluster, Node, call
 
 log = logging.getLogger("vramgate.runtime")
+JOIN_RETRY_S = 10.0  # a cluster whose head did not answer at start: joined again this often
 OUTPUT_WAIT_S = 1.0  # each fetch of an engine's output waits this long for new lines
 
 
@@ -140,6 +141,14 @@ class RayEngine:
             http, self.base_url + self._health, timeout_s, is_ready, self._exit, exited_error,
             lambda: self._start_error(f"was not ready after {timeout_s:g} s"), self.headers,
         )  # fmt: skip
+        # Ready, and behind its guard only: an engine that binds beyond the node's loopback (a
+        # `command` with its own --host 0.0.0.0) would answer anyone there without the key.
+        found: list[str] = await call(self.node.agent.exposed.remote(self.name))
+        if found:
+            raise self._start_error(
+                f"listens on {', '.join(found)}, reachable without the guard's key; make it "
+                "listen on 127.0.0.1 (the guard in front of it is what the gateway reaches)"
+            )
 
     def _start_error(self, what: str) -> EngineStartFailed:
         where = f" on node {self.node.name}: engine {what}"
@@ -178,11 +187,30 @@ class RayRuntime:
         self.cluster = Cluster(settings.ray, instance_id(state_dir))
         self.cluster.on_dead.append(self._node_died)
         self.engines: dict[str, RayEngine] = {}
+        self._joining: asyncio.Task[None] | None = None  # a head that did not answer at start
 
     async def start(self) -> None:
-        await self.cluster.connect()
+        """Joins the cluster; a head that does not answer yet does not keep the gateway down:
+        it is tried again in the background, and cluster models answer 503 meanwhile."""
+        try:
+            await self.cluster.connect()
+        except RuntimeError as exc:
+            log.warning("%s: serving without the cluster until its head answers (tried every "
+                        "%g s)", exc, JOIN_RETRY_S)  # fmt: skip
+            self._joining = asyncio.create_task(self.cluster.connect_until_up(JOIN_RETRY_S))
+
+    def unavailable(self) -> GatewayError | None:
+        if self.cluster.connected:
+            return None
+        return GatewayBusy(
+            f"the Ray cluster at {self.settings.ray.address if self.settings.ray else '?'} has "
+            "not been joined yet (its head does not answer); retry later",
+            headers={"Retry-After": str(int(JOIN_RETRY_S))},
+        )
 
     async def close(self) -> None:
+        if self._joining is not None:
+            self._joining.cancel()
         await self.cluster.close(self.settings.defaults.stop_timeout)
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -204,6 +232,18 @@ class RayRuntime:
             }
             for n in self.cluster.nodes.values()
         ]
+
+    async def _undo(self, node: Node, name: str, spawning: Any, timeout_s: float) -> None:
+        """Stops what a spawn call that was given up on started on `node` (bounded)."""
+        if not node.alive:
+            return  # its agent was killed with the node's death: its watchdog ended the engine
+        with contextlib.suppress(Exception):  # its end first: a stop before it finds nothing
+            await call(spawning, timeout_s)
+        try:
+            await call(node.agent.stop.remote(name, 0), KILL_WAIT_S + CALL_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("model '%s': its engine on node %s, started as its start was given up, "
+                        "could not be stopped: %r", name, node.name, exc)  # fmt: skip
 
     async def _node_died(self, node: Node) -> None:
         for name, engine in list(self.engines.items()):
@@ -229,18 +269,26 @@ class RayRuntime:
         secret = secrets.token_urlsafe(32)
         try:
             port = await call(node.agent.port.remote(), timeout)
-            spec = spec_for_port(port)
-            started: dict[str, Any] = await call(
-                node.agent.spawn.remote(
-                    name, spec.argv, {**env, **spec.env}, spec.health_path, local, port, secret
-                ),
-                timeout,
-            )
-        except EngineStartFailed:
-            raise
         except Exception as exc:
             raise EngineStartFailed(
-                f"model '{name}': could not start its engine on node {node.name}: {exc}"
+                f"model '{name}': could not start its engine on node {node.name}: {exc!r}"
+            ) from exc
+        spec = spec_for_port(port)
+        ref = node.agent.spawn.remote(
+            name, spec.argv, {**env, **spec.env}, spec.health_path, local, port, secret
+        )
+        try:
+            started: dict[str, Any] = await call(ref, timeout)
+        except BaseException as exc:
+            # Cancelled (an unload a few ms after the request that started it) or timed out:
+            # the agent goes on spawning all the same, and its engine would run there with
+            # nobody's account of it (its memory read as ours). Stopped there, whatever ends
+            # this, before the start ends, as the Docker runtime removes its container.
+            await asyncio.shield(self._undo(node, name, ref, timeout))
+            if isinstance(exc, EngineStartFailed | asyncio.CancelledError):
+                raise
+            raise EngineStartFailed(
+                f"model '{name}': could not start its engine on node {node.name}: {exc!r}"
             ) from exc
         engine = RayEngine(
             name, node, started["guard_port"], secret, started["pid"], spec.health_path,

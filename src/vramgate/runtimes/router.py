@@ -8,6 +8,7 @@ from typing import Any
 
 from vramgate.config import Settings
 from vramgate.containers import Container
+from vramgate.errors import GatewayError
 from vramgate.events import Fanout
 from vramgate.runtimes.base import EngineHandle, SpecForPort
 from vramgate.runtimes.docker import DockerRuntime, instance_id
@@ -37,6 +38,9 @@ class Runtimes:
         # or did before (a reload may have dropped its last container model since).
         if self._docker_wanted or (self.state_dir / USED_DOCKER).exists():
             await self._docker()
+
+    def unavailable(self) -> GatewayError | None:
+        return self.ray.unavailable() if self.ray is not None else None
 
     def nodes(self) -> list[dict[str, Any]]:
         """A cluster's nodes, for status; none on one machine."""

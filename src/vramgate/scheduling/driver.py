@@ -19,7 +19,13 @@ import aiohttp
 
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines import adapters
-from vramgate.errors import EngineOutOfMemory, GatewayBusy, GatewayError, ModelNotFound
+from vramgate.errors import (
+    EngineOutOfMemory,
+    EngineStartFailed,
+    GatewayBusy,
+    GatewayError,
+    ModelNotFound,
+)
 from vramgate.events import Events
 from vramgate.instances import Instance
 from vramgate.kvcache import KvStore
@@ -48,6 +54,7 @@ from vramgate.upstream import UpstreamPool
 log = logging.getLogger("vramgate.scheduler")
 T = TypeVar("T")
 TICK_S = 0.25
+NODE_LOST_RETRIES = 2  # new placements of a start whose node died under it, before it fails
 
 
 class Scheduler(Stopping, Definitions):
@@ -209,13 +216,13 @@ class Scheduler(Stopping, Definitions):
         began = time.monotonic()
         try:
             try:
-                await self._launch(inst, isolate=False)
+                await self._launch_placed(inst, isolate=False)
             except EngineOutOfMemory as exc:
                 # What it used is learned now (or, for a real OOM, unknown): make more room, once.
                 message = f"{inst.name} out of memory at start; retrying: {exc.message}"
                 self.events.record("oom", inst.name, message)
                 await self.life.discard(inst)
-                await self._launch(inst, isolate=True)
+                await self._launch_placed(inst, isolate=True)
         except asyncio.CancelledError:
             await self.life.discard(inst)  # stopped meanwhile (unload, shutdown): not a failure
             raise
@@ -239,23 +246,46 @@ class Scheduler(Stopping, Definitions):
             inst.watched = inst.handle
             self._spawn(self.life.watch_exit(inst, inst.handle))
 
+    async def _launch_placed(self, inst: Instance, *, isolate: bool) -> None:
+        """`_launch`, placed anew where the node it started or woke on died meanwhile: the
+        requests that wait for it are served elsewhere, not given a 503."""
+        for attempt in range(NODE_LOST_RETRIES + 1):
+            try:
+                await self._launch(inst, isolate=isolate)
+                return
+            except EngineStartFailed as exc:
+                handle = inst.handle
+                lost = handle.lost_reason if handle is not None else None
+                if (
+                    lost is None
+                    or attempt == NODE_LOST_RETRIES
+                    or isinstance(exc, EngineOutOfMemory)
+                ):
+                    raise
+                where = f"node {handle.where}" if handle is not None else "its node"
+                message = f"{inst.name}: {where} died during its start ({lost}); placing it anew"
+                self.events.record("node_lost", inst.name, message, level="warning")
+                await self.life.discard(inst)
+
     async def _launch(self, inst: Instance, *, isolate: bool) -> None:
         if not inst.asleep:  # its weights read while others make room
             self._spawn(asyncio.to_thread(readahead, inst.model.source))
+        if (error := self.runtime.unavailable()) is not None:
+            raise error
         await self.memory.prepare(inst)
         gpus, env = await self._make_room(inst, isolate)
-        if inst.asleep:
-            adapter = self.adapters[inst.model.engine]
-            await self.life.wake_or_restart(self.settings, adapter, inst, gpus)
-            return
-        # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it);
+        # Loads on one GPU go one at a time (vLLM's profiling breaks if memory moves under it),
+        # wakes and restarts after a failed wake among them (they ran beside loads once);
         # loads on different GPUs run in parallel. Locks are taken in GPU order: no deadlock
         # between two models split over overlapping GPUs.
         async with contextlib.AsyncExitStack() as held:
             for gpu in gpus:
                 await held.enter_async_context(self._loading.setdefault(gpu, asyncio.Lock()))
             adapter = self.adapters[inst.model.engine]
-            await self.life.spawn_until_ready(self.settings, adapter, inst, env, gpus)
+            if inst.asleep:
+                await self.life.wake_or_restart(self.settings, adapter, inst, gpus)
+            else:
+                await self.life.spawn_until_ready(self.settings, adapter, inst, env, gpus)
 
     async def _make_room(self, inst: Instance, isolate: bool) -> tuple[tuple[int, ...], dict]:
         """Carries out Room decisions until one says Start; returns its GPUs and environment.

@@ -127,6 +127,11 @@ class Lifecycle:
         try:
             took = await sleeping.wake(self.http, settings, adapter, inst)
         except sleeping.SleepFailed as exc:
+            if inst.handle.lost_reason is not None:  # its node died: its room went with it
+                where = f"node {inst.handle.where}"
+                raise EngineStartFailed(
+                    f"model '{inst.name}': {where} died during its wake ({exc})"
+                ) from exc
             message = f"{inst.name} did not wake ({exc}); starting it anew"
             self.events.record("wake_failed", inst.name, message, level="warning")
             await self.discard(inst)
@@ -153,9 +158,9 @@ class Lifecycle:
 
         return peek
 
-    async def save_kv(self, inst: Instance) -> None:
+    async def save_kv(self, inst: Instance, handle: EngineHandle | None) -> None:
         """A ready engine about to stop saves its KV caches, where its model keeps them."""
-        handle, key = inst.handle, inst.kv_key
+        key = inst.kv_key
         if key is None or handle is None or handle.returncode is not None:
             return
         assert self.http is not None
@@ -211,6 +216,8 @@ class Lifecycle:
         code = await handle.wait()
         if self.upstream is not None:  # requests on it end now (its node may be gone too)
             self.upstream.abort(*split_url(handle.base_url))
+        if inst.state is State.STARTING:
+            return  # a wake under way: it sees its engine end, and places the model anew
         if handle.lost_reason is not None and inst.handle is handle:
             # Its node died: nothing is wrong with the model; it reads stopped and starts on
             # another node at its next request.

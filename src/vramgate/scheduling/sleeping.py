@@ -26,6 +26,28 @@ class SleepFailed(Exception):
 
 async def _post_all(
     http: aiohttp.ClientSession,
+    handle: EngineHandle,
+    calls: tuple[tuple[str, dict], ...],
+    timeout_s: float,
+) -> None:
+    """POSTs `calls` in turn; ends as soon as the engine does (its node taken for dead while a
+    call hung on it: a wake there waited out start_timeout, 600 s, instead of seconds)."""
+    posting = asyncio.ensure_future(_posts(http, handle.base_url, calls, timeout_s, handle.headers))
+    exited = asyncio.ensure_future(handle.wait())
+    try:
+        await asyncio.wait((posting, exited), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+        if not posting.done():
+            posting.cancel()
+    if not posting.done():
+        lost = f": {handle.lost_reason}" if handle.lost_reason else ""
+        raise SleepFailed(f"its engine ended during the call{lost}")
+    posting.result()
+
+
+async def _posts(
+    http: aiohttp.ClientSession,
     base_url: str,
     calls: tuple[tuple[str, dict], ...],
     timeout_s: float,
@@ -46,34 +68,41 @@ async def _post_all(
             raise SleepFailed(f"POST {path} failed: {type(exc).__name__}") from exc
 
 
-def _engine(adapter: EngineAdapter, inst: Instance) -> tuple[SleepCalls, EngineHandle]:
-    calls, handle = adapter.sleep_calls(inst.model), inst.handle
+def _calls(adapter: EngineAdapter, inst: Instance, handle: EngineHandle | None) -> SleepCalls:
+    calls = adapter.sleep_calls(inst.model)
     if calls is None or handle is None:
         raise SleepFailed(f"model '{inst.name}' has no engine that can sleep")
-    return calls, handle
+    return calls
 
 
 async def put_to_sleep(
-    http: aiohttp.ClientSession, settings: Settings, adapter: EngineAdapter, inst: Instance
-) -> None:
-    """Sleeps `inst`'s engine and measures the host RAM its processes hold now."""
-    calls, handle = _engine(adapter, inst)
+    http: aiohttp.ClientSession,
+    settings: Settings,
+    adapter: EngineAdapter,
+    inst: Instance,
+    handle: EngineHandle | None,
+) -> int:
+    """Sleeps `handle`, `inst`'s engine when the sleep was decided; returns the host RAM (MiB)
+    its processes hold now. It changes nothing of `inst`: the caller does, if the model still
+    has this engine when the sleep ends."""
+    calls = _calls(adapter, inst, handle)
+    assert handle is not None
     # Level 1 copies the weights to host RAM: as long as a load, at worst.
     timeout_s = settings.setting_of(inst.model, "start_timeout")
-    await _post_all(http, handle.base_url, calls.sleep, timeout_s, handle.headers)
-    inst.asleep = True
-    inst.sleeps += 1
-    inst.host_mib = await asyncio.to_thread(handle.host_ram, "rss")
+    await _post_all(http, handle, calls.sleep, timeout_s)
+    return await asyncio.to_thread(handle.host_ram, "rss")
 
 
 async def wake(
     http: aiohttp.ClientSession, settings: Settings, adapter: EngineAdapter, inst: Instance
 ) -> float:
     """Wakes `inst`'s engine and waits until it answers ready; returns the seconds it took."""
-    calls, handle = _engine(adapter, inst)
+    handle = inst.handle
+    calls = _calls(adapter, inst, handle)
+    assert handle is not None
     began = time.monotonic()
     timeout_s = settings.setting_of(inst.model, "start_timeout")
-    await _post_all(http, handle.base_url, calls.wake, timeout_s, handle.headers)
+    await _post_all(http, handle, calls.wake, timeout_s)
     try:
         await handle.wait_ready(http, timeout_s, adapter.is_ready)
     except EngineStartFailed as exc:

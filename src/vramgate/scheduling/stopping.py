@@ -78,13 +78,22 @@ class Stopping:
     async def _sleep(self, inst: Instance, reason: str, why: str) -> None:
         adapter = self.adapters[inst.model.engine]
         assert self.life.http is not None
+        handle = inst.handle  # the engine this sleep was decided for: it acts on no other
         try:
-            await sleeping.put_to_sleep(self.life.http, self.settings, adapter, inst)
+            host_mib = await sleeping.put_to_sleep(
+                self.life.http, self.settings, adapter, inst, handle
+            )
         except Exception as exc:  # it goes, then, as a stop would have it
+            if not self._still_owns(inst, "sleep"):
+                return
             message = f"{inst.name} did not go to sleep ({exc}); stopping it"
             self.events.record("sleep_failed", inst.name, message, level="warning")
             await self._stop(inst, reason, why)
             return
+        if not self._still_owns(inst, "sleep"):
+            return
+        inst.asleep, inst.host_mib = True, host_mib
+        inst.sleeps += 1
         if inst.then_stop is not None:  # an unload came during the sleep: it goes on to a stop
             (reason, why), inst.then_stop = inst.then_stop, None
             inst.leaving = reason
@@ -100,8 +109,20 @@ class Stopping:
         message = f"sleep {inst.name} ({reason}{detail}), holding {inst.host_mib} MiB of host RAM"
         self.events.record("sleep", inst.name, message, reason=reason)
 
+    def _still_owns(self, inst: Instance, what: str) -> bool:
+        """Whether the running stop or sleep still has the model. Its engine's node taken for
+        dead hands the model to that engine's watcher (lifecycle.lost), and the next request
+        starts a new engine; the old task's end then touches nothing (a stale sleep's timeout
+        once stopped the new engine mid-answer, cutting 300 tokens at 112)."""
+        if inst.stop_task is asyncio.current_task():
+            return True
+        message = f"a stale {what} of {inst.name}'s former engine ended: nothing done"
+        self.events.record("stale", inst.name, message)
+        return False
+
     async def _stop(self, inst: Instance, reason: str, why: str) -> None:
         idle_s = time.monotonic() - inst.last_used if inst.last_used else 0.0
+        handle = inst.handle  # the engine this stop was decided for: it acts on no other
         code = None
         try:
             if inst.start_task and not inst.start_task.done():
@@ -109,20 +130,26 @@ class Stopping:
                 with contextlib.suppress(BaseException):
                     await inst.start_task
             elif not inst.asleep:
-                await self.life.save_kv(inst)  # it was serving: its caches outlive it
+                await self.life.save_kv(inst, handle)  # it was serving: its caches outlive it
+            if not self._still_owns(inst, "stop"):
+                return
             timeout_s = self.settings.setting_of(inst.model, "stop_timeout")
             code = await self.life.discard(inst, timeout_s)
         finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`
-            inst.then_stop = inst.keep_alive_s = None
-            if inst.pending is Pending.CHANGED:
-                self._replace(inst)
-            inst.draining_for = None
-            inst.state = State.STOPPED
-            if reason in ("lru", "discovery", "oom"):
-                self._evicted(inst)
-            detail = f" {why}" if why else ""
-            message = f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}"
-            self.events.record("stop", inst.name, message, reason=reason)
+            if inst.stop_task is asyncio.current_task():
+                self._stopped(inst, reason, why, idle_s, code)
+
+    def _stopped(self, inst: Instance, reason: str, why: str, idle_s: float, code: int | None):
+        inst.then_stop = inst.keep_alive_s = None
+        if inst.pending is Pending.CHANGED:
+            self._replace(inst)
+        inst.draining_for = None
+        inst.state = State.STOPPED
+        if reason in ("lru", "discovery", "oom"):
+            self._evicted(inst)
+        detail = f" {why}" if why else ""
+        message = f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}"
+        self.events.record("stop", inst.name, message, reason=reason)
 
     def _evicted(self, inst: Instance) -> None:
         """`inst` made way for another model: GreedyDual's L rises to its priority, the floor

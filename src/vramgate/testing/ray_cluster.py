@@ -15,6 +15,7 @@ from pathlib import Path
 from vramgate.runtimes.local import free_port
 
 OFFLINE = {"RAY_USAGE_STATS_ENABLED": "0"}
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _wait_until(predicate, timeout_s: float) -> bool:
@@ -65,10 +66,13 @@ class LocalRay:
             "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
             "--dashboard-agent-listen-port", str(free_port()), *args,
         ]  # fmt: skip
+        # A worker node refuses to start with the loopback switch that a driver in this
+        # process set for itself (Cluster.connect): only the head is given it, by `head`.
+        inherited = {k: v for k, v in os.environ.items() if k != LOOPBACK_SWITCH}
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, **OFFLINE, **env},
+                env={**inherited, **OFFLINE, **env},
             )  # fmt: skip
         self.procs[name] = proc
 
@@ -81,7 +85,7 @@ class LocalRay:
             raise RuntimeError(f"ray node {name} did not start:\n{log_path.read_text()}")
 
     def head(self) -> None:
-        env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env = {LOOPBACK_SWITCH: "0"}
         args = ["--head", "--port", str(self.port), "--include-dashboard", "false"]
         self._start("head", [*args, "--temp-dir", str(self.root / "ray")], env)
 
@@ -102,6 +106,24 @@ class LocalRay:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(10)
+
+    def agent_pids(self, name: str) -> list[int]:
+        """The processes of our node agents (Ray actor workers) on node `name`."""
+        proc = self.procs[name]
+        return [p for p in process_tree(proc.pid) if cmdline(p).startswith("ray::NodeAgent")]
+
+    def stall(self, name: str) -> list[int]:
+        """Node `name`'s agents stop answering (SIGSTOP), as in a hung NVML call: Ray itself
+        still reports the node alive. Returns the stopped pids, for `resume`."""
+        pids = self.agent_pids(name)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def resume(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
