@@ -3,9 +3,10 @@
 
 Relayed as they are where the engine serves them (llama-server, vLLM, SGLang: the registry
 says so, or a model's `native_apis`), else translated to and from chat completions
-(anthropic_convert.py, anthropic_stream.py). Same scheduling, keys, limits and metrics as the OpenAI routes; errors
-in Anthropic's shape. The `anthropic-version` and `anthropic-beta` headers are accepted and need
-nothing: what a beta adds to a body is relayed, or dropped by the translation.
+(anthropic_convert.py, anthropic_stream.py). Same scheduling, keys, limits and metrics as the
+OpenAI routes; errors in Anthropic's shape. The `anthropic-version` and `anthropic-beta`
+headers are accepted and need nothing: what a beta adds to a body is relayed, or dropped by the
+translation.
 """
 
 from __future__ import annotations

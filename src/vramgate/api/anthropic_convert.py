@@ -16,7 +16,15 @@ from typing import Any
 
 import orjson
 
-from vramgate.api.checks import count, is_integer, is_number, optional, reasoning_of, require, strings
+from vramgate.api.checks import (
+    count,
+    is_integer,
+    is_number,
+    optional,
+    reasoning_of,
+    require,
+    strings,
+)
 from vramgate.errors import BadRequest
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -66,11 +74,12 @@ def check_messages_request(body: dict[str, Any]) -> None:
     """What Anthropic itself refuses with 400, before anything is started: every field the
     translation reads, at any depth."""
     max_tokens = body.get("max_tokens")
-    require(is_integer(max_tokens), "max_tokens", "Field required (a positive integer)")
+    if not is_integer(max_tokens):
+        raise BadRequest("max_tokens: Field required (a positive integer)")
     require(max_tokens >= 1, "max_tokens", f"must be at least 1, got {max_tokens}")
     messages = body.get("messages")
-    require(isinstance(messages, list) and bool(messages), "messages",
-            "Field required (a non-empty list of messages)")  # fmt: skip
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages: Field required (a non-empty list of messages)")
     for i, message in enumerate(messages):
         require(isinstance(message, dict) and message.get("role") in ROLES, f"messages.{i}",
                 "each message needs role 'user', 'assistant' or 'system'")  # fmt: skip
@@ -325,8 +334,10 @@ def from_chat_response(answer: dict[str, Any], model: str, stops: list[str]) -> 
         "content": content,
         "stop_reason": reason,
         "stop_sequence": sequence,
-        "usage": {"input_tokens": count(usage.get("prompt_tokens")),
-                  "output_tokens": count(usage.get("completion_tokens"))},  # fmt: skip
+        "usage": {
+            "input_tokens": count(usage.get("prompt_tokens")),
+            "output_tokens": count(usage.get("completion_tokens")),
+        },
     }
 
 

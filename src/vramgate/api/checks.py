@@ -4,7 +4,8 @@ crash further on; and an engine's, where a field of the wrong type reads as abse
 
 from __future__ import annotations
 
-from typing import Any
+from types import UnionType
+from typing import Any, TypeGuard
 
 from vramgate.errors import BadRequest
 
@@ -18,11 +19,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def is_integer(value: Any) -> bool:
+def is_integer(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def optional(value: Any, kinds: type | tuple[type, ...], path: str, what: str) -> None:
+def optional(value: Any, kinds: type | UnionType | tuple[type, ...], path: str, what: str) -> None:
     """`value` is absent (None) or of `kinds`."""
     require(value is None or isinstance(value, kinds), path, what)
 
