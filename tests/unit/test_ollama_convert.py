@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
+from vramgate.api import ollama_convert as convert
 from vramgate.api.ollama_convert import (
-    NdjsonStream,
     chat_request,
     chat_response,
     embed_request,
@@ -19,6 +19,7 @@ from vramgate.api.ollama_convert import (
     listed_name,
     model_label,
 )
+from vramgate.api.ollama_stream import NdjsonStream
 from vramgate.errors import BadRequest
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -66,12 +67,13 @@ def test_tool_calls_get_ids_and_tool_results_are_matched_to_them_in_order():
         {"role": "tool", "content": "sunny", "tool_name": "weather"},
         {"role": "tool", "content": "rain", "tool_name": "weather"},
     ]  # fmt: skip
-    chat = chat_request({"messages": messages, "tools": [{"type": "function"}]}, "m")
+    tool = {"type": "function", "function": {"name": "weather"}}
+    chat = chat_request({"messages": messages, "tools": [tool]}, "m")
     calls = chat["messages"][1]["tool_calls"]
     assert [c["id"] for c in calls] == ["call_1", "call_2"]
     assert calls[0]["function"] == {"name": "weather", "arguments": '{"city":"Paris"}'}
     assert [m["tool_call_id"] for m in chat["messages"][2:]] == ["call_1", "call_2"]
-    assert chat["tools"] == [{"type": "function"}]
+    assert chat["tools"] == [tool]
 
 
 def test_images_become_data_urls_with_their_type_or_a_400():
