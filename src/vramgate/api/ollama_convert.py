@@ -158,6 +158,8 @@ def chat_request(body: dict[str, Any], upstream: str, vision: bool = True) -> di
         images = message.get("images") or []
         require(isinstance(images, list), f"{path}.images", "must be a list of base64 strings")
         if images:
+            # OpenAI takes images in user turns only (engines' chat templates likewise)
+            require(role == "user", f"{path}.images", "only a user message may carry images")
             parts: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
             converted["content"] = parts + [
                 image_url(img, vision, f"{path}.images[{j}]") for j, img in enumerate(images)
@@ -227,7 +229,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         optional(function.get("parameters"), dict, f"{path}.function.parameters",
                  "must be an object")  # fmt: skip
         require(tool.get("type", "function") == "function", f"{path}.type", "must be 'function'")
-        out.append({**tool, "type": "function"})
+        # what OpenAI's function takes, nulls dropped (OpenAI refuses a null description)
+        kept = {k: v for k, v in function.items() if v is not None}
+        out.append({"type": "function", "function": kept})
     return out
 
 
