@@ -15,6 +15,7 @@ import pytest
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
 from hypothesis import given
 from hypothesis import strategies as st
+from openai.types.chat import ChatCompletion
 from pydantic import TypeAdapter
 
 from tests.unit.translation_grammar import (
@@ -256,3 +257,46 @@ def test_a_stream_fed_one_byte_at_a_time_is_the_same_stream(generate):
     lines = fed(NdjsonStream("m", 0.0, generate=generate), pieces).split(b"\n")
     whole = fed(NdjsonStream("m", 0.0, generate=generate), [raw]).split(b"\n")
     assert len(lines) == len(whole) == 5  # thinking, text, the call, done, ""
+
+
+# -- whole answers -------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(st.data())
+def test_any_whole_answer_is_a_message_each_sdk_accepts_carrying_all_of_it(data):
+    """A non-streamed chat completion (the stream grammar's content, whole) as Anthropic's
+    message and Ollama's chat and generate answers."""
+    script: Script = engine_stream(data, with_error=False)
+    message: dict[str, Any] = {"role": "assistant", "content": script.text or None}
+    if script.reasoning:
+        message["reasoning_content"] = script.reasoning
+    if script.calls:
+        message["tool_calls"] = [
+            {"id": ident, "type": "function",
+             "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}}
+            for ident, name, arguments in script.calls
+        ]  # fmt: skip
+    choice = {"index": 0, "message": message, "finish_reason": script.finish or "stop"}
+    answer: dict[str, Any] = {"id": "c", "object": "chat.completion", "created": 1,
+                              "model": "m", "choices": [choice]}  # fmt: skip
+    if script.usage:
+        answer["usage"] = {"prompt_tokens": script.usage[0], "completion_tokens": script.usage[1],
+                           "total_tokens": sum(script.usage)}  # fmt: skip
+    ChatCompletion.model_validate(answer)  # the grammar is OpenAI's
+    translated = anthropic_convert.from_chat_response(answer, "claude-x", [])
+    Message.model_validate(translated)
+    content = translated["content"]
+    assert (joined(content, "text"), joined(content, "thinking")) == (script.text, script.reasoning)
+    calls = [(b["id"], b["name"], b["input"]) for b in content if b["type"] == "tool_use"]
+    assert calls == script.calls
+    chat = ollama_convert.chat_response(answer, "m", time.perf_counter())
+    ollama.ChatResponse.model_validate(chat)
+    assert chat["message"]["content"] == script.text
+    assert chat["message"].get("thinking", "") == script.reasoning
+    assert chat["message"].get("tool_calls", []) == [
+        {"function": {"name": name, "arguments": arguments}} for _, name, arguments in script.calls
+    ]
+    generated = ollama_convert.generate_response(answer, "m", time.perf_counter(), True)
+    ollama.GenerateResponse.model_validate(generated)
+    assert (generated["response"], generated.get("thinking", "")) == (script.text, script.reasoning)
