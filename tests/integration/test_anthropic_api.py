@@ -236,8 +236,10 @@ def test_a_cold_start_streams_pings_and_a_failed_one_ends_with_an_error_event(ga
     }
     with httpx.stream("POST", f"{gw.url}/v1/messages", json=body, timeout=30) as resp:
         events = [line[7:] for line in resp.iter_lines() if line.startswith("event: ")]
-    assert events[:2] == ["ping", "ping"], events
-    assert events[2] == "message_start" and events[-1] == "message_stop"
+    # One every second of a 2.5 s start: at least two, more on a loaded machine.
+    pings = events.index("message_start")
+    assert pings >= 2 and set(events[:pings]) == {"ping"}, events
+    assert events[-1] == "message_stop"
     with httpx.stream(
         "POST", f"{gw.url}/v1/messages", json={**body, "model": "broken"}, timeout=30
     ) as resp:

@@ -18,8 +18,10 @@ def test_a_long_cold_start_keeps_an_openai_stream_alive_and_a_failed_one_ends_it
     with httpx.stream("POST", f"{gw.url}/v1/completions", json=body, timeout=30) as resp:
         assert resp.status_code == 200
         lines = [line for line in resp.iter_lines() if line]
-    assert lines[:2] == [": keep-alive", ": keep-alive"], lines
-    assert lines[-1] == "data: [DONE]" and "tok0" in lines[2]
+    # One every second of a 2.5 s start: at least two, more on a loaded machine.
+    pings = next(i for i, line in enumerate(lines) if line != ": keep-alive")
+    assert pings >= 2, lines
+    assert lines[-1] == "data: [DONE]" and "tok0" in lines[pings]
     with httpx.stream("POST", f"{gw.url}/v1/completions", json={**body, "model": "broken"},
                       timeout=30) as resp:  # fmt: skip
         lines = [line for line in resp.iter_lines() if line]

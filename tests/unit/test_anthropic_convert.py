@@ -9,11 +9,8 @@ import orjson
 import pytest
 
 from vramgate.api import anthropic_convert as convert
-from vramgate.api.anthropic_convert import (
-    MessageStream,
-    from_chat_response,
-    to_chat_request,
-)
+from vramgate.api.anthropic_convert import from_chat_response, to_chat_request
+from vramgate.api.anthropic_stream import MessageStream
 from vramgate.errors import BadRequest
 
 TOOL = {"name": "weather", "description": "The weather", "input_schema": {"type": "object"}}
@@ -275,3 +272,103 @@ def test_system_messages_among_the_turns_join_the_system_prompt():
     with pytest.raises(BadRequest, match="role"):
         convert.check_messages_request({"max_tokens": 1, "messages": [
             {"role": "tool", "content": "x"}]})  # fmt: skip
+
+
+def assembled(raw: bytes) -> list[dict[str, Any]]:
+    """The content blocks a client builds from the events (deltas joined by block index)."""
+    blocks: dict[int, dict[str, Any]] = {}
+    for kind, data in events(raw):
+        if kind == "content_block_start":
+            blocks[data["index"]] = dict(data["content_block"], partial="")
+        elif kind == "content_block_delta":
+            block, delta = blocks[data["index"]], data["delta"]
+            for key, into in (("text", "text"), ("thinking", "thinking"),
+                              ("partial_json", "partial")):  # fmt: skip
+                if key in delta:
+                    block[into] += delta[key]
+    return [blocks[i] for i in sorted(blocks)]
+
+
+def test_interleaved_parallel_tool_calls_keep_every_argument():
+    """Engines may interleave the deltas of parallel calls (index 0, 1, 0, 1): every call's
+    arguments arrive whole, each in its own tool_use block."""
+    raw = b"".join([
+        chunk(tool_calls=[{"index": 0, "id": "a", "function": {"name": "f", "arguments": ""}}]),
+        chunk(tool_calls=[{"index": 1, "id": "b", "function": {"name": "g", "arguments": ""}}]),
+        chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"x":'}}]),
+        chunk(tool_calls=[{"index": 1, "function": {"arguments": '{"y":'}}]),
+        chunk(tool_calls=[{"index": 0, "function": {"arguments": " 1}"}}]),
+        chunk(tool_calls=[{"index": 1, "function": {"arguments": " 2}"}}]),
+        chunk(finish="tool_calls"),
+    ])  # fmt: skip
+    stream = MessageStream("m", [])
+    blocks = assembled(stream.feed(raw) + stream.end())
+    assert [(b["id"], b["name"], orjson.loads(b["partial"])) for b in blocks] == [
+        ("a", "f", {"x": 1}), ("b", "g", {"y": 2})]  # fmt: skip
+
+
+def test_reasoning_streams_as_a_thinking_block_before_the_text():
+    raw = b"".join([
+        chunk(reasoning_content="Let me "),
+        chunk(reasoning_content="think."),
+        chunk(content="Done."),
+        chunk(finish="stop"),
+    ])  # fmt: skip
+    stream = MessageStream("m", [])
+    blocks = assembled(stream.feed(raw) + stream.end())
+    assert [(b["type"], b.get("thinking"), b.get("text")) for b in blocks] == [
+        ("thinking", "Let me think.", None), ("text", None, "Done.")]  # fmt: skip
+    assert blocks[0]["signature"] == ""
+
+
+def test_a_whole_answer_with_reasoning_has_a_thinking_block_first():
+    answer = {"choices": [{"finish_reason": "stop", "message": {
+        "content": "4", "reasoning_content": "2+2"}}]}  # fmt: skip
+    message = from_chat_response(answer, "m", [])
+    assert message["content"] == [
+        {"type": "thinking", "thinking": "2+2", "signature": ""},
+        {"type": "text", "text": "4"},
+    ]
+
+
+def test_nothing_follows_an_error_event():
+    stream = MessageStream("m", [])
+    out = stream.feed(b'data: {"error": {"message": "engine died"}}\n\n' + chunk(content="late"))
+    got = events(out + stream.end())
+    assert [k for k, _ in got] == ["message_start", "error"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": 5}],
+        [{"type": "text", "text": ["a"]}],
+        [{"type": "text"}],
+        ["just a string"],
+        [{"type": "tool_use", "id": "t", "name": 3, "input": {}}],
+        [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}],
+    ],
+)
+def test_a_mistyped_block_is_a_400_in_any_turn(content):
+    for role in ("user", "assistant"):
+        with pytest.raises(BadRequest, match=r"messages\.0\.content\.0"):
+            to_chat_request(request(messages=[{"role": role, "content": content}]), "m")
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"system": [{"type": "text", "text": 1}]}, r"system\.0\.text"),
+        ({"stop_sequences": ["a", 1]}, r"stop_sequences\.1"),
+        ({"tools": [{"name": 1}]}, r"tools\.0\.name"),
+        ({"tools": ["weather"]}, r"tools\.0"),
+        ({"tool_choice": {"type": "tool", "name": 2}}, r"tool_choice\.name"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t", "content": 5}]}]}, r"content\.0\.content"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "data": 5}}]}]}, r"source\.data"),
+    ],
+)  # fmt: skip
+def test_mistyped_fields_at_depth_are_a_400(fields, says):
+    with pytest.raises(BadRequest, match=says):
+        to_chat_request(request(**fields), "m")

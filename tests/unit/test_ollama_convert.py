@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
+from vramgate.api import ollama_convert as convert
 from vramgate.api.ollama_convert import (
-    NdjsonStream,
     chat_request,
     chat_response,
     embed_request,
@@ -19,6 +19,7 @@ from vramgate.api.ollama_convert import (
     listed_name,
     model_label,
 )
+from vramgate.api.ollama_stream import NdjsonStream
 from vramgate.errors import BadRequest
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -66,12 +67,13 @@ def test_tool_calls_get_ids_and_tool_results_are_matched_to_them_in_order():
         {"role": "tool", "content": "sunny", "tool_name": "weather"},
         {"role": "tool", "content": "rain", "tool_name": "weather"},
     ]  # fmt: skip
-    chat = chat_request({"messages": messages, "tools": [{"type": "function"}]}, "m")
+    tool = {"type": "function", "function": {"name": "weather"}}
+    chat = chat_request({"messages": messages, "tools": [tool]}, "m")
     calls = chat["messages"][1]["tool_calls"]
     assert [c["id"] for c in calls] == ["call_1", "call_2"]
     assert calls[0]["function"] == {"name": "weather", "arguments": '{"city":"Paris"}'}
     assert [m["tool_call_id"] for m in chat["messages"][2:]] == ["call_1", "call_2"]
-    assert chat["tools"] == [{"type": "function"}]
+    assert chat["tools"] == [tool]
 
 
 def test_images_become_data_urls_with_their_type_or_a_400():
@@ -170,3 +172,66 @@ def test_a_generate_stream_has_response_lines_and_errors_end_it():
     raw += stream.feed(b'data: {"error": {"message": "engine died"}}\n\n') + stream.end()
     lines = [orjson.loads(line) for line in raw.splitlines()]
     assert lines[0]["response"] == "a" and lines[-1] == {"error": "engine died"}
+
+
+def test_a_chat_stream_carries_the_models_thinking():
+    raw = b"".join([
+        sse({"reasoning_content": "Hm, "}),
+        sse({"reasoning_content": "two."}),
+        sse({"content": "2"}),
+        sse(finish="stop"),
+    ])  # fmt: skip
+    stream = NdjsonStream("m", time.perf_counter(), generate=False)
+    lines = [orjson.loads(line) for line in (stream.feed(raw) + stream.end()).splitlines()]
+    assert "".join(x["message"].get("thinking", "") for x in lines) == "Hm, two."
+    assert "".join(x["message"]["content"] for x in lines) == "2"
+    generate = NdjsonStream("m", time.perf_counter(), generate=True)
+    lines = [orjson.loads(line) for line in (generate.feed(raw) + generate.end()).splitlines()]
+    assert "".join(x.get("thinking", "") for x in lines) == "Hm, two."
+
+
+def test_a_whole_generate_answer_carries_thinking():
+    answer = {"choices": [{"message": {"content": "2", "reasoning_content": "two"}}]}
+    out = convert.generate_response(answer, "m", time.perf_counter(), True)
+    assert (out["response"], out["thinking"]) == ("2", "two")
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ({"role": "user", "content": "x", "images": "aGk="}, r"messages\[0\]\.images"),
+        ({"role": "user", "content": "x", "images": 5}, r"messages\[0\]\.images"),
+        ({"role": "user", "content": "x", "images": [5]}, r"images"),
+        ({"role": "assistant", "content": "", "tool_calls": {"a": 1}}, r"tool_calls"),
+        ({"role": "assistant", "content": "", "tool_calls": ["f"]}, r"tool_calls\[0\]"),
+        ({"role": "assistant", "content": "", "tool_calls": [{"function": "f"}]},
+         r"tool_calls\[0\]\.function"),
+        ({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": 1}}]},
+         r"function\.name"),
+        ({"role": "wizard", "content": "x"}, r"messages\[0\]\.role"),
+    ],
+)  # fmt: skip
+def test_mistyped_messages_are_a_400(message, says):
+    with pytest.raises(BadRequest, match=says):
+        convert.chat_request({"model": "m", "messages": [message]}, "m")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"tools": ["f"]}, r"tools\[0\]"),
+        ({"tools": [{"type": "function", "function": {"name": 2}}]}, r"tools\[0\]\.function"),
+        ({"options": {"temperature": "hot"}}, r"options\.temperature"),
+        ({"options": {"stop": [1]}}, r"options\.stop"),
+    ],
+)
+def test_mistyped_fields_are_a_400(body, says):
+    with pytest.raises(BadRequest, match=says):
+        convert.chat_request({"model": "m", "messages": [], **body}, "m")
+
+
+def test_generate_checks_its_fields():
+    for body, says in (({"prompt": "x", "images": "aGk="}, "images"), ({"system": 5}, "system"),
+                       ({"suffix": 5, "raw": True}, "suffix")):  # fmt: skip
+        with pytest.raises(BadRequest, match=says):
+            convert.generate_request({"model": "m", **body}, "m")

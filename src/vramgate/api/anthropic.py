@@ -3,9 +3,10 @@
 
 Relayed as they are where the engine serves them (llama-server, vLLM, SGLang: the registry
 says so, or a model's `native_apis`), else translated to and from chat completions
-(anthropic_convert.py). Same scheduling, keys, limits and metrics as the OpenAI routes; errors
-in Anthropic's shape. The `anthropic-version` and `anthropic-beta` headers are accepted and need
-nothing: what a beta adds to a body is relayed, or dropped by the translation.
+(anthropic_convert.py, anthropic_stream.py). Same scheduling, keys, limits and metrics as the
+OpenAI routes; errors in Anthropic's shape. The `anthropic-version` and `anthropic-beta`
+headers are accepted and need nothing: what a beta adds to a body is relayed, or dropped by the
+translation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from vramgate.api import anthropic_convert as convert
+from vramgate.api.anthropic_stream import MessageStream
 from vramgate.api.relaying import Endpoint, Routed
 from vramgate.api.shapes import ANTHROPIC, anthropic_status
 from vramgate.config import ModelConfig
@@ -111,7 +113,7 @@ class Translated:
 
     def __init__(self, model: str, stops: list[str]) -> None:
         self.model, self.stops = model, stops
-        self.stream = convert.MessageStream(model, stops)
+        self.stream = MessageStream(model, stops)
 
     def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[int, bytes, bytes]:
         if status >= 400:

@@ -1,6 +1,7 @@
 """Anthropic's Messages API to and from OpenAI's chat completions, for engines that do not serve
-`/v1/messages` themselves: pure functions for the request and the answer, and the stream as a
-state machine fed OpenAI's SSE bytes, split anywhere, that emits Anthropic's events. No I/O.
+`/v1/messages` themselves: pure functions for the request (checked at every depth: a field of
+the wrong type is a 400 naming its path) and the answer; the stream is anthropic_stream.py's.
+No I/O.
 
 Dropped on the way in, never a crash (an engine cannot act on them): `metadata`, `thinking`,
 `context_management`, `service_tier`, `container`, `mcp_servers`, `cache_control` on blocks and
@@ -15,8 +16,16 @@ from typing import Any
 
 import orjson
 
+from vramgate.api.checks import (
+    count,
+    is_integer,
+    is_number,
+    optional,
+    reasoning_of,
+    require,
+    strings,
+)
 from vramgate.errors import BadRequest
-from vramgate.sse import SseSplitter, data_lines
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}  # fmt: skip
@@ -62,33 +71,90 @@ ROLES = ("user", "assistant", "system")
 
 
 def check_messages_request(body: dict[str, Any]) -> None:
-    """What Anthropic itself refuses with 400, before anything is started."""
+    """What Anthropic itself refuses with 400, before anything is started: every field the
+    translation reads, at any depth."""
     max_tokens = body.get("max_tokens")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+    if not is_integer(max_tokens):
         raise BadRequest("max_tokens: Field required (a positive integer)")
-    if max_tokens < 1:
-        raise BadRequest(f"max_tokens: must be at least 1, got {max_tokens}")
+    require(max_tokens >= 1, "max_tokens", f"must be at least 1, got {max_tokens}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: Field required (a non-empty list of messages)")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise BadRequest(
-                f"messages.{i}: each message needs role 'user', 'assistant' or 'system'"
-            )
-        if not isinstance(message.get("content"), str | list):
-            raise BadRequest(f"messages.{i}.content: a string or a list of content blocks")
+        require(isinstance(message, dict) and message.get("role") in ROLES, f"messages.{i}",
+                "each message needs role 'user', 'assistant' or 'system'")  # fmt: skip
+        content = message.get("content")
+        path = f"messages.{i}.content"
+        require(isinstance(content, str | list), path, "a string or a list of content blocks")
+        if isinstance(content, list):
+            _check_blocks(content, path)
     system = body.get("system")
-    if system is not None and not isinstance(system, str | list):
-        raise BadRequest("system: a string or a list of text blocks")
-    for key in ("stop_sequences", "tools"):
-        if body.get(key) is not None and not isinstance(body[key], list):
-            raise BadRequest(f"{key}: must be a list")
+    optional(system, str | list, "system", "a string or a list of text blocks")
+    if isinstance(system, list):
+        _check_blocks(system, "system")
+    if body.get("stop_sequences") is not None:
+        strings(body["stop_sequences"], "stop_sequences")
+    tools = body.get("tools")
+    optional(tools, list, "tools", "must be a list")
+    for i, tool in enumerate(tools or ()):
+        _check_tool(tool, f"tools.{i}")
+    choice = body.get("tool_choice")
+    optional(choice, dict, "tool_choice", "an object with a `type`")
+    if isinstance(choice, dict):
+        optional(choice.get("type"), str, "tool_choice.type", "must be a string")
+        optional(choice.get("name"), str, "tool_choice.name", "must be a string")
     for key in ("temperature", "top_p", "top_k"):
         value = body.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise BadRequest(f"{key}: must be a number")
+        require(value is None or is_number(value), key, "must be a number")
     fold_system_messages(body)
+
+
+def _check_blocks(blocks: list[Any], path: str) -> None:
+    """Content blocks: those the translation reads are checked; others (thinking, server
+    tools' results, newer kinds) need only be objects with a `type`: they are dropped."""
+    for j, block in enumerate(blocks):
+        where = f"{path}.{j}"
+        require(isinstance(block, dict) and isinstance(block.get("type"), str), where,
+                "a content block (an object with a string `type`)")  # fmt: skip
+        kind = block["type"]
+        if kind == "text":
+            require(isinstance(block.get("text"), str), f"{where}.text", "must be a string")
+        elif kind == "image":
+            _check_source(block.get("source"), f"{where}.source")
+        elif kind == "tool_use":
+            require(isinstance(block.get("name"), str), f"{where}.name", "must be a string")
+            optional(block.get("id"), str, f"{where}.id", "must be a string")
+            optional(block.get("input"), dict, f"{where}.input", "must be an object")
+        elif kind == "tool_result":
+            optional(block.get("tool_use_id"), str, f"{where}.tool_use_id", "must be a string")
+            inner = block.get("content")
+            optional(inner, str | list, f"{where}.content", "a string or a list of blocks")
+            if isinstance(inner, list):
+                _check_blocks(inner, f"{where}.content")
+        elif kind == "document" and isinstance(block.get("source"), dict):
+            source = block["source"]
+            if source.get("type") == "text":
+                require(isinstance(source.get("data"), str), f"{where}.source.data",
+                        "must be a string")  # fmt: skip
+
+
+def _check_source(source: Any, path: str) -> None:
+    if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
+        raise BadRequest(f"{path}: an image needs a source of type base64 or url")
+    if source["type"] == "base64":
+        require(isinstance(source.get("data"), str), f"{path}.data", "must be a string")
+        optional(source.get("media_type"), str, f"{path}.media_type", "must be a string")
+    else:
+        require(isinstance(source.get("url"), str), f"{path}.url", "must be a string")
+
+
+def _check_tool(tool: Any, path: str) -> None:
+    require(isinstance(tool, dict), path, "a tool (an object)")
+    if tool.get("type", "custom") != "custom":
+        return  # a server tool (web search...): dropped
+    require(isinstance(tool.get("name"), str), f"{path}.name", "must be a string")
+    optional(tool.get("description"), str, f"{path}.description", "must be a string")
+    optional(tool.get("input_schema"), dict, f"{path}.input_schema", "must be an object")
 
 
 def fold_system_messages(body: dict[str, Any]) -> None:
@@ -176,12 +242,11 @@ def _user(blocks: list[Any], vision: bool) -> list[dict[str, Any]]:
 
 
 def _image_url(block: dict[str, Any]) -> str:
-    source = block.get("source")
-    if isinstance(source, dict) and source.get("type") == "base64":
-        return f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-    if isinstance(source, dict) and source.get("type") == "url":
-        return str(source.get("url", ""))
-    raise BadRequest("an image block needs a source of type base64 or url")
+    """A checked image block's source (check_messages_request) as a URL."""
+    source = block["source"]
+    if source["type"] == "base64":
+        return f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
+    return source["url"]
 
 
 def _blocks(blocks: list[Any], kind: str) -> list[dict[str, Any]]:
@@ -199,8 +264,8 @@ def _text_of(content: Any) -> str:
     return str(content)
 
 
-def _is_custom_tool(tool: Any) -> bool:
-    return isinstance(tool, dict) and tool.get("type", "custom") == "custom" and "name" in tool
+def _is_custom_tool(tool: dict[str, Any]) -> bool:
+    return tool.get("type", "custom") == "custom"
 
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
@@ -234,19 +299,33 @@ def _json(value: Any) -> str:
 
 
 def from_chat_response(answer: dict[str, Any], model: str, stops: list[str]) -> dict[str, Any]:
-    """A chat completion as an Anthropic message, named `model` as the client asked."""
-    choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    """A chat completion as an Anthropic message, named `model` as the client asked: the
+    reasoning (`reasoning_content`, or vLLM's newer `reasoning`) as a thinking block first."""
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    choice = choice if isinstance(choice, dict) else {}
+    message = choice.get("message")
+    message = message if isinstance(message, dict) else {}
     content: list[dict[str, Any]] = []
-    if message.get("content"):
+    thinking = reasoning_of(message)
+    if thinking:
+        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
+    if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        content.append({"type": "tool_use", "id": call.get("id") or _tool_id(),
-                        "name": function.get("name", ""),
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        ident, name = call.get("id"), function.get("name")
+        content.append({"type": "tool_use",
+                        "id": ident if isinstance(ident, str) and ident else tool_id(),
+                        "name": name if isinstance(name, str) else "",
                         "input": _arguments(function.get("arguments"))})  # fmt: skip
-    reason, sequence = stop_reason(choice, stops)
-    usage = answer.get("usage") or {}
+    has_calls = any(block["type"] == "tool_use" for block in content)
+    reason, sequence = stop_reason(choice, stops, has_calls=has_calls)
+    usage = answer.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     return {
         "id": message_id(),
         "type": "message",
@@ -256,26 +335,32 @@ def from_chat_response(answer: dict[str, Any], model: str, stops: list[str]) -> 
         "stop_reason": reason,
         "stop_sequence": sequence,
         "usage": {
-            "input_tokens": int(usage.get("prompt_tokens") or 0),
-            "output_tokens": int(usage.get("completion_tokens") or 0),
+            "input_tokens": count(usage.get("prompt_tokens")),
+            "output_tokens": count(usage.get("completion_tokens")),
         },
     }
 
 
-def stop_reason(choice: dict[str, Any], stops: list[str]) -> tuple[str, str | None]:
+def stop_reason(
+    choice: dict[str, Any], stops: list[str], *, has_calls: bool = False
+) -> tuple[str, str | None]:
     """Anthropic's stop_reason (and stop_sequence) for an OpenAI choice. Engines that say which
     stop string ended it (vLLM's `stop_reason`, llama.cpp's `stopping_word`) let it be told
-    from an end of turn."""
+    from an end of turn. An answer that called tools ends in `tool_use` whatever the engine
+    said (some say `stop`): agents run the calls only then."""
     finish = choice.get("finish_reason") or "stop"
     matched = choice.get("stop_reason") or choice.get("stopping_word")
     if finish == "stop" and isinstance(matched, str) and matched in stops:
         return "stop_sequence", matched
-    return STOP_REASONS.get(finish, "end_turn"), None
+    reason = STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
+    return ("tool_use" if has_calls and reason == "end_turn" else reason), None
 
 
 def _arguments(arguments: Any) -> Any:
     if isinstance(arguments, dict):
         return arguments
+    if not isinstance(arguments, str | None):
+        return {"_value": arguments}
     try:
         parsed = orjson.loads(arguments or "{}")
     except orjson.JSONDecodeError:
@@ -283,136 +368,12 @@ def _arguments(arguments: Any) -> Any:
     return parsed if isinstance(parsed, dict) else {"_value": parsed}
 
 
-def _tool_id() -> str:
+def tool_id() -> str:
     return "toolu_" + uuid.uuid4().hex[:24]
-
-
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-PING = sse("ping", {"type": "ping"})
-
-
-def error_event(kind: str, message: str) -> bytes:
-    return sse("error", {"type": "error", "error": {"type": kind, "message": message}})
-
-
-# -- the stream --------------------------------------------------------------------------------
-
-
-class MessageStream:
-    """OpenAI chat completion chunks in, Anthropic stream events out.
-
-    message_start once; each run of text, and each tool call, a content block of its own
-    (content_block_start, deltas, content_block_stop); then message_delta with the stop reason
-    and usage, and message_stop. An error the gateway put in the stream becomes an `error`
-    event. `feed` takes bytes as they come, split anywhere; `end` closes what is open.
-    """
-
-    def __init__(self, model: str, stops: list[str]) -> None:
-        self.model, self.stops = model, stops
-        self.events = SseSplitter()
-        self.started = self.finished = False
-        self.block: str | None = None  # the open block's kind: text, tool_use
-        self.index = -1
-        self.tools: dict[int, int] = {}  # OpenAI tool call index -> our block index
-        self.finish: dict[str, Any] = {}
-        self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
-
-    def start(self) -> bytes:
-        """message_start, if not sent yet (also sent before pings, while the engine starts)."""
-        if self.started:
-            return b""
-        self.started = True
-        message = {"id": message_id(), "type": "message", "role": "assistant", "content": [],
-                   "model": self.model, "stop_reason": None, "stop_sequence": None,
-                   "usage": dict(self.usage)}  # fmt: skip
-        return sse("message_start", {"type": "message_start", "message": message})
-
-    def feed(self, data: bytes) -> bytes:
-        events, _ = self.events.feed(data)
-        return b"".join(self._event(e) for e in events)
-
-    def end(self) -> bytes:
-        out = self._event(rest) if (rest := self.events.rest()) else b""
-        return out + self._finish()
-
-    def _event(self, event: bytes) -> bytes:
-        data = data_lines(event)
-        if data is None or data.strip() == b"[DONE]":
-            return b""
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
-            return b""
-        out = self.start()
-        if isinstance(chunk.get("error"), dict):  # the gateway's own, or the engine's
-            message = str(chunk["error"].get("message", "the engine failed"))
-            self.finished = True
-            return out + self._close() + error_event("api_error", message)
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = {"input_tokens": int(usage.get("prompt_tokens") or 0),
-                          "output_tokens": int(usage.get("completion_tokens") or 0)}  # fmt: skip
-        for choice in chunk.get("choices") or ():
-            out += self._delta(choice.get("delta") or {})
-            if choice.get("finish_reason"):
-                self.finish = choice
-        return out
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        out = b""
-        text = delta.get("content")
-        if text:
-            if self.block != "text":
-                out += self._open({"type": "text", "text": ""}, "text")
-            out += self._delta_event({"type": "text_delta", "text": text})
-        for call in delta.get("tool_calls") or ():
-            position = call.get("index", 0)
-            function = call.get("function") or {}
-            if position not in self.tools:
-                block = {"type": "tool_use", "id": call.get("id") or _tool_id(),
-                         "name": function.get("name", ""), "input": {}}  # fmt: skip
-                out += self._open(block, "tool_use")
-                self.tools[position] = self.index
-            if function.get("arguments") and self.tools[position] == self.index:
-                partial = {"type": "input_json_delta", "partial_json": function["arguments"]}
-                out += self._delta_event(partial)
-        return out
-
-    def _open(self, block: dict[str, Any], kind: str) -> bytes:
-        out = self._close()
-        self.index += 1
-        self.block = kind
-        start = {"type": "content_block_start", "index": self.index, "content_block": block}
-        return out + sse("content_block_start", start)
-
-    def _delta_event(self, delta: dict[str, Any]) -> bytes:
-        event = {"type": "content_block_delta", "index": self.index, "delta": delta}
-        return sse("content_block_delta", event)
-
-    def _close(self) -> bytes:
-        if self.block is None:
-            return b""
-        self.block = None
-        return sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
-
-    def _finish(self) -> bytes:
-        if self.finished:
-            return b""
-        self.finished = True
-        out = self.start() + self._close()
-        reason, sequence = stop_reason(self.finish, self.stops)
-        delta = {"type": "message_delta",
-                 "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                 "usage": self.usage}  # fmt: skip
-        return out + sse("message_delta", delta) + sse("message_stop", {"type": "message_stop"})
 
 
 def count_from_usage(answer: dict[str, Any]) -> dict[str, int]:
     """count_tokens' answer from a one-token chat completion's usage (engines that have no
     count route of their own count with their own tokenizer that way)."""
-    return {"input_tokens": int((answer.get("usage") or {}).get("prompt_tokens") or 0)}
+    usage = answer.get("usage")
+    return {"input_tokens": count(usage.get("prompt_tokens") if isinstance(usage, dict) else 0)}

@@ -1,7 +1,7 @@
 """Ollama's generation routes: `POST /api/chat`, `/api/generate`, `/api/embed` and the older
 `/api/embeddings`, translated to OpenAI's for the engine (ollama_convert.py) and back, NDJSON
-streams included; the same scheduling, keys, limits and metrics as every other route, errors as
-Ollama sends them (`{"error": "..."}`).
+streams included (ollama_stream.py); the same scheduling, keys, limits and metrics as every
+other route, errors as Ollama sends them (`{"error": "..."}`).
 
 `keep_alive` sets the model's idle time until its next stop (0: stopped once this request is
 done; negative, or past a century: kept loaded), from a key that may unload it (an admin key, or
@@ -23,6 +23,7 @@ from starlette.types import Send
 from vramgate import inventory
 from vramgate.api import common
 from vramgate.api import ollama_convert as convert
+from vramgate.api.ollama_stream import NdjsonStream
 from vramgate.api.relaying import Endpoint, Routed
 from vramgate.api.shapes import OLLAMA
 from vramgate.auth import Access
@@ -145,7 +146,7 @@ class Answers:
     def __init__(self, model: str, *, generate: bool, is_chat: bool = True) -> None:
         self.model, self.generate, self.is_chat = model, generate, is_chat
         self.began = time.perf_counter()
-        self.stream = convert.NdjsonStream(model, self.began, generate=generate, is_chat=is_chat)
+        self.stream = NdjsonStream(model, self.began, generate=generate, is_chat=is_chat)
 
     def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[int, bytes, bytes]:
         answer = _answer(status, content)

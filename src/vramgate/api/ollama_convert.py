@@ -1,7 +1,8 @@
 """Ollama's API to and from OpenAI's, for editors and tools that speak only Ollama's (VS Code
 Copilot's Ollama provider, Zed, Open WebUI's Ollama connection): pure functions for requests and
-answers, and the stream as a state machine that turns OpenAI's SSE (split anywhere) into Ollama's
-NDJSON lines. No I/O. Names follow Ollama's `docs/api.md`.
+answers (ollama_stream.py turns OpenAI's stream into Ollama's NDJSON lines). No I/O. Every field
+a request's translation reads is checked first: a wrong type is a 400 that names it. Names
+follow Ollama's `docs/api.md`.
 
 Dropped, never a crash: options no engine takes (`mirostat`, `num_thread`, `numa`, ...),
 `template` and `context` (a server-side prompt template and token context, which the engine's
@@ -18,9 +19,18 @@ from typing import Any
 
 import orjson
 
+from vramgate.api.checks import (
+    count,
+    is_integer,
+    is_number,
+    optional,
+    reasoning_of,
+    require,
+    strings,
+    text,
+)
 from vramgate.api.guards import bounded_s
 from vramgate.errors import BadRequest
-from vramgate.sse import SseSplitter, data_lines
 
 VERSION = "0.12.10"  # the Ollama API version whose routes and fields these follow
 # Ollama's option -> the OpenAI (or engine extension) field it becomes; num_predict and stop
@@ -80,14 +90,18 @@ def options_of(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise BadRequest("options: must be an object")
     out = {OPTIONS[k]: v for k, v in options.items() if k in OPTIONS and v is not None}
+    for key in out.keys() & OPTIONS.keys():  # Ollama refuses a wrong type the same way
+        require(is_integer(out[key]) if key == "seed" else is_number(out[key]),
+                f"options.{key}", "must be a number")  # fmt: skip
     predict = options.get("num_predict")
-    if isinstance(predict, int) and not isinstance(predict, bool) and predict > 0:
+    require(predict is None or is_integer(predict), "options.num_predict", "must be an integer")
+    if is_integer(predict) and predict > 0:
         out["max_tokens"] = predict  # -1 (no limit) and -2 (fill the context): the engine's
     stop = options.get("stop")
     if isinstance(stop, str):
         out["stop"] = [stop]
-    elif isinstance(stop, list):
-        out["stop"] = [s for s in stop if isinstance(s, str)]
+    elif stop is not None:
+        out["stop"] = strings(stop, "options.stop", sep="[")
     return out
 
 
@@ -101,17 +115,17 @@ def _format(fmt: Any) -> dict[str, Any] | None:
     raise BadRequest("format: 'json' or a JSON schema object")
 
 
-def image_url(data: Any, vision: bool) -> dict[str, Any]:
+def image_url(data: Any, vision: bool, path: str = "images") -> dict[str, Any]:
     """One of Ollama's images (bare base64) as an OpenAI image part, its type read from its
     first bytes."""
     if not vision:
         raise BadRequest("this model does not take images (its `vision` is off)")
     if not isinstance(data, str):
-        raise BadRequest("images: each image is a base64 string")
+        raise BadRequest(f"{path}: each image is a base64 string")
     try:
         head = base64.b64decode(data[:32] + "=" * (-len(data[:32]) % 4))
     except ValueError:
-        raise BadRequest("images: not base64") from None
+        raise BadRequest(f"{path}: not base64") from None
     kind = (
         "png"
         if head.startswith(b"\x89PNG")
@@ -122,9 +136,13 @@ def image_url(data: Any, vision: bool) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": f"data:image/{kind};base64,{data}"}}
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
 def chat_request(body: dict[str, Any], upstream: str, vision: bool = True) -> dict[str, Any]:
     """An /api/chat request as a chat completions request (streamed unless `stream: false`,
-    as Ollama's default is)."""
+    as Ollama's default is). Each field read is checked first: a wrong type is a 400 naming
+    it. A message's `thinking` (a reasoning model's, sent back) is dropped: templates drop it."""
     messages = body.get("messages") or []
     if not isinstance(messages, list):
         raise BadRequest("messages: must be a list")
@@ -132,34 +150,41 @@ def chat_request(body: dict[str, Any], upstream: str, vision: bool = True) -> di
     calls = 0  # Ollama's tool calls carry no ids: made up, and tool results matched in order
     pending: list[str] = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}]: needs a role")
-        role, content = message["role"], message.get("content") or ""
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content: must be a string")
+        path = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise BadRequest(f"{path}: must be a message object with a role")
+        role, content = message.get("role"), message.get("content") or ""
+        require(role in ROLES, f"{path}.role", "needs a role: system, user, assistant or tool")
+        require(isinstance(content, str), f"{path}.content", "must be a string")
         converted: dict[str, Any] = {"role": role, "content": content}
         images = message.get("images") or []
+        require(isinstance(images, list), f"{path}.images", "must be a list of base64 strings")
         if images:
+            # OpenAI takes images in user turns only (engines' chat templates likewise)
+            require(role == "user", f"{path}.images", "only a user message may carry images")
             parts: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
-            converted["content"] = parts + [image_url(img, vision) for img in images]
-        if role == "assistant" and message.get("tool_calls"):
+            converted["content"] = parts + [
+                image_url(img, vision, f"{path}.images[{j}]") for j, img in enumerate(images)
+            ]
+        wanted = _tool_calls_in(message.get("tool_calls"), f"{path}.tool_calls")
+        if role == "assistant" and wanted:
             converted["tool_calls"] = []
-            for call in message["tool_calls"]:
-                function = (call or {}).get("function") or {}
+            for function in wanted:
                 calls += 1
                 ident = f"call_{calls}"
                 pending.append(ident)
                 arguments = function.get("arguments") or {}
                 converted["tool_calls"].append({"id": ident, "type": "function", "function": {
-                    "name": function.get("name", ""),
+                    "name": function["name"],
                     "arguments": arguments if isinstance(arguments, str) else _dumps(arguments),
                 }})  # fmt: skip
         if role == "tool":
             converted["tool_call_id"] = pending.pop(0) if pending else f"call_{calls}"
         out.append(converted)
     chat: dict[str, Any] = {"model": upstream, "messages": out, **options_of(body)}
-    if body.get("tools"):
-        chat["tools"] = [t for t in body["tools"] if isinstance(t, dict)]
+    tools = body.get("tools")
+    if tools:
+        chat["tools"] = _tools(tools)
     fmt = _format(body.get("format"))
     if fmt is not None:
         chat["response_format"] = fmt
@@ -167,6 +192,49 @@ def chat_request(body: dict[str, Any], upstream: str, vision: bool = True) -> di
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     return chat
+
+
+def _tool_calls_in(calls: Any, path: str) -> list[dict[str, Any]]:
+    """A message's tool calls' functions, each checked (a name, arguments an object)."""
+    if calls is None:
+        return []
+    require(isinstance(calls, list), path, "must be a list of tool calls")
+    functions = []
+    for j, call in enumerate(calls):
+        where = f"{path}[{j}]"
+        require(isinstance(call, dict), where, "must be a tool call object")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise BadRequest(f"{where}.function: must be an object with a name")
+        require(isinstance(function.get("name"), str), f"{where}.function.name",
+                "must be a string")  # fmt: skip
+        optional(function.get("arguments"), dict | str, f"{where}.function.arguments",
+                 "must be an object")  # fmt: skip
+        functions.append(function)
+    return functions
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    """Ollama's tools are OpenAI's: each checked, and typed `function` where it says nothing."""
+    require(isinstance(tools, list), "tools", "must be a list of tools")
+    out = []
+    for i, tool in enumerate(tools):
+        path = f"tools[{i}]"
+        require(isinstance(tool, dict), path, "must be a tool object")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise BadRequest(f"{path}.function: must be an object with a name")
+        require(isinstance(function.get("name"), str), f"{path}.function.name",
+                "must be a string")  # fmt: skip
+        optional(function.get("description"), str, f"{path}.function.description",
+                 "must be a string")  # fmt: skip
+        optional(function.get("parameters"), dict, f"{path}.function.parameters",
+                 "must be an object")  # fmt: skip
+        require(tool.get("type", "function") == "function", f"{path}.type", "must be 'function'")
+        # what OpenAI's function takes, nulls dropped (OpenAI refuses a null description)
+        kept = {k: v for k, v in function.items() if v is not None}
+        out.append({"type": "function", "function": kept})
+    return out
 
 
 def generate_request(
@@ -178,17 +246,21 @@ def generate_request(
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
         raise BadRequest("prompt: must be a string")
+    for key in ("system", "suffix"):
+        optional(body.get(key), str, key, "must be a string")
+    optional(body.get("images"), list, "images", "must be a list of base64 strings")
+    optional(body.get("raw"), bool, "raw", "must be true or false")
     stream = body.get("stream", True) is not False
     if body.get("raw"):
         out: dict[str, Any] = {"model": upstream, "prompt": prompt, **options_of(body)}
-        if isinstance(body.get("suffix"), str) and body["suffix"]:
+        if body.get("suffix"):
             out["suffix"] = body["suffix"]
         if stream:
             out["stream"] = True
             out["stream_options"] = {"include_usage": True}
         return False, out
     messages: list[dict[str, Any]] = []
-    if isinstance(body.get("system"), str) and body["system"]:
+    if body.get("system"):
         messages.append({"role": "system", "content": body["system"]})
     messages.append({"role": "user", "content": prompt, "images": body.get("images") or []})
     chat = chat_request({**body, "messages": messages, "stream": stream}, upstream, vision)
@@ -202,7 +274,8 @@ def embed_request(body: dict[str, Any], upstream: str) -> dict[str, Any]:
         isinstance(value, list) and value and all(isinstance(v, str) for v in value)
     ):
         out: dict[str, Any] = {"model": upstream, "input": value}
-        if isinstance(body.get("dimensions"), int):
+        optional(body.get("dimensions"), int, "dimensions", "must be an integer")
+        if is_integer(body.get("dimensions")):
             out["dimensions"] = body["dimensions"]
         return out
     raise BadRequest("input: a string or a non-empty list of strings")
@@ -215,60 +288,81 @@ def _dumps(value: Any) -> str:
 def _arguments(value: Any) -> Any:
     if isinstance(value, dict):
         return value
+    if not isinstance(value, str | None):
+        return {"_value": value}
     try:
         parsed = orjson.loads(value or "{}")
     except orjson.JSONDecodeError:
-        return {"_raw": value}
+        return {"_raw": value}  # what the model wrote is not JSON: kept, not lost
     return parsed if isinstance(parsed, dict) else {"_value": parsed}
 
 
-def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"function": {"name": (c.get("function") or {}).get("name", ""),
-                      "arguments": _arguments((c.get("function") or {}).get("arguments"))}}
-        for c in calls
-    ]  # fmt: skip
+def tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """OpenAI's tool calls (a whole answer's, or a stream's joined) as Ollama's, arguments as
+    objects."""
+    out = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            name, arguments = text(function.get("name")), _arguments(function.get("arguments"))
+            out.append({"function": {"name": name, "arguments": arguments}})
+    return out
 
 
-def stats(usage: dict[str, Any], began: float, timings: dict[str, Any] | None) -> dict[str, Any]:
+def stats(usage: Any, began: float, timings: Any) -> dict[str, Any]:
     """Ollama's counts and durations (nanoseconds); the engine's own timings where it gives
     them (llama-server does), else the time since the request arrived."""
+    usage = usage if isinstance(usage, dict) else {}
+    timings = timings if isinstance(timings, dict) else {}
     total_ns = int((time.perf_counter() - began) * 1e9)
-    prompt_ms = (timings or {}).get("prompt_ms")
-    predicted_ms = (timings or {}).get("predicted_ms")
+    prompt_ms, predicted_ms = timings.get("prompt_ms"), timings.get("predicted_ms")
     return {
         "total_duration": total_ns,
         "load_duration": 0,
-        "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
-        "prompt_eval_duration": int((prompt_ms or 0) * 1e6),
-        "eval_count": int(usage.get("completion_tokens") or 0),
-        "eval_duration": int(predicted_ms * 1e6) if predicted_ms else total_ns,
+        "prompt_eval_count": count(usage.get("prompt_tokens")),
+        "prompt_eval_duration": int(prompt_ms * 1e6) if is_number(prompt_ms) else 0,
+        "eval_count": count(usage.get("completion_tokens")),
+        "eval_duration": int(predicted_ms * 1e6) if is_number(predicted_ms) else total_ns,
     }
 
 
+def done_reason(finish: Any) -> str:
+    """Ollama's done_reason for OpenAI's finish_reason (Ollama ends tool calls with `stop`)."""
+    return DONE_REASONS.get(finish, "stop") if isinstance(finish, str) else "stop"
+
+
+def first_choice(answer: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A whole answer's first choice and its message (empty where the engine sent none)."""
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    choice = choice if isinstance(choice, dict) else {}
+    message = choice.get("message")
+    return choice, message if isinstance(message, dict) else {}
+
+
 def chat_response(answer: dict[str, Any], model: str, began: float) -> dict[str, Any]:
-    choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    out_message: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
-    if message.get("reasoning_content"):
-        out_message["thinking"] = message["reasoning_content"]
-    if message.get("tool_calls"):
-        out_message["tool_calls"] = _tool_calls(message["tool_calls"])
-    reason = DONE_REASONS.get(choice.get("finish_reason") or "stop", "stop")
+    choice, message = first_choice(answer)
+    out_message: dict[str, Any] = {"role": "assistant", "content": text(message.get("content"))}
+    if thinking := reasoning_of(message):
+        out_message["thinking"] = thinking
+    if calls := tool_calls(message.get("tool_calls")):
+        out_message["tool_calls"] = calls
     return {"model": model, "created_at": now_iso(), "message": out_message, "done": True,
-            "done_reason": reason,
-            **stats(answer.get("usage") or {}, began, answer.get("timings"))}  # fmt: skip
+            "done_reason": done_reason(choice.get("finish_reason")),
+            **stats(answer.get("usage"), began, answer.get("timings"))}  # fmt: skip
 
 
 def generate_response(
     answer: dict[str, Any], model: str, began: float, is_chat: bool
 ) -> dict[str, Any]:
-    choice = (answer.get("choices") or [{}])[0]
-    text = (choice.get("message") or {}).get("content") if is_chat else choice.get("text")
-    reason = DONE_REASONS.get(choice.get("finish_reason") or "stop", "stop")
-    return {"model": model, "created_at": now_iso(), "response": text or "", "done": True,
-            "done_reason": reason,
-            **stats(answer.get("usage") or {}, began, answer.get("timings"))}  # fmt: skip
+    choice, message = first_choice(answer)
+    out: dict[str, Any] = {"model": model, "created_at": now_iso(),
+                           "response": text(message.get("content") if is_chat
+                                            else choice.get("text"))}  # fmt: skip
+    if is_chat and (thinking := reasoning_of(message)):
+        out["thinking"] = thinking
+    return {**out, "done": True, "done_reason": done_reason(choice.get("finish_reason")),
+            **stats(answer.get("usage"), began, answer.get("timings"))}  # fmt: skip
 
 
 def embed_response(answer: dict[str, Any], model: str, began: float, old: bool) -> dict[str, Any]:
@@ -284,91 +378,3 @@ def embed_response(answer: dict[str, Any], model: str, began: float, old: bool) 
 
 def error_line(message: str) -> bytes:
     return orjson.dumps({"error": message}) + b"\n"
-
-
-class NdjsonStream:
-    """OpenAI chat (or completions) chunks in, Ollama's NDJSON lines out: one line per piece of
-    text, tool calls in one line once their arguments are whole, then the `done` line with the
-    counts. `generate`: /api/generate's `response` lines, else /api/chat's `message` lines."""
-
-    def __init__(self, model: str, began: float, *, generate: bool, is_chat: bool = True) -> None:
-        self.model, self.began = model, began
-        self.generate, self.is_chat = generate, is_chat
-        self.events = SseSplitter()
-        self.calls: dict[int, dict[str, Any]] = {}
-        self.usage: dict[str, Any] = {}
-        self.timings: dict[str, Any] | None = None
-        self.finish = "stop"
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        events, _ = self.events.feed(data)
-        return b"".join(self._event(e) for e in events)
-
-    def end(self) -> bytes:
-        out = self._event(rest) if (rest := self.events.rest()) else b""
-        return out + self._done()
-
-    def keepalive(self) -> bytes:
-        """A line that adds nothing (sent while the engine starts)."""
-        return self._line("", None)
-
-    def _line(self, text: str, calls: list[dict[str, Any]] | None) -> bytes:
-        line: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
-        if self.generate:
-            line["response"] = text
-        else:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if calls:
-                message["tool_calls"] = calls
-            line["message"] = message
-        line["done"] = False
-        return orjson.dumps(line) + b"\n"
-
-    def _event(self, event: bytes) -> bytes:
-        data = data_lines(event)
-        if data is None or data.strip() == b"[DONE]":
-            return b""
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
-            return b""
-        if isinstance(chunk.get("error"), dict):
-            self.done = True
-            return error_line(str(chunk["error"].get("message", "the engine failed")))
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        if isinstance(chunk.get("timings"), dict):
-            self.timings = chunk["timings"]
-        out = b""
-        for choice in chunk.get("choices") or ():
-            delta = (choice.get("delta") or {}) if self.is_chat else {"content": choice.get("text")}
-            if delta.get("content"):
-                out += self._line(delta["content"], None)
-            for call in delta.get("tool_calls") or ():
-                held = self.calls.setdefault(call.get("index", 0), {"name": "", "arguments": ""})
-                function = call.get("function") or {}
-                held["name"] += function.get("name") or ""
-                held["arguments"] += function.get("arguments") or ""
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        return out
-
-    def _done(self) -> bytes:
-        if self.done:
-            return b""
-        self.done = True
-        out = b""
-        if self.calls:
-            calls = _tool_calls([{"function": c} for _, c in sorted(self.calls.items())])
-            out += self._line("", calls)
-        line: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
-        if self.generate:
-            line["response"] = ""
-        else:
-            line["message"] = {"role": "assistant", "content": ""}
-        line.update(done=True, done_reason=DONE_REASONS.get(self.finish, "stop"),
-                    **stats(self.usage, self.began, self.timings))  # fmt: skip
-        return out + orjson.dumps(line) + b"\n"

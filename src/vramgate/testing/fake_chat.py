@@ -4,7 +4,9 @@ refuses it, as engines that lack it do, so that the gateway's translation shows)
 
 With `tools` in a request, the fake calls the first tool with {"city": "Paris"} unless the last
 message is the tool's result; then it answers "the tool said: RESULT". A prompt's tokens are its
-words.
+words. `--parallel-calls N` makes it N calls at once (cities Paris, Oslo, Lima, ...), whose
+stream deltas interleave (0, 1, 0, 1), as some engines send parallel calls; `--reasoning TEXT`
+makes it a reasoning model that thinks TEXT first (`reasoning_content`, word by word streamed).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp import web
 
 CALL_ARGUMENTS = {"city": "Paris"}
 CONTEXT_ERROR = "the request exceeds the available context size, try increasing it"
+CITIES = ("Paris", "Oslo", "Lima", "Pune")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="/v1/messages fails as llama-server's does: json, a 400 in its own shape "
         '({"error": {"code": 400, ...}}); text, a text/plain 500.',
     )
+    p.add_argument(
+        "--parallel-calls", type=int, default=1, help="Tool calls per answer (deltas interleaved)."
+    )
+    p.add_argument("--reasoning", default=None, help="Think this first (reasoning_content).")
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -80,26 +87,50 @@ def tool_result(body: dict[str, Any]) -> str | None:
     return None
 
 
-def openai_call(name: str) -> dict[str, Any]:
-    arguments = orjson.dumps(CALL_ARGUMENTS).decode()
-    return {
-        "id": "call_fake_1",
-        "type": "function",
-        "function": {"name": name, "arguments": arguments},
-    }
+def call_arguments(i: int) -> dict[str, Any]:
+    """The i-th parallel call's arguments (the first is CALL_ARGUMENTS)."""
+    return {"city": CITIES[i % len(CITIES)]}
 
 
-def openai_call_deltas(name: str) -> list[dict[str, Any]]:
-    """The call as a stream sends it: its name first, its arguments in two pieces."""
-    arguments = orjson.dumps(CALL_ARGUMENTS).decode()
-    half = len(arguments) // 2
-    first = {"index": 0, "id": "call_fake_1", "type": "function",
-             "function": {"name": name, "arguments": ""}}  # fmt: skip
+def openai_calls(name: str, n: int = 1) -> list[dict[str, Any]]:
     return [
-        {"tool_calls": [first]},
-        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
-        {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+        {"id": f"call_fake_{i + 1}", "type": "function",
+         "function": {"name": name, "arguments": orjson.dumps(call_arguments(i)).decode()}}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def openai_call_deltas(name: str, n: int = 1) -> list[dict[str, Any]]:
+    """The calls as a stream sends them: each one's name first, then its arguments in two
+    pieces; with n > 1 every call begins, then their pieces alternate (0, 1, 0, 1)."""
+    starts, halves = [], []
+    for i, call in enumerate(openai_calls(name, n)):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        starts.append({"index": i, "id": call["id"], "type": "function",
+                       "function": {"name": name, "arguments": ""}})  # fmt: skip
+        halves.append([arguments[:half], arguments[half:]])
+    pieces = [
+        {"index": i, "function": {"arguments": halves[i][part]}}
+        for part in (0, 1)
+        for i in range(n)
     ]
+    return [{"tool_calls": [delta]} for delta in [*starts, *pieces]]
+
+
+def reasoning_deltas(text: str) -> list[dict[str, Any]]:
+    """A reasoning model's thinking as a stream sends it, word by word."""
+    return [{"reasoning_content": piece} for piece in _words(text)]
+
+
+def _words(text: str) -> list[str]:
+    """`text` in pieces that join back to it (each word with the space after it)."""
+    out, start = [], 0
+    for i, char in enumerate(text):
+        if char == " ":
+            out.append(text[start : i + 1])
+            start = i + 1
+    return [*out, text[start:]] if start < len(text) else out
 
 
 # -- Anthropic's Messages API, served natively -------------------------------------------------

@@ -164,8 +164,10 @@ async def completion(request: web.Request) -> web.StreamResponse:
     choice: dict[str, Any] = {"index": 0, "finish_reason": "tool_calls" if tool else "length"}
     if is_chat:
         choice["message"] = {"role": "assistant", "content": None if tool else text}
+        if opts.reasoning:
+            choice["message"]["reasoning_content"] = opts.reasoning
         if tool:
-            choice["message"]["tool_calls"] = [fake_chat.openai_call(tool)]
+            choice["message"]["tool_calls"] = fake_chat.openai_calls(tool, opts.parallel_calls)
     else:
         choice["text"] = text
     prompt = fake_chat.prompt_tokens(body)
@@ -199,11 +201,16 @@ async def _stream(
             choice = {"index": 0, "text": text or "", "finish_reason": finish}
         return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
+    def deltas(pieces: list[dict[str, Any]]) -> bytes:
+        choices = [[{"index": 0, "delta": delta, "finish_reason": None}] for delta in pieces]
+        return b"".join(b"data: " + orjson.dumps({**base, "choices": c}) + b"\n\n" for c in choices)
+
+    opts = request.app[OPTS]
+    if opts.reasoning and is_chat:
+        await resp.write(deltas(fake_chat.reasoning_deltas(opts.reasoning)))
     tool = fake_chat.tool_to_call(body) if is_chat else None
     if tool:
-        for delta in fake_chat.openai_call_deltas(tool):
-            choice = {"index": 0, "delta": delta, "finish_reason": None}
-            await resp.write(b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n")
+        await resp.write(deltas(fake_chat.openai_call_deltas(tool, opts.parallel_calls)))
         finish = "tool_calls"
     else:
         async for tok in _generate(request, n):

@@ -1,0 +1,127 @@
+"""OpenAI's chat (or completions) stream as Ollama's NDJSON: a state machine fed the engine's
+SSE bytes, split anywhere, that emits Ollama's lines. No I/O.
+
+Every kind of delta is carried: text (`message.content`, or /api/generate's `response`),
+reasoning (`reasoning_content` or `reasoning`: `message.thinking`, or generate's `thinking`),
+tool calls by their index however their deltas interleave (one line once their arguments are
+whole, as Ollama sends them), usage and the engine's timings (the `done` line's counts), the
+finish reason (`done_reason`) and an error mid-stream (an `{"error": ...}` line, the last).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from vramgate.api.checks import reasoning_of, text
+from vramgate.api.ollama_convert import done_reason, error_line, now_iso, stats, tool_calls
+from vramgate.sse import SseSplitter, data_lines
+
+
+class NdjsonStream:
+    """One line per piece of text or thinking, tool calls in one line once whole, then the
+    `done` line with the counts. `generate`: /api/generate's lines, else /api/chat's;
+    `is_chat`: the engine streams chat chunks (else completions' `text`)."""
+
+    def __init__(self, model: str, began: float, *, generate: bool, is_chat: bool = True) -> None:
+        self.model, self.began = model, began
+        self.generate, self.is_chat = generate, is_chat
+        self.events = SseSplitter()
+        self.calls: dict[int, dict[str, str]] = {}  # by OpenAI's index: name, arguments
+        self.usage: dict[str, Any] = {}
+        self.timings: dict[str, Any] | None = None
+        self.finish: Any = "stop"
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        events, _ = self.events.feed(data)
+        return b"".join(self._event(e) for e in events)
+
+    def end(self) -> bytes:
+        out = self._event(rest) if (rest := self.events.rest()) else b""
+        return out + self._done()
+
+    def keepalive(self) -> bytes:
+        """A line that adds nothing (sent while the engine starts)."""
+        return self._line("", "", None)
+
+    def _line(self, content: str, thinking: str, calls: list[dict[str, Any]] | None) -> bytes:
+        line: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
+        if self.generate:
+            line["response"] = content
+            if thinking:
+                line["thinking"] = thinking
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            if calls:
+                message["tool_calls"] = calls
+            line["message"] = message
+        line["done"] = False
+        return orjson.dumps(line) + b"\n"
+
+    def _event(self, event: bytes) -> bytes:
+        if self.done:  # an error ended it: nothing may follow
+            return b""
+        data = data_lines(event)
+        if data is None or data.strip() == b"[DONE]":
+            return b""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return b""
+        if not isinstance(chunk, dict):
+            return b""
+        if (error := chunk.get("error")) is not None:
+            self.done = True
+            message = error.get("message") if isinstance(error, dict) else error
+            return error_line(message if isinstance(message, str) else "the engine failed")
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        if isinstance(chunk.get("timings"), dict):
+            self.timings = chunk["timings"]
+        out = b""
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue  # Ollama has one answer: the first choice's
+            delta = choice.get("delta") if self.is_chat else {"content": choice.get("text")}
+            if isinstance(delta, dict):
+                out += self._delta(delta)
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return out
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        content, thinking = text(delta.get("content")), reasoning_of(delta)
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            if not isinstance(call, dict):
+                continue
+            position = call.get("index", 0)
+            held = self.calls.setdefault(position if isinstance(position, int) else 0,
+                                         {"name": "", "arguments": ""})  # fmt: skip
+            function = call.get("function")
+            if isinstance(function, dict):
+                held["name"] += text(function.get("name"))
+                held["arguments"] += text(function.get("arguments"))
+        return self._line(content, thinking, None) if content or thinking else b""
+
+    def _done(self) -> bytes:
+        if self.done:
+            return b""
+        self.done = True
+        out = b""
+        if self.calls:
+            calls = tool_calls([{"function": c} for _, c in sorted(self.calls.items())])
+            out += self._line("", "", calls)
+        line: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
+        if self.generate:
+            line["response"] = ""
+        else:
+            line["message"] = {"role": "assistant", "content": ""}
+        line.update(done=True, done_reason=done_reason(self.finish),
+                    **stats(self.usage, self.began, self.timings))  # fmt: skip
+        return out + orjson.dumps(line) + b"\n"
