@@ -2,16 +2,26 @@
 parsed by httptools (llhttp, the parser uvicorn uses), bodies handed on as they arrive.
 
 Why not a general client: a relayed request must know whether it left. A request is sent again
-only if the engine provably never read it: the connection was refused (a new connection), or a
-kept-alive connection was found closed before a byte was written (its FIN, or anything at all,
-already waiting to be read), or (the race every keep-alive client meets) the engine closed the
-idle connection just as the request was written, and its kernel then reset the connection
-within RACE_S, answering nothing. TCP resets a closed connection only for bytes its application
-never read (they came after its close, or waited unread at it); a clean close (FIN) with no
-reset after it proves nothing: the engine may have read the request, and run it. Otherwise a
-written request is never written again: an engine that died mid-answer must not run the prompt
-twice. aiohttp's and httpx's clients cannot tell these apart, and aiohttp's costs about half of
-the gateway's CPU per request.
+only if the engine provably never read it:
+- the connection was refused (NeverSent: nothing was written);
+- a kept-alive connection was found not quiet before a byte was written (its FIN, a reset, or
+  stray bytes already read by the loop or waiting to be read): it is closed, another is used;
+- (the race every keep-alive client meets) the engine closed the connection just as the
+  request was written: its close came as a FIN with no byte of an answer, and a reset followed
+  it. An engine that closes with nothing unread sends a FIN; bytes that reach its closed socket
+  after that are answered with a reset; so FIN-then-reset says the request came after the
+  close, unread. This holds however late the loop looks (SO_ERROR keeps the reset), on a
+  kept-alive or a new connection. It is sent once more on a new connection; if that one is
+  refused or meets the same close, NeverSent (the relay may restart the engine and send it).
+Anything else after the write is Broken (a 502), never sent again, because TCP cannot tell
+it from a request the engine read and may have run: a reset with no FIN before it is what a
+close with the request unread in its buffer sends, and also what an abortive close (SO_LINGER
+0) after reading it whole sends; a clean close (FIN) with no reset after it may follow a read.
+To keep that ambiguous case rare, a kept-alive connection idle longer than `idle_max_s`
+(2 s, under the 5 s keep-alive timeout of uvicorn and llama-server) is not reused, and one
+that carried an answer with bytes after its end, or any other bytes while idle, is closed.
+An answer's head over _HEAD_LIMIT is Broken. aiohttp's and httpx's clients cannot tell these
+cases apart, and aiohttp's costs about half of the gateway's CPU per request.
 """
 
 from __future__ import annotations
@@ -26,8 +36,10 @@ from collections.abc import AsyncIterator
 import httptools
 
 _READ_LIMIT = 1 << 20  # bytes of answer buffered before reading from the engine pauses
+_HEAD_LIMIT = 64 << 10  # bytes of an answer's head (status line and headers), as h11 and nginx
 _IDLE_KEPT = 64  # idle connections kept per engine
-RACE_S = 0.05  # a kept-alive connection closed this soon after a write was closed while idle
+IDLE_MAX_S = 2.0  # a kept-alive connection idle longer is not reused (engines close at 5 s)
+RACE_S = 0.05  # how long after a write (or the FIN, if the loop saw it later) a reset is awaited
 
 
 class NeverSent(Exception):
@@ -43,8 +55,12 @@ class ReadTimeout(Broken):
 
 
 class _Unread(Exception):
-    """A kept-alive connection's request the engine provably never read: post() sends it once
+    """A request the engine provably never read (its FIN, then a reset): post() sends it once
     more on a new connection."""
+
+
+class _Extra(Exception):
+    """Raised in the parser's callback to stop it at a second message after the answer."""
 
 
 class _Connection(asyncio.Protocol):
@@ -56,9 +72,10 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
-        self.lost_at = 0.0
         self.lost_unread = False
         self.eof_at: float | None = None
+        self.extra = False  # bytes came after an answer's end: never reused
+        self.idle_since = 0.0
         self.paused = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -74,6 +91,7 @@ class _Connection(asyncio.Protocol):
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.got_bytes = False
+        self.head_bytes = 0
         self.is_sent = False  # the request for this answer is written
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -83,11 +101,25 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.complete:  # after the answer's end (or on an idle connection): not ours
+            self.extra = True
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self.complete:  # on_message_begin refused a second message after ours
+                self.extra = True
+                return
             self._fail(Broken(f"the engine's answer is not valid HTTP ({exc})"))
             return
+        if not self.headers_done:
+            # All of it was head: bounded, or an engine's endless head would fill our memory.
+            self.head_bytes += len(data)
+            if self.head_bytes > _HEAD_LIMIT:
+                self._fail(Broken(f"the engine's answer head is over {_HEAD_LIMIT >> 10} KiB"))
+                if self.transport is not None:
+                    self.transport.abort()
+                return
         if self.buffered > _READ_LIMIT and not self.complete and not self.paused:
             # A slow client: the engine waits, memory stays bounded. take() resumes, and wait()
             # never waits while body is buffered, so a pause always has its resume coming.
@@ -109,8 +141,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.lost_at = self.loop.time()
-        # A reset (or a write that met one): the engine's socket closed with our bytes unread.
+        # A reset (or a write that met one); after the engine's FIN it proves our bytes unread.
         self.lost_unread = isinstance(exc, ConnectionResetError | BrokenPipeError)
         self.pool.forget(self)
         if not self.complete:
@@ -118,6 +149,12 @@ class _Connection(asyncio.Protocol):
             self._fail(Broken(f"the engine closed the connection mid-answer{reason}"))
 
     # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer in the same bytes (stale, or smuggled): stop the parser here,
+            # so nothing of it joins this answer's body.
+            raise _Extra("bytes after the end of the answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -193,6 +230,7 @@ class _Connection(asyncio.Protocol):
     def is_reusable(self) -> bool:
         return (
             self.complete
+            and not self.extra
             and not self.lost
             and self.error is None
             and self.keep_alive
@@ -203,8 +241,11 @@ class _Connection(asyncio.Protocol):
     def is_quiet(self) -> bool:
         """An idle kept-alive connection may take a request: nothing waits to be read on it (a
         FIN the engine sent when it closed its end, or stray bytes). Checked just before the
-        write, so a request is never written to a connection known to be closing."""
-        if self.lost or self.transport is None or self.transport.is_closing():
+        write, so a request is never written to a connection known to be closing. What the loop
+        has already read counts too: stray bytes (extra), a parser error, a close."""
+        if self.lost or self.extra or self.error is not None or self.eof_at is not None:
+            return False
+        if self.transport is None or self.transport.is_closing():
             return False
         sock = self.transport.get_extra_info("socket")
         if sock is None:
@@ -216,16 +257,19 @@ class _Connection(asyncio.Protocol):
 
     async def never_read(self, written: float) -> bool:
         """The engine provably never read the request written at `written`: nothing of an
-        answer came, and the engine's kernel reset the connection within RACE_S of the write
-        (at once, or after a close: then its FIN came first, and the reset shows in SO_ERROR,
-        EPIPE once the FIN is in). A clean close with no reset after it is no proof."""
-        if self.got_bytes:
+        answer came, its FIN came, and a reset followed it (our bytes met its closed socket;
+        it shows in SO_ERROR, EPIPE once the FIN is in). The reset is awaited RACE_S after the
+        write or the FIN, whichever the loop saw later; one that came while the loop was busy
+        is in SO_ERROR already. A reset with no FIN first, or a FIN with no reset, is no proof:
+        the engine may have read the request whole."""
+        if self.got_bytes or self.eof_at is None:
             return False
         if self.lost:
-            return self.lost_unread and self.lost_at - written < RACE_S
-        if self.eof_at is None or self.transport is None:
+            return self.lost_unread
+        if self.transport is None:
             return False
         sock = self.transport.get_extra_info("socket")
+        deadline = max(written, self.eof_at) + RACE_S
         pause_s = 0.0005
         while True:
             if self.lost:  # closed meanwhile (the pool was closed, or the engine aborted)
@@ -233,7 +277,7 @@ class _Connection(asyncio.Protocol):
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error in (errno.ECONNRESET, errno.EPIPE):
                 return True
-            left_s = written + RACE_S - self.loop.time()
+            left_s = deadline - self.loop.time()
             if left_s <= 0:
                 return False
             await asyncio.sleep(min(pause_s, left_s))  # a reset is a round trip away at most
@@ -289,9 +333,12 @@ class Answer:
 class UpstreamPool:
     """Connections to engines by (host, port); no limit: the scheduler bounds concurrency."""
 
-    def __init__(self, read_timeout_s: float, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, read_timeout_s: float, connect_timeout_s: float = 10.0, idle_max_s: float = IDLE_MAX_S
+    ) -> None:
         self.read_timeout_s = read_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.idle_max_s = idle_max_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._busy: set[_Connection] = set()
 
@@ -306,28 +353,26 @@ class UpstreamPool:
                 str(len(body)).encode(), b"\r\n", head, b"\r\n", body,
             )
         )  # fmt: skip
-        conn = self._idle_connection(key)
-        if conn is None:
-            return await self._send(await self._connect(key), request)
+        conn = self._idle_connection(key) or await self._connect(key)
         try:
-            return await self._send(conn, request, kept=True)
+            return await self._send(conn, request)
         except _Unread:
             pass
-        # The race every keep-alive client meets: the engine closed the idle connection just as
-        # the request was written (seen: llama-server, 3 ms after an answer), and the reset
-        # that followed says it never read it. Once more on a new connection, and if the engine
-        # refuses that one it is going: Broken, never sent a third time.
+        # The race every keep-alive client meets: the engine closed the connection just as the
+        # request was written (seen: llama-server, 3 ms after an answer), and the reset after
+        # its FIN says it never read it. Once more on a new connection; a refusal there, or
+        # the same close, leaves it never read anywhere: NeverSent, for the relay to decide.
+        fresh = await self._connect(key)
         try:
-            fresh = await self._connect(key)
-        except NeverSent as exc:
-            raise Broken(
-                f"the engine closed the connection, then refused a new one ({exc})"
+            return await self._send(fresh, request)
+        except _Unread:
+            raise NeverSent(
+                "the engine closed two connections before reading the request"
             ) from None
-        return await self._send(fresh, request)
 
-    async def _send(self, conn: _Connection, request: bytes, kept: bool = False) -> Answer:
-        """Writes the request and waits for the answer's headers. `kept`: a kept-alive
-        connection, whose request, provably never read, raises _Unread."""
+    async def _send(self, conn: _Connection, request: bytes) -> Answer:
+        """Writes the request and waits for the answer's headers; a request provably never
+        read raises _Unread, any other failure after the write Broken."""
         self._busy.add(conn)
         transport = conn.transport
         if transport is None or transport.is_closing():  # closed as soon as it was made
@@ -341,7 +386,7 @@ class UpstreamPool:
                 await conn.wait(self.read_timeout_s)
         except BaseException as exc:
             try:
-                unread = kept and isinstance(exc, Broken) and await conn.never_read(written)
+                unread = isinstance(exc, Broken) and await conn.never_read(written)
             finally:
                 self.discard(conn)
             if unread:
@@ -351,12 +396,15 @@ class UpstreamPool:
 
     def _idle_connection(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
+        now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if conn.is_quiet():
+            # Idle long, the engine may be closing it as we write: a new one costs a round trip,
+            # the race an ambiguous 502 (most recently used first: the rest are older still).
+            if now - conn.idle_since <= self.idle_max_s and conn.is_quiet():
                 conn._begin()
                 return conn
-            conn.close()  # closed by the engine meanwhile: never written to
+            conn.close()  # closed by the engine meanwhile, or too old: never written to
         return None
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
@@ -379,6 +427,7 @@ class UpstreamPool:
         if len(idle) >= _IDLE_KEPT:
             conn.close()
             return
+        conn.idle_since = conn.loop.time()
         idle.append(conn)
 
     def discard(self, conn: _Connection) -> None:

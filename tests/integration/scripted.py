@@ -171,6 +171,7 @@ class Link:
     def __init__(self, target_port: int, delay_s: float) -> None:
         self.target_port, self.delay_s = target_port, delay_s
         self.late_bytes = 0  # bytes the client sent after the server had closed its end
+        self.refuse = False  # set: the link stops listening (new connections are refused)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self._poller = select.poll()
@@ -186,6 +187,9 @@ class Link:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.refuse and self.listener.fileno() >= 0:
+                self._poller.unregister(self.listener)
+                self.listener.close()
             wait_ms = 50 if not self._due else max(0, (self._due[0][0] - time.monotonic()) * 1000)
             for fd, _ in self._poller.poll(wait_ms):
                 if fd == self.listener.fileno():

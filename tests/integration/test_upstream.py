@@ -99,21 +99,29 @@ def test_a_refused_connection_never_sent_anything():
     asyncio.run(run())
 
 
-def test_the_idle_close_race_sends_the_request_once_more_on_a_new_connection():
+def test_a_reset_alone_after_the_write_is_broken_never_sent_again():
     """The engine resets a kept-alive connection just as the next request is written on it
-    (`transformers serve` after a 500): that request, which the engine never processed, goes
-    once more on a new connection; the engine reads it once. (A clean close instead is no
-    proof that it was not read: test_upstream_closes.py.)"""
+    (`transformers serve` after a 500): a reset with no FIN before it is what a close with the
+    request unread sends, and also what an abortive close after reading it whole sends, so it
+    proves nothing: Broken (a 502), never sent a second time. Where the reset came before the
+    write, the connection is not quiet and a new one takes the request. (Changed with the
+    review of issue 23: this test used to expect the request sent again. The race that is
+    provable, a FIN and then a reset, is test_upstream_closes.py's.)"""
 
     async def run() -> None:
         server = Server("reset-soon")
         async with await server.start():
             pool = UpstreamPool(read_timeout_s=5)
+            answered = 0
             for _ in range(5):
-                answer = await pool.post("127.0.0.1", server.port, "/x", b"{}")
+                try:
+                    answer = await pool.post("127.0.0.1", server.port, "/x", b"{}")
+                except Broken:
+                    continue
                 assert await answer.read() == b"ok"
+                answered += 1
                 answer.release()  # and the next one is written at once, into the race
-            assert server.requests == 5
+            assert answered >= 1 and server.requests == answered  # none read twice
             pool.close()
 
     asyncio.run(run())
