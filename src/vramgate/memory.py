@@ -31,6 +31,8 @@ from vramgate.hostram import (
     cpu_share,
     device_notes,
     estimate_host_mib,
+    host_key,
+    legacy_host_key,
     runs_on,
 )
 from vramgate.hub import is_hub_id
@@ -79,10 +81,13 @@ class Memory:
     def refresh(self, name: str, model: ModelConfig) -> None:
         """A model was added or its definition changed (reload): estimate it anew."""
         """Estimates from local files now; a hub id is only marked, for `prepare`."""
-        model = self.as_run(model)
+        defined, model = model.device, self.as_run(model)
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
         self.footprints.adopt_legacy(name, model, ("", HOST_SUFFIX))
+        legacy = legacy_host_key(name, model, defined)
+        if legacy is not None:
+            self.footprints.adopt(legacy, host_key(name, model))
         on_cpu = cpu_share(model, None) > 0 or gpu_layers(model.args) is not None
         self.host_estimates[name] = 0
         if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
@@ -178,14 +183,15 @@ class Memory:
 
     def ram(self, inst: Instance) -> tuple[int | None, str]:
         """(MiB, source) of host RAM its engine holds running (CPU engines, partial offload)."""
-        return self.host.footprint(inst.name, inst.model, self.host_estimates.get(inst.name, 0))
+        model = self.as_run(inst.model)  # learned per device it runs on (host_key)
+        return self.host.footprint(inst.name, model, self.host_estimates.get(inst.name, 0))
 
     def measure_host(self, inst: Instance, *, new_load: bool) -> int | None:
         """Measures (and learns) an engine's host RAM, where it needs some to run."""
         if inst.handle is None or self.ram(inst)[1] == "gpu":
             return None
         used = inst.handle.host_ram("pss")
-        return self.host.record(inst.name, inst.model, used, new_load=new_load)
+        return self.host.record(inst.name, self.as_run(inst.model), used, new_load=new_load)
 
     async def read_again(self, inst: Instance) -> None:
         """A fresh reading of the GPUs an engine is on, where reading them is not immediate (a
