@@ -91,9 +91,7 @@ class Memory:
         on_cpu = cpu_share(model, None) > 0 or gpu_layers(model.args) is not None
         self.host_estimates[name] = 0
         if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
-            host = estimate_host_mib(model, _estimate_or_none(name, model, hub=False))
-            # gpus.unknown_footprint: isolate holds in host RAM too: measured alone, first.
-            self.host_estimates[name] = None if host and self.policy == "isolate" else host
+            self._estimate_host(name, model, _estimate_or_none(name, model, hub=False))
         if not on_cpu and (not self.enabled or self.policy == "isolate"):
             return
         self.estimates[name] = _estimate_or_none(name, model, hub=False)
@@ -117,6 +115,15 @@ class Memory:
             return
         if found is not None:
             self.estimates[inst.name] = found
+            model = self.as_run(inst.model)
+            if cpu_share(model, None) > 0 or gpu_layers(model.args) is not None:
+                self._estimate_host(inst.name, model, found)  # refresh's was None: no metadata
+
+    def _estimate_host(self, name: str, model: ModelConfig, found: Estimate | None) -> None:
+        """Its host RAM estimate (`model` as_run's), from `found`, its metadata's estimate."""
+        host = estimate_host_mib(model, found)
+        # gpus.unknown_footprint: isolate holds in host RAM too: measured alone, first.
+        self.host_estimates[name] = None if host and self.policy == "isolate" else host
 
     def device(self, model: ModelConfig) -> Literal["cuda", "cpu"]:
         """Where its engine runs here: `auto` (and `cuda`) on the CPU where no GPU is seen."""
