@@ -72,6 +72,7 @@ class Memory:
         self.host = HostRam(settings.host_ram_mib, footprints)
         self.estimates: dict[str, Estimate | None] = {}
         self.host_estimates: dict[str, int | None] = {}  # estimate_host_mib's, per model
+        self._estimated_for: dict[str, str] = {}  # the device each host estimate is for
         # Hub repositories are asked for their metadata when first needed, not at startup.
         self._hub_pending: set[str] = set()
         self._measuring: set[str] = set()  # models with a measurement running in a thread
@@ -82,6 +83,7 @@ class Memory:
         """A model was added or its definition changed (reload): estimate it anew."""
         """Estimates from local files now; a hub id is only marked, for `prepare`."""
         defined, model = model.device, self.as_run(model)
+        self._estimated_for[name] = model.device
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
         self.footprints.adopt_legacy(name, model, ("", HOST_SUFFIX))
@@ -125,17 +127,33 @@ class Memory:
         # gpus.unknown_footprint: isolate holds in host RAM too: measured alone, first.
         self.host_estimates[name] = None if host and self.policy == "isolate" else host
 
+    @property
+    def has_gpus(self) -> bool:
+        """Whether engines can be placed on a GPU now. A cluster's accounting is on before its
+        first node joins, but its GPUs are those of its live nodes: with none carrying one,
+        `auto` runs on a node's CPU and is counted in host RAM there."""
+        if getattr(self.gpus, "grows", False):
+            return bool(self.gpus.memory())  # the last reading of each node: no I/O
+        return self.enabled
+
     def device(self, model: ModelConfig) -> Literal["cuda", "cpu"]:
         """Where its engine runs here: `auto` (and `cuda`) on the CPU where no GPU is seen."""
-        return runs_on(model, self.enabled)
+        return runs_on(model, self.has_gpus)
 
     def as_run(self, model: ModelConfig) -> ModelConfig:
         """`model` with the device it runs on here, for the engines' adapters."""
-        return as_run(model, self.enabled)
+        return as_run(model, self.has_gpus)
 
     def device_notes(self, model: ModelConfig) -> list[str]:
         """A `cuda` model where no GPU is seen runs on the CPU: its notes say so."""
-        return device_notes(model, self.enabled)
+        return device_notes(model, self.has_gpus)
+
+    def _host_estimate(self, inst: Instance) -> int | None:
+        """Its host RAM estimate for where it runs now: estimated anew where that changed (a
+        cluster's first GPU node joined, or its last left)."""
+        if self._estimated_for.get(inst.name, self.device(inst.model)) != self.device(inst.model):
+            self.refresh(inst.name, inst.model)
+        return self.host_estimates.get(inst.name, 0)
 
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
         if self.device(inst.model) == "cpu":
@@ -191,7 +209,7 @@ class Memory:
     def ram(self, inst: Instance) -> tuple[int | None, str]:
         """(MiB, source) of host RAM its engine holds running (CPU engines, partial offload)."""
         model = self.as_run(inst.model)  # learned per device it runs on (host_key)
-        return self.host.footprint(inst.name, model, self.host_estimates.get(inst.name, 0))
+        return self.host.footprint(inst.name, model, self._host_estimate(inst))
 
     def measure_host(self, inst: Instance, *, new_load: bool) -> int | None:
         """Measures (and learns) an engine's host RAM, where it needs some to run."""
@@ -305,7 +323,7 @@ class Memory:
         nothing here may fail a request's release."""
         on_gpu = self.enabled and bool(inst.gpus)
         # In host RAM: an estimate above 0, or one unknown (None: measured all the same).
-        on_cpu = self.host_estimates.get(inst.name, 0) != 0 or inst.model.ram_mib is not None
+        on_cpu = self._host_estimate(inst) != 0 or inst.model.ram_mib is not None
         if not (on_gpu or on_cpu) or inst.measured_requests >= MEASURED_REQUESTS:
             return
         if inst.name in self._measuring:
