@@ -13,6 +13,8 @@ GatewayError                 {"error": {"message", "type", "code"}}
 │   └── EngineGone           502 the engine refused the connection: nothing reached it
 ├── EngineStartFailed        503 the engine exited while starting or never became ready
 ├── Unloaded                 503 the model was stopped (unload, shutdown) while starting
+├── NoRoom                   507 larger than any GPU (insufficient_gpu_memory)
+│   └── NoHostRoom           507 larger than host RAM (insufficient_host_memory)
 └── GatewayBusy              503 no room: every engine that could make way is busy
 
 An error may carry a `detail` that only admin keys see: an engine's last output lines.
@@ -128,6 +130,12 @@ class NoRoom(GatewayError):
     status = 507
     type = "server_error"
     code = "insufficient_gpu_memory"
+
+
+class NoHostRoom(NoRoom):
+    """No room in host RAM (host_ram_mib, a node's RAM): the same 507, a code of its own."""
+
+    code = "insufficient_host_memory"
 
 
 class GatewayBusy(GatewayError):

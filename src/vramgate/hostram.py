@@ -59,7 +59,18 @@ def device_notes(model: ModelConfig, has_gpus: bool) -> list[str]:
 
 
 def host_key(name: str, model: ModelConfig) -> str:
-    return footprint_key(name, model) + HOST_SUFFIX
+    """Its host footprint's key, for `model` as_run's: where it runs is part of it. With `device:
+    auto` one definition runs beside a GPU here and wholly on the CPU there: what llama.cpp with
+    `-ngl 10` holds beside a GPU is no figure for the whole model on the CPU. (Its `-ngl`, the
+    share on the GPU, is in footprint_key's args already.)"""
+    return f"{footprint_key(name, model)}{HOST_SUFFIX}={model.device}"
+
+
+def legacy_host_key(name: str, model: ModelConfig, defined: str) -> str | None:
+    """The key host footprints had before the device was part of it, where its entry is of the
+    same place: a definition that names the device it runs on (`cpu`, or `cuda` where a GPU is
+    seen). Under `auto` (or `cuda` without a GPU) it may have been learned on either: unread."""
+    return footprint_key(name, model) + HOST_SUFFIX if defined == model.device else None
 
 
 def cpu_share(model: ModelConfig, layers: int | None) -> float:

@@ -227,7 +227,7 @@ class AdhocOptions(BaseModel):
     context_length: int | None = Field(default=None, gt=0)
     ttl: Seconds | None = Field(default=None, ge=0)
     gpu_memory_mib: int | None = Field(default=None, gt=0)
-    device: Literal["cuda", "cpu"] | None = None
+    device: Literal["auto", "cuda", "cpu"] | None = None
     n_gpu_layers: int | None = None
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
 
@@ -272,10 +272,12 @@ def instance_name(entry: Entry, options: dict[str, Any]) -> str:
     """The one name of an inventory model, however a request spelled its path (`tiny`,
     `./tiny.gguf`, `/models/./tiny.gguf`): its name inside models_dir. Seed 003's exclusive mode:
     a request that chooses its engine or device gets an instance of its own, named after both,
-    so the same file can run on the CPU and on a GPU at once."""
+    so the same file can run on the CPU and on a GPU at once. Its device in the name is the
+    definition's (`auto` where the request gives none, as ModelConfig's default): one name, one
+    definition, so `backend` alone and `backend` with `device: cuda` never collide (409)."""
     if "engine" not in options and "device" not in options:
         return entry.name
-    return f"{entry.name}@{options.get('engine', entry.engine)}-{options.get('device', 'cuda')}"
+    return f"{entry.name}@{options.get('engine', entry.engine)}-{options.get('device', 'auto')}"
 
 
 def within(root: Path, path: Path) -> bool:

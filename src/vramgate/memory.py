@@ -31,6 +31,8 @@ from vramgate.hostram import (
     cpu_share,
     device_notes,
     estimate_host_mib,
+    host_key,
+    legacy_host_key,
     runs_on,
 )
 from vramgate.hub import is_hub_id
@@ -70,6 +72,7 @@ class Memory:
         self.host = HostRam(settings.host_ram_mib, footprints)
         self.estimates: dict[str, Estimate | None] = {}
         self.host_estimates: dict[str, int | None] = {}  # estimate_host_mib's, per model
+        self._estimated_for: dict[str, str] = {}  # the device each host estimate is for
         # Hub repositories are asked for their metadata when first needed, not at startup.
         self._hub_pending: set[str] = set()
         self._measuring: set[str] = set()  # models with a measurement running in a thread
@@ -79,16 +82,18 @@ class Memory:
     def refresh(self, name: str, model: ModelConfig) -> None:
         """A model was added or its definition changed (reload): estimate it anew."""
         """Estimates from local files now; a hub id is only marked, for `prepare`."""
-        model = self.as_run(model)
+        defined, model = model.device, self.as_run(model)
+        self._estimated_for[name] = model.device
         self.estimates.pop(name, None)
         self._hub_pending.discard(name)
         self.footprints.adopt_legacy(name, model, ("", HOST_SUFFIX))
+        legacy = legacy_host_key(name, model, defined)
+        if legacy is not None:
+            self.footprints.adopt(legacy, host_key(name, model))
         on_cpu = cpu_share(model, None) > 0 or gpu_layers(model.args) is not None
         self.host_estimates[name] = 0
         if on_cpu:  # its estimate is needed for host RAM, with or without GPU accounting
-            host = estimate_host_mib(model, _estimate_or_none(name, model, hub=False))
-            # gpus.unknown_footprint: isolate holds in host RAM too: measured alone, first.
-            self.host_estimates[name] = None if host and self.policy == "isolate" else host
+            self._estimate_host(name, model, _estimate_or_none(name, model, hub=False))
         if not on_cpu and (not self.enabled or self.policy == "isolate"):
             return
         self.estimates[name] = _estimate_or_none(name, model, hub=False)
@@ -112,18 +117,43 @@ class Memory:
             return
         if found is not None:
             self.estimates[inst.name] = found
+            model = self.as_run(inst.model)
+            if cpu_share(model, None) > 0 or gpu_layers(model.args) is not None:
+                self._estimate_host(inst.name, model, found)  # refresh's was None: no metadata
+
+    def _estimate_host(self, name: str, model: ModelConfig, found: Estimate | None) -> None:
+        """Its host RAM estimate (`model` as_run's), from `found`, its metadata's estimate."""
+        host = estimate_host_mib(model, found)
+        # gpus.unknown_footprint: isolate holds in host RAM too: measured alone, first.
+        self.host_estimates[name] = None if host and self.policy == "isolate" else host
+
+    @property
+    def has_gpus(self) -> bool:
+        """Whether engines can be placed on a GPU now. A cluster's accounting is on before its
+        first node joins, but its GPUs are those of its live nodes: with none carrying one,
+        `auto` runs on a node's CPU and is counted in host RAM there."""
+        if getattr(self.gpus, "grows", False):
+            return bool(self.gpus.memory())  # the last reading of each node: no I/O
+        return self.enabled
 
     def device(self, model: ModelConfig) -> Literal["cuda", "cpu"]:
         """Where its engine runs here: `auto` (and `cuda`) on the CPU where no GPU is seen."""
-        return runs_on(model, self.enabled)
+        return runs_on(model, self.has_gpus)
 
     def as_run(self, model: ModelConfig) -> ModelConfig:
         """`model` with the device it runs on here, for the engines' adapters."""
-        return as_run(model, self.enabled)
+        return as_run(model, self.has_gpus)
 
     def device_notes(self, model: ModelConfig) -> list[str]:
         """A `cuda` model where no GPU is seen runs on the CPU: its notes say so."""
-        return device_notes(model, self.enabled)
+        return device_notes(model, self.has_gpus)
+
+    def _host_estimate(self, inst: Instance) -> int | None:
+        """Its host RAM estimate for where it runs now: estimated anew where that changed (a
+        cluster's first GPU node joined, or its last left)."""
+        if self._estimated_for.get(inst.name, self.device(inst.model)) != self.device(inst.model):
+            self.refresh(inst.name, inst.model)
+        return self.host_estimates.get(inst.name, 0)
 
     def footprint(self, inst: Instance) -> tuple[int | None, str]:
         if self.device(inst.model) == "cpu":
@@ -178,14 +208,15 @@ class Memory:
 
     def ram(self, inst: Instance) -> tuple[int | None, str]:
         """(MiB, source) of host RAM its engine holds running (CPU engines, partial offload)."""
-        return self.host.footprint(inst.name, inst.model, self.host_estimates.get(inst.name, 0))
+        model = self.as_run(inst.model)  # learned per device it runs on (host_key)
+        return self.host.footprint(inst.name, model, self._host_estimate(inst))
 
     def measure_host(self, inst: Instance, *, new_load: bool) -> int | None:
         """Measures (and learns) an engine's host RAM, where it needs some to run."""
         if inst.handle is None or self.ram(inst)[1] == "gpu":
             return None
         used = inst.handle.host_ram("pss")
-        return self.host.record(inst.name, inst.model, used, new_load=new_load)
+        return self.host.record(inst.name, self.as_run(inst.model), used, new_load=new_load)
 
     async def read_again(self, inst: Instance) -> None:
         """A fresh reading of the GPUs an engine is on, where reading them is not immediate (a
@@ -292,7 +323,7 @@ class Memory:
         nothing here may fail a request's release."""
         on_gpu = self.enabled and bool(inst.gpus)
         # In host RAM: an estimate above 0, or one unknown (None: measured all the same).
-        on_cpu = self.host_estimates.get(inst.name, 0) != 0 or inst.model.ram_mib is not None
+        on_cpu = self._host_estimate(inst) != 0 or inst.model.ram_mib is not None
         if not (on_gpu or on_cpu) or inst.measured_requests >= MEASURED_REQUESTS:
             return
         if inst.name in self._measuring:

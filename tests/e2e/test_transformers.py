@@ -122,7 +122,7 @@ def test_seed_003_requests_choose_engine_and_device_per_request(gateway, tmp_pat
     assert set(answers) == set(asked)
     # Instances are named by their name inside models_dir, however the request spelled the path;
     # llama.cpp's is the GGUF file the folder holds.
-    tf, llama = "smollm2@transformers-cpu", f"smollm2/{Path(CHAT_GGUF).stem}@llamacpp-cuda"
+    tf, llama = "smollm2@transformers-cpu", f"smollm2/{Path(CHAT_GGUF).stem}@llamacpp-auto"
     states = {m["name"]: m for m in gw.status()["models"]}
     assert states[tf]["state"] == states[llama]["state"] == "ready"
     assert states[tf]["engine"] == "transformers" and states[tf]["ttl_s"] == 300

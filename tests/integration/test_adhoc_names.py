@@ -98,3 +98,19 @@ def test_long_and_slashed_names_get_their_own_files(gateway, tmp_path, monkeypat
     assert complete(gw, "a--b").status_code == 200
     assert gw.engine_log("a/b") != gw.engine_log("a--b")
     assert "-c 512" in gw.engine_log(long_name)
+
+
+def test_backend_alone_and_backend_with_a_device_are_two_definitions_two_names(
+    gateway, tmp_path, monkeypatch
+):
+    """Reproduced (review 26): `backend` alone was named `...-cuda` but defined `device: auto`,
+    so `backend` with `device: cuda` named the same instance with another definition: 409."""
+    _, gw = adhoc_gateway(gateway, tmp_path, monkeypatch)
+    assert complete(gw, TINY, backend="llamacpp").status_code == 200
+    assert [m["name"] for m in gw.status()["models"]] == [f"{TINY}@llamacpp-auto"]
+    cuda = complete(gw, TINY, backend="llamacpp", device="cuda")
+    assert cuda.status_code == 200, cuda.text
+    auto = complete(gw, TINY, vramgate={"engine": "llamacpp", "device": "auto"})
+    assert auto.status_code == 200, auto.text  # the same definition as `backend` alone
+    names = sorted(m["name"] for m in gw.status()["models"])
+    assert names == [f"{TINY}@llamacpp-auto", f"{TINY}@llamacpp-cuda"]

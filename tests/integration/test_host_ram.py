@@ -41,6 +41,7 @@ def test_cpu_engines_share_the_host_budget_and_make_way_for_each_other(gateway):
     assert "stop a (host_ram" in gw.log()
     huge = gw.http.post("/v1/completions", json={"model": "huge", "prompt": "x"})
     assert huge.status_code == 507 and "host RAM" in huge.json()["error"]["message"]
+    assert huge.json()["error"]["code"] == "insufficient_host_memory"  # not the GPU's code
     assert gw.model("b")["state"] == "ready"  # nothing was stopped for it
     metrics = gw.http.get("/metrics").text
     assert 'vramgate_host_ram_used_bytes{model="b"}' in metrics

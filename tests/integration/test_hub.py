@@ -11,6 +11,7 @@ from tests.conftest import safetensors_bytes
 from tests.integration.test_gpu_memory import FAKE_VLLM, ask, gpus
 from vramgate.config import ModelConfig
 from vramgate.gpu.estimate import EstimateError, estimate_hub, estimate_model
+from vramgate.gpu.nvml import nvml_available
 
 # 32 layers x 8 KV heads x 128 dims: 128 KiB of KV cache per token at 2 bytes.
 CONFIG = {
@@ -103,3 +104,32 @@ def test_a_hub_model_is_placed_by_its_estimate_and_vllm_told_the_budget(gateway,
     assert line.endswith("--gpu-memory-utilization 0.1269")
     after = gw.model("q")
     assert (after["footprint_mib"], after["footprint_source"]) == (1200, "measured")
+
+
+def test_a_hub_model_on_the_cpu_is_held_to_the_host_ram_budget(gateway, hub, tmp_path):
+    """Reproduced (review 26): a hub model on the CPU (auto, no GPU seen) got its metadata's
+    estimate for the GPU only; its host RAM stayed unknown and it started whatever the budget."""
+    if nvml_available():
+        pytest.skip("this machine has a GPU: auto places on it")
+    hub.repo(
+        "acme/tiny", {"model.safetensors": ONE_MIB_OF_WEIGHTS, "config.json": json.dumps(CONFIG)}
+    )
+    script = tmp_path / "vllm"
+    script.write_text(FAKE_VLLM.format(python=sys.executable, mib=0))
+    script.chmod(0o755)
+    # vLLM on the CPU: its weights, VLLM_CPU_KVCACHE_SPACE (4 GiB by default) and ~2 GiB of
+    # runtime: over 6 GiB, three times this budget.
+    gw = gateway(
+        {
+            "host_ram_mib": 2000,
+            "engines": {"vllm": {"binary": str(script)}},
+            "models": {"q": {"engine": "vllm", "source": "acme/tiny"}},
+        }
+    )
+    assert gw.model("q")["ram_source"] == "unknown"  # the hub is asked before the first start
+    reply = gw.http.post(
+        "/v1/completions", json={"model": "q", "prompt": "x", "max_tokens": 1}, timeout=60
+    )
+    assert reply.status_code == 507 and "host RAM" in reply.text, (reply.status_code, reply.text)
+    q = gw.model("q")
+    assert q["ram_source"] == "estimate" and q["ram_mib"] > 6000, q

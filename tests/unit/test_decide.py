@@ -455,6 +455,7 @@ def test_a_busy_cpu_engine_drains_for_host_ram_and_too_much_is_a_507():
     step = one(huge, Room("cpu"))
     assert isinstance(step, Refuse) and isinstance(step.error, NoRoom)
     assert "host RAM" in step.error.message and busy.state is READY
+    assert step.error.code == "insufficient_host_memory"  # a NoRoom, not the GPU's code
 
 
 def test_sleeping_counts_against_the_budget_cpu_engines_share():

@@ -74,6 +74,8 @@ def test_exclusive_mode_names_one_instance_per_engine_and_device(tmp_path):
     gpu = instance_name(entry, {"engine": "transformers", "device": "cuda"})
     assert cpu == "smollm2@transformers-cpu" and gpu == "smollm2@transformers-cuda"
     assert instance_name(entry, {"device": "cpu"}) == "smollm2@vllm-cpu"
+    # No device asked: the definition's default, auto, and its name say the same.
+    assert instance_name(entry, {"engine": "transformers"}) == "smollm2@transformers-auto"
 
 
 def test_every_spelling_of_one_path_is_one_model(tmp_path):

@@ -109,7 +109,7 @@ def _seed_instance(scheduler: Scheduler, label: str, options: dict[str, Any]) ->
         return label
     if "engine" in options:
         return inventory.instance_name(entry, options)
-    device = options.get("device", "cuda")
+    device = options.get("device", "auto")  # as instance_name names one without
     for name in scheduler.adhoc_names:  # the one on that device, whichever engine runs it
         base, _, kind = name.rpartition("@")
         if base == entry.name and kind.endswith(f"-{device}"):

@@ -124,6 +124,14 @@ class FootprintStore:
             if moved:
                 self.save()
 
+    def adopt(self, old: str, new: str) -> None:
+        """An entry kept under a key of an older format, taken over where the new one is unset."""
+        with self._lock:
+            if old not in self.entries or new in self.entries:
+                return
+            self.entries[new] = self.entries.pop(old)
+            self.save()
+
     def get_mib(self, key: str) -> int | None:
         entry = self.entries.get(key)
         return max(entry["loads_mib"]) if entry and entry["loads_mib"] else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vramgate.errors import NoRoom, QueueFull
+from vramgate.errors import NoHostRoom, NoRoom, QueueFull
 from vramgate.gpu.base import GpuMemory
 from vramgate.gpu.share import share_mib
 from vramgate.scheduling.housekeeping import tick
@@ -216,7 +216,7 @@ def _host_room(
             f"cannot start '{me.name}': its host RAM footprint is unknown (never measured, no "
             "ram_mib, no estimate) and gpus.unknown_footprint is 'refuse'; set ram_mib"
         )
-        return [Refuse(NoRoom(message))], ""
+        return [Refuse(NoHostRoom(message))], ""
     if snap.hosts:
         on = {g.node for g in snap.gpus if g.index in gpus}
         hosts = [h for h in snap.hosts if h.node in on] if gpus else [
@@ -246,7 +246,7 @@ def _host_room(
             f"cannot start '{me.name}': it needs {need} MiB of host RAM and {what} is "
             f"{budget}; nothing was stopped"
         )
-        return [Refuse(NoRoom(message))], ""
+        return [Refuse(NoHostRoom(message))], ""
     if plan.evict:
         why = f"host RAM to start {me.name}"
         return [Stop(n, "host_ram", why, me.name) for n in plan.evict], ""
