@@ -22,7 +22,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from vramgate import __version__, reconfigure
-from vramgate.api import admin, anthropic, downloads, manage, ollama, ollama_models, openai, page
+from vramgate.api import (
+    admin,
+    anthropic,
+    downloads,
+    manage,
+    native,
+    ollama,
+    ollama_models,
+    openai,
+    page,
+    passthrough,
+)
+from vramgate.api.cors import Cors
 from vramgate.api.shapes import ANTHROPIC, OLLAMA, OPENAI, Shape
 from vramgate.config import ConfigError, Settings
 from vramgate.downloads import Downloads
@@ -54,14 +66,30 @@ class GatewayApp:
     def __init__(self, api: FastAPI, ollama_port: int | None = None) -> None:
         self.api = api
         self.ollama_port = ollama_port
+        self.cors = Cors(self._route, self._cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.cors(scope, receive, send)
+
+    def _cors_origins(self) -> list[str]:
+        scheduler = getattr(self.api.state, "scheduler", None)  # None: not started yet
+        return scheduler.settings.cors_origins if scheduler is not None else []
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             endpoint = RELAYS.get(scope["path"])
             if endpoint is not None:
                 scope["app"] = self.api
                 await endpoint(scope, receive, send)
                 return
+        if scope["type"] == "http" and scope["path"].startswith(passthrough.PREFIX):
+            scope["app"] = self.api
+            await passthrough.serve_upstream(scope, receive, send)
+            return
+        if scope["type"] == "http" and native.claims(scope):
+            scope["app"] = self.api
+            await native.serve(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["path"] == "/" and self._on_ollama_port(scope):
             headers = [(b"content-type", b"text/plain; charset=utf-8"),
                        (b"content-length", str(len(OLLAMA_HELLO)).encode())]  # fmt: skip

@@ -25,6 +25,7 @@ from vramgate import reconfigure
 from vramgate.api.common import refuse_cross_site, resolve_or_404
 from vramgate.api.shapes import OPENAI, Shape
 from vramgate.auth import Access, presented_key
+from vramgate.config import Settings
 from vramgate.errors import BadRequest, EngineGone, GatewayError, PayloadTooLarge
 from vramgate.inventory import SEED_FIELDS
 from vramgate.proxy import _STREAM_HEADERS, Mend, Opened, Timing, hangup_cancels, relay, send_error
@@ -77,8 +78,10 @@ def _too_large(size: int, max_bytes: int) -> str:
     return f"request body of {size} bytes is over the limit of {limit_mb:g} MiB (max_body_mb)"
 
 
-def parse_request(body: bytes) -> dict[str, Any]:
-    """A JSON object with a `model` string that names no file by a control character."""
+def parse_request(body: bytes, settings: Settings, fallback: str | None = None) -> dict[str, Any]:
+    """A JSON object with a `model` string that names no file by a control character; one
+    with no `model` (or `"model": null`) is given `fallback` (a `model` query parameter), else
+    the default model (`default_model`, or the sole model), else a 400 listing the models."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -86,11 +89,26 @@ def parse_request(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
     model = payload.get("model")
+    if model is None:
+        payload["model"] = fallback or default_model(settings)
+        return payload
     if not isinstance(model, str) or not model:
-        raise BadRequest("request body has no `model` field naming the model to use")
+        raise BadRequest("`model` must be a string naming the model to use")
     if not model.isprintable():
         raise BadRequest("`model` has control characters; no model is named so")
     return payload
+
+
+def default_model(settings: Settings) -> str:
+    """The model of a request that names none; a 400 listing the models if there is none."""
+    name = settings.default_name
+    if name is None:
+        known = ", ".join(sorted(settings.models)) or "(none configured)"
+        raise BadRequest(
+            "request body has no `model` field naming the model to use, and there is no "
+            f"default (default_model); known models: {known}"
+        )
+    return name
 
 
 class Endpoint:
@@ -152,12 +170,13 @@ class Endpoint:
     ) -> None:
         settings = scheduler.settings
         access.require_known()  # before the body is even read
-        refuse_cross_site(scope["headers"])
+        refuse_cross_site(scope["headers"], settings.cors_origins)
         body = await read_body(scope, receive, int(settings.max_body_mb * (1 << 20)))
-        payload = self.parse(body)
+        named = b'"model"' in body  # cheap; a miss only costs a body written again below
+        payload = self.parse(body, settings)
         label = await self.label(scheduler, payload)
         name, stripped = await resolve(scheduler, access, label, payload)
-        if stripped:  # the gateway's own fields never reach the engine
+        if stripped or not named:  # the gateway's own fields never reach the engine
             body = orjson.dumps(payload)
         served.append(name)
         if await self.answered(scheduler, name, payload, send, timing):
@@ -165,8 +184,8 @@ class Endpoint:
         routed = await self.route(scheduler, name, label, payload, body)
         await run(scheduler, routed, receive, send, timing, self.shape, opened)
 
-    def parse(self, body: bytes) -> dict[str, Any]:
-        return parse_request(body)
+    def parse(self, body: bytes, settings: Settings) -> dict[str, Any]:
+        return parse_request(body, settings)
 
     async def label(self, scheduler: Scheduler, payload: dict[str, Any]) -> str:
         """The model the client named, as the gateway knows it."""
