@@ -31,6 +31,7 @@ def test_completion_route_without_model(smol):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["content"] and body["tokens_predicted"] <= 4
+    assert resp.headers["server"] == "llama.cpp"  # the engine's, relayed
     with smol.http.stream(
         "POST", "/completion", json={"prompt": "Hi", "n_predict": 3, "stream": True}
     ) as streamed:
@@ -131,3 +132,11 @@ def test_engine_key_from_args(gateway):
         assert secret not in shown
     with open(f"/proc/{gw.model('smol')['pid']}/cmdline", "rb") as f:
         assert secret.encode() not in f.read()
+
+
+def test_messages_the_engine_judges_itself(smol):
+    """A Messages request to an engine that serves /v1/messages is the engine's to judge: an
+    empty `messages` list gets llama-server's own answer, not the gateway's 400."""
+    body = {"max_tokens": 2, "messages": []}
+    direct_kind = smol.http.post("/v1/messages", json=body)
+    assert "Field required (a non-empty list" not in direct_kind.text

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vramgate.auth import origin_allowed
 
-METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
+METHODS = b"GET, POST, DELETE, OPTIONS"  # llama-server's (cors_methods)
 MAX_AGE_S = b"600"
 
 
@@ -56,7 +56,7 @@ class Cors:
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if not k.lower().startswith(b"access-control-")]  # fmt: skip
                 headers += _allow(origin)
-                headers.append((b"access-control-expose-headers", b"*"))
+                headers.append((b"Access-Control-Expose-Headers", b"*"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -65,16 +65,20 @@ class Cors:
     async def _preflight(self, send: Send, origin: bytes | None, asked: bytes | None) -> None:
         """200 to every preflight (as llama-server answers); the Allow headers only for an
         allowed origin, so that a browser refuses the others."""
-        headers = [(b"content-length", b"0"), (b"vary", b"Origin")]
-        if origin is not None:
+        headers = [(b"content-length", b"0")]
+        if origin is None:
+            headers.append((b"vary", b"Origin"))
+        else:
             headers += _allow(origin)
-            headers += [(b"access-control-allow-methods", METHODS),
-                        (b"access-control-allow-headers", asked or b"*"),
-                        (b"access-control-max-age", MAX_AGE_S)]  # fmt: skip
+            headers += [(b"Access-Control-Allow-Methods", METHODS),
+                        (b"Access-Control-Allow-Headers", asked or b"*"),
+                        (b"Access-Control-Max-Age", MAX_AGE_S)]  # fmt: skip
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
 
 def _allow(origin: bytes) -> list[tuple[bytes, bytes]]:
-    return [(b"access-control-allow-origin", origin),
-            (b"access-control-allow-credentials", b"true"), (b"vary", b"Origin")]  # fmt: skip
+    # Spelled as llama-server spells them: clients that read headers into a plain dict (its own
+    # tests do) look them up so.
+    return [(b"Access-Control-Allow-Origin", origin),
+            (b"Access-Control-Allow-Credentials", b"true"), (b"vary", b"Origin")]  # fmt: skip
