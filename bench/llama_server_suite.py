@@ -109,22 +109,27 @@ def standin_binary(work: Path) -> Path:
     return path
 
 
-def run_file(tests: Path, test_file: str, binary: Path, report: Path, args: argparse.Namespace,
-             extra_env: dict[str, str]) -> dict[str, str]:  # fmt: skip
+def run_file(
+    tests: Path,
+    test_file: str,
+    binary: Path,
+    report: Path,
+    k: str = "",
+    timeout_s: float = 1800,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, str]:
     """One test file's outcomes by test id: passed, failed, error or skipped."""
-    env = {**os.environ, **extra_env, "LLAMA_SERVER_BIN_PATH": str(binary),
+    env = {**os.environ, **(extra_env or {}), "LLAMA_SERVER_BIN_PATH": str(binary),
            "PORT": str(free_port()), "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}  # fmt: skip
     argv = [sys.executable, "-m", "pytest", f"unit/{test_file}", "-q", "-m", "not slow",
             "-p", "no:cacheprovider", f"--junitxml={report}"]  # fmt: skip
-    if args.first_failure:
-        argv.append("-x")
-    if args.k:
-        argv += ["-k", args.k]
+    if k:
+        argv += ["-k", k]
     log = report.with_suffix(".log")
     with log.open("wb") as out:
         try:
-            subprocess.run(argv, cwd=tests, env=env, stdout=out,
-                           stderr=subprocess.STDOUT, timeout=args.file_timeout_s)  # fmt: skip
+            subprocess.run(argv, cwd=tests, env=env, stdout=out, stderr=subprocess.STDOUT,
+                           timeout=timeout_s)  # fmt: skip
         except subprocess.TimeoutExpired:
             out.write(b"\n[suite] timed out\n")
     return outcomes(report)
@@ -167,7 +172,7 @@ def table(results: dict[str, dict[str, dict[str, str]]]) -> tuple[list[str], dic
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--files", default="", help="Comma-separated test files (default: all).")
     p.add_argument("-k", default="", help="pytest -k expression, for both runs.")
     p.add_argument(
@@ -177,7 +182,6 @@ def main() -> None:
     )
     p.add_argument("--work", type=Path, default=ROOT / ".peer")
     p.add_argument("--file-timeout-s", type=float, default=1800)
-    p.add_argument("--first-failure", action="store_true", help="Stop each file at a failure.")
     p.add_argument("--out", type=Path, default=None, help="Save the results as JSON.")
     args = p.parse_args()
     real = os.environ.get("VRAMGATE_ENGINES__LLAMACPP__BINARY") or shutil.which("llama-server")
@@ -205,7 +209,9 @@ def main() -> None:
             report.parent.mkdir(parents=True, exist_ok=True)
             report.unlink(missing_ok=True)
             t0 = time.monotonic()
-            found = run_file(tests, test_file, binaries[mode], report, args, extra)
+            found = run_file(
+                tests, test_file, binaries[mode], report, args.k, args.file_timeout_s, extra
+            )
             results.setdefault(test_file, {})[mode] = found
             passed = sum(o == "passed" for o in found.values())
             print(f"{test_file} {mode}: {passed}/{len(found)} passed in "
