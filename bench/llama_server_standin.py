@@ -19,12 +19,8 @@ from pathlib import Path
 
 import yaml
 
-TAKEN = {"--port", "--host", "-m", "--model", "--alias", "-a"}  # the gateway's, not the engine's
-
-
-def config_for(argv: list[str], state_dir: str) -> dict:
-    """The vramgate configuration that stands for `llama-server ARGV`."""
-    taken: dict[str, str] = {}
+# The gateway's flags, not the engine's.
+TAKEN = {"--port", "--host", "-m", "--model", "--alias", "-a", "--models-dir"}  # fmt: skip
     args: list[str] = []
     i = 0
     while i < len(argv):
@@ -51,8 +47,11 @@ def config_for(argv: list[str], state_dir: str) -> dict:
         "log_level": "warning",
         "defaults": {"stop_timeout": 2},
         "engines": {"llamacpp": {"binary": os.environ["VRAMGATE_REAL_LLAMA_SERVER"]}},
-        "models": {name: model},
+        # No model: llama-server's router mode; vramgate's like of it is models_dir, ad hoc.
+        "models": {name: model} if source else {},
     }
+    if not source and taken.get("--models-dir"):
+        settings.update(models_dir=taken["--models-dir"], allow_adhoc=True)
     cors = _value(args, "--cors-origins")
     settings["cors_origins"] = [o.strip() for o in (cors or "*").split(",")]
     key = _value(args, "--api-key")
