@@ -20,7 +20,12 @@ from pathlib import Path
 import yaml
 
 # The gateway's flags, not the engine's.
-TAKEN = {"--port", "--host", "-m", "--model", "--alias", "-a", "--models-dir"}  # fmt: skip
+TAKEN = {"--port", "--host", "-m", "--model", "--alias", "-a", "--models-dir"}
+
+
+def config_for(argv: list[str], state_dir: str) -> dict:
+    """The vramgate configuration that stands for `llama-server ARGV`."""
+    taken: dict[str, str] = {}
     args: list[str] = []
     i = 0
     while i < len(argv):
