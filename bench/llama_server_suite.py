@@ -7,9 +7,11 @@ The tests come out of the pinned llama-cpp-python sdist (scripts/build-llama-ser
 its vendor/llama.cpp/tools/server/tests), patched as little as can be: their Hugging Face models
 become our local GGUFs (VRAMGATE_CHAT_GGUF, SmolLM2, for the small chat and story models;
 VRAMGATE_DEFAULT_GGUF, gemma, for the others), nothing is downloaded, and `wget` need not be
-installed. Tests marked slow (multi-GB models) are left out. A test counts where it passes
-directly; the ratio is how many of those pass through vramgate too. Needs llama-server
-(VRAMGATE_ENGINES__LLAMACPP__BINARY) and both GGUFs (scripts/setup.sh).
+installed; header names are looked up case-insensitively (the gateway's HTTP server, uvicorn's,
+sends them in lower case, as HTTP/2 must; the tests read them into a plain dict). Tests marked
+slow (multi-GB models) are left out. A test counts where it passes directly; the ratio is how
+many of those pass through vramgate too. Needs llama-server (VRAMGATE_ENGINES__LLAMACPP__BINARY)
+and both GGUFs (scripts/setup.sh).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ PATCHES = (  # (file, text, replacement): each must match once
         "        server_args = [\n",
         "        import peer_models; peer_models.localize(self)\n        server_args = [\n",
     ),
+    (  # header names are case-insensitive (RFC 9110), as requests' own dict of them knows
+        "utils.py",
+        "        result.headers = dict(response.headers)\n",
+        "        result.headers = response.headers\n",
+    ),
     (
         "utils.py",
         '        """ Load all server presets to ensure model files are cached. """\n',
@@ -79,8 +86,9 @@ def sdist_path(work: Path) -> Path:
 def extract_tests(work: Path) -> Path:
     """tools/server/tests of the sdist in `work`/tests, patched."""
     dest = work / "tests"
-    if (dest / "peer_models.py").exists():  # patched already (a run may be using it)
-        return dest
+    stamp = repr((PATCHES, PEER_MODELS))
+    if (dest / "peer_models.py").exists() and (dest / ".patched").read_text() == stamp:
+        return dest  # patched already, the same way (a run may be using it)
     shutil.rmtree(dest, ignore_errors=True)
     with tarfile.open(sdist_path(work)) as tar:
         for member in tar.getmembers():
@@ -97,6 +105,7 @@ def extract_tests(work: Path) -> Path:
         assert content.count(text) == 1, f"patch does not apply to {name}: {text!r}"
         path.write_text(content.replace(text, replacement))
     (dest / "peer_models.py").write_text(PEER_MODELS)
+    (dest / ".patched").write_text(stamp)
     return dest
 
 
