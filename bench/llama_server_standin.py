@@ -57,8 +57,10 @@ def config_for(argv: list[str], state_dir: str) -> dict:
     }
     if not source and taken.get("--models-dir"):
         settings.update(models_dir=taken["--models-dir"], allow_adhoc=True)
-    cors = _value(args, "--cors-origins")
-    settings["cors_origins"] = [o.strip() for o in (cors or "*").split(",")]
+    # llama-server's CORS default: any origin; with its tools or MCP servers on, localhost only.
+    tools = {"--tools", "--mcp-servers-config", "--mcp-servers-json", "--ui-mcp-proxy"}
+    cors = _value(args, "--cors-origins") or ("localhost" if tools & set(args) else "*")
+    settings["cors_origins"] = [o.strip() for o in cors.split(",")]
     key = _value(args, "--api-key")
     if key:
         settings["auth"] = {"api_keys": [k for k in key.split(",") if k]}
