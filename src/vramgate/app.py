@@ -30,11 +30,14 @@ from vramgate.api import (
     downloads,
     guards,
     manage,
+    native,
     ollama,
     ollama_models,
     openai,
     page,
+    passthrough,
 )
+from vramgate.api.cors import Cors
 from vramgate.api.shapes import OPENAI, Shape, shape_of
 from vramgate.config import ConfigError, Settings
 from vramgate.downloads import Downloads
@@ -71,8 +74,15 @@ class GatewayApp:
         # The machine's own name is allowed as a Host: it is how its LAN reaches a gateway
         # on 0.0.0.0, and a rebinding page cannot take it.
         self.machine = {guards.host_name(socket.gethostname())}
+        self.cors = Cors(self._route, self._cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.cors(scope, receive, send)
+
+    def _cors_origins(self) -> list[str]:
+        return self._settings().cors_origins
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             try:
                 # Every request's Host first: a rebound name passes the cross-site rule.
@@ -80,6 +90,14 @@ class GatewayApp:
                 if scope["method"] == "POST" and (endpoint := RELAYS.get(scope["path"])):
                     scope["app"] = self.api
                     await endpoint(scope, receive, send)  # it reads its body after the key
+                    return
+                if scope["path"].startswith(passthrough.PREFIX):  # streamed both ways
+                    scope["app"] = self.api
+                    await passthrough.serve_upstream(scope, receive, send)
+                    return
+                if native.claims(scope):  # an engine's own routes: they read their bodies
+                    scope["app"] = self.api
+                    await native.serve(scope, receive, send)
                     return
                 receive = await self._body_guarded(scope, receive)
             except GatewayError as exc:

@@ -38,8 +38,27 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def cross_site(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """Why a request comes from another site's page, or None.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
+    """Whether `cors_origins` (`allowed`) lets pages of `origin` call the gateway: '*' any
+    origin, 'localhost' any origin on this machine (llama-server's value of the same name),
+    else an origin exactly (scheme://host[:port])."""
+    for entry in allowed:
+        if entry == "*" or entry.rstrip("/") == origin:
+            return True
+        if entry == "localhost":
+            parts = urlsplit(origin)
+            host = parts.netloc.rpartition(":")[0] if parts.port else parts.netloc
+            if parts.scheme in ("http", "https") and host in LOCAL_HOSTS:
+                return True
+    return False
+
+
+def cross_site(headers: Iterable[tuple[bytes, bytes]], allowed: Iterable[str] = ()) -> str | None:
+    """Why a request comes from another site's page, or None; pages of the `allowed` origins
+    (cors_origins) are not another site's.
 
     A page on any site can make a browser POST to this gateway (a form, or fetch with a
     text/plain body, needs no CORS preflight); with auth off nothing else would stop it from
@@ -54,6 +73,8 @@ def cross_site(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
             host = value.decode("latin-1")
         elif name == b"sec-fetch-site":
             site = value.decode("latin-1")
+    if origin is not None and allowed and origin_allowed(origin, allowed):
+        return None
     if site in ("cross-site", "same-site"):
         return f"a request from another site's page (Sec-Fetch-Site: {site})"
     if origin is not None and origin != "null" and urlsplit(origin).netloc != host:

@@ -232,6 +232,12 @@ class ModelConfig(_Strict):
     api_keys: Keys = Field(
         default_factory=list, description="Only these keys (and admin keys) reach this model."
     )
+    upstream_api_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The key the engine itself wants, sent as `Authorization: Bearer KEY` on "
+        "every relayed request (default: the engine's `--api-key` in args); never shown.",
+    )
 
     @model_validator(mode="after")
     def _check_engine_fields(self) -> ModelConfig:
@@ -412,6 +418,37 @@ class Settings(_Strict):
         default_factory=Cluster, description="Several machines (absent: this one alone)."
     )
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    default_model: str | None = Field(
+        default=None,
+        description="The model (a name or alias) of requests that name none; default: the "
+        "sole configured model, if there is one.",
+    )
+    upstream_access: Literal["admin", "keys"] = Field(
+        default="admin",
+        description="Who may use /upstream/MODEL/PATH (any route of a model's engine): admin "
+        "keys, or also the keys that open the model.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (https://host:port, or '*') whose pages may call the "
+        "gateway: preflights answered, Access-Control-* headers sent; default: none.",
+    )
+
+    @property
+    def default_name(self) -> str | None:
+        """The model of requests that name none: `default_model`, else the sole model."""
+        if self.default_model is not None:
+            return self.resolve(self.default_model)
+        return next(iter(self.models)) if len(self.models) == 1 else None
+
+    @model_validator(mode="after")
+    def _check_default_model(self) -> Settings:
+        if self.default_model is not None and self.resolve(self.default_model) is None:
+            known = ", ".join(sorted(self.models)) or "(none configured)"
+            raise ValueError(
+                f"default_model {self.default_model!r} is no configured model; known: {known}"
+            )
+        return self
 
     @property
     def ray(self) -> RayCluster | None:

@@ -180,6 +180,7 @@ async def relay(
         await _fail(send, timing, shape, error, True)
         return False
     headers = [(b"content-type", content_type), (b"content-length", str(len(content)).encode())]
+    headers += _engine_headers(answer)
     headers.append(timing.header(time.perf_counter()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
@@ -216,7 +217,7 @@ async def _relay_stream(
 ) -> bool:
     if not started:
         headers = [(b"content-type", shape.stream_type if mend else answer.content_type)]
-        headers += [*_STREAM_HEADERS, timing.header(time.perf_counter())]
+        headers += [*_STREAM_HEADERS, *_engine_headers(answer), timing.header(time.perf_counter())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
     try:
         async for chunk in answer.chunks():
@@ -233,6 +234,15 @@ async def _relay_stream(
         return True
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return False
+
+
+# The engine's own headers a client may read (which server answered); its CORS headers are not
+# among them: the gateway answers CORS itself (api/cors.py).
+_KEPT_HEADERS = frozenset({b"server"})
+
+
+def _engine_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in answer.raw_headers if name in _KEPT_HEADERS]
 
 
 def _broken(model: str, exc: BaseException) -> EngineUnavailable:

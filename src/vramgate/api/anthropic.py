@@ -36,12 +36,15 @@ class MessagesEndpoint(Endpoint):
         self, scheduler: Scheduler, name: str, label: str, payload: dict[str, Any], body: bytes
     ) -> Routed:
         model, adapter = _chat_model(scheduler, name)
-        convert.check_messages_request(payload)
         is_stream = payload.get("stream") is True
         context = context_length(scheduler, name, model, adapter)
         upstream = adapter.upstream_model(name, model)
         if adapter.serves_natively(model, "anthropic"):
-            if context is not None and payload["max_tokens"] > context:
+            # The engine judges the request itself (llama-server takes an empty `messages`).
+            max_tokens = payload.get("max_tokens")
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+                max_tokens = None
+            if context is not None and max_tokens is not None and max_tokens > context:
                 payload["max_tokens"] = context  # capped, not refused
             payload["model"] = upstream
             return Routed(name, self.path, orjson.dumps(payload), is_stream, NativeErrors())

@@ -56,7 +56,7 @@ async def admin_key(request: Request) -> Access:
     access = access_of(request)
     access.require_admin()
     if request.method != "GET":
-        refuse_cross_site(request.scope["headers"])
+        refuse_cross_site(request.scope["headers"], scheduler_of(request).settings.cors_origins)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         sized = request.headers.get("content-length", "0") != "0"
         if (sized or "transfer-encoding" in request.headers) and kind != "application/json":
@@ -66,7 +66,7 @@ async def admin_key(request: Request) -> Access:
     return access
 
 
-def refuse_cross_site(headers: list[tuple[bytes, bytes]]) -> None:
-    why = cross_site(headers)
+def refuse_cross_site(headers: list[tuple[bytes, bytes]], allowed: list[str] | None = None) -> None:
+    why = cross_site(headers, allowed or ())
     if why is not None:
         raise Forbidden(f"{why} was refused: call the gateway from a program or its own page")

@@ -26,6 +26,7 @@ from vramgate.api import guards
 from vramgate.api.common import refuse_cross_site, resolve_or_404
 from vramgate.api.shapes import OPENAI, Shape
 from vramgate.auth import Access, presented_key
+from vramgate.config import Settings
 from vramgate.errors import BadRequest, EngineGone, GatewayError
 from vramgate.inventory import SEED_FIELDS
 from vramgate.proxy import _STREAM_HEADERS, Mend, Opened, Timing, hangup_cancels, relay, send_error
@@ -53,19 +54,36 @@ class Routed:
     keepalive: bytes | None = None  # sent while a stream waits (default: the shape's)
 
 
-def parse_request(body: bytes) -> dict[str, Any]:
-    """A JSON object with a `model` string that names no file by a control character, and a
-    `stream` that is a boolean (or null)."""
+def parse_request(body: bytes, settings: Settings, fallback: str | None = None) -> dict[str, Any]:
+    """A JSON object (guards.parse_json: bounded depth) with a `model` string that names no
+    file by a control character, and a `stream` that is a boolean (or null); one with no
+    `model` (or `"model": null`) is given `fallback` (a `model` query parameter), else the
+    default model (`default_model`, or the sole model), else a 400 listing the models."""
     payload = guards.parse_json(body)
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
+    guards.check_stream(payload)
     model = payload.get("model")
+    if model is None:
+        payload["model"] = fallback or default_model(settings)
+        return payload
     if not isinstance(model, str) or not model:
-        raise BadRequest("request body has no `model` field naming the model to use")
+        raise BadRequest("`model` must be a string naming the model to use")
     if not model.isprintable():
         raise BadRequest("`model` has control characters; no model is named so")
-    guards.check_stream(payload)
     return payload
+
+
+def default_model(settings: Settings) -> str:
+    """The model of a request that names none; a 400 listing the models if there is none."""
+    name = settings.default_name
+    if name is None:
+        known = ", ".join(sorted(settings.models)) or "(none configured)"
+        raise BadRequest(
+            "request body has no `model` field naming the model to use, and there is no "
+            f"default (default_model); known models: {known}"
+        )
+    return name
 
 
 class Endpoint:
@@ -127,15 +145,16 @@ class Endpoint:
     ) -> None:
         settings = scheduler.settings
         access.require_known()  # before the body is even read
-        refuse_cross_site(scope["headers"])
+        refuse_cross_site(scope["headers"], settings.cors_origins)
         body = await guards.read_body(scope, receive, guards.max_body_bytes(settings))
-        payload = self.parse(body)
+        named = b'"model"' in body  # cheap; a miss only costs a body written again below
+        payload = self.parse(body, settings)
         label = await self.label(scheduler, payload)
         name, stripped = await resolve(scheduler, access, label, payload)
         if "stream" in payload and payload["stream"] is None:  # null: the API's default
             del payload["stream"]
             stripped = True
-        if stripped:  # the gateway's own fields never reach the engine
+        if stripped or not named:  # the gateway's own fields never reach the engine
             body = orjson.dumps(payload)
         served.append(name)
         if await self.answered(scheduler, access, name, payload, send, timing):
@@ -143,8 +162,8 @@ class Endpoint:
         routed = await self.route(scheduler, name, label, payload, body)
         await run(scheduler, routed, receive, send, timing, self.shape, opened)
 
-    def parse(self, body: bytes) -> dict[str, Any]:
-        return parse_request(body)
+    def parse(self, body: bytes, settings: Settings) -> dict[str, Any]:
+        return parse_request(body, settings)
 
     async def label(self, scheduler: Scheduler, payload: dict[str, Any]) -> str:
         """The model the client named, as the gateway knows it."""

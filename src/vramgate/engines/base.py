@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
+from vramgate import engine_keys as keys
 from vramgate.config import ModelConfig, Settings
 from vramgate.rewrite import AnswerFix
 
@@ -18,6 +21,24 @@ RERANK = "/v1/rerank"
 RESPONSES = "/v1/responses"
 GENERATE_ROUTES = frozenset({CHAT, COMPLETIONS, RESPONSES})
 ALL_ROUTES = GENERATE_ROUTES | {EMBEDDINGS, RERANK}
+# The same routes as spelled without /v1 (the OpenAI SDK given a base URL without it).
+UNVERSIONED = {path.removeprefix("/v1"): path for path in ALL_ROUTES}
+# An engine's own routes beside the OpenAI ones: {path: methods}.
+NativeRoutes = Mapping[str, frozenset[str]]
+
+
+def native(
+    post: Iterable[str] = (), get: Iterable[str] = (), delete: Iterable[str] = ()
+) -> NativeRoutes:
+    """The routes an engine serves itself, by method; a `{id}` segment matches any one segment.
+    Relayed as they are to the model a request names (api/native.py)."""
+    table: dict[str, set[str]] = {}
+    for method, paths in (("POST", post), ("GET", get), ("DELETE", delete)):
+        for path in paths:
+            table.setdefault(path, set()).add(method)
+    return MappingProxyType({path: frozenset(methods) for path, methods in table.items()})
+
+
 # Anthropic's Messages API, which some engines serve themselves (relayed), others not (translated).
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -77,6 +98,7 @@ class EngineAdapter(ABC):
     # `native_apis` overrides it. Any other API is translated to OpenAI's by the gateway.
     native_apis: ClassVar[frozenset[str]] = frozenset()
     context_flags: ClassVar[tuple[str, ...]] = ()  # the flags that set its context length
+    native_routes: ClassVar[NativeRoutes] = native()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -149,6 +171,10 @@ class EngineAdapter(ABC):
         """What an operator should know about `model` before mistaking its behaviour for a
         gateway fault (read from its files: blocking, called in a thread once per definition)."""
         return []
+
+    def engine_key(self, model: ModelConfig) -> str | None:
+        """The key `model`'s engine wants on every request (engine_keys.py), or None."""
+        return keys.engine_key(model)
 
     def is_ready(self, status: int) -> bool:
         """Whether a readiness probe's HTTP status means the model is loaded."""

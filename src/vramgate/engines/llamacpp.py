@@ -7,9 +7,11 @@ With `gpus: N` it needs no flag: llama-server splits layers over every GPU it se
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from vramgate.config import ModelConfig
-from vramgate.engines.base import EngineAdapter, LaunchSpec
+from vramgate.engine_keys import arg_key, without_key
+from vramgate.engines.base import EngineAdapter, LaunchSpec, NativeRoutes, native
 from vramgate.gpu.estimate import gguf_keeps_kv, read_gguf_header, slides
 
 NO_CHAT_TEMPLATE = (
@@ -26,6 +28,25 @@ class LlamaCppEngine(EngineAdapter):
     # jinja templates, on by default.
     native_apis = frozenset({"anthropic"})
     context_flags = ("-c", "--ctx-size")
+    # tools/server/server.cpp's routes (llama-cpp-python 0.3.36's llama.cpp) but the gateway's
+    # own (/health, /metrics, /v1/models: the engine's through /upstream/MODEL/...) and the
+    # OpenAI and Anthropic routes relayed already. /completions is its own format, not /v1's.
+    native_routes: ClassVar[NativeRoutes] = native(
+        post=(
+            "/completion", "/completions", "/chat/completions", "/responses", "/infill",
+            "/embedding", "/embeddings", "/rerank", "/reranking", "/v1/reranking", "/tokenize",
+            "/detokenize", "/apply-template", "/chat/completions/input_tokens",
+            "/v1/chat/completions/input_tokens", "/responses/input_tokens",
+            "/v1/responses/input_tokens", "/v1/chat/completions/control",
+            "/audio/transcriptions", "/v1/audio/transcriptions", "/slots/{id}",
+            "/v1/streams/lookup", "/props", "/lora-adapters", "/tools", "/cors-proxy",
+        ),
+        get=(
+            "/props", "/lora-adapters", "/tools", "/cors-proxy", "/models", "/slots",
+            "/v1/stream",
+        ),
+        delete=("/v1/stream",),
+    )  # fmt: skip
 
     def takes_images(self, model: ModelConfig) -> bool | None:
         """It sees images only with a multimodal projector (--mmproj)."""
@@ -44,7 +65,11 @@ class LlamaCppEngine(EngineAdapter):
             argv.append("--embeddings")
         if model.task == "rerank" and not {"--rerank", "--reranking"} & set(model.args):
             argv.append("--reranking")
-        return LaunchSpec(argv=argv + model.args, health_path=model.health)
+        # Its key goes in the environment (LLAMA_API_KEY, which --api-key reads too), out of
+        # the process list and the logged command line; the gateway sends it (engine_key).
+        key = arg_key(model.args) or model.upstream_api_key
+        env = {"LLAMA_API_KEY": key} if key else {}
+        return LaunchSpec(argv=argv + without_key(model.args), health_path=model.health, env=env)
 
     def keeps_kv(self, model: ModelConfig) -> bool:
         """On unless `keep_kv: false`. A sliding-window model needs --swa-full for a restored

@@ -8,8 +8,17 @@ takes for weights and its KV pool, per GPU; `gpus: N` becomes `--tp-size N`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from vramgate.config import ModelConfig
-from vramgate.engines.base import EngineAdapter, LaunchSpec, MemoryBudget, SleepCalls
+from vramgate.engines.base import (
+    EngineAdapter,
+    LaunchSpec,
+    MemoryBudget,
+    NativeRoutes,
+    SleepCalls,
+    native,
+)
 
 # SGLang's memory saver (server arguments): release and resume memory occupation, with the
 # weights backed up in host RAM.
@@ -24,6 +33,12 @@ class SglangEngine(EngineAdapter):
     # /v1/messages and /v1/messages/count_tokens (sglang/srt/entrypoints/anthropic).
     native_apis = frozenset({"anthropic"})
     context_flags = ("--context-length",)
+    # sglang/srt/entrypoints/http_server.py beside the OpenAI routes (its admin routes, such as
+    # /flush_cache or /update_weights_from_disk, through /upstream/MODEL/...).
+    native_routes: ClassVar[NativeRoutes] = native(
+        post=("/generate", "/encode", "/classify", "/tokenize", "/detokenize", "/v1/score"),
+        get=("/get_model_info", "/model_info", "/get_server_info", "/server_info"),
+    )
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.source is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from vramgate.config import ModelConfig
 from vramgate.engines.base import (
@@ -24,6 +25,8 @@ from vramgate.engines.base import (
     GENERATE_ROUTES,
     EngineAdapter,
     LaunchSpec,
+    NativeRoutes,
+    native,
 )
 from vramgate.rewrite import AnswerFix
 
@@ -33,6 +36,9 @@ class TransformersEngine(EngineAdapter):
     default_binary = "transformers"
     # `transformers serve` has no embeddings or rerank route.
     tasks = frozenset({"generate"})
+    # `transformers serve` beside the OpenAI generation routes (multipart: through api/native.py's
+    # pass-through, routed by a `model` query parameter or the default model).
+    native_routes: ClassVar[NativeRoutes] = native(post=("/v1/audio/transcriptions",))
 
     def binary(self) -> str:
         configured = self.settings.engines.get(self.kind)

@@ -10,8 +10,19 @@ becomes `--tensor-parallel-size N`; the utilization is then per GPU.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from vramgate.config import ModelConfig
-from vramgate.engines.base import VLLM_SLEEP, EngineAdapter, LaunchSpec, MemoryBudget, SleepCalls
+from vramgate.engine_keys import arg_key, without_key
+from vramgate.engines.base import (
+    VLLM_SLEEP,
+    EngineAdapter,
+    LaunchSpec,
+    MemoryBudget,
+    NativeRoutes,
+    SleepCalls,
+    native,
+)
 
 NO_CPU_SLEEP = (
     "vLLM cannot sleep on the CPU (its sleep mode frees GPU memory; the CPU build refuses it): "
@@ -28,6 +39,15 @@ class VllmEngine(EngineAdapter):
     # `vllm serve` starts).
     native_apis = frozenset({"anthropic"})
     context_flags = ("--max-model-len",)
+    # vllm/entrypoints (serve's api_server and its routers) beside the OpenAI routes.
+    native_routes: ClassVar[NativeRoutes] = native(
+        post=(
+            "/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/v1/score", "/rerank",
+            "/v2/rerank", "/invocations", "/v1/audio/transcriptions", "/v1/audio/translations",
+            "/ping",
+        ),
+        get=("/version", "/load", "/ping"),
+    )  # fmt: skip
 
     def launch(self, name: str, model: ModelConfig, port: int) -> LaunchSpec:
         assert model.source is not None
@@ -37,12 +57,15 @@ class VllmEngine(EngineAdapter):
             argv += ["--runner", "pooling"]
         if model.gpus > 1 and not {"--tensor-parallel-size", "-tp"} & set(model.args):
             argv += ["--tensor-parallel-size", str(model.gpus)]
-        env = {}
+        # Its key in the environment (VLLM_API_KEY, read where --api-key is not given), out of
+        # the process list and the logged command line; the gateway sends it (engine_key).
+        key = arg_key(model.args) or model.upstream_api_key
+        env = {"VLLM_API_KEY": key} if key else {}
         if self.sleep_calls(model) is not None:
             if "--enable-sleep-mode" not in model.args:
                 argv.append("--enable-sleep-mode")
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up are development routes
-        return LaunchSpec(argv=argv + model.args, health_path=model.health, env=env)
+        return LaunchSpec(argv=argv + without_key(model.args), health_path=model.health, env=env)
 
     def sleep_calls(self, model: ModelConfig) -> SleepCalls | None:
         # Its sleep mode frees GPU memory: the CPU build refuses --enable-sleep-mode at startup

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from vramgate.containers import Container
+from vramgate.engine_keys import redacted
 from vramgate.errors import EngineStartFailed
 from vramgate.events import Fanout
 from vramgate.gpu.proctree import tree_rss_mib
@@ -277,7 +278,7 @@ class ContainerEngine:
         self.watchdog = watchdog
         watchdog.watch_container(self.container.id)
         self._pid = self.container.attrs["State"].get("Pid") or None
-        argv = " ".join(options["entrypoint"] + options["command"])
+        argv = " ".join(redacted(options["entrypoint"] + options["command"]))
         self.out.open(f"container {self.container.name} ({self.image}): {argv}")
         loop = asyncio.get_running_loop()
         self._exited = loop.create_future()

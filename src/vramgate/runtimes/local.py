@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from vramgate.containers import Container
+from vramgate.engine_keys import redacted
 from vramgate.engines.base import LaunchSpec
 from vramgate.errors import EngineStartFailed
 from vramgate.events import Fanout
@@ -188,7 +189,7 @@ class EngineProcess:
     async def _keep_output(self) -> None:
         """Drains the engine's output (EngineOutput keeps it), whatever happens to the log."""
         assert self.proc and self.proc.stdout
-        self.out.open(f"pid {self.pid}: {' '.join(self.spec.argv)}")
+        self.out.open(f"pid {self.pid}: {' '.join(redacted(self.spec.argv))}")
         while True:
             try:
                 raw = await self.proc.stdout.readline()

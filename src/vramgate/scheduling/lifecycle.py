@@ -81,6 +81,9 @@ class Lifecycle:
             container, (inst.placed_on,) if inst.placed_on else tuple(model.nodes),
         )  # fmt: skip
         inst.handle = handle
+        own_key = adapter.engine_key(model)
+        if own_key:  # the engine's own key: every request to it carries it (relayed, sleep, KV)
+            handle.headers["authorization"] = f"Bearer {own_key}"
         if gpus:
             self.memory.track(inst, handle.pids())
         where = f", GPU {','.join(map(str, gpus))}" if gpus else ""

@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="With --spawn-child: the worker ignores SIGTERM (only SIGKILL ends it).",
     )
     p.add_argument("--embedding-dim", type=int, default=8)
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="Answer 401 without `Authorization: Bearer KEY` (not /health).",
+    )
     p.add_argument("-c", "--ctx-size", type=int, default=0, help="Taken, as llama-server's.")
     p.add_argument("--vram-mib", type=int, default=None, help="Use to report (simulated GPU).")
     p.add_argument(
@@ -317,8 +322,23 @@ async def _engine_errors(request: web.Request, handler: Any) -> web.StreamRespon
         return web.json_response({"error": error}, status=500)
 
 
+def _key_check(key: str | None) -> Any:
+    """As llama-server's --api-key: every route but /health wants the key."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        wrong = request.headers.get("Authorization") != f"Bearer {key}"
+        if key and request.path != "/health" and wrong:
+            error = {"error": {"message": "Invalid API Key", "code": 401}}
+            return web.json_response(error, status=401)
+        return await handler(request)
+
+    return check
+
+
 def build_app(opts: argparse.Namespace) -> web.Application:
-    app = web.Application(client_max_size=1 << 30, middlewares=[_engine_errors])
+    middlewares = [_key_check(opts.api_key), _engine_errors]
+    app = web.Application(client_max_size=1 << 30, middlewares=middlewares)
     app[OPTS] = opts
     app[STATS] = {"requests": 0, "completed": 0, "cancelled": 0}
     app[READY] = asyncio.Event()

@@ -1,0 +1,111 @@
+"""Each engine's own routes (llama-server's /completion, /tokenize, /props, /slots/N...; vLLM's
+/tokenize, /pooling...; engines/*.py declare them) and the /v1-less spellings of the OpenAI
+routes, relayed to the model a request names: its body's `model`, a `model` query parameter, or
+the default model. JSON POSTs take the relay's path (api/relaying.py); the rest pass through
+(api/passthrough.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from vramgate.api import openai
+from vramgate.api.passthrough import query_model, serve_native
+from vramgate.api.relaying import Endpoint, Routed, parse_request
+from vramgate.config import Settings
+from vramgate.engines import REGISTRY
+from vramgate.engines.base import UNVERSIONED
+from vramgate.errors import ModelNotFound
+from vramgate.scheduling.driver import Scheduler
+
+
+def _table() -> dict[tuple[str, str], frozenset[str]]:
+    """(method, path pattern) -> the engine kinds that serve it."""
+    table: dict[tuple[str, str], set[str]] = {}
+    for kind, adapter in REGISTRY.items():
+        for path, methods in adapter.native_routes.items():
+            for method in methods:
+                table.setdefault((method, path), set()).add(kind)
+    return {key: frozenset(kinds) for key, kinds in table.items()}
+
+
+ROUTES = _table()
+# Patterns with a `{id}` segment, by their segment count, for the paths no exact entry matches.
+_PATTERNS = [(method, path.split("/")) for method, path in ROUTES if "{" in path]
+
+
+def engines_serving(method: str, path: str) -> frozenset[str] | None:
+    """The engine kinds that serve `method` `path` natively, or None: no engine does."""
+    kinds = ROUTES.get((method, path))
+    if kinds is not None:
+        return kinds
+    parts = path.split("/")
+    for wanted, pattern in _PATTERNS:
+        if (
+            wanted == method
+            and len(pattern) == len(parts)
+            and all(p == q or p.startswith("{") for p, q in zip(pattern, parts, strict=True))
+        ):
+            return ROUTES[(method, "/".join(pattern))]
+    return None
+
+
+def claims(scope: Scope) -> bool:
+    """Whether this request goes to an engine route (else the gateway's own routes see it)."""
+    method, path = scope["method"], scope["path"]
+    if method == "POST" and path in UNVERSIONED:
+        return True
+    return engines_serving(method, path) is not None
+
+
+async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+    method, path = scope["method"], scope["path"]
+    kinds = engines_serving(method, path) or frozenset()
+    if method == "POST" and _is_json(scope):
+        query = scope.get("query_string", b"")
+        await NativeEndpoint(path, query, kinds)(scope, receive, send)
+    else:
+        await serve_native(scope, receive, send, kinds)
+
+
+def _is_json(scope: Scope) -> bool:
+    """A body that is JSON or says nothing of its type (curl -d sends a form type: JSON too,
+    as llama-server reads it)."""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            kind = value.split(b";")[0].strip().lower()
+            return kind in (b"application/json", b"application/x-www-form-urlencoded", b"")
+    return True
+
+
+class NativeEndpoint(Endpoint):
+    """A JSON POST on an engine route, one per request: relayed to the same path of the named
+    model's engine where its engine serves it, else (a /v1-less OpenAI spelling) as the OpenAI
+    route."""
+
+    def __init__(self, path: str, query: bytes, kinds: frozenset[str]) -> None:
+        super().__init__(path)
+        self.query = query
+        self.kinds = kinds
+
+    def parse(self, body: bytes, settings: Settings) -> dict[str, Any]:
+        if not body.strip():  # llama-server takes an empty body as {} (POST /slots/0?action=..)
+            body = b"{}"
+        return parse_request(body, settings, query_model(self.query))
+
+    async def label(self, scheduler: Scheduler, payload: dict[str, Any]) -> str:
+        return payload["model"]
+
+    async def route(
+        self, scheduler: Scheduler, name: str, label: str, payload: dict[str, Any], body: bytes
+    ) -> Routed:
+        model = scheduler.settings.models[name]
+        if model.engine in self.kinds:
+            target = self.path + ("?" + self.query.decode("latin-1") if self.query else "")
+            return Routed(name, target, body, payload.get("stream") is True)
+        versioned = UNVERSIONED.get(self.path)
+        if versioned is not None:
+            return await openai.RELAYS[versioned].route(scheduler, name, label, payload, body)
+        raise ModelNotFound(f"model '{name}' ({model.engine}) does not serve POST {self.path}")
