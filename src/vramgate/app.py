@@ -313,7 +313,14 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    return await _gateway_error(request, BadRequest(str(exc.errors())))
+    """400 naming each wrong field by its path (`model: Field required`), never the value sent:
+    str(exc.errors()) was a Python repr echoing the input back."""
+    problems = []
+    for err in exc.errors():
+        where = [str(p) for p in err.get("loc", ())]
+        where = where[1:] if where[:1] == ["body"] else where  # every route's fields are its body's
+        problems.append(f"{'.'.join(where) or '(body)'}: {err.get('msg', 'invalid')}")
+    return await _gateway_error(request, BadRequest("; ".join(problems) or "invalid request"))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

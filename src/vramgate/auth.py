@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from vramgate.api.guards import request_host
 from vramgate.config import Settings
 from vramgate.errors import Forbidden, Unauthorized
 
@@ -65,12 +66,11 @@ def cross_site(headers: Iterable[tuple[bytes, bytes]], allowed: Iterable[str] = 
     unloading models or starting engines. Browsers say where such a request comes from (Origin,
     Sec-Fetch-Site); programs (curl, SDKs) send neither and are not affected.
     """
-    origin = host = site = None
+    host = request_host(headers)
+    origin = site = None
     for name, value in headers:
         if name == b"origin":
             origin = value.decode("latin-1")
-        elif name == b"host":
-            host = value.decode("latin-1")
         elif name == b"sec-fetch-site":
             site = value.decode("latin-1")
     if origin is not None and allowed and origin_allowed(origin, allowed):

@@ -9,6 +9,7 @@ import fnmatch
 import functools
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -250,6 +251,10 @@ class ModelConfig(_Strict):
                 raise ValueError(
                     "`cmd` must contain ${PORT}, where the gateway puts the engine's port"
                 )
+            try:  # split as engines/command.py will, at every start: refused once, here
+                shlex.split(self.cmd)
+            except ValueError as exc:
+                raise ValueError(f"`cmd` cannot be split into arguments: {exc}") from None
         else:
             if not self.source:
                 raise ValueError(f"engine '{self.engine}' needs `source`, a model path or hub id")

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from vramgate import inventory
+from vramgate.auth import Access
 from vramgate.config import ModelConfig, Settings
 from vramgate.errors import Conflict, ModelNotFound
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
 
 
-async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, Any]) -> str:
+async def adhoc(
+    scheduler: Scheduler, access: Access, label: str, options: Any, seed: dict[str, Any]
+) -> str:
     """Makes an inventory model that is not configured servable; returns its one name
     (`inventory.instance_name`: its name in models_dir, however `label` spells its path, with
     engine and device where seed 003's fields choose them).
@@ -38,9 +41,13 @@ async def adhoc(scheduler: Scheduler, label: str, options: Any, seed: dict[str, 
     root = await asyncio.to_thread(Path(scheduler.settings.models_dir).resolve)
     entry = await asyncio.to_thread(inventory.find, root, label, options.get("engine"))
     if entry is None:
-        known = ", ".join(sorted(scheduler.settings.models)) or "(none configured)"
+        # As resolve_or_404: the names this key may use; and where models_dir lies on disk is
+        # the admin's to know, not any key's.
+        usable = sorted(n for n in scheduler.settings.models if access.may_use(n))
+        known = ", ".join(usable) or "(none this key may use)"
+        where = f"models_dir ({root})" if access.open or access.admin else "models_dir"
         raise ModelNotFound(
-            f"model '{label}' is neither configured ({known}) nor in models_dir ({root}); "
+            f"model '{label}' is neither configured ({known}) nor in {where}; "
             "GET /v1/models/inventory lists what is there"
         )
     name = inventory.instance_name(entry, options)

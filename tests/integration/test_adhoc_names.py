@@ -114,3 +114,23 @@ def test_backend_alone_and_backend_with_a_device_are_two_definitions_two_names(
     assert auto.status_code == 200, auto.text  # the same definition as `backend` alone
     names = sorted(m["name"] for m in gw.status()["models"])
     assert names == [f"{TINY}@llamacpp-auto", f"{TINY}@llamacpp-cuda"]
+
+
+def test_an_unknown_ad_hoc_name_shows_models_dir_and_others_models_to_admins_only(
+    gateway, tmp_path, monkeypatch
+):
+    """Review suspicion: the ad-hoc 404 showed models_dir's absolute path, and every configured
+    name, to any key; a non-admin key now learns neither (as resolve_or_404's 404)."""
+    root, gw = adhoc_gateway(
+        gateway, tmp_path, monkeypatch,
+        auth={"admin_keys": ["admin"], "api_keys": ["user"]},
+        models={"secret": {"engine": "command", "cmd": "x --port ${PORT}", "api_keys": ["k"]}},
+        key="admin",
+    )  # fmt: skip
+    asked = {"model": "nope", "prompt": "x"}
+    user = httpx.post(f"{gw.url}/v1/completions", json=asked,
+                      headers={"Authorization": "Bearer user"})  # fmt: skip
+    assert user.status_code == 404, user.text
+    assert str(root) not in user.text and "secret" not in user.text, user.text
+    admin = complete(gw, "nope")
+    assert admin.status_code == 404 and str(root.resolve()) in admin.text, admin.text

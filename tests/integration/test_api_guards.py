@@ -311,3 +311,14 @@ def test_an_unknown_model_lists_only_the_models_the_key_may_use(gateway):
         assert "shared" in resp.text and "secret-finance" not in resp.text, resp.text
     admin = gw.http.post("/v1/chat/completions", json={"model": "nope", "messages": []})
     assert "secret-finance" in admin.text  # an admin key may use every model
+
+
+def test_a_field_of_the_wrong_type_is_named_by_its_path_and_not_echoed(gateway):
+    """Review suspicion: FastAPI's validation 400 answered str(exc.errors()), a Python repr that
+    echoes what was sent; now the field's path and what is wrong with it, nothing else."""
+    gw = gateway({"models": {"m": {"engine": "command", "cmd": fake_cmd()}}})
+    resp = gw.http.post("/v1/models/unload", json={"model": ["marker-23g"]})
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"]["message"]
+    assert message.startswith("model: "), message
+    assert "marker-23g" not in resp.text and "'type'" not in resp.text, resp.text

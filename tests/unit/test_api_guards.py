@@ -11,6 +11,7 @@ import pytest
 
 from vramgate.api import guards
 from vramgate.app import create_app
+from vramgate.auth import cross_site
 from vramgate.config import MAX_DURATION_S, Settings
 from vramgate.errors import BadRequest, Forbidden
 from vramgate.inventory import check_options
@@ -44,6 +45,17 @@ def test_check_host_refuses_a_rebound_name_and_lets_a_missing_host_pass():
     with pytest.raises(Forbidden, match=r"evil\.example"):
         guards.check_host([(b"host", b"evil.example:8080")], Settings())
     guards.check_host([(b"user-agent", b"curl")], Settings())
+
+
+def test_two_host_headers_are_a_400_for_both_guards_that_read_host():
+    """The allow-list and the cross-site rule read the one Host: two of them are refused,
+    not judged first by one guard and last by the other (RFC 9112 3.2)."""
+    two = [(b"host", b"localhost:8080"), (b"host", b"evil.example:8080"),
+           (b"origin", b"http://evil.example:8080")]  # fmt: skip
+    with pytest.raises(BadRequest, match="more than one Host"):
+        guards.check_host(two, Settings())
+    with pytest.raises(BadRequest, match="more than one Host"):
+        cross_site(two)
 
 
 @pytest.mark.parametrize("depth", [guards.MAX_DEPTH + 1, 300, 1024, 1025, 5000])

@@ -100,6 +100,12 @@ def test_command_engine_needs_cmd_with_port(tmp_path):
     assert "models.b: `cmd` must contain ${PORT}" in message
 
 
+def test_a_cmd_that_cannot_be_split_is_refused(tmp_path):
+    """An unclosed quote failed every start (shlex's ValueError, a 500); now the file is refused."""
+    path = write(tmp_path, 'models:\n  q: {engine: command, cmd: "foo \'bar ${PORT}"}\n')
+    assert "models.q: `cmd` cannot be split into arguments: No closing quotation" in error_of(path)
+
+
 def test_an_engine_refuses_a_task_it_cannot_serve(tmp_path):
     path = write(tmp_path, "models:\n  e: {engine: transformers, source: /m, task: embed}\n")
     assert "models.e: engine 'transformers' cannot serve task 'embed' (it serves: generate)" in (

@@ -235,3 +235,21 @@ def test_generate_checks_its_fields():
                        ({"suffix": 5, "raw": True}, "suffix")):  # fmt: skip
         with pytest.raises(BadRequest, match=says):
             convert.generate_request({"model": "m", **body}, "m")
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_tool_arguments_nested_past_the_bound_are_kept_as_text_both_ways(depth):
+    """Review suspicion: an engine's argument string nested 256-1024 levels parsed, then the
+    answer failed to serialise (orjson writes 255 levels): a 500 for the engine's output. Past
+    MAX_DEPTH it is kept as the text the model wrote, in Ollama's answer and Anthropic's."""
+    from vramgate.api.anthropic_convert import from_chat_response
+
+    deep = '{"a":' + "[" * depth + "]" * depth + "}"
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}]
+    assert convert.tool_calls(calls) == [{"function": {"name": "f", "arguments": {"_raw": deep}}}]
+    orjson.dumps(convert.tool_calls(calls))
+    answer = {"choices": [{"message": {"role": "assistant", "tool_calls": calls},
+                           "finish_reason": "tool_calls"}]}  # fmt: skip
+    block = from_chat_response(answer, "m", [])["content"][0]
+    assert block["input"] == {"_raw": deep}
+    orjson.dumps(block)

@@ -24,6 +24,7 @@ from vramgate.api.checks import (
     reasoning_of,
     require,
     strings,
+    tool_arguments,
 )
 from vramgate.errors import BadRequest
 
@@ -321,7 +322,7 @@ def from_chat_response(answer: dict[str, Any], model: str, stops: list[str]) -> 
         content.append({"type": "tool_use",
                         "id": ident if isinstance(ident, str) and ident else tool_id(),
                         "name": name if isinstance(name, str) else "",
-                        "input": _arguments(function.get("arguments"))})  # fmt: skip
+                        "input": tool_arguments(function.get("arguments"))})  # fmt: skip
     has_calls = any(block["type"] == "tool_use" for block in content)
     reason, sequence = stop_reason(choice, stops, has_calls=has_calls)
     usage = answer.get("usage")
@@ -354,18 +355,6 @@ def stop_reason(
         return "stop_sequence", matched
     reason = STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
     return ("tool_use" if has_calls and reason == "end_turn" else reason), None
-
-
-def _arguments(arguments: Any) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str | None):
-        return {"_value": arguments}
-    try:
-        parsed = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {"_raw": arguments}  # what the model wrote is not JSON: kept, not lost
-    return parsed if isinstance(parsed, dict) else {"_value": parsed}
 
 
 def tool_id() -> str:

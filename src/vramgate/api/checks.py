@@ -7,6 +7,9 @@ from __future__ import annotations
 from types import UnionType
 from typing import Any, TypeGuard
 
+import orjson
+
+from vramgate.api.guards import check_depth
 from vramgate.errors import BadRequest
 
 
@@ -57,3 +60,21 @@ def count(value: Any) -> int:
 def text(value: Any) -> str:
     """An engine's string field ("" where it is absent or not a string)."""
     return value if isinstance(value, str) else ""
+
+
+def tool_arguments(value: Any) -> Any:
+    """An engine's tool-call arguments (a JSON string in OpenAI's shape) as the object Ollama
+    and Anthropic carry. What is not a JSON object is kept, not lost: text that is not JSON, or
+    nests past guards.MAX_DEPTH (parsed, it would fail when the answer is written: orjson
+    writes 255 levels), as `_raw`; another value as `_value`."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str | None):
+        return {"_value": value}
+    raw = value or "{}"
+    try:
+        parsed = orjson.loads(raw)
+        check_depth(raw.encode(), parsed)
+    except (orjson.JSONDecodeError, BadRequest):
+        return {"_raw": value}
+    return parsed if isinstance(parsed, dict) else {"_value": parsed}

@@ -73,18 +73,29 @@ def host_allowed(host: str, settings: Settings, machine: Iterable[str] = ()) -> 
     return False
 
 
+def request_host(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The request's one Host header (None if it sent none): the only place Host is read, so
+    the allow-list and the cross-site rule judge the same name. Two are a 400 (RFC 9112 3.2),
+    which uvicorn's httptools parser lets through: the first and the last could each pass
+    the guard that read it."""
+    host = None
+    for key, value in headers:
+        if key == b"host":
+            if host is not None:
+                raise BadRequest("a request with more than one Host header")
+            host = value.decode("latin-1")
+    return host
+
+
 def check_host(headers: Iterable[tuple[bytes, bytes]], settings: Settings,
                machine: Iterable[str] = ()) -> None:  # fmt: skip
     """403 for a Host this gateway does not answer to (none sent: a program, never a browser)."""
-    for key, value in headers:
-        if key == b"host":
-            host = value.decode("latin-1")
-            if not host_allowed(host, settings, machine):
-                raise Forbidden(
-                    f"Host '{host_name(host)}' is not this gateway's name (a DNS rebinding?); "
-                    "add it to allowed_hosts in the configuration if it is"
-                )
-            return
+    host = request_host(headers)
+    if host is not None and not host_allowed(host, settings, machine):
+        raise Forbidden(
+            f"Host '{host_name(host)}' is not this gateway's name (a DNS rebinding?); "
+            "add it to allowed_hosts in the configuration if it is"
+        )
 
 
 # -- the body, within its size and depth ----------------------------------------------------

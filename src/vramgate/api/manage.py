@@ -27,13 +27,14 @@ class UnloadRequest(BaseModel):
     device: str | None = None
 
 
-@router.get("/v1/models/loaded", dependencies=[Depends(any_key)])
-async def loaded(request: Request) -> dict[str, Any]:
-    """Running models with when they started, their TTL and when they expire if left idle."""
+@router.get("/v1/models/loaded")
+async def loaded(request: Request, access: Access = Depends(any_key)) -> dict[str, Any]:
+    """Running models this key may use with when they started, their TTL and when they expire
+    if left idle (another key's models, with their pids and ports, are not this one's to see)."""
     scheduler = scheduler_of(request)
     data = []
     for name, inst in scheduler.instances.items():
-        if not inst.is_running:
+        if not inst.is_running or not access.may_use(name):
             continue
         ttl = ttl_of(inst, scheduler.settings)
         idle = inst.state is State.READY and inst.is_idle and inst.last_used_wall is not None
@@ -43,12 +44,15 @@ async def loaded(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/stats", dependencies=[Depends(any_key)])
-async def stats(request: Request) -> dict[str, Any]:
-    """Per model: requests, served warm, needed a start, hit rate, loads, evictions."""
+@router.get("/v1/models/stats")
+async def stats(request: Request, access: Access = Depends(any_key)) -> dict[str, Any]:
+    """Per model this key may use: requests, served warm, needed a start, hit rate, loads,
+    evictions; the totals are of those models."""
     scheduler = scheduler_of(request)
     data = []
     for name, inst in scheduler.instances.items():
+        if not access.may_use(name):
+            continue
         asked = inst.served_warm + inst.needed_start
         data.append(
             {

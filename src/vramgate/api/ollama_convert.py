@@ -28,6 +28,7 @@ from vramgate.api.checks import (
     require,
     strings,
     text,
+    tool_arguments,
 )
 from vramgate.api.guards import bounded_s
 from vramgate.errors import BadRequest
@@ -285,18 +286,6 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _arguments(value: Any) -> Any:
-    if isinstance(value, dict):
-        return value
-    if not isinstance(value, str | None):
-        return {"_value": value}
-    try:
-        parsed = orjson.loads(value or "{}")
-    except orjson.JSONDecodeError:
-        return {"_raw": value}  # what the model wrote is not JSON: kept, not lost
-    return parsed if isinstance(parsed, dict) else {"_value": parsed}
-
-
 def tool_calls(calls: Any) -> list[dict[str, Any]]:
     """OpenAI's tool calls (a whole answer's, or a stream's joined) as Ollama's, arguments as
     objects."""
@@ -304,7 +293,7 @@ def tool_calls(calls: Any) -> list[dict[str, Any]]:
     for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
-            name, arguments = text(function.get("name")), _arguments(function.get("arguments"))
+            name, arguments = text(function.get("name")), tool_arguments(function.get("arguments"))
             out.append({"function": {"name": name, "arguments": arguments}})
     return out
 

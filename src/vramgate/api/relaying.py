@@ -200,7 +200,7 @@ async def resolve(
     seed = {k: payload.pop(k) for k in SEED_FIELDS if k in payload}
     if settings.allow_adhoc and (name is None or name in scheduler.adhoc_names):
         access.require_adhoc()  # before anything is looked up or defined
-        name = await reconfigure.adhoc(scheduler, label, options, seed)
+        name = await reconfigure.adhoc(scheduler, access, label, options, seed)
     elif name is None:
         name = resolve_or_404(settings, label, access)
     access.require_model(name)

@@ -226,11 +226,19 @@ class Scheduler(Stopping, Definitions):
         except asyncio.CancelledError:
             await self.life.discard(inst)  # stopped meanwhile (unload, shutdown): not a failure
             raise
+        except GatewayError as exc:
+            message = f"{inst.name} failed to start: {exc.message}"
+            await self.life.fail(inst, exc.message, "start_failed", message)
+            raise
         except Exception as exc:
-            error = exc.message if isinstance(exc, GatewayError) else repr(exc)
+            # A bug, or a launch that broke outside the engine (an argv the OS refuses): still
+            # the start failure its requests wait for (503), never a bug's 500; and no exception
+            # text in last_error, which /gateway/status shows to every client.
+            log.error("%s failed to start: unexpected error", inst.name, exc_info=exc)
+            error = "unexpected error while starting the engine; the gateway's log has the details"
             message = f"{inst.name} failed to start: {error}"
             await self.life.fail(inst, error, "start_failed", message)
-            raise
+            raise EngineStartFailed(f"model '{inst.name}' failed to start: {error}") from None
         if inst.state is State.STOPPING:
             return  # a stop came as it became ready: the stop takes its engine away
         inst.state = State.READY
