@@ -141,10 +141,13 @@ class HostRam:
         self.set_budget(budget_mib)
         self.footprints = footprints
 
-    def set_budget(self, budget_mib: int | None) -> None:
-        """host_ram_mib, at startup or from a reload (None: what this process may take now)."""
+    def set_budget(self, budget_mib: int | None, held_mib: int = 0) -> None:
+        """host_ram_mib, at startup or from a reload. None: what this process may take, with
+        what our engines hold now (`held_mib`) given back: available_mib has it taken out
+        already, and a reload back to the default must not count it twice (housekeeping
+        would stop idle engines that fitted before it)."""
         self.configured_mib = budget_mib
-        self.budget_mib = budget_mib if budget_mib is not None else available_mib()
+        self.budget_mib = budget_mib if budget_mib is not None else available_mib() + held_mib
 
     def footprint(self, name: str, model: ModelConfig, needs: int | None) -> tuple[int | None, str]:
         """(MiB, source) of what it holds running: measured > `ram_mib` > the estimate (`needs`,
