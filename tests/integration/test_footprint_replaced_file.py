@@ -36,3 +36,27 @@ def test_a_running_engines_measurement_is_not_learned_for_the_file_that_replaced
     m = gw.model("m")
     # The new file was never loaded: nothing may be "measured" for it.
     assert m["footprint_source"] != "measured", (m["footprint_mib"], m["footprint_source"], saved)
+
+
+def test_a_cpu_engines_host_measurement_is_not_learned_for_the_file_that_replaced_its_own(
+    gateway, tmp_path
+):
+    """The same in host RAM: a CPU engine's re-measurements go under the key of the file it
+    loaded (host_key with the spawn's footprint_key), not the new file's."""
+    model_file = tmp_path / "m.gguf"
+    model_file.write_bytes(b"x" * 100)
+    gw = gateway({
+        "host_ram_mib": 4000,
+        "models": {"m": {"engine": "command", "source": str(model_file), "device": "cpu",
+                         "cmd": fake_cmd("--ram-mib", "200")}},
+    })  # fmt: skip
+    ask = lambda: gw.client.completions.create(model="m", prompt="x", max_tokens=1)  # noqa: E731
+    ask()
+    assert gw.model("m")["ram_source"] == "measured"
+    model_file.write_bytes(b"y" * 5000)
+    os.utime(model_file, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+    assert gw.model("m")["ram_source"] != "measured"
+    ask()
+    ask()
+    m = gw.model("m")
+    assert m["ram_source"] != "measured", (m["ram_mib"], m["ram_source"])
