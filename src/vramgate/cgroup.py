@@ -54,11 +54,19 @@ def cgroup_room_mib(root: Path = Path("/")) -> int | None:
 
 
 def _ancestors(mount: Path, path: str) -> Iterator[Path]:
-    """The cgroup's folder and its parents up to the mount. A path that is not under the mount
-    (a container that sees the host's path but has its own cgroup mounted) is the mount."""
-    folder = mount / path.strip("/")
-    if not folder.is_dir():
-        folder = mount
+    """The cgroup's folder and its parents up to the mount. A container that sees the host's
+    path (`/docker/<id>/...`) but has its own cgroup mounted finds its folder at the longest
+    suffix of that path that exists under the mount: a cgroup nested in the container (a
+    systemd unit's MemoryMax there) keeps its tighter limit; none found: the mount."""
+    parts = [part for part in path.split("/") if part]
+    folder = next(
+        (
+            mount.joinpath(*parts[i:])
+            for i in range(len(parts))
+            if mount.joinpath(*parts[i:]).is_dir()
+        ),
+        mount,
+    )
     while True:
         yield folder
         if folder == mount or mount not in folder.parents:

@@ -58,12 +58,13 @@ def device_notes(model: ModelConfig, has_gpus: bool) -> list[str]:
     return [NO_GPU_NOTE] if model.device == "cuda" and not has_gpus else []
 
 
-def host_key(name: str, model: ModelConfig) -> str:
+def host_key(name: str, model: ModelConfig, base: str | None = None) -> str:
     """Its host footprint's key, for `model` as_run's: where it runs is part of it. With `device:
     auto` one definition runs beside a GPU here and wholly on the CPU there: what llama.cpp with
     `-ngl 10` holds beside a GPU is no figure for the whole model on the CPU. (Its `-ngl`, the
-    share on the GPU, is in footprint_key's args already.)"""
-    return f"{footprint_key(name, model)}{HOST_SUFFIX}={model.device}"
+    share on the GPU, is in footprint_key's args already.) `base`: footprint_key as it was
+    made when the engine was spawned, where one is measured."""
+    return f"{base or footprint_key(name, model)}{HOST_SUFFIX}={model.device}"
 
 
 def legacy_host_key(name: str, model: ModelConfig, defined: str) -> str | None:
@@ -141,10 +142,13 @@ class HostRam:
         self.set_budget(budget_mib)
         self.footprints = footprints
 
-    def set_budget(self, budget_mib: int | None) -> None:
-        """host_ram_mib, at startup or from a reload (None: what this process may take now)."""
+    def set_budget(self, budget_mib: int | None, held_mib: int = 0) -> None:
+        """host_ram_mib, at startup or from a reload. None: what this process may take, with
+        what our engines hold now (`held_mib`) given back: available_mib has it taken out
+        already, and a reload back to the default must not count it twice (housekeeping
+        would stop idle engines that fitted before it)."""
         self.configured_mib = budget_mib
-        self.budget_mib = budget_mib if budget_mib is not None else available_mib()
+        self.budget_mib = budget_mib if budget_mib is not None else available_mib() + held_mib
 
     def footprint(self, name: str, model: ModelConfig, needs: int | None) -> tuple[int | None, str]:
         """(MiB, source) of what it holds running: measured > `ram_mib` > the estimate (`needs`,
@@ -158,10 +162,13 @@ class HostRam:
             return model.ram_mib, "hint"
         return (needs, "estimate") if needs is not None else (None, "unknown")
 
-    def record(self, name: str, model: ModelConfig, used: int, *, new_load: bool) -> int:
-        """Learns a measured host footprint (PSS of the engine's tree, MiB)."""
+    def record(
+        self, name: str, model: ModelConfig, used: int, *, new_load: bool, base: str | None = None
+    ) -> int:
+        """Learns a measured host footprint (PSS of the engine's tree, MiB), under the key of
+        what the engine loaded (`base`, made at its spawn)."""
         if used > 0:
-            self.footprints.record(host_key(name, model), used, new_load=new_load)
+            self.footprints.record(host_key(name, model, base), used, new_load=new_load)
         return used
 
     def device(self, held_mib: int) -> GpuMemory:

@@ -57,6 +57,9 @@ class Instance:
     health_failures: int = 0  # readiness probes in a row that a ready engine did not answer
     asleep: bool = False  # its engine sleeps (SLEEPING, or STARTING while it wakes)
     kv_key: str | None = None  # its engine was started to keep its KV caches, under this key
+    # footprint_key of what its engine loaded, made at spawn: its measurements are learned
+    # under it, never under the key of a file written over that one while it runs.
+    loaded_key: str | None = None
     kv_restored: int = 0  # tokens restored at this start, until the first answer says if used
     kv_reused: bool | None = None  # what the first answer after the last restore said
     kv_unread: int = 0  # answers after a restore still to read for it (KV_PEEKS at most)

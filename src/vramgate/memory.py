@@ -216,7 +216,8 @@ class Memory:
         if inst.handle is None or self.ram(inst)[1] == "gpu":
             return None
         used = inst.handle.host_ram("pss")
-        return self.host.record(inst.name, self.as_run(inst.model), used, new_load=new_load)
+        model = self.as_run(inst.model)
+        return self.host.record(inst.name, model, used, new_load=new_load, base=inst.loaded_key)
 
     async def read_again(self, inst: Instance) -> None:
         """A fresh reading of the GPUs an engine is on, where reading them is not immediate (a
@@ -291,7 +292,7 @@ class Memory:
         """Reads what the engine uses now and learns it as (part of) its footprint."""
         used = self.used_now(inst)
         if used is not None:
-            [key] = self._keys(inst, self._totals(inst.gpus)[:1])
+            [key] = self._keys(inst, self._totals(inst.gpus)[:1], inst.loaded_key)
             self.footprints.record(key, used, new_load=new_load)
         return used
 
@@ -304,8 +305,10 @@ class Memory:
         found = [self.footprints.get_mib(key) for key in self._keys(inst, totals)]
         return min((mib for mib in found if mib is not None), default=None)
 
-    def _keys(self, inst: Instance, totals: list[int]) -> list[str]:
-        key = footprint_key(inst.name, inst.model)
+    def _keys(self, inst: Instance, totals: list[int], base: str | None = None) -> list[str]:
+        """Its footprint's keys (`base`: the loaded file's, for a measurement; else the file's
+        on disk now, for placement)."""
+        key = base or footprint_key(inst.name, inst.model)
         if not totals or not REGISTRY[inst.model.engine].sizes_to_gpu:
             return [key]
         return [f"{key}#gpu={total}" for total in totals]

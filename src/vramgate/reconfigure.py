@@ -16,6 +16,7 @@ from vramgate.config import ModelConfig, Settings
 from vramgate.errors import Conflict, ModelNotFound
 from vramgate.scheduling.driver import Scheduler
 from vramgate.scheduling.snapshot import State
+from vramgate.scheduling.view import snapshot
 
 
 async def adhoc(
@@ -112,7 +113,11 @@ def _apply_live(scheduler: Scheduler, old: Settings, new: Settings) -> list[str]
     the listening socket, the state folder, the GPU backend and the cluster are made once."""
     applied = []
     if old.host_ram_mib != new.host_ram_mib:
-        scheduler.memory.host.set_budget(new.host_ram_mib)
+        insts = scheduler.instances.values()
+        held = snapshot(
+            insts, scheduler.settings, scheduler.memory, scheduler.adapters, with_memory=False
+        )
+        scheduler.memory.host.set_budget(new.host_ram_mib, held.host_used_on(""))
         applied.append("host_ram_mib")
     if old.kv_disk_mib != new.kv_disk_mib:
         scheduler.life.kv.budget_bytes = new.kv_disk_mib << 20

@@ -17,7 +17,9 @@ def host_ram(scheduler: Scheduler) -> dict[str, Any]:
     for name, inst in scheduler.instances.items():
         if inst.state is State.SLEEPING:
             by_model[name] = inst.host_mib or 0
-        elif inst.is_running:
+        # As placement counts it (ModelSnap.is_running): a start still waiting for room has
+        # no engine and was granted none, so it holds nothing yet.
+        elif inst.is_running and (inst.state is not State.STARTING or inst.admitted):
             mib = scheduler.memory.ram(inst)[0] or 0
             if mib:
                 by_model[name] = mib

@@ -154,8 +154,12 @@ _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
 _SMALL_ARRAY = 4096  # longer arrays (token lists) are skipped and stood for by their length
 
 
-def read_gguf_header(path: Path) -> tuple[dict[str, Any], int]:
-    """A GGUF file's metadata and the bytes of all its tensors, read from the header alone.
+OUTSIDE_BLOCKS = -1  # tensors of no repeating layer (token_embd, output, output_norm)
+
+
+def read_gguf_header(path: Path) -> tuple[dict[str, Any], dict[int, int]]:
+    """A GGUF file's metadata and its tensors' bytes by layer (`blk.<i>.*`; the others under
+    OUTSIDE_BLOCKS), read from the header alone.
 
     Read once per file (path, size and mtime): starts, notes, estimates and the Ollama routes
     all ask, and a read holds the GIL, which a start of a model with keep_kv paid at every swap
@@ -166,7 +170,9 @@ def read_gguf_header(path: Path) -> tuple[dict[str, Any], int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _read_gguf_header(path_name: str, size: int, mtime_ns: int) -> tuple[dict[str, Any], int]:
+def _read_gguf_header(
+    path_name: str, size: int, mtime_ns: int
+) -> tuple[dict[str, Any], dict[int, int]]:
     """Our own reader rather than gguf.GGUFReader: that one builds Python objects for every
     token of the vocabulary, about 20 s for a 262k-token model on this machine; this skips
     long arrays (token lists) without decoding them."""
@@ -210,19 +216,21 @@ def _read_gguf_header(path_name: str, size: int, mtime_ns: int) -> tuple[dict[st
         for _ in range(n_kv):
             key = string()
             meta[key] = value(int(read("<I")))
-        total = 0
+        by_layer: dict[int, int] = {}
         for _ in range(n_tensors):
-            string()
+            name = string().split(".")
             dims = [int(read("<Q")) for _ in range(int(read("<I")))]
             block, size = GGML_QUANT_SIZES[GGMLQuantizationType(int(read("<I")))]
             read("<Q")  # offset
-            total += math.prod(dims) // block * size
-    return meta, total
+            layer = int(name[1]) if name[0] == "blk" and name[1:2] and name[1].isdigit() else -1
+            by_layer[layer] = by_layer.get(layer, 0) + math.prod(dims) // block * size
+    return meta, by_layer
 
 
 def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     try:
-        meta, weights = read_gguf_header(path)
+        meta, by_layer = read_gguf_header(path)
+        weights = sum(by_layer.values())
     except (OSError, struct.error, KeyError, ValueError) as exc:
         raise EstimateError(f"{path}: not a readable GGUF file ({exc})") from exc
 
@@ -280,8 +288,12 @@ def estimate_gguf(path: Path, args: Sequence[str] = ()) -> Estimate:
     compute = n_vocab * ubatch * 4
     held = full_swa and slides_somewhere
     basis = f"GGUF {arch}" + (", full sliding-window cache (--swa-full)" if held else "")
-    gpu_weights = weights * on_gpu / n_layer if n_layer else weights
+    gpu_weights = weights
     if on_gpu < n_layer:
+        # Only the last N layers' own tensors: llama.cpp keeps the input layer (token_embd) on
+        # the CPU always, the output layer unless N > n_layer (llama-model.cpp load_tensors);
+        # a share of every tensor put gemma-3-270m's 170 MiB embeddings half on the GPU.
+        gpu_weights = sum(by_layer.get(il, 0) for il in range(n_layer - on_gpu, n_layer))
         basis += f", {on_gpu} of its {n_layer} layers on the GPU (-ngl)"
     return Estimate(gpu_weights / MIB, kv / MIB, compute / MIB, PROCESS_OVERHEAD_MIB, context,
                     basis, (weights - gpu_weights + kv_host) / MIB)  # fmt: skip

@@ -55,6 +55,7 @@ class Lifecycle:
         # Engines that size themselves are told their share, in bytes.
         extra = adapter.memory_args(model, budget) if budget is not None else []
         key = footprint_key(name, model)
+        inst.loaded_key = key  # before the spawn: the file it loads is the one on disk now
 
         def kv_args() -> list[str] | None:  # reads the GGUF header, makes the folder: a thread
             return adapter.kv_args(model, self.kv.folder(key)) if adapter.keeps_kv(model) else None

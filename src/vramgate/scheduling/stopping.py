@@ -48,7 +48,7 @@ class Stopping:
         under_way = inst.stop_task is not None and not inst.stop_task.done()
         if inst.state is State.STOPPING and inst.leaving == "sleep" and under_way:
             inst.then_stop = (reason, why)
-        return self._leave(inst, for_, reason, lambda: self._stop(inst, reason, why))
+        return self._leave(inst, for_, reason, lambda: self._stop(inst, reason, why, for_))
 
     def sleep(self, name: str, reason: str, why: str = "", for_: str = "") -> asyncio.Task[None]:
         """Puts an idle engine to sleep (it stops instead if that fails); `for_` as for stop."""
@@ -120,7 +120,7 @@ class Stopping:
         self.events.record("stale", inst.name, message)
         return False
 
-    async def _stop(self, inst: Instance, reason: str, why: str) -> None:
+    async def _stop(self, inst: Instance, reason: str, why: str, for_: str = "") -> None:
         idle_s = time.monotonic() - inst.last_used if inst.last_used else 0.0
         handle = inst.handle  # the engine this stop was decided for: it acts on no other
         code = None
@@ -137,15 +137,19 @@ class Stopping:
             code = await self.life.discard(inst, timeout_s)
         finally:  # whatever failed above, the model ends `stopped`: never stuck in `stopping`
             if inst.stop_task is asyncio.current_task():
-                self._stopped(inst, reason, why, idle_s, code)
+                self._stopped(inst, reason, why, idle_s, code, for_)
 
-    def _stopped(self, inst: Instance, reason: str, why: str, idle_s: float, code: int | None):
+    def _stopped(
+        self, inst: Instance, reason: str, why: str, idle_s: float, code: int | None, for_: str
+    ) -> None:
         inst.then_stop = inst.keep_alive_s = None
         if inst.pending is Pending.CHANGED:
             self._replace(inst)
         inst.draining_for = None
         inst.state = State.STOPPED
-        if reason in ("lru", "discovery", "oom"):
+        # Host RAM made for another start is an eviction too; housekeeping's stops over a
+        # (lowered) budget make way for nobody (`for_` empty) and leave the floor alone.
+        if reason in ("lru", "discovery", "oom") or (reason == "host_ram" and for_):
             self._evicted(inst)
         detail = f" {why}" if why else ""
         message = f"stop {inst.name} ({reason}, idle {idle_s:.0f}s{detail}), exit {code}"
