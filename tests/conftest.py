@@ -27,6 +27,12 @@ from vramgate.runtimes.local import free_port
 FAKE = f"{sys.executable} -m vramgate.testing.fake_engine --port ${{PORT}}"
 
 
+# What a fake engine holds, told to the gateway: on a machine without a GPU it runs on the CPU
+# (device: auto), and a `command` engine nothing sizes is a discovery run, alone in host RAM,
+# until measured; a test about something else that runs several at once says their size.
+FAKE_RAM = {"ram_mib": 120}
+
+
 def fake_cmd(*knobs: str) -> str:
     """The command line of a fake engine with the given knobs, for a `command` model."""
     return " ".join([FAKE, *map(shlex.quote, knobs)])

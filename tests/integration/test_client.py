@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import fake_cmd
+from tests.conftest import FAKE_RAM, fake_cmd
 from vramgate.client import AsyncGateway, Gateway, GatewayAPIError
 
 ADMIN = "k-admin-client"
@@ -15,7 +15,7 @@ ADMIN = "k-admin-client"
 @pytest.fixture
 def gw(gateway, hub, tmp_path):
     hub.repo("acme/tiny", {"config.json": "{}", "README.md": "hi"})
-    fake = {"engine": "command", "cmd": fake_cmd()}
+    fake = {"engine": "command", "cmd": fake_cmd(), **FAKE_RAM}
     config = {
         "auth": {"admin_keys": [ADMIN]},
         "models_dir": str(tmp_path / "models"),

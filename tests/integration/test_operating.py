@@ -12,7 +12,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import fake_cmd, pid_alive, wait_until
+from tests.conftest import FAKE_RAM, fake_cmd, pid_alive, wait_until
 from tests.integration.test_gpu_memory import ask, engine, gpus
 
 
@@ -70,7 +70,7 @@ def test_metrics_count_requests_starts_evictions_and_memory(gateway):
 
 
 def test_loaded_stats_unload_and_unload_all(gateway):
-    fake = {"engine": "command", "cmd": fake_cmd()}
+    fake = {"engine": "command", "cmd": fake_cmd(), **FAKE_RAM}
     gw = gateway({"models": {"a": fake | {"ttl": 60}, "b": fake, "c": fake}})
     for name in ("a", "a", "b"):
         gw.client.completions.create(model=name, prompt="x", max_tokens=1)
