@@ -78,10 +78,8 @@ class RayEngine:
 
     def host_ram(self, kind: str) -> int:
         """Its process tree's host RAM on its node (called in a thread)."""
-        import ray
-
-        try:
-            return int(ray.get(self.node.agent.host_ram.remote(self.name, kind), timeout=10))
+        try:  # the ref's future, as ray.get: the same wait, and any agent handle has it
+            return int(self.node.agent.host_ram.remote(self.name, kind).future().result(10))
         except Exception:
             return 0
 
@@ -180,11 +178,13 @@ class RayRuntime:
 
     kind = "ray"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cluster: Cluster | None = None) -> None:
+        """`cluster`: the Ray cluster `cluster.ray` names, or another one (the simulated one of
+        vramgate.testing.sim_cluster, standing in for Ray)."""
         assert settings.ray is not None
         self.settings = settings
         state_dir = Path(settings.state_dir)
-        self.cluster = Cluster(settings.ray, instance_id(state_dir))
+        self.cluster = cluster or Cluster(settings.ray, instance_id(state_dir))
         self.cluster.on_dead.append(self._node_died)
         self.engines: dict[str, RayEngine] = {}
         self._joining: asyncio.Task[None] | None = None  # a head that did not answer at start
