@@ -257,11 +257,15 @@ class Walk:
             agent = self.world.agent(node)
             if agent is None:
                 continue
+            on_nodes |= {e.proc.pid for e in agent.engines.values() if e.proc.pid is not None}
+            if node.stalled:  # its agent answers no one: asked again once it answers
+                for key in [k for k in self.suspects if node.node_id in k]:
+                    del self.suspects[key]
+                continue
             for name, engine in list(agent.engines.items()):  # every agent asked
                 pid = engine.proc.pid
                 if pid is None:
                     continue
-                on_nodes.add(pid)
                 self.suspect(
                     f"untracked {node.node_id} {pid}", accounted.get(pid) != node.name,
                     f"{name}'s engine {pid} runs on {node.name}, unaccounted",
@@ -334,9 +338,13 @@ async def walk(tmp: Path, seed: int, steps: int) -> Walk:
             w.forget_done()
             w.check(with_ram=i % 10 == 0)
             if w.violations:
-                said = "\n  ".join(w.events[-25:])
+                named = {n for n in s.instances if any(n in v for v in w.violations)}
+                pids = {word for v in w.violations for word in v.split() if word.isdigit()}
+                mine = [e for e in w.events if e.split(":")[0] in named]
+                mine += [f"ABOUT {e}" for e in w.events if any(p in e for p in pids)]
+                said = "\n  ".join(mine[-25:])
                 raise AssertionError(
-                    f"step {i}: {w.violations[:5]}; last: {w.did[-15:]}; events:\n  {said}"
+                    f"step {i}: {w.violations[:5]}; last: {w.did[-40:]}; events:\n  {said}"
                 )
         w.heal()
         await w.settle()

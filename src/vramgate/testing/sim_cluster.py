@@ -145,8 +145,22 @@ class _Method:
     method: str
 
     def remote(self, *args: Any) -> _Ref:
-        coro = self.handle.run(self.method, args)
-        return _Ref(asyncio.run_coroutine_threadsafe(coro, self.handle.loop))
+        # As on Ray, a caller that stops waiting (a timeout, a cancel) does not cancel the
+        # call: the agent runs it all the same. So the ref's future is not the task's own.
+        ref: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        running = asyncio.run_coroutine_threadsafe(self.handle.run(self.method, args), self.handle.loop)
+
+        def done(task: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # the caller left
+                if task.cancelled():  # the loop closing
+                    ref.set_exception(RayActorError())
+                elif (error := task.exception()) is not None:
+                    ref.set_exception(error)
+                else:
+                    ref.set_result(task.result())
+
+        running.add_done_callback(done)
+        return _Ref(ref)
 
 
 class SimWorld:
