@@ -29,13 +29,13 @@ from tests.integration.test_model_based import ALLOWED, engine_pids
 
 pytest.importorskip("ray")
 
-from vramgate.app import Collaborators  # noqa: E402
-from vramgate.events import Events  # noqa: E402
-from vramgate.memory import Memory  # noqa: E402
-from vramgate.runtimes.ray_runtime import RayEngine  # noqa: E402
-from vramgate.scheduling.driver import Scheduler  # noqa: E402
-from vramgate.scheduling.snapshot import State  # noqa: E402
-from vramgate.testing.sim_cluster import SimNode, SimWorld  # noqa: E402
+from vramgate.app import Collaborators
+from vramgate.events import Events
+from vramgate.memory import Memory
+from vramgate.runtimes.ray_runtime import RayEngine
+from vramgate.scheduling.driver import Scheduler
+from vramgate.scheduling.snapshot import State
+from vramgate.testing.sim_cluster import SimNode, SimWorld
 
 STEPS = int(os.environ.get("VRAMGATE_CMBT_STEPS", "1500"))
 SEED = int(os.environ.get("VRAMGATE_CMBT_SEED", "20261207"))
@@ -212,6 +212,21 @@ class Walk:
                 world.resume(node)
                 self.did.append(f"{node.name} answers again")
 
+    def fault(self) -> None:
+        """One node fault: a node lost, an agent lost, or a stall begun or ended."""
+        live = [n for n in self.world.every_node() if n.alive]
+        if not live:
+            return
+        node, kind = self.rng.choice(live), self.rng.choice(("node", "agent", "stall"))
+        if kind == "stall":
+            if node.stalled:
+                self.world.resume(node)
+            else:
+                self.world.stall(node)
+            self.did.append(f"{node.name} {'stalls' if node.stalled else 'answers again'}")
+        else:
+            self.lose(node, kind)
+
     # -- invariants ------------------------------------------------------------------------
 
     def on_event(self, event: dict[str, Any]) -> None:
@@ -241,14 +256,16 @@ class Walk:
             if asked.task.done():
                 continue
             if now - asked.began > MAX_WAIT_S + 10:
-                self.violations.append(f"a request for {asked.model} open {now - asked.began:.0f} s")
+                self.violations.append(
+                    f"a request for {asked.model} open {now - asked.began:.0f} s"
+                )
             if asked.by is not None and now > asked.by:
                 self.violations.append(
                     f"a request for {asked.model} waits on a dead node {now - asked.by:.1f} s "
                     f"past {DEAD_NODE_S:g} s"
                 )
         accounted: dict[int, str] = {}
-        for name, inst in s.instances.items():
+        for inst in s.instances.values():
             h = inst.handle
             if isinstance(h, RayEngine) and h.pid is not None and h.node.alive:
                 accounted[h.pid] = h.node.name
@@ -282,6 +299,8 @@ class Walk:
                     f"ram {node.node_id}", held > node.ram_mib,
                     f"{node.name}: engines hold {held} MiB of its {node.ram_mib} MiB RAM",
                 )  # fmt: skip
+        if not isinstance(self.world, SimWorld):  # a real cluster's agents: through /proc
+            on_nodes = set(accounted)
         if with_ram:
             for pid in engine_pids(self.run) - on_nodes:
                 self.suspect(f"orphan {pid}", True, f"engine {pid} runs on no agent's account")
@@ -320,12 +339,19 @@ class Walk:
             self.violations.append(f"{len(self.asked)} requests still open after settling")
 
 
-async def walk(tmp: Path, seed: int, steps: int) -> Walk:
+async def walk(
+    tmp: Path, seed: int, steps: int, world: Any = None, every: int = 0, **cluster: Any
+) -> Walk:
+    """The walk; on the simulated cluster, or on `world` (a real one: see tests/cluster), with
+    a node fault forced `every` steps (a short walk's own faults are too few)."""
     run = f"cmbt{seed}-{os.getpid()}"
-    world = SimWorld(tmp / "nodes")
-    for name, (gpus, ram) in NODES.items():
-        world.add_node(name, gpus, ram)
-    settings = settings_for(tmp, models(run), **settings_args())
+    if world is None:
+        world = SimWorld(tmp / "nodes")
+        for name, (gpus, ram) in NODES.items():
+            world.add_node(name, gpus, ram)
+    args = settings_args()
+    args["cluster"]["ray"].update(cluster)
+    settings = settings_for(tmp, models(run), **args)
     parts = Collaborators.for_settings(settings, world.cluster(settings))
     s = Scheduler(settings, parts.runtime, Memory(settings, parts.gpus, parts.footprints), Events())
     await s.start()
@@ -334,6 +360,8 @@ async def walk(tmp: Path, seed: int, steps: int) -> Walk:
     try:
         for i in range(steps):
             w.step()
+            if every and i % every == every // 2:
+                w.fault()
             await asyncio.sleep(w.rng.choice((0, 0.005, 0.01, 0.02, 0.1)))
             w.forget_done()
             w.check(with_ram=i % 10 == 0)

@@ -54,7 +54,7 @@ class SimAgent(NodeAgent):
     """The real agent, told who it is by its simulated node instead of Ray's runtime context;
     its RAM is the node's, less what its engines really hold (their PSS)."""
 
-    def __init__(self, gateway: str, node: SimNode, root: Path) -> None:  # noqa: D107
+    def __init__(self, gateway: str, node: SimNode, root: Path) -> None:
         self.node_id, self.name, self.address = node.node_id, node.name, "127.0.0.1"
         self.dir = root / "vramgate-agent" / file_stem(gateway) / file_stem(node.name)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,7 @@ class SimHandle:
         self.dead = False
         self.died = loop.create_future()
         self.calls = 0
+        self._ending: asyncio.Future[Any] | None = None  # its guards and watchdog closing
 
     def __getattr__(self, method: str) -> _Method:
         if method.startswith("_"):
@@ -108,15 +109,17 @@ class SimHandle:
         def ended() -> None:
             if not self.died.done():
                 self.died.set_result(None)
-            for engine in list(self.agent.engines.values()):
-                asyncio.ensure_future(engine.guard.close())
-            asyncio.ensure_future(self.agent.watchdog.close())
+            closing = [engine.guard.close() for engine in self.agent.engines.values()]
+            self._ending = asyncio.ensure_future(
+                asyncio.gather(*closing, self.agent.watchdog.close(), return_exceptions=True)
+            )
 
         self.loop.call_soon_threadsafe(ended)
 
     async def run(self, method: str, args: tuple[Any, ...]) -> Any:
         self.calls += 1
-        while self.agent.sim.stalled and not self.dead:
+        # Polled, not an Event: a stall is set by the walk, a death from ray.kill's thread.
+        while self.agent.sim.stalled and not self.dead:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         if self.dead:
             raise RayActorError()
@@ -148,7 +151,9 @@ class _Method:
         # As on Ray, a caller that stops waiting (a timeout, a cancel) does not cancel the
         # call: the agent runs it all the same. So the ref's future is not the task's own.
         ref: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        running = asyncio.run_coroutine_threadsafe(self.handle.run(self.method, args), self.handle.loop)
+        running = asyncio.run_coroutine_threadsafe(
+            self.handle.run(self.method, args), self.handle.loop
+        )
 
         def done(task: concurrent.futures.Future[Any]) -> None:
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # the caller left
