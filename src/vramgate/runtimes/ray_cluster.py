@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vramgate.config import RayCluster
-from vramgate.errors import EngineStartFailed
+from vramgate.errors import EngineStartFailed, NodeLost
 
 log = logging.getLogger("vramgate.cluster")
 MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
@@ -345,7 +345,7 @@ class Cluster:
         for node in self.live():
             if node.first_index <= index < node.first_index + len(node.totals_mib):
                 return node, index - node.first_index
-        raise EngineStartFailed(f"GPU {index} is not in the cluster any more (its node died)")
+        raise NodeLost(f"GPU {index} is not in the cluster any more (its node died)")
 
     def node_for(
         self, gpus: tuple[int, ...], allowed: tuple[str, ...]

@@ -47,6 +47,7 @@ class SimNode:
     ram_mib: int  # its RAM: what it has available, less what its engines hold
     alive: bool = True  # what Ray's node table says
     stalled: bool = False  # its agent answers nothing (a hung NVML call) until resumed
+    die_on: set[str] = field(default_factory=set)  # its agent dies as one of these is called
     agents: list[SimHandle] = field(default_factory=list)  # every agent it ran, the last live
 
 
@@ -121,6 +122,9 @@ class SimHandle:
         # Polled, not an Event: a stall is set by the walk, a death from ray.kill's thread.
         while self.agent.sim.stalled and not self.dead:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+        if method in self.agent.sim.die_on:  # a death at a chosen point (tests)
+            self.agent.sim.die_on.discard(method)
+            self.kill()
         if self.dead:
             raise RayActorError()
         result = getattr(self.agent, method)(*args)
