@@ -43,7 +43,7 @@ MAX_WAIT_S = 12.0
 DEAD_NODE_S = 6.0  # a request waiting on a node that died ends within this
 GRACE_S = 4.0  # an engine unaccounted for, or a budget exceeded, longer than this is a defect
 NODES = {"g0": ([10_000], 1500), "g1": ([10_000], 1500), "c0": ([], 1200)}
-EXTRA = ("GatewayBusy", "NoRoom", "EngineLost", "HostRamFull")
+EXTRA = ("GatewayBusy", "NoRoom", "EngineLost", "HostRamFull", "NodeLost")
 
 
 def models(run: str) -> dict[str, Any]:
