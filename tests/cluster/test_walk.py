@@ -92,6 +92,17 @@ def test_the_walk_keeps_every_invariant_on_a_real_ray_cluster(cluster, tmp_path)
     world = RayWorld(cluster)
     for name, (gpus, ram) in NODES.items():
         world.add_node(name, gpus, ram)
-    w = asyncio.run(walk(tmp_path, SEED, STEPS, world, every=8, poll_s=0.5, connect_timeout=20))
+    w = asyncio.run(
+        walk(
+            tmp_path,
+            SEED,
+            STEPS,
+            world,
+            every=8,
+            address=cluster.address,
+            poll_s=0.5,
+            connect_timeout=20,
+        )
+    )
     assert w.outcomes.get("ok", 0) > 0, w.outcomes
     assert not engine_pids(w.run), "engines outlived the gateway"
