@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray.exceptions import RayActorError
+# Ray reads this at its import, which this module may be the first to do: a real cluster on
+# loopback in the same process (tests/cluster) must stay there, as Cluster.connect ensures.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from ray.exceptions import RayActorError  # noqa: E402
 
 from vramgate.config import Settings
 from vramgate.filenames import file_stem
