@@ -28,7 +28,7 @@ from typing import Any
 # loopback in the same process (tests/cluster) must stay there, as Cluster.connect ensures.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from ray.exceptions import RayActorError  # noqa: E402
+from ray.exceptions import RayActorError
 
 from vramgate.config import Settings
 from vramgate.filenames import file_stem
