@@ -15,6 +15,7 @@ VRAMGATE_CMBT_STEPS=N pytest tests/integration/test_cluster_model_based.py` repl
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import random
 import time
@@ -27,7 +28,8 @@ import pytest
 from tests.harness import fake, settings_for
 from tests.integration.test_model_based import ALLOWED, engine_pids
 
-pytest.importorskip("ray")
+if importlib.util.find_spec("ray") is None:  # found, not imported: sim_cluster imports it first
+    pytest.skip('needs ray (pip install "vramgate[ray]")', allow_module_level=True)
 
 from vramgate.app import Collaborators
 from vramgate.events import Events
