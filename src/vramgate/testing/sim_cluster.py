@@ -96,7 +96,8 @@ class SimHandle:
         self.loop = loop
         self.dead = False
         self.died = loop.create_future()
-        self.calls = 0
+        self.calls = 0  # calls made
+        self._started = 0  # calls started
         self._ending: asyncio.Future[Any] | None = None  # its guards and watchdog closing
 
     def __getattr__(self, method: str) -> _Method:
@@ -122,10 +123,12 @@ class SimHandle:
         self.loop.call_soon_threadsafe(ended)
 
     async def run(self, method: str, args: tuple[Any, ...]) -> Any:
-        self.calls += 1
+        # Started in the order they were made, as Ray starts an actor's tasks, a stall or not.
         # Polled, not an Event: a stall is set by the walk, a death from ray.kill's thread.
-        while self.agent.sim.stalled and not self.dead:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        turn, self.calls = self.calls, self.calls + 1
+        while (self.agent.sim.stalled or self._started < turn) and not self.dead:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        self._started += 1
         if method in self.agent.sim.die_on:  # a death at a chosen point (tests)
             self.agent.sim.die_on.discard(method)
             self.kill()
