@@ -409,5 +409,6 @@ def test_cluster_model_based_walk_keeps_every_invariant(tmp_path):
     w = asyncio.run(walk(tmp_path, SEED, STEPS))
     assert w.outcomes.get("ok", 0) > STEPS / 5, w.outcomes
     kinds = {d.split()[0] for d in w.did}
-    assert {"ask", "unload", "node", "agent", "head"} <= kinds, kinds
+    if STEPS >= 1500:  # a shorter walk (a replay) may miss a kind
+        assert {"ask", "unload", "node", "agent", "head"} <= kinds, kinds
     assert not engine_pids(w.run), "engines outlived the scheduler"
