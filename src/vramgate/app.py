@@ -51,6 +51,7 @@ from vramgate.memory import Memory, footprint_store, gpu_backend
 from vramgate.metrics import Metrics
 from vramgate.proxy import send_error
 from vramgate.runtimes.base import Runtime
+from vramgate.runtimes.ray_cluster import Cluster
 from vramgate.runtimes.router import Runtimes
 from vramgate.scheduling.driver import Scheduler
 from vramgate.statedir import StateDirBusy, StateDirLock
@@ -143,8 +144,9 @@ class Collaborators:
     metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Collaborators:
-        runtimes = Runtimes(settings)
+    def for_settings(cls, settings: Settings, cluster: Cluster | None = None) -> Collaborators:
+        """The parts `settings` name; `cluster` stands in for the Ray cluster (tests)."""
+        runtimes = Runtimes(settings, cluster)
         if runtimes.ray is not None:  # a cluster's GPUs are its nodes'
             gpus: GpuBackend = ClusterGpus(runtimes.ray.cluster, settings.gpus.reserve_mib)
         else:

@@ -120,6 +120,10 @@ class EngineOutOfMemory(EngineStartFailed):
     code = "engine_out_of_memory"
 
 
+class NodeLost(EngineStartFailed):
+    """The cluster node a start was placed on died (or its agent did) under it: placed anew."""
+
+
 class Unloaded(GatewayError):
     status = 503
     type = "server_error"

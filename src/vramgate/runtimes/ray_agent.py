@@ -60,6 +60,7 @@ class Engine:
     def __init__(self, proc: EngineProcess, guard: Guard) -> None:
         self.proc = proc
         self.guard = guard
+        self.spawned = asyncio.Event()  # its process exists (or its spawn failed)
 
 
 class NodeAgent:
@@ -140,6 +141,10 @@ class NodeAgent:
         except Exception:
             self.engines.pop(name, None)
             raise
+        finally:
+            engine.spawned.set()
+        if self.engines.get(name) is not engine:  # stopped while it spawned: stop() ends it
+            raise RuntimeError(f"engine {name!r} was stopped while it started")
         if self.gpus is not None:
             self.gpus.track(name, proc.pids())
         assert proc.pid is not None
@@ -178,6 +183,9 @@ class NodeAgent:
         engine = self.engines.pop(name, None)
         if engine is None:
             return None
+        # A stop sent while its spawn is under way (the gateway gave the spawn up after its
+        # call's timeout) found no process yet, and the spawn then started one nobody knew of.
+        await engine.spawned.wait()
         try:
             return await engine.proc.stop(timeout_s)
         finally:

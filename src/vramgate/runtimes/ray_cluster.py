@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vramgate.config import RayCluster
-from vramgate.errors import EngineStartFailed
+from vramgate.errors import EngineStartFailed, NodeLost
 
 log = logging.getLogger("vramgate.cluster")
 MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
@@ -84,6 +84,14 @@ class Cluster:
         self.on_change: list[Callable[[], None]] = []
 
     async def connect(self) -> None:
+        await self._init_driver()
+        await self.refresh()
+        self._poller = asyncio.create_task(self._poll())
+        self.connected = True
+        self._changed()
+
+    async def _init_driver(self) -> None:
+        """Joins the cluster as a Ray driver (ray.init, bounded); RuntimeError if it cannot."""
         host = self.config.address.rpartition(":")[0]
         if host.startswith("127.") or host == "localhost":
             # Ray would advertise this machine's network address for a cluster it reaches on
@@ -120,10 +128,6 @@ class Cluster:
             ) from exc
         except Exception as exc:
             raise RuntimeError(f"cluster.ray.address {self.config.address}: {exc}") from exc
-        await self.refresh()
-        self._poller = asyncio.create_task(self._poll())
-        self.connected = True
-        self._changed()
 
     async def connect_until_up(self, retry_s: float) -> None:
         """`connect`, tried every `retry_s` until the head answers (a gateway started while
@@ -139,8 +143,6 @@ class Cluster:
             return
 
     async def close(self, stop_timeout_s: float) -> None:
-        import ray
-
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,9 +157,9 @@ class Cluster:
             )
         for node in live:
             with contextlib.suppress(Exception):
-                ray.kill(node.agent)
+                self._kill_agent(node.agent)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.to_thread(ray.shutdown), 10)
+            await asyncio.wait_for(asyncio.to_thread(self._disconnect), 10)
 
     # -- nodes -----------------------------------------------------------------------------
 
@@ -208,37 +210,53 @@ class Cluster:
             ) from None
         return infos
 
-    async def _join(self, node_id: str) -> None:
+    def _new_agent(self, node_id: str) -> Any:
+        """An agent actor on that node (its handle; `hello` tells when it runs)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from vramgate.runtimes.ray_agent import NodeAgent
 
+        return (
+            ray.remote(NodeAgent)
+            .options(
+                # soft=False: on that node or nowhere; the node exists (Ray listed it alive)
+                # and every wait below is bounded, so a node that dies meanwhile costs a
+                # timeout, never a hang.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                num_cpus=0,
+                max_restarts=0,
+                max_concurrency=1000,
+                name=f"vramgate-{self.gateway}-{node_id[:16]}-{self._agents}",
+                get_if_exists=False,
+            )
+            .remote(self.gateway)
+        )
+
+    def _kill_agent(self, agent: Any) -> None:
+        """Ends the agent actor (its watchdog then ends its engines); blocking."""
+        import ray
+
+        ray.kill(agent, no_restart=True)
+
+    def _disconnect(self) -> None:
+        """Leaves the cluster as a driver; blocking."""
+        import ray
+
+        ray.shutdown()
+
+    async def _join(self, node_id: str) -> None:
         self._starting.add(node_id)
         self._agents += 1
         agent: Any = None
         try:
-            agent = (
-                ray.remote(NodeAgent)
-                .options(
-                    # soft=False: on that node or nowhere; the node exists (Ray listed it alive)
-                    # and every wait below is bounded, so a node that dies meanwhile costs a
-                    # timeout, never a hang.
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                    num_cpus=0,
-                    max_restarts=0,
-                    max_concurrency=1000,
-                    name=f"vramgate-{self.gateway}-{node_id[:16]}-{self._agents}",
-                    get_if_exists=False,
-                )
-                .remote(self.gateway)
-            )
+            agent = self._new_agent(node_id)
             hello = await call(agent.hello.remote(), self.config.connect_timeout)
         except Exception as exc:
             log.warning("node %s: its agent did not start: %r", node_id[:12], exc)
             if agent is not None:
                 with contextlib.suppress(Exception):
-                    ray.kill(agent)
+                    self._kill_agent(agent)
             return
         finally:
             self._starting.discard(node_id)
@@ -276,10 +294,8 @@ class Cluster:
         self._changed()
 
     async def _fence(self, node: Node) -> None:
-        import ray
-
         try:
-            kill = asyncio.to_thread(ray.kill, node.agent, no_restart=True)
+            kill = asyncio.to_thread(self._kill_agent, node.agent)
             await asyncio.wait_for(kill, CALL_TIMEOUT_S)
         except Exception as exc:  # the GCS away too: the next agent there removes them
             log.warning("node %s: its agent could not be killed: %r", node.name, exc)
@@ -329,7 +345,7 @@ class Cluster:
         for node in self.live():
             if node.first_index <= index < node.first_index + len(node.totals_mib):
                 return node, index - node.first_index
-        raise EngineStartFailed(f"GPU {index} is not in the cluster any more (its node died)")
+        raise NodeLost(f"GPU {index} is not in the cluster any more (its node died)")
 
     def node_for(
         self, gpus: tuple[int, ...], allowed: tuple[str, ...]

@@ -19,7 +19,7 @@ import aiohttp
 
 from vramgate.config import Settings
 from vramgate.containers import Container
-from vramgate.errors import EngineStartFailed, GatewayBusy, GatewayError
+from vramgate.errors import EngineStartFailed, GatewayBusy, GatewayError, NodeLost
 from vramgate.events import Fanout
 from vramgate.runtimes import readiness
 from vramgate.runtimes.base import IsReady, SpecForPort
@@ -78,10 +78,8 @@ class RayEngine:
 
     def host_ram(self, kind: str) -> int:
         """Its process tree's host RAM on its node (called in a thread)."""
-        import ray
-
-        try:
-            return int(ray.get(self.node.agent.host_ram.remote(self.name, kind), timeout=10))
+        try:  # the ref's future, as ray.get: the same wait, and any agent handle has it
+            return int(self.node.agent.host_ram.remote(self.name, kind).future().result(10))
         except Exception:
             return 0
 
@@ -143,7 +141,11 @@ class RayEngine:
         )  # fmt: skip
         # Ready, and behind its guard only: an engine that binds beyond the node's loopback (a
         # `command` with its own --host 0.0.0.0) would answer anyone there without the key.
-        found: list[str] = await call(self.node.agent.exposed.remote(self.name))
+        try:
+            found: list[str] = await call(self.node.agent.exposed.remote(self.name))
+        except Exception as exc:  # its agent died after the engine was ready: so did the engine
+            self.lost(f"its agent did not answer: {exc!r}")
+            raise self._start_error(f"could not be checked: {exc!r}") from exc
         if found:
             raise self._start_error(
                 f"listens on {', '.join(found)}, reachable without the guard's key; make it "
@@ -180,11 +182,13 @@ class RayRuntime:
 
     kind = "ray"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cluster: Cluster | None = None) -> None:
+        """`cluster`: the Ray cluster `cluster.ray` names, or another one (the simulated one of
+        vramgate.testing.sim_cluster, standing in for Ray)."""
         assert settings.ray is not None
         self.settings = settings
         state_dir = Path(settings.state_dir)
-        self.cluster = Cluster(settings.ray, instance_id(state_dir))
+        self.cluster = cluster or Cluster(settings.ray, instance_id(state_dir))
         self.cluster.on_dead.append(self._node_died)
         self.engines: dict[str, RayEngine] = {}
         self._joining: asyncio.Task[None] | None = None  # a head that did not answer at start
@@ -270,9 +274,7 @@ class RayRuntime:
         try:
             port = await call(node.agent.port.remote(), timeout)
         except Exception as exc:
-            raise EngineStartFailed(
-                f"model '{name}': could not start its engine on node {node.name}: {exc!r}"
-            ) from exc
+            raise _start_failed(name, node, exc) from exc
         spec = spec_for_port(port)
         ref = node.agent.spawn.remote(
             name, spec.argv, {**env, **spec.env}, spec.health_path, local, port, secret
@@ -287,9 +289,7 @@ class RayRuntime:
             await asyncio.shield(self._undo(node, name, ref, timeout))
             if isinstance(exc, EngineStartFailed | asyncio.CancelledError):
                 raise
-            raise EngineStartFailed(
-                f"model '{name}': could not start its engine on node {node.name}: {exc!r}"
-            ) from exc
+            raise _start_failed(name, node, exc) from exc
         engine = RayEngine(
             name, node, started["guard_port"], secret, started["pid"], spec.health_path,
             EngineOutput(name, log_path, output),
@@ -297,3 +297,13 @@ class RayRuntime:
         node.engines.add(name)
         self.engines[name] = engine
         return engine
+
+
+def _start_failed(name: str, node: Node, exc: BaseException) -> EngineStartFailed:
+    """A failed call to the node's agent during a start: NodeLost (placed anew) where the
+    agent died or the node did meanwhile, else the start fails."""
+    from ray.exceptions import RayActorError
+
+    lost = isinstance(exc, RayActorError) or not node.alive
+    kind = NodeLost if lost else EngineStartFailed
+    return kind(f"model '{name}': could not start its engine on node {node.name}: {exc!r}")

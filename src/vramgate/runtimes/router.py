@@ -13,17 +13,19 @@ from vramgate.events import Fanout
 from vramgate.runtimes.base import EngineHandle, SpecForPort
 from vramgate.runtimes.docker import DockerRuntime, instance_id
 from vramgate.runtimes.local import LocalRuntime
+from vramgate.runtimes.ray_cluster import Cluster
 from vramgate.runtimes.ray_runtime import RayRuntime
 
 USED_DOCKER = "docker-used"  # in state_dir: look for leftovers at the next start
 
 
 class Runtimes:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cluster: Cluster | None = None) -> None:
+        """`cluster`: for `cluster.ray`, another cluster than Ray's (a simulated one)."""
         self.state_dir = Path(settings.state_dir)
         self.local = LocalRuntime()
         # On a cluster, engines run on its nodes (containers are refused by the config).
-        self.ray = RayRuntime(settings) if settings.ray is not None else None
+        self.ray = RayRuntime(settings, cluster) if settings.ray is not None else None
         self.kind = "ray" if self.ray is not None else "local+docker"
         self.docker: DockerRuntime | None = None
         self._docker_wanted = any(

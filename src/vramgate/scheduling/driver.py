@@ -25,6 +25,7 @@ from vramgate.errors import (
     GatewayBusy,
     GatewayError,
     ModelNotFound,
+    NodeLost,
 )
 from vramgate.events import Events
 from vramgate.instances import Instance
@@ -264,6 +265,8 @@ class Scheduler(Stopping, Definitions):
             except EngineStartFailed as exc:
                 handle = inst.handle
                 lost = handle.lost_reason if handle is not None else None
+                if lost is None and isinstance(exc, NodeLost):  # before its engine had a handle
+                    lost = str(exc)
                 if (
                     lost is None
                     or attempt == NODE_LOST_RETRIES
