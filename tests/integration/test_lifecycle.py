@@ -10,11 +10,11 @@ import time
 import openai
 import pytest
 
-from tests.conftest import fake_cmd, pid_alive, stream_beside, wait_until
+from tests.conftest import FAKE_RAM, fake_cmd, pid_alive, stream_beside, wait_until
 
 
 def model(*knobs: str, **extra) -> dict:
-    return {"engine": "command", "cmd": fake_cmd(*knobs), **extra}
+    return {"engine": "command", "cmd": fake_cmd(*knobs), **FAKE_RAM, **extra}
 
 
 def test_failed_start_is_503_with_the_engine_output(gateway):
