@@ -405,7 +405,8 @@ def test_tool_arguments_that_are_not_json_come_as_raw_like_the_whole_answer():
     """A small model's broken arguments: the SDK's stream would raise parsing them (review 23t);
     the non-streamed answer keeps them as {"_raw": text}, and so does the stream."""
     stream = MessageStream("m", [])
-    raw = chunk(tool_calls=[{"index": 0, "id": "c", "function": {"name": "w",
-                                                                 "arguments": '{"city": Par'}}])
+    raw = chunk(
+        tool_calls=[{"index": 0, "id": "c", "function": {"name": "w", "arguments": '{"city": Par'}}]
+    )
     blocks = _tool_blocks(stream.feed(raw + chunk(finish="tool_calls")) + stream.end())
     assert [b["input"] for b in blocks] == [{"_raw": '{"city": Par'}]
