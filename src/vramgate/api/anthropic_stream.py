@@ -24,7 +24,7 @@ import orjson
 
 from vramgate.api.anthropic_convert import message_id, stop_reason, tool_id
 from vramgate.api.checks import count, reasoning_of, text, tool_arguments
-from vramgate.sse import SseSplitter, data_lines
+from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, data_lines
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -76,7 +76,7 @@ class MessageStream:
 
     def __init__(self, model: str, stops: list[str]) -> None:
         self.model, self.stops = model, stops
-        self.events = SseSplitter()
+        self.events = SseSplitter(TRANSLATED_EVENT_LIMIT)
         self.started = self.finished = False
         self.index = -1  # the last block's index
         self.open: str | None = None  # the open block's kind: text, thinking, tool_use
@@ -96,8 +96,9 @@ class MessageStream:
         return sse("message_start", {"type": "message_start", "message": message})
 
     def feed(self, data: bytes) -> bytes:
-        events, _ = self.events.feed(data)
-        return b"".join(self._event(e) for e in events)
+        events, too_long = self.events.feed(data)
+        out = b"".join(self._event(e) for e in events)
+        return out + self._fail(TOO_LONG) if too_long else out
 
     def end(self) -> bytes:
         out = self._event(rest) if (rest := self.events.rest()) else b""
@@ -117,8 +118,7 @@ class MessageStream:
             return b""
         out = self.start()
         if chunk.get("error") is not None:  # the gateway's own, or the engine's
-            self.finished = True
-            return out + self._close() + error_event("api_error", _error_message(chunk["error"]))
+            return out + self._fail(_error_message(chunk["error"]))
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = {"input_tokens": count(usage.get("prompt_tokens")),
@@ -133,6 +133,14 @@ class MessageStream:
             if choice.get("finish_reason"):
                 self.finish = choice
         return out
+
+    def _fail(self, message: str) -> bytes:
+        """An error event ends the stream: nothing is sent after it."""
+        if self.finished:
+            return b""
+        out = self.start() + self._close()
+        self.finished = True
+        return out + error_event("api_error", message)
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
         out = b""
