@@ -6,6 +6,12 @@ costs linear time; one that never ends is handed on whole past `limit` bytes."""
 from __future__ import annotations
 
 EVENT_END = b"\n\n"
+# One event a translation (Anthropic's, Ollama's) must hold whole to parse: past this it cannot
+# be carried, and the stream ends with an error naming why. A delta this big is a whole answer.
+TRANSLATED_EVENT_LIMIT = 64 << 20
+TOO_LONG = (
+    f"an event from the engine over {TRANSLATED_EVENT_LIMIT >> 20} MiB: the answer stops here"
+)
 
 
 class SseSplitter:

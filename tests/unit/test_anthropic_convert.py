@@ -215,7 +215,7 @@ def test_a_stream_becomes_anthropics_event_sequence_however_it_is_split():
     kinds = [k for k, _ in expected]
     assert kinds == ["message_start", "content_block_start", "content_block_delta",
                      "content_block_delta", "content_block_stop", "content_block_start",
-                     "content_block_delta", "content_block_delta", "content_block_stop",
+                     "content_block_delta", "content_block_stop",  # the arguments, checked whole
                      "message_delta", "message_stop"]  # fmt: skip
     assert expected[0][1]["message"]["model"] == "claude-x"
     assert "".join(d["delta"].get("text", "") for k, d in expected if k == "content_block_delta"
@@ -372,3 +372,41 @@ def test_a_mistyped_block_is_a_400_in_any_turn(content):
 def test_mistyped_fields_at_depth_are_a_400(fields, says):
     with pytest.raises(BadRequest, match=says):
         to_chat_request(request(**fields), "m")
+
+
+def _tool_blocks(raw: bytes) -> list[dict[str, Any]]:
+    """Each tool_use block as a client builds it: its start, then its arguments parsed."""
+    blocks: list[dict[str, Any]] = []
+    for kind, data in events(raw):
+        if kind == "content_block_start" and data["content_block"]["type"] == "tool_use":
+            blocks.append({**data["content_block"], "json": ""})
+        elif kind == "content_block_delta" and data["delta"]["type"] == "input_json_delta":
+            blocks[-1]["json"] += data["delta"]["partial_json"]
+    for block in blocks:
+        block["input"] = orjson.loads(block.pop("json") or "{}")
+    return blocks
+
+
+def test_a_tool_name_in_pieces_and_an_id_on_a_later_delta_are_kept_whole():
+    """OpenAI's grammar lets `function.name` and `id` come on any delta (review 23t)."""
+    raw = b"".join([
+        chunk(tool_calls=[{"index": 0, "function": {"name": "get_", "arguments": ""}}]),
+        chunk(tool_calls=[{"index": 0, "id": "call_A", "function": {"name": "weather"}}]),
+        chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}]),
+        chunk(finish="tool_calls"),
+    ])  # fmt: skip
+    stream = MessageStream("m", [])
+    blocks = _tool_blocks(stream.feed(raw) + stream.end())
+    assert blocks == [{"type": "tool_use", "id": "call_A", "name": "get_weather",
+                       "input": {"city": "Oslo"}}]  # fmt: skip
+
+
+def test_tool_arguments_that_are_not_json_come_as_raw_like_the_whole_answer():
+    """A small model's broken arguments: the SDK's stream would raise parsing them (review 23t);
+    the non-streamed answer keeps them as {"_raw": text}, and so does the stream."""
+    stream = MessageStream("m", [])
+    raw = chunk(
+        tool_calls=[{"index": 0, "id": "c", "function": {"name": "w", "arguments": '{"city": Par'}}]
+    )
+    blocks = _tool_blocks(stream.feed(raw + chunk(finish="tool_calls")) + stream.end())
+    assert [b["input"] for b in blocks] == [{"_raw": '{"city": Par'}]

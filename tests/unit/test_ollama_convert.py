@@ -253,3 +253,27 @@ def test_tool_arguments_nested_past_the_bound_are_kept_as_text_both_ways(depth):
     block = from_chat_response(answer, "m", [])["content"][0]
     assert block["input"] == {"_raw": deep}
     orjson.dumps(block)
+
+
+@pytest.mark.parametrize("ms", [1e308, -5.0, 1e300, "12", True])
+def test_engine_timings_that_are_huge_or_not_durations_read_as_absent(ms):
+    """llama-server's timings in milliseconds: 1e308 was int(inf), an OverflowError and a 500
+    (review 23t); what is not a duration reads as absent, as checks.py has every engine field."""
+    timings = {"prompt_ms": ms, "predicted_ms": ms}
+    began = time.perf_counter()
+    choice = {"message": {"content": "hi"}, "finish_reason": "stop"}
+    answer = {"choices": [choice], "usage": {"prompt_tokens": 1}, "timings": timings}
+    whole = convert.chat_response(answer, "m", began)
+    assert whole["prompt_eval_duration"] == 0
+    assert 0 <= whole["eval_duration"] <= whole["total_duration"]
+    stream = NdjsonStream("m", began, generate=False)
+    raw = stream.feed(sse({"content": "hi"}, "stop", timings=timings)) + stream.end()
+    done = orjson.loads(raw.splitlines()[-1])
+    assert done["done"] is True and done["prompt_eval_duration"] == 0
+    orjson.dumps(whole)
+
+
+def test_engine_timings_in_range_are_kept_as_nanoseconds():
+    answer = {"choices": [], "timings": {"prompt_ms": 1.5, "predicted_ms": 20}}
+    whole = convert.chat_response(answer, "m", time.perf_counter())
+    assert (whole["prompt_eval_duration"], whole["eval_duration"]) == (1_500_000, 20_000_000)

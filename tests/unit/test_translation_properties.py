@@ -270,12 +270,11 @@ def test_any_whole_answer_is_a_message_each_sdk_accepts_carrying_all_of_it(data)
     script: Script = engine_stream(data, with_error=False)
     message: dict[str, Any] = {"role": "assistant", "content": script.text or None}
     if script.reasoning:
-        message["reasoning_content"] = script.reasoning
+        message[script.reasoning_key] = script.reasoning
     if script.calls:
         message["tool_calls"] = [
-            {"id": ident, "type": "function",
-             "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}}
-            for ident, name, arguments in script.calls
+            {"id": ident, "type": "function", "function": {"name": name, "arguments": sent}}
+            for (ident, name, _), sent in zip(script.calls, script.sent, strict=True)
         ]  # fmt: skip
     choice = {"index": 0, "message": message, "finish_reason": script.finish or "stop"}
     answer: dict[str, Any] = {"id": "c", "object": "chat.completion", "created": 1,

@@ -226,7 +226,9 @@ class Script:
 
     text: str = ""
     reasoning: str = ""
+    reasoning_key: str = "reasoning_content"  # or `reasoning`, as vLLM names it from 0.10
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # id, name, args
+    sent: list[str] = field(default_factory=list)  # each call's arguments as the engine wrote them
     finish: str | None = None
     usage: tuple[int, int] | None = None
     error: str | None = None  # an error chunk ended it (text etc. are what came before)
@@ -254,36 +256,46 @@ def _frame(data: st.DataObject, payload: bytes) -> bytes:
 
 
 def engine_stream(data: st.DataObject, *, with_error: bool = True) -> Script:
-    """A chat completion stream: reasoning, text and up to three tool calls whose deltas
-    interleave in any order (each call's first delta, with its id and name, before the first of
-    the next call's, as engines number them), empty deltas, a finish reason, a usage-only chunk,
-    and maybe an error chunk anywhere."""
+    """A chat completion stream: reasoning (under either key engines use), text and up to three
+    tool calls whose deltas interleave in any order (each call's first delta before the first of
+    the next call's, as engines number them; its name maybe in pieces, its id maybe on its second
+    delta, its arguments maybe not JSON, as small models write them), empty deltas, other
+    choices (index 1, which a one-answer API skips), a finish reason, a usage-only chunk, and
+    maybe an error chunk anywhere."""
     script = Script()
+    script.reasoning_key = data.draw(st.sampled_from(["reasoning_content", "reasoning"]), "key")
     script.reasoning = "".join(data.draw(st.lists(_PIECE, max_size=3), "reasoning"))
     script.text = "".join(data.draw(st.lists(_PIECE, max_size=3), "text"))
-    drawn = []  # each call's name, arguments and the pieces its arguments are sent in
+    drawn = []  # each call's name pieces, expected arguments, text sent and its pieces
     for i in range(data.draw(st.integers(0, 3), "calls")):
         arguments = data.draw(st.dictionaries(NAMES, JSON, max_size=3), "arguments")
-        pieces = _pieces(data, orjson.dumps(arguments).decode(), f"a{i}")
-        drawn.append((data.draw(NAMES, "name"), arguments, pieces))
+        sent = orjson.dumps(arguments).decode()
+        if data.draw(st.integers(0, 3), "not json") == 0:
+            sent = sent[:-1]  # an object cut before its `}`: never JSON
+            arguments = {"_raw": sent}  # what the non-streamed answer makes of it
+        names = _pieces(data, data.draw(NAMES, "name"), f"n{i}")
+        drawn.append((names, arguments, sent, _pieces(data, sent, f"a{i}")))
     streams: list[list[dict[str, Any]]] = [
-        [{"reasoning_content": p} for p in _pieces(data, script.reasoning, "r")],
+        [{script.reasoning_key: p} for p in _pieces(data, script.reasoning, "r")],
         [{"content": p} for p in _pieces(data, script.text, "t")],
     ]
     labels = [0] * len(streams[0]) + [1] * len(streams[1])
-    for i, (_, _, pieces) in enumerate(drawn):
-        labels += [2 + i] * (1 + len(pieces))  # the first delta (id, name), then the pieces
+    for i, (names, _, _, pieces) in enumerate(drawn):
+        labels += [2 + i] * (len(names) + len(pieces))
     order = data.draw(st.permutations(labels), "order")
     # Engines number calls as they begin: the k-th call to begin is index k.
     begun = list(dict.fromkeys(k for k in order if k >= 2))
     for index, label in enumerate(begun):
-        name, arguments, pieces = drawn[label - 2]
+        names, arguments, sent, pieces = drawn[label - 2]
         ident = f"call_{index}"
-        script.calls.append((ident, name, arguments))
-        first = {"index": index, "id": ident, "type": "function",
-                 "function": {"name": name, "arguments": ""}}  # fmt: skip
-        rest = [{"index": index, "function": {"arguments": p}} for p in pieces]
-        streams.append([{"tool_calls": [call]} for call in [first, *rest]])
+        script.calls.append((ident, "".join(names), arguments))
+        script.sent.append(sent)
+        calls = [{"index": index, "function": {"name": n}} for n in names]
+        calls += [{"index": index, "function": {"arguments": p}} for p in pieces]
+        calls[0]["function"]["arguments"] = calls[0]["function"].get("arguments", "")
+        late = len(calls) > 1 and data.draw(st.booleans(), "id late")
+        calls[1 if late else 0].update(id=ident, type="function")
+        streams.append([{"tool_calls": [call]} for call in calls])
     relabel = {label: 2 + index for index, label in enumerate(begun)}
     order = [relabel.get(k, k) for k in order]
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
@@ -294,12 +306,15 @@ def engine_stream(data: st.DataObject, *, with_error: bool = True) -> Script:
         if data.draw(st.integers(0, 5), "empty") == 0:
             deltas.append(data.draw(st.sampled_from([{}, {"content": ""}, {"content": None}])))
     base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
-    chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
-              for d in deltas]  # fmt: skip
+    choices = [[{"index": 0, "delta": d, "finish_reason": None}] for d in deltas]
     script.finish = data.draw(_FINISH, "finish")
     if script.finish is not None:
-        chunks.append({**base, "choices": [{"index": 0, "delta": {},
-                                            "finish_reason": script.finish}]})  # fmt: skip
+        choices.append([{"index": 0, "delta": {}, "finish_reason": script.finish}])
+    for both in choices:
+        if data.draw(st.integers(0, 3), "other choice") == 0:
+            other = {"index": 1, "delta": data.draw(_OTHER_DELTA), "finish_reason": "length"}
+            both.insert(data.draw(st.integers(0, 1), "other first"), other)
+    chunks = [{**base, "choices": both} for both in choices]
     if data.draw(st.booleans(), "usage"):
         script.usage = (data.draw(st.integers(0, 10**6)), data.draw(st.integers(0, 10**6)))
         usage = {"prompt_tokens": script.usage[0], "completion_tokens": script.usage[1],
@@ -319,6 +334,15 @@ def engine_stream(data: st.DataObject, *, with_error: bool = True) -> Script:
         events.append(_frame(data, b"[DONE]"))
     script.raw = b"".join(events)
     return script
+
+
+# A second choice's delta (n > 1): none of it may reach a one-answer API's stream.
+_OTHER_CALL = {"index": 0, "id": "other", "type": "function",
+               "function": {"name": "other", "arguments": "{}"}}  # fmt: skip
+_OTHER_DELTA = st.sampled_from([
+    {"content": "OTHER"}, {"reasoning_content": "OTHER"}, {"reasoning": "OTHER"},
+    {"tool_calls": [_OTHER_CALL]},
+])  # fmt: skip
 
 
 def split(data: st.DataObject, raw: bytes) -> list[bytes]:

@@ -8,9 +8,11 @@ is empty), the finish reason (message_delta's stop_reason) and an error mid-stre
 event, after which nothing more is sent).
 
 Anthropic's blocks come one after another (a client appends to the last one it was told of), but
-an engine may interleave parallel calls (index 0, 1, 0, 1). So one block is open at a time and
-streams live; while it is a tool call, whatever is not that call's (text, reasoning, other
-calls) is held, and sent as whole blocks when the stream ends: nothing is lost or misplaced.
+an engine may interleave parallel calls (index 0, 1, 0, 1), send a call's name in pieces or its id
+on a later delta, and write arguments that are not JSON. So text and reasoning stream live until
+the first tool call; each call is held, and from then on whatever follows too, and all of it is
+sent as whole blocks, in the order it began, when the stream ends: nothing is lost or misplaced,
+and a call's arguments are checked whole first.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any
 import orjson
 
 from vramgate.api.anthropic_convert import message_id, stop_reason, tool_id
-from vramgate.api.checks import count, reasoning_of, text
-from vramgate.sse import SseSplitter, data_lines
+from vramgate.api.checks import count, reasoning_of, text, tool_arguments
+from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, data_lines
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -44,6 +46,11 @@ class Call:
 
     def block(self) -> dict[str, Any]:
         return {"type": "tool_use", "id": self.id or tool_id(), "name": self.name, "input": {}}
+
+    def json(self) -> str:
+        """The arguments as a JSON object, as the non-streamed answer has them: what is not
+        one is kept as `{"_raw": text}` (or `_value`)."""
+        return orjson.dumps(tool_arguments("".join(self.arguments))).decode()
 
 
 @dataclass
@@ -69,11 +76,10 @@ class MessageStream:
 
     def __init__(self, model: str, stops: list[str]) -> None:
         self.model, self.stops = model, stops
-        self.events = SseSplitter()
+        self.events = SseSplitter(TRANSLATED_EVENT_LIMIT)
         self.started = self.finished = False
         self.index = -1  # the last block's index
         self.open: str | None = None  # the open block's kind: text, thinking, tool_use
-        self.live: int | None = None  # the OpenAI index of the call whose block is open
         self.calls: dict[int, Call] = {}  # every call by its OpenAI index, sent or held
         self.held: list[Held] = []
         self.finish: dict[str, Any] = {}
@@ -90,8 +96,9 @@ class MessageStream:
         return sse("message_start", {"type": "message_start", "message": message})
 
     def feed(self, data: bytes) -> bytes:
-        events, _ = self.events.feed(data)
-        return b"".join(self._event(e) for e in events)
+        events, too_long = self.events.feed(data)
+        out = b"".join(self._event(e) for e in events)
+        return out + self._fail(TOO_LONG) if too_long else out
 
     def end(self) -> bytes:
         out = self._event(rest) if (rest := self.events.rest()) else b""
@@ -111,8 +118,7 @@ class MessageStream:
             return b""
         out = self.start()
         if chunk.get("error") is not None:  # the gateway's own, or the engine's
-            self.finished = True
-            return out + self._close() + error_event("api_error", _error_message(chunk["error"]))
+            return out + self._fail(_error_message(chunk["error"]))
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = {"input_tokens": count(usage.get("prompt_tokens")),
@@ -128,6 +134,14 @@ class MessageStream:
                 self.finish = choice
         return out
 
+    def _fail(self, message: str) -> bytes:
+        """An error event ends the stream: nothing is sent after it."""
+        if self.finished:
+            return b""
+        out = self.start() + self._close()
+        self.finished = True
+        return out + error_event("api_error", message)
+
     def _delta(self, delta: dict[str, Any]) -> bytes:
         out = b""
         if thinking := reasoning_of(delta):
@@ -142,7 +156,7 @@ class MessageStream:
 
     def _piece(self, kind: str, piece: str) -> bytes:
         """Text or reasoning: streamed into its block, or held behind an open tool call."""
-        if self.live is not None or self.held:
+        if self.held:
             if not self.held or self.held[-1].kind != kind:
                 self.held.append(Held(kind))
             self.held[-1].text.append(piece)
@@ -153,6 +167,9 @@ class MessageStream:
         return out + self._delta_event(_delta_of(kind, piece))
 
     def _call(self, delta: dict[str, Any]) -> bytes:
+        """A tool call's delta: held, its block sent whole when the stream ends. Its name and
+        id may come in any delta, and its arguments must be checked whole (a small model's may
+        not be JSON, which the SDK's stream fails on), so no part of it is sent before then."""
         position = delta.get("index", 0)
         if not isinstance(position, int):
             position = 0
@@ -161,22 +178,11 @@ class MessageStream:
         call = self.calls.get(position)
         if call is None:
             call = self.calls[position] = Call()
-            is_new = True
-        else:
-            is_new = False
+            self.held.append(Held("tool_use", call=call))
         call.id = call.id or text(delta.get("id"))
         call.name += text(function.get("name"))
-        arguments = text(function.get("arguments"))
-        if position == self.live:
-            return self._delta_event(_arguments(arguments)) if arguments else b""
-        if arguments:
+        if arguments := text(function.get("arguments")):
             call.arguments.append(arguments)
-        if is_new and self.live is None and not self.held and call.name:
-            out = self._open(call.block(), "tool_use")
-            self.live = position
-            return out + (self._delta_event(_arguments(arguments)) if arguments else b"")
-        if is_new:
-            self.held.append(Held("tool_use", call=call))
         return b""
 
     def _open(self, block: dict[str, Any], kind: str) -> bytes:
@@ -193,7 +199,7 @@ class MessageStream:
     def _close(self) -> bytes:
         if self.open is None:
             return b""
-        self.open = self.live = None
+        self.open = None
         return sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
 
     def _flush(self) -> bytes:
@@ -202,8 +208,7 @@ class MessageStream:
         for held in self.held:
             if held.call is not None:
                 out += self._open(held.call.block(), "tool_use")
-                if arguments := "".join(held.call.arguments):
-                    out += self._delta_event(_arguments(arguments))
+                out += self._delta_event(_arguments(held.call.json()))
             else:
                 kind = held.kind
                 out += self._open({"type": kind, kind: ""} | _signature(kind), kind)

@@ -9,7 +9,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from vramgate.api.guards import check_depth
+from vramgate.api.guards import MAX_DURATION_S, check_depth
 from vramgate.errors import BadRequest
 
 
@@ -55,6 +55,15 @@ def reasoning_of(message: dict[str, Any]) -> str:
 def count(value: Any) -> int:
     """A token count from an engine's usage (0 where it has none, or not a number)."""
     return value if is_integer(value) and value > 0 else 0
+
+
+def nanoseconds(milliseconds: Any) -> int | None:
+    """An engine's duration in milliseconds (llama-server's `timings`) as nanoseconds, or None
+    where it is not a number, negative, or past MAX_DURATION_S (1e308 would be an infinite float,
+    which int() cannot take)."""
+    if not is_number(milliseconds) or not 0 <= milliseconds <= MAX_DURATION_S * 1e3:
+        return None
+    return int(milliseconds * 1e6)
 
 
 def text(value: Any) -> str:

@@ -23,6 +23,7 @@ from vramgate.api.checks import (
     count,
     is_integer,
     is_number,
+    nanoseconds,
     optional,
     reasoning_of,
     require,
@@ -304,14 +305,15 @@ def stats(usage: Any, began: float, timings: Any) -> dict[str, Any]:
     usage = usage if isinstance(usage, dict) else {}
     timings = timings if isinstance(timings, dict) else {}
     total_ns = int((time.perf_counter() - began) * 1e9)
-    prompt_ms, predicted_ms = timings.get("prompt_ms"), timings.get("predicted_ms")
+    prompt_ns = nanoseconds(timings.get("prompt_ms"))
+    predicted_ns = nanoseconds(timings.get("predicted_ms"))
     return {
         "total_duration": total_ns,
         "load_duration": 0,
         "prompt_eval_count": count(usage.get("prompt_tokens")),
-        "prompt_eval_duration": int(prompt_ms * 1e6) if is_number(prompt_ms) else 0,
+        "prompt_eval_duration": 0 if prompt_ns is None else prompt_ns,
         "eval_count": count(usage.get("completion_tokens")),
-        "eval_duration": int(predicted_ms * 1e6) if is_number(predicted_ms) else total_ns,
+        "eval_duration": total_ns if predicted_ns is None else predicted_ns,
     }
 
 

@@ -16,7 +16,7 @@ import orjson
 
 from vramgate.api.checks import reasoning_of, text
 from vramgate.api.ollama_convert import done_reason, error_line, now_iso, stats, tool_calls
-from vramgate.sse import SseSplitter, data_lines
+from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, data_lines
 
 
 class NdjsonStream:
@@ -27,7 +27,7 @@ class NdjsonStream:
     def __init__(self, model: str, began: float, *, generate: bool, is_chat: bool = True) -> None:
         self.model, self.began = model, began
         self.generate, self.is_chat = generate, is_chat
-        self.events = SseSplitter()
+        self.events = SseSplitter(TRANSLATED_EVENT_LIMIT)
         self.calls: dict[int, dict[str, str]] = {}  # by OpenAI's index: name, arguments
         self.usage: dict[str, Any] = {}
         self.timings: dict[str, Any] | None = None
@@ -35,8 +35,9 @@ class NdjsonStream:
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
-        events, _ = self.events.feed(data)
-        return b"".join(self._event(e) for e in events)
+        events, too_long = self.events.feed(data)
+        out = b"".join(self._event(e) for e in events)
+        return out + self._fail(TOO_LONG) if too_long else out
 
     def end(self) -> bytes:
         out = self._event(rest) if (rest := self.events.rest()) else b""
@@ -75,9 +76,8 @@ class NdjsonStream:
         if not isinstance(chunk, dict):
             return b""
         if (error := chunk.get("error")) is not None:
-            self.done = True
             message = error.get("message") if isinstance(error, dict) else error
-            return error_line(message if isinstance(message, str) else "the engine failed")
+            return self._fail(message if isinstance(message, str) else "the engine failed")
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         if isinstance(chunk.get("timings"), dict):
@@ -93,6 +93,13 @@ class NdjsonStream:
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return out
+
+    def _fail(self, message: str) -> bytes:
+        """An error line ends the stream: nothing is sent after it."""
+        if self.done:
+            return b""
+        self.done = True
+        return error_line(message)
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
         content, thinking = text(delta.get("content")), reasoning_of(delta)
