@@ -6,6 +6,7 @@ with it unread, or an abortive close after reading it whole) and gives Broken, n
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -323,4 +324,47 @@ def test_a_connection_idle_past_the_bound_is_not_reused(loop):
 
         run(loop, main)
         assert out == [b"ok", b"ok"]
+        assert engine.requests == 2 and engine.connections == 2
+
+
+# -- a stream's connection is not reused: llama-server closes it after every streamed answer --
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_connection_that_carried_a_stream_is_not_reused(loop):
+    """llama-server closes the connection after each streamed answer, its FIN a fraction of a
+    millisecond after the last chunk and no reset for a request written meanwhile: a request
+    sent at once on that connection met a FIN alone, a 502 (7 of 30 behind vramgate). The
+    engine here answers a stream, then closes as llama-server does, reading nothing more."""
+    stream = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n"
+              b"f\r\ndata: {\"a\":1}\n\n\r\n0\r\n\r\n")  # fmt: skip
+
+    def script(peer: Peer) -> None:
+        if peer.read_request() is None:
+            return
+        if peer.index == 1:
+            peer.send([stream])
+            time.sleep(0.01)  # the next request is written on it meanwhile (if it is reused)
+            peer.sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)
+            return
+        peer.send([OK])
+        _serve_rest(peer)
+
+    with Scripted(script) as engine:
+        out = []
+
+        async def main() -> None:
+            pool = UpstreamPool(read_timeout_s=5)
+            first = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+            out.append(b"".join([c async for c in first.chunks()]))
+            first.release()
+            second = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+            out.append(await second.read())
+            second.release()
+            pool.close()
+
+        run(loop, main)
+        assert out == [b'data: {"a":1}\n\n', b"ok"], out
         assert engine.requests == 2 and engine.connections == 2
