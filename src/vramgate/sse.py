@@ -5,6 +5,10 @@ costs linear time; one that never ends is handed on whole past `limit` bytes."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 EVENT_END = b"\n\n"
 # One event a translation (Anthropic's, Ollama's) must hold whole to parse: past this it cannot
 # be carried, and the stream ends with an error naming why. A delta this big is a whole answer.
@@ -54,3 +58,16 @@ def data_lines(event: bytes) -> bytes | None:
         line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
     ]
     return b"\n".join(found) if found else None
+
+
+def chunk_of(event: bytes) -> dict[str, Any] | None:
+    """An event's data as the JSON object an OpenAI stream sends, or None where it holds none
+    (no data, `[DONE]`, not JSON, not an object): what the translated streams read."""
+    data = data_lines(event)
+    if data is None or data.strip() == b"[DONE]":
+        return None
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return chunk if isinstance(chunk, dict) else None

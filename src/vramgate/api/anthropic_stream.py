@@ -24,7 +24,7 @@ import orjson
 
 from vramgate.api.anthropic_convert import message_id, stop_reason, tool_id
 from vramgate.api.checks import count, reasoning_of, text, tool_arguments
-from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, data_lines
+from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, chunk_of
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -107,14 +107,8 @@ class MessageStream:
     def _event(self, event: bytes) -> bytes:
         if self.finished:  # an error ended it: nothing may follow
             return b""
-        data = data_lines(event)
-        if data is None or data.strip() == b"[DONE]":
-            return b""
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
+        chunk = chunk_of(event)
+        if chunk is None:
             return b""
         out = self.start()
         if chunk.get("error") is not None:  # the gateway's own, or the engine's

@@ -16,7 +16,7 @@ import orjson
 
 from vramgate.api.checks import reasoning_of, text
 from vramgate.api.ollama_convert import done_reason, error_line, now_iso, stats, tool_calls
-from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, data_lines
+from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, chunk_of
 
 
 class NdjsonStream:
@@ -66,14 +66,8 @@ class NdjsonStream:
     def _event(self, event: bytes) -> bytes:
         if self.done:  # an error ended it: nothing may follow
             return b""
-        data = data_lines(event)
-        if data is None or data.strip() == b"[DONE]":
-            return b""
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(chunk, dict):
+        chunk = chunk_of(event)
+        if chunk is None:
             return b""
         if (error := chunk.get("error")) is not None:
             message = error.get("message") if isinstance(error, dict) else error
