@@ -7,8 +7,6 @@ import pytest
 from tests.cluster.conftest import ask, ray_config
 from tests.conftest import fake_cmd, wait_until
 
-ray = pytest.importorskip("ray")
-
 
 @pytest.fixture(scope="module")
 def cluster(make_cluster):

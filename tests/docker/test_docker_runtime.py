@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import vramgate
-from tests.conftest import fake_cmd, pid_alive, wait_until
+from tests.conftest import FAKE_RAM, fake_cmd, pid_alive, wait_until
 from tests.e2e.test_llama_server import BINARY, GGUF
 from vramgate.containers import Container
 from vramgate.runtimes.docker import (
@@ -139,10 +139,9 @@ def test_gemma_through_llama_server_in_a_container(docker, gateway):
 
 
 def test_container_and_local_engines_side_by_side(docker, gateway):
-    gw = gateway(
-        {"models": {"boxed": in_container("boxed"), "local": {"engine": "command",
-                                                              "cmd": fake_cmd("--name", "local")}}}
-    )  # fmt: skip
+    # sized: both run at once (device: auto runs an unsized engine alone, as a discovery run)
+    local = {"engine": "command", "cmd": fake_cmd("--name", "local"), **FAKE_RAM}
+    gw = gateway({"models": {"boxed": in_container("boxed") | FAKE_RAM, "local": local}})
     assert ask(gw, "boxed") and ask(gw, "local")
     [found] = containers_of(docker, gw)
     assert found.labels[MODEL] == "boxed"
@@ -155,7 +154,8 @@ def test_container_and_local_engines_side_by_side(docker, gateway):
 
 
 def test_gateway_killed_with_sigkill_leaves_no_container(docker, gateway):
-    gw = gateway({"models": {"a": in_container("a"), "b": in_container("b")}})
+    # sized: both run at once (device: auto runs an unsized engine alone, as a discovery run)
+    gw = gateway({"models": {"a": in_container("a") | FAKE_RAM, "b": in_container("b") | FAKE_RAM}})
     assert ask(gw, "a") and ask(gw, "b")
     assert len(containers_of(docker, gw)) == 2
     gw.proc.send_signal(signal.SIGKILL)

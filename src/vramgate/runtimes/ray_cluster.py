@@ -93,10 +93,14 @@ class Cluster:
     async def _init_driver(self) -> None:
         """Joins the cluster as a Ray driver (ray.init, bounded); RuntimeError if it cannot."""
         host = self.config.address.rpartition(":")[0]
-        if host.startswith("127.") or host == "localhost":
+        on_loopback = host.startswith("127.") or host == "localhost"
+        if on_loopback:
             # Ray would advertise this machine's network address for a cluster it reaches on
             # loopback; such a cluster (one box, the tests) must stay there. Read when Ray is
-            # imported: before. Never for a real cluster, whose nodes must reach this driver.
+            # imported (set before), and set on Ray's constant after (Ray may have been imported
+            # first: pytest collecting a module that imports it made ray.init rewrite
+            # 127.0.0.1:P to the machine's eth0 address). Never for a real cluster, whose
+            # nodes must reach this driver.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # Ray ends a driver whose GCS has not answered for 60 s: a head lost that long ended the
         # gateway, cutting every request in flight, though no request goes through Ray (the
@@ -105,6 +109,10 @@ class Cluster:
         os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_WAIT_S))
         import ray
 
+        if on_loopback:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False  # read at each call (get_node_ip_address)
         timeout = self.config.connect_timeout
 
         def init() -> None:
