@@ -23,7 +23,11 @@ that carried an answer with bytes after its end, or any other bytes while idle, 
 Nor is one that carried a stream (text/event-stream): llama-server closes the connection after
 every streamed answer, its FIN a fraction of a millisecond after the answer's last byte and with
 no reset for a request written meanwhile (seen: 7 of 30 requests that followed a stream at once),
-the ambiguous case; a new connection costs a loopback round trip, a stream far more.
+the ambiguous case; a new connection costs a loopback round trip, a stream far more. Nor is one
+that carried a 5xx answer: uvicorn (`transformers serve`, vLLM, SGLang) closes the connection
+after an app's unhandled error, once the 500 is sent, without `Connection: close`; a request
+written in between met a reset with no FIN first (the ambiguous case; seen in CI after a
+malformed chat request to `transformers serve`).
 An answer's head over _HEAD_LIMIT is Broken. aiohttp's and httpx's clients cannot tell these
 cases apart, and aiohttp's costs about half of the gateway's CPU per request.
 """
@@ -241,6 +245,7 @@ class _Connection(asyncio.Protocol):
             self.complete
             and not self.extra
             and not self.streamed  # the engine may close it as we write (the docstring)
+            and self.status < 500  # likewise (uvicorn closes after an app's unhandled error)
             and not self.lost
             and self.error is None
             and self.keep_alive

@@ -368,3 +368,44 @@ def test_a_connection_that_carried_a_stream_is_not_reused(loop):
         run(loop, main)
         assert out == [b'data: {"a":1}\n\n', b"ok"], out
         assert engine.requests == 2 and engine.connections == 2
+
+
+# -- nor is a 5xx answer's: uvicorn closes the connection after an app's unhandled error -----
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_connection_that_carried_a_server_error_is_not_reused(loop):
+    """`transformers serve` (uvicorn) answers 500 to a malformed chat request (its app raised),
+    then closes the connection without `Connection: close`: the next request, written on it
+    meanwhile and unread, met a reset with no FIN first, a 502 (CI, test_transformers). The engine
+    here answers 500, then closes as uvicorn does with the next request unread (a reset)."""
+    error = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 21\r\n"
+             b"Content-Type: text/plain; charset=utf-8\r\n\r\nInternal Server Error")  # fmt: skip
+
+    def script(peer: Peer) -> None:
+        if peer.read_request() is None:
+            return
+        if peer.index == 1:
+            peer.send([error])
+            time.sleep(0.05)  # the next request reaches it meanwhile (if it is reused), unread
+            peer.sock.close()  # unread bytes: the kernel answers with a reset, no FIN
+            return
+        peer.send([OK])
+        _serve_rest(peer)
+
+    with Scripted(script) as engine:
+        out = []
+
+        async def main() -> None:
+            pool = UpstreamPool(read_timeout_s=5)
+            first = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+            out.append((first.status, await first.read()))
+            first.release()
+            second = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+            out.append((second.status, await second.read()))
+            second.release()
+            pool.close()
+
+        run(loop, main)
+        assert out == [(500, b"Internal Server Error"), (200, b"ok")], out
+        assert engine.requests == 2 and engine.connections == 2
