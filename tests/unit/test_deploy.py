@@ -65,28 +65,6 @@ def test_the_containers_example_is_valid_and_its_compose_matches(monkeypatch):
         assert compose["networks"][container.network]["name"] == container.network
 
 
-def test_the_readme_configuration_examples_are_valid(monkeypatch):
-    """The README's configuration and containers examples parse as written (docs match code)."""
-    import re
-
-    from vramgate.config import Settings, substitute_env
-
-    for name in ("VRAMGATE_API_KEY", "VRAMGATE_ADMIN_KEY", "GEMMA_KEY"):
-        monkeypatch.setenv(name, "k")
-    readme = (ROOT / "README.md").read_text()
-    for section in (
-        "## Configuration",
-        "## Containers",
-        "**Transformers** serves",
-        "**Claude Code**",
-    ):
-        start = readme.index(section)
-        block = re.search(r"```yaml\n(.*?)```", readme[start:], re.S)
-        assert block is not None, section
-        data = substitute_env(yaml.safe_load(block[1]), "README.md")
-        assert Settings.model_validate(data).models, section
-
-
 def _scripts_run_by(name: str) -> dict[str, str]:
     """`scripts/NAME` and every script it sources or runs from scripts/, by name: their text."""
     found: dict[str, str] = {}
