@@ -312,6 +312,9 @@ def main() -> None:
         },
     }
     config["models"]["instant"]["native_apis"] = ["anthropic"]
+    for model in config["models"].values():
+        # Sized: all run at once (device: auto runs an unsized engine alone, a discovery run).
+        model["ram_mib"] = 120
     (tmp / "vramgate.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     gateway = subprocess.Popen(
