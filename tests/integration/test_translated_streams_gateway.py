@@ -101,3 +101,73 @@ def test_timings_too_big_for_nanoseconds_are_absent_not_a_500(gateway, tmp_path)
                          "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert r.status_code == 200, r.text
     assert r.json()["message"]["content"] == "hi" and r.json()["prompt_eval_duration"] == 0
+
+
+# -- an engine that serves /v1/messages itself: its error mid-stream in Anthropic's shape ------
+
+
+def native(gateway, tmp_path: Path, script: bytes):  # noqa: F811
+    (tmp_path / "s.sse").write_bytes(script)
+    (tmp_path / "a.json").write_bytes(b"{}")
+    cmd = (f"{sys.executable} {RAW} --port ${{PORT}} --script {tmp_path / 's.sse'}"
+           f" --json {tmp_path / 'a.json'}")  # fmt: skip
+    model = {"engine": "command", "cmd": cmd, "aliases": ["claude-*"], "native_apis": ["anthropic"]}
+    return gateway({"models": {"raw": model}})
+
+
+def anthropic_event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+OPENING = (
+    anthropic_event("message_start", {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 0}}})
+    + anthropic_event("content_block_start", {"type": "content_block_start", "index": 0,
+                                              "content_block": {"type": "text", "text": ""}})
+    + anthropic_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "text_delta", "text": "an error"}})
+)  # fmt: skip
+
+
+def test_an_engines_own_error_mid_stream_reaches_the_anthropic_sdk_as_an_error(
+    gateway,  # noqa: F811
+    tmp_path,
+):
+    """llama-server's shape of an error event (`data: {"error": {...}}`, OpenAI's) was relayed
+    as it came: the anthropic SDK skips an unnamed event, so the answer just ended, short and
+    without a word of why (review 23: errors in the asked API's shape, mid-stream too)."""
+    error = {"code": 500, "message": "boom: the KV cache is full", "type": "server_error"}
+    failure = b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+    gw = native(gateway, tmp_path, OPENING + failure)
+    client = anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0)
+    try:
+        with client.messages.stream(
+            model="claude-x", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as s:
+            texts = list(s.text_stream)
+    except anthropic.APIStatusError as exc:
+        assert "boom: the KV cache is full" in str(exc), exc
+        assert exc.body["error"]["type"] == "api_error", exc.body  # type: ignore[index]
+    else:
+        raise AssertionError(f"the stream ended without an error: {texts}")
+    # Relayed as it is otherwise: a text delta that says "error" is the engine's own words.
+    with httpx.stream("POST", gw.url + "/v1/messages", json={
+            "model": "claude-x", "max_tokens": 5, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as resp:  # fmt: skip
+        raw = b"".join(resp.iter_bytes())
+    assert raw.startswith(OPENING), raw[:300]
+    tail = raw[len(OPENING) :]
+    assert tail.startswith(b"event: error\ndata: {") and b'"type":"error"' in tail, tail
+
+
+def test_an_anthropic_shaped_error_event_is_relayed_as_it_is(gateway, tmp_path):  # noqa: F811
+    error = anthropic_event("error", {"type": "error", "error": {
+        "type": "overloaded_error", "message": "busy"}})  # fmt: skip
+    gw = native(gateway, tmp_path, OPENING + error)
+    with httpx.stream("POST", gw.url + "/v1/messages", json={
+            "model": "claude-x", "max_tokens": 5, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as resp:  # fmt: skip
+        raw = b"".join(resp.iter_bytes())
+    assert raw == OPENING + error, raw

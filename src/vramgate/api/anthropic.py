@@ -23,6 +23,7 @@ from vramgate.config import ModelConfig
 from vramgate.engines.base import CHAT, COUNT_TOKENS, MESSAGES, EngineAdapter
 from vramgate.errors import BadRequest
 from vramgate.scheduling.driver import Scheduler
+from vramgate.sse import EVENT_END, SseSplitter, data_lines
 
 _JSON = b"application/json"
 
@@ -99,16 +100,50 @@ def context_length(
 class NativeErrors:
     """An engine's own Messages answers as they are, but its errors (llama-server's
     {"error": {"code": 400, ...}}, a text/plain 500) in Anthropic's shape, as a client of
-    Anthropic's API reads them."""
+    Anthropic's API reads them; mid-stream too: an error event in the engine's shape (OpenAI's
+    `data: {"error": ...}`, which Anthropic's SDK skips as an unnamed event, so the answer just
+    stopped) becomes Anthropic's `event: error`, which the SDK raises. A stream is passed on
+    event by event (a partial one waits for its blank line)."""
+
+    def __init__(self) -> None:
+        self.events = SseSplitter()  # past 8 MiB an event is passed on as it comes
 
     def whole(self, status: int, content_type: bytes, content: bytes) -> tuple[int, bytes, bytes]:
         return engine_error(status, content) if status >= 400 else (status, content_type, content)
 
     def chunk(self, data: bytes) -> bytes:
-        return data
+        events, raw = self.events.feed(data)
+        return b"".join(native_event(e) for e in events) + raw
 
     def end(self) -> bytes:
-        return b""
+        rest = self.events.rest()
+        return native_event(rest) if rest else b""
+
+
+def native_event(event: bytes) -> bytes:
+    """One event of an engine's own Messages stream, an error in the engine's shape mended."""
+    if b"error" not in event:  # nearly every event: no parse
+        return event + EVENT_END
+    lines = event.split(b"\n")
+    named = next((line[6:].strip() for line in lines if line.startswith(b"event:")), b"")
+    data = data_lines(event) or b""
+    try:
+        payload: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        payload = None
+    fields: dict[str, Any] = payload if isinstance(payload, dict) else {}
+    inner = fields.get("error")
+    inner_fields: dict[str, Any] = inner if isinstance(inner, dict) else {}
+    if fields.get("type") == "error":
+        kind, message = inner_fields.get("type"), inner_fields.get("message")
+        if isinstance(kind, str) and isinstance(message, str):
+            return event + EVENT_END  # Anthropic's shape already
+    elif named != b"error" and ("type" in fields or "error" not in fields):
+        return event + EVENT_END  # an event that merely mentions an error (a text delta)
+    code = inner_fields.get("code")
+    status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+    _, _, body = engine_error(status, data)
+    return b"event: error\ndata: " + body + EVENT_END
 
 
 class Translated:
