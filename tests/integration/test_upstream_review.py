@@ -409,3 +409,53 @@ def test_a_connection_that_carried_a_server_error_is_not_reused(loop):
         run(loop, main)
         assert out == [(500, b"Internal Server Error"), (200, b"ok")], out
         assert engine.requests == 2 and engine.connections == 2
+
+
+# -- an idle connection is looked at before it is used: a FIN the loop has not read yet -------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_fin_the_loop_has_not_read_yet_keeps_the_request_off_that_connection(loop):
+    """The engine half-closes an idle kept-alive connection (FIN) and goes on reading what comes,
+    answering nothing: a request written there is lost for good (a FIN and no reset proves
+    nothing, a 502). The gateway's loop was busy when the FIN came (here: blocked), so only the
+    look at the socket before the write (is_quiet's poll) keeps the request off it. A mutation
+    run found nothing else that tested that look."""
+
+    def script(peer: Peer) -> None:
+        if peer.read_request() is None:
+            return
+        if peer.index == 1:
+            peer.send([OK])
+            time.sleep(0.01)
+            peer.sock.shutdown(socket.SHUT_WR)  # FIN; what comes next is read and dropped
+            peer.sock.settimeout(1)
+            try:
+                while peer.sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+            return
+        peer.send([OK])
+        _serve_rest(peer)
+
+    with Scripted(script) as engine:
+        out: list = []
+
+        async def main() -> None:
+            pool = UpstreamPool(read_timeout_s=3)
+            first = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+            out.append(await first.read())
+            first.release()
+            time.sleep(0.2)  # noqa: ASYNC251 (the loop busy: the FIN comes and is not read)
+            try:
+                second = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+                out.append(await second.read())
+                second.release()
+            except Broken as exc:
+                out.append(exc)
+            pool.close()
+
+        run(loop, main)
+        assert out == [b"ok", b"ok"], out
+        assert engine.connections == 2
