@@ -83,8 +83,8 @@ def default_model(settings: Settings, access: Access) -> str:
     name = settings.default_name
     if name is None or not access.may_use(name):
         raise BadRequest(
-            "the request names no model (a `model` field, or a `model` query parameter) and "
-            f"there is no default model (default_model) for it; {access.listing()}"
+            "the request has no `model` field (nor a `model` query parameter) naming the model "
+            f"to use, and there is no default model (default_model) for it; {access.listing()}"
         )
     return name
 
