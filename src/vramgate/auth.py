@@ -147,6 +147,16 @@ class Access:
             return False
         return True
 
+    def listing(self) -> str:
+        """The configured models an error may list to this key, said as what they are: all of
+        them for an admin key or an open gateway, else only those this key may use (as GET
+        /v1/models lists them): another key's models are not this one's to learn of, nor
+        how many there are."""
+        usable = ", ".join(sorted(n for n in self.settings.models if self.may_use(n)))
+        if self.open or self.admin:
+            return f"known models: {usable or '(none configured)'}"
+        return f"models this API key may use: {usable or '(none)'}"
+
     def require_admin(self) -> None:
         self.require_known()
         if self.open or self.admin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -109,8 +110,19 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @app.command()
-def check(config: Annotated[Path, typer.Argument(help="YAML config file to validate.")]) -> None:
-    """Validate a config file; exit 1 with every error (file, key path, expected) if it is bad."""
+def check(
+    config: Annotated[Path, typer.Argument(help="YAML config file to validate.")],
+    models: Annotated[
+        list[str] | None, typer.Argument(help="With --start: the models to start (default: all).")
+    ] = None,
+    start: Annotated[
+        bool, typer.Option("--start", help="Start each engine once here, wait, stop it.")
+    ] = False,
+) -> None:
+    """Validate a config file and each llama.cpp model's flags against its binary's --help;
+    exit 1 with every error (file, key path, expected). --start also starts engines."""
+    from vramgate import preflight
+
     settings = _load(config, [])
     typer.echo(f"{config}: ok, {len(settings.models)} model(s): {', '.join(settings.models)}")
     for first, one, second, other in settings.ambiguous_patterns():
@@ -120,6 +132,47 @@ def check(config: Annotated[Path, typer.Argument(help="YAML config file to valid
             "one longer or more precise",
             err=True,
         )
+    found = preflight.check_flags(settings)
+    for note in found.notes:
+        typer.echo(f"note: {note}", err=True)
+    for error in found.errors:
+        typer.echo(f"error: {error}", err=True)
+    if models and not start:
+        typer.echo("error: models are named only with --start", err=True)
+        raise typer.Exit(2)
+    failed = bool(found.errors)
+    if start:
+        failed |= _start_each(settings, models or list(settings.models))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _start_each(settings: Settings, names: list[str]) -> bool:
+    """`check --start`: each engine's start, reported; True if any failed."""
+    from vramgate import preflight
+    from vramgate.statedir import StateDirBusy
+
+    unknown = [n for n in names if n not in settings.models]
+    if unknown:
+        known = ", ".join(settings.models)
+        typer.echo(f"error: no model {', '.join(unknown)}; known: {known}", err=True)
+        raise typer.Exit(1)
+    try:
+        results = asyncio.run(preflight.start_each(settings, names))
+    except StateDirBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every engine started was stopped", err=True)
+        raise typer.Exit(130) from None
+    for done in results:
+        if done.error is None:
+            typer.echo(f"models.{done.name}: started, ready in {done.seconds:.1f} s, stopped")
+        else:
+            typer.echo(f"error: models.{done.name}: {done.error.message}", err=True)
+            if done.error.detail:
+                typer.echo(done.error.detail, err=True)
+    return any(done.error is not None for done in results)
 
 
 @app.command()

@@ -44,11 +44,9 @@ async def adhoc(
     if entry is None:
         # As resolve_or_404: the names this key may use; and where models_dir lies on disk is
         # the admin's to know, not any key's.
-        usable = sorted(n for n in scheduler.settings.models if access.may_use(n))
-        known = ", ".join(usable) or "(none this key may use)"
         where = f"models_dir ({root})" if access.open or access.admin else "models_dir"
         raise ModelNotFound(
-            f"model '{label}' is neither configured ({known}) nor in {where}; "
+            f"model '{label}' is neither configured ({access.listing()}) nor in {where}; "
             "GET /v1/models/inventory lists what is there"
         )
     name = inventory.instance_name(entry, options)

@@ -22,12 +22,10 @@ def uptime_s(request: Request) -> float:
 
 def resolve_or_404(settings: Settings, label: str, access: Access) -> str:
     """The model a name or alias stands for; 404 listing the names `access` may use if none
-    (another key's models are not this one's to learn of)."""
+    (Access.listing)."""
     name = settings.resolve(label)
     if name is None:
-        usable = sorted(n for n in settings.models if access.may_use(n))
-        known = ", ".join(usable) or "(none this key may use)"
-        raise ModelNotFound(f"model '{label}' is not configured; known models: {known}")
+        raise ModelNotFound(f"model '{label}' is not configured; {access.listing()}")
     return name
 
 

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from vramgate.api import openai
 from vramgate.api.passthrough import query_model, serve_native
 from vramgate.api.relaying import Endpoint, Routed, parse_request
+from vramgate.auth import Access
 from vramgate.config import Settings
 from vramgate.engines import REGISTRY
 from vramgate.engines.base import UNVERSIONED
@@ -90,10 +91,10 @@ class NativeEndpoint(Endpoint):
         self.query = query
         self.kinds = kinds
 
-    def parse(self, body: bytes, settings: Settings) -> dict[str, Any]:
+    def parse(self, body: bytes, settings: Settings, access: Access) -> dict[str, Any]:
         if not body.strip():  # llama-server takes an empty body as {} (POST /slots/0?action=..)
             body = b"{}"
-        return parse_request(body, settings, query_model(self.query))
+        return parse_request(body, settings, access, query_model(self.query))
 
     async def label(self, scheduler: Scheduler, payload: dict[str, Any]) -> str:
         return payload["model"]

@@ -78,7 +78,7 @@ async def serve_native(scope: Scope, receive: Receive, send: Send, served: froze
         access.require_known()
         if scope["method"] not in SAFE_METHODS:
             refuse_cross_site(scope["headers"], settings.cors_origins)
-        label = query_model(scope.get("query_string", b"")) or default_model(settings)
+        label = query_model(scope.get("query_string", b"")) or default_model(settings, access)
         name = resolve_or_404(settings, label, access)
         access.require_model(name)
         engine = settings.models[name].engine

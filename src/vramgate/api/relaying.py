@@ -54,18 +54,20 @@ class Routed:
     keepalive: bytes | None = None  # sent while a stream waits (default: the shape's)
 
 
-def parse_request(body: bytes, settings: Settings, fallback: str | None = None) -> dict[str, Any]:
+def parse_request(
+    body: bytes, settings: Settings, access: Access, fallback: str | None = None
+) -> dict[str, Any]:
     """A JSON object (guards.parse_json: bounded depth) with a `model` string that names no
     file by a control character, and a `stream` that is a boolean (or null); one with no
     `model` (or `"model": null`) is given `fallback` (a `model` query parameter), else the
-    default model (`default_model`, or the sole model), else a 400 listing the models."""
+    default model (default_model)."""
     payload = guards.parse_json(body)
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object")
     guards.check_stream(payload)
     model = payload.get("model")
     if model is None:
-        payload["model"] = fallback or default_model(settings)
+        payload["model"] = fallback or default_model(settings, access)
         return payload
     if not isinstance(model, str) or not model:
         raise BadRequest("`model` must be a string naming the model to use")
@@ -74,14 +76,15 @@ def parse_request(body: bytes, settings: Settings, fallback: str | None = None) 
     return payload
 
 
-def default_model(settings: Settings) -> str:
-    """The model of a request that names none; a 400 listing the models if there is none."""
+def default_model(settings: Settings, access: Access) -> str:
+    """The model of a request that names none (`default_model`, or the sole model), if
+    `access` may use it; else a 400 listing the models it may use (Access.listing). A default
+    the key may not use is answered as no default: its name is not this key's to learn."""
     name = settings.default_name
-    if name is None:
-        known = ", ".join(sorted(settings.models)) or "(none configured)"
+    if name is None or not access.may_use(name):
         raise BadRequest(
-            "request body has no `model` field naming the model to use, and there is no "
-            f"default (default_model); known models: {known}"
+            "the request has no `model` field (nor a `model` query parameter) naming the model "
+            f"to use, and there is no default model (default_model) for it; {access.listing()}"
         )
     return name
 
@@ -148,7 +151,7 @@ class Endpoint:
         refuse_cross_site(scope["headers"], settings.cors_origins)
         body = await guards.read_body(scope, receive, guards.max_body_bytes(settings))
         named = b'"model"' in body  # cheap; a miss only costs a body written again below
-        payload = self.parse(body, settings)
+        payload = self.parse(body, settings, access)
         label = await self.label(scheduler, payload)
         name, stripped = await resolve(scheduler, access, label, payload)
         if "stream" in payload and payload["stream"] is None:  # null: the API's default
@@ -162,8 +165,8 @@ class Endpoint:
         routed = await self.route(scheduler, name, label, payload, body)
         await run(scheduler, routed, receive, send, timing, self.shape, opened)
 
-    def parse(self, body: bytes, settings: Settings) -> dict[str, Any]:
-        return parse_request(body, settings)
+    def parse(self, body: bytes, settings: Settings, access: Access) -> dict[str, Any]:
+        return parse_request(body, settings, access)
 
     async def label(self, scheduler: Scheduler, payload: dict[str, Any]) -> str:
         """The model the client named, as the gateway knows it."""

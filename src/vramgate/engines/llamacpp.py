@@ -28,6 +28,7 @@ class LlamaCppEngine(EngineAdapter):
     # jinja templates, on by default.
     native_apis = frozenset({"anthropic"})
     context_flags = ("-c", "--ctx-size")
+    help_args = ("--help",)
     # tools/server/server.cpp's routes (llama-cpp-python 0.3.36's llama.cpp) but the gateway's
     # own (/health, /metrics, /v1/models: the engine's through /upstream/MODEL/...) and the
     # OpenAI and Anthropic routes relayed already. /completions is its own format, not /v1's.
