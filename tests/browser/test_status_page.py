@@ -123,3 +123,9 @@ def test_without_a_gpu_the_page_shows_models_in_host_ram(gateway, browser):
     page.wait_for_selector('.chart[data-device="host"] path[data-model="m"]')
     label = page.inner_text('.chart[data-device="host"] >> xpath=..')
     assert f"Host RAM: {mib} of" in label, label
+    # Drawn to a scale it can be seen at (a hairline at the bottom of the whole host budget,
+    # seen on this machine: 752 of 22748 MiB), and the label says the scale.
+    assert "chart to " in label, label
+    area = page.locator('.chart[data-device="host"] path[data-model="m"]').bounding_box()
+    frame = page.locator('.chart[data-device="host"]').bounding_box()
+    assert area and frame and area["height"] > 0.5 * frame["height"], (area, frame)

@@ -126,6 +126,12 @@ function svg(tag, attrs = {}) {
   return node;
 }
 
+// A round number at or above `mib` for a chart's top (1, 1.5, 2, 3, 4, 5, 6 or 8 times a power of ten).
+function niceCeil(mib) {
+  const ten = 10 ** Math.floor(Math.log10(Math.max(mib, 1)));
+  return [1, 1.5, 2, 3, 4, 5, 6, 8, 10].map((k) => k * ten).find((v) => v >= mib);
+}
+
 // One stacked area chart per device (GPU or host RAM): MiB by model over time, other programs'
 // use on top in grey, and a mark at each start, stop, sleep and wake of a model there.
 function renderCharts(history, names) {
@@ -138,7 +144,14 @@ function renderCharts(history, names) {
   const x = (t) => ((t - start) / (end - start)) * W;
   for (const device of history.devices) {
     const samples = history.samples.filter((s) => s.devices[device.id]);
-    const top = Math.max(device.total_mib, 1);
+    // Scaled to the device where its use reaches a quarter of it; below that, to the peak of
+    // the window (a few hundred MiB of models in a 22 GiB host budget drew a hairline at the
+    // bottom): the label says the scale then.
+    const peak = Math.max(0, ...samples.map((s) => Object.values(s.devices[device.id])
+      .reduce((a, b) => a + b, 0)));
+    const total = Math.max(device.total_mib, 1);
+    const zoomed = peak > 0 && peak * 4 < total;
+    const top = zoomed ? niceCeil(peak * 1.25) : total;
     const y = (mib) => H - (Math.min(mib, top) / top) * H;
     const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none",
       class: "chart", "data-device": device.id, role: "img" });
@@ -184,6 +197,7 @@ function renderCharts(history, names) {
     const used = Object.values(now).reduce((a, b) => a + b, 0);
     box.append(el("div", { class: "device" },
       el("div", { class: "label" }, `${device.label}: ${used} of ${device.total_mib} MiB now · ` +
+        (zoomed ? `chart to ${top} MiB · ` : "") +
         `the last ${Math.round((end - start) / 60) || "<1"} min`),
       chart));
   }
