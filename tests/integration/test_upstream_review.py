@@ -394,20 +394,7 @@ def test_a_connection_that_carried_a_server_error_is_not_reused(loop):
         _serve_rest(peer)
 
     with Scripted(script) as engine:
-        out = []
-
-        async def main() -> None:
-            pool = UpstreamPool(read_timeout_s=5)
-            first = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
-            out.append((first.status, await first.read()))
-            first.release()
-            second = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
-            out.append((second.status, await second.read()))
-            second.release()
-            pool.close()
-
-        run(loop, main)
-        assert out == [(500, b"Internal Server Error"), (200, b"ok")], out
+        assert _run_two(loop, engine.port) == (b"Internal Server Error", b"ok")
         assert engine.requests == 2 and engine.connections == 2
 
 
@@ -439,23 +426,9 @@ def test_a_fin_the_loop_has_not_read_yet_keeps_the_request_off_that_connection(l
         peer.send([OK])
         _serve_rest(peer)
 
+    async def loop_busy() -> None:
+        time.sleep(0.2)  # noqa: ASYNC251 (the loop busy: the FIN comes and is not read)
+
     with Scripted(script) as engine:
-        out: list = []
-
-        async def main() -> None:
-            pool = UpstreamPool(read_timeout_s=3)
-            first = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
-            out.append(await first.read())
-            first.release()
-            time.sleep(0.2)  # noqa: ASYNC251 (the loop busy: the FIN comes and is not read)
-            try:
-                second = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
-                out.append(await second.read())
-                second.release()
-            except Broken as exc:
-                out.append(exc)
-            pool.close()
-
-        run(loop, main)
-        assert out == [b"ok", b"ok"], out
+        assert _run_two(loop, engine.port, loop_busy) == (b"ok", b"ok")
         assert engine.connections == 2
