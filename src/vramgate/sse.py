@@ -71,3 +71,30 @@ def chunk_of(event: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return chunk if isinstance(chunk, dict) else None
+
+
+class TranslatedStream:
+    """What both translated streams (Anthropic's events, Ollama's lines) do with an engine's
+    OpenAI stream: events split out as they complete, each one `_event`'s; one event past
+    TRANSLATED_EVENT_LIMIT ends the answer with `_fail`; the stream's end is `_finish`'s."""
+
+    def __init__(self) -> None:
+        self.events = SseSplitter(TRANSLATED_EVENT_LIMIT)
+
+    def feed(self, data: bytes) -> bytes:
+        events, too_long = self.events.feed(data)
+        out = b"".join(self._event(e) for e in events)
+        return out + self._fail(TOO_LONG) if too_long else out
+
+    def end(self) -> bytes:
+        out = self._event(rest) if (rest := self.events.rest()) else b""
+        return out + self._finish()
+
+    def _event(self, event: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _fail(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def _finish(self) -> bytes:
+        raise NotImplementedError

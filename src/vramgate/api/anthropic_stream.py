@@ -24,7 +24,7 @@ import orjson
 
 from vramgate.api.anthropic_convert import message_id, stop_reason, tool_id
 from vramgate.api.checks import count, reasoning_of, text, tool_arguments
-from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, chunk_of
+from vramgate.sse import TranslatedStream, chunk_of
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -68,7 +68,7 @@ def _error_message(error: Any) -> str:
     return error if isinstance(error, str) and error else "the engine failed"
 
 
-class MessageStream:
+class MessageStream(TranslatedStream):
     """message_start once; then content blocks (content_block_start, deltas,
     content_block_stop), each run of text or reasoning and each tool call its own; then
     message_delta with the stop reason and usage, and message_stop. `feed` takes bytes as they
@@ -76,7 +76,7 @@ class MessageStream:
 
     def __init__(self, model: str, stops: list[str]) -> None:
         self.model, self.stops = model, stops
-        self.events = SseSplitter(TRANSLATED_EVENT_LIMIT)
+        super().__init__()
         self.started = self.finished = False
         self.index = -1  # the last block's index
         self.open: str | None = None  # the open block's kind: text, thinking, tool_use
@@ -94,15 +94,6 @@ class MessageStream:
                    "model": self.model, "stop_reason": None, "stop_sequence": None,
                    "usage": dict(self.usage)}  # fmt: skip
         return sse("message_start", {"type": "message_start", "message": message})
-
-    def feed(self, data: bytes) -> bytes:
-        events, too_long = self.events.feed(data)
-        out = b"".join(self._event(e) for e in events)
-        return out + self._fail(TOO_LONG) if too_long else out
-
-    def end(self) -> bytes:
-        out = self._event(rest) if (rest := self.events.rest()) else b""
-        return out + self._finish()
 
     def _event(self, event: bytes) -> bytes:
         if self.finished:  # an error ended it: nothing may follow

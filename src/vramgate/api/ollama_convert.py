@@ -205,15 +205,20 @@ def _tool_calls_in(calls: Any, path: str) -> list[dict[str, Any]]:
     for j, call in enumerate(calls):
         where = f"{path}[{j}]"
         require(isinstance(call, dict), where, "must be a tool call object")
-        function = call.get("function")
-        if not isinstance(function, dict):
-            raise BadRequest(f"{where}.function: must be an object with a name")
-        require(isinstance(function.get("name"), str), f"{where}.function.name",
-                "must be a string")  # fmt: skip
+        function = _named_function(call, where)
         optional(function.get("arguments"), dict | str, f"{where}.function.arguments",
                  "must be an object")  # fmt: skip
         functions.append(function)
     return functions
+
+
+def _named_function(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """A tool's or a tool call's `function`: an object with a string `name` (400 otherwise)."""
+    function = holder.get("function")
+    if not isinstance(function, dict):
+        raise BadRequest(f"{where}.function: must be an object with a name")
+    require(isinstance(function.get("name"), str), f"{where}.function.name", "must be a string")
+    return function
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -223,11 +228,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools):
         path = f"tools[{i}]"
         require(isinstance(tool, dict), path, "must be a tool object")
-        function = tool.get("function")
-        if not isinstance(function, dict):
-            raise BadRequest(f"{path}.function: must be an object with a name")
-        require(isinstance(function.get("name"), str), f"{path}.function.name",
-                "must be a string")  # fmt: skip
+        function = _named_function(tool, path)
         optional(function.get("description"), str, f"{path}.function.description",
                  "must be a string")  # fmt: skip
         optional(function.get("parameters"), dict, f"{path}.function.parameters",

@@ -16,10 +16,10 @@ import orjson
 
 from vramgate.api.checks import reasoning_of, text
 from vramgate.api.ollama_convert import done_reason, error_line, now_iso, stats, tool_calls
-from vramgate.sse import TOO_LONG, TRANSLATED_EVENT_LIMIT, SseSplitter, chunk_of
+from vramgate.sse import TranslatedStream, chunk_of
 
 
-class NdjsonStream:
+class NdjsonStream(TranslatedStream):
     """One line per piece of text or thinking, tool calls in one line once whole, then the
     `done` line with the counts. `generate`: /api/generate's lines, else /api/chat's;
     `is_chat`: the engine streams chat chunks (else completions' `text`)."""
@@ -27,21 +27,12 @@ class NdjsonStream:
     def __init__(self, model: str, began: float, *, generate: bool, is_chat: bool = True) -> None:
         self.model, self.began = model, began
         self.generate, self.is_chat = generate, is_chat
-        self.events = SseSplitter(TRANSLATED_EVENT_LIMIT)
+        super().__init__()
         self.calls: dict[int, dict[str, str]] = {}  # by OpenAI's index: name, arguments
         self.usage: dict[str, Any] = {}
         self.timings: dict[str, Any] | None = None
         self.finish: Any = "stop"
         self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        events, too_long = self.events.feed(data)
-        out = b"".join(self._event(e) for e in events)
-        return out + self._fail(TOO_LONG) if too_long else out
-
-    def end(self) -> bytes:
-        out = self._event(rest) if (rest := self.events.rest()) else b""
-        return out + self._done()
 
     def keepalive(self) -> bytes:
         """A line that adds nothing (sent while the engine starts)."""
@@ -110,7 +101,7 @@ class NdjsonStream:
                 held["arguments"] += text(function.get("arguments"))
         return self._line(content, thinking, None) if content or thinking else b""
 
-    def _done(self) -> bytes:
+    def _finish(self) -> bytes:
         if self.done:
             return b""
         self.done = True
