@@ -1,0 +1,44 @@
+"""Review 23: an engine's interim (1xx) answer before its final one. RFC 9110 15.2: a client
+MUST be able to parse one or more 1xx responses received before the final response, even if it
+did not expect one. The upstream client takes the 1xx for the answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.scripted import LOOPS, Peer, Scripted, framed, run
+from vramgate.upstream import UpstreamPool
+
+OK = framed(b'{"ok": true}', "length")
+
+
+INTERIM = [
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("interim", INTERIM)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_interim_answer_is_skipped_for_the_final_one(loop, interim):
+    """The engine sends a 1xx, then its 200: the relay must hand on the 200 and its body."""
+
+    def script(peer: Peer) -> None:
+        while peer.read_request() is not None:
+            peer.send([interim + OK])
+
+    out: list[tuple[int, bytes]] = []
+
+    async def main() -> None:
+        pool = UpstreamPool(read_timeout_s=5)
+        try:
+            answer = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+            body = await answer.read()
+            answer.release()
+            out.append((answer.status, body))
+        finally:
+            pool.close()
+
+    with Scripted(script) as engine:
+        run(loop, main)
+    assert out == [(200, b'{"ok": true}')]
