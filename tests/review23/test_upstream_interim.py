@@ -4,8 +4,13 @@ did not expect one. The upstream client takes the 1xx for the answer."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import openai
 import pytest
 
+from tests.conftest import gateway  # noqa: F401  (the fixture)
 from tests.integration.scripted import LOOPS, Peer, Scripted, framed, run
 from vramgate.upstream import UpstreamPool
 
@@ -42,3 +47,13 @@ def test_an_interim_answer_is_skipped_for_the_final_one(loop, interim):
     with Scripted(script) as engine:
         run(loop, main)
     assert out == [(200, b'{"ok": true}')]
+
+
+def test_a_client_of_the_gateway_gets_the_final_answer_not_the_interim_one(gateway):  # noqa: F811
+    """The same through `vramgate serve` and the openai SDK: the client must get the 200."""
+    engine = Path(__file__).with_name("interim_engine.py")
+    cmd = f"{sys.executable} {engine} --port ${{PORT}}"
+    gw = gateway({"models": {"m": {"engine": "command", "cmd": cmd}}})
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0, timeout=20)
+    answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "hello"
