@@ -32,6 +32,7 @@ def test_a_client_that_stops_reading_does_not_hold_its_slot_for_ever(gateway):  
                      % (len(body), body))  # fmt: skip
         assert b"200 OK" in sock.recv(200)  # the stream began; from now on nothing is read
         deadline = time.monotonic() + HOLD_S
+        model = gw.model("m")
         while time.monotonic() < deadline:
             model = gw.model("m")
             if model["in_flight"] == 0:
