@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.scripted import LOOPS, Peer, Scripted, run
-from vramgate.upstream import Broken, UpstreamPool
+from vramgate.upstream import _HEAD_LIMIT, Broken, UpstreamPool
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
 TRAILER_BYTES = 8 << 20  # 128 times the head limit
@@ -18,7 +18,7 @@ LINE = b"X-T: " + b"y" * 1000 + b"\r\n"
 @pytest.mark.parametrize("loop", LOOPS)
 def test_an_endless_trailer_is_refused_not_buffered(loop):
     """The engine sends a whole body, then 8 MiB of trailer fields: the client must refuse the
-    answer (Broken) rather than keep every field it is sent."""
+    answer (Broken) or drop them, rather than keep every field it is sent."""
 
     def script(peer: Peer) -> None:
         if peer.read_request() is None:
@@ -47,4 +47,8 @@ def test_an_endless_trailer_is_refused_not_buffered(loop):
 
     with Scripted(script) as engine:
         run(loop, main)
-    assert isinstance(out[0], Broken), f"{out[0]} bytes of header fields kept"
+    # Fixed either way: the answer refused (Broken), or its trailer fields kept within the bound.
+    kept = out[0]
+    assert isinstance(kept, Broken) or (isinstance(kept, int) and kept <= 2 * _HEAD_LIMIT), (
+        f"{kept} bytes of header fields kept"
+    )
