@@ -28,7 +28,9 @@ that carried a 5xx answer: uvicorn (`transformers serve`, vLLM, SGLang) closes t
 after an app's unhandled error, once the 500 is sent, without `Connection: close`; a request
 written in between met a reset with no FIN first (the ambiguous case; seen in CI after a
 malformed chat request to `transformers serve`).
-An answer's head over _HEAD_LIMIT is Broken. aiohttp's and httpx's clients cannot tell these
+An answer's head over _HEAD_LIMIT is Broken, interim (1xx) answers' heads before it counted
+(they are skipped, RFC 9110 15.2); so is a trailer section over it (its fields are dropped: the
+relay hands on no trailers). aiohttp's and httpx's clients cannot tell these
 cases apart, and aiohttp's costs about half of the gateway's CPU per request.
 """
 
@@ -101,6 +103,8 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.got_bytes = False
         self.head_bytes = 0
+        self.bodiless_bytes = 0  # bytes since the body last grew: a trailer, chunk extensions
+        self.interim = False  # the parser is in a 1xx interim answer, skipped
         self.is_sent = False  # the request for this answer is written
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -113,6 +117,7 @@ class _Connection(asyncio.Protocol):
         if self.complete:  # after the answer's end (or on an idle connection): not ours
             self.extra = True
             return
+        before = self.buffered
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -122,10 +127,20 @@ class _Connection(asyncio.Protocol):
             self._fail(Broken(f"the engine's answer is not valid HTTP ({exc})"))
             return
         if not self.headers_done:
-            # All of it was head: bounded, or an engine's endless head would fill our memory.
+            # All of it was head (interim answers' heads included): bounded, or an engine's
+            # endless head (or endless 1xx answers) would fill our memory.
             self.head_bytes += len(data)
             if self.head_bytes > _HEAD_LIMIT:
                 self._fail(Broken(f"the engine's answer head is over {_HEAD_LIMIT >> 10} KiB"))
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+        elif not self.complete:
+            # Bytes that carried no body (a chunked answer's trailer section, chunk extensions)
+            # are bounded as the head is: llhttp would hold an endless trailer field whole.
+            self.bodiless_bytes = self.bodiless_bytes + len(data) if self.buffered == before else 0
+            if self.bodiless_bytes > _HEAD_LIMIT:
+                self._fail(Broken(f"the engine's answer trailer is over {_HEAD_LIMIT >> 10} KiB"))
                 if self.transport is not None:
                     self.transport.abort()
                 return
@@ -166,10 +181,19 @@ class _Connection(asyncio.Protocol):
             raise _Extra("bytes after the end of the answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        # A trailer's fields (after headers_done) are dropped: the relay hands on no trailers.
+        if not self.headers_done:
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): RFC 9110 15.2, a client skips
+            # one it did not expect; the final answer follows on the same connection.
+            self.interim = True
+            self.headers.clear()
+            return
+        self.status = status
         self.headers_done = True
         self.streamed = any(
             name == b"content-type" and value.lower().startswith(b"text/event-stream")
@@ -183,6 +207,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         # Read now: the parser forgets the message's flags once it has ended.
         self.keep_alive = self.parser.should_keep_alive()

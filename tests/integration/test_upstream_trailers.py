@@ -1,14 +1,13 @@
-"""Review 23: an answer's trailer section (after a chunked body's last chunk) is head too, but
-is not held to _HEAD_LIMIT: the parser's on_header keeps appending trailer fields to the
-answer's headers for as long as the engine sends them, so an endless trailer fills the
-gateway's memory, which the head limit was made to prevent."""
+"""A chunked answer's trailer section (after its last chunk): its fields are dropped (the relay
+hands on no trailers), its bytes are held to _HEAD_LIMIT as the head's are, so an endless
+trailer cannot fill the gateway's memory."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.integration.scripted import LOOPS, Peer, Scripted, run
-from vramgate.upstream import _HEAD_LIMIT, Broken, UpstreamPool
+from vramgate.upstream import Broken, UpstreamPool
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
 TRAILER_BYTES = 8 << 20  # 128 times the head limit
@@ -47,8 +46,32 @@ def test_an_endless_trailer_is_refused_not_buffered(loop):
 
     with Scripted(script) as engine:
         run(loop, main)
-    # Fixed either way: the answer refused (Broken), or its trailer fields kept within the bound.
     kept = out[0]
-    assert isinstance(kept, Broken) or (isinstance(kept, int) and kept <= 2 * _HEAD_LIMIT), (
-        f"{kept} bytes of header fields kept"
-    )
+    assert isinstance(kept, Broken) and "trailer" in str(kept), f"{kept} bytes of fields kept"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_small_trailer_is_dropped_and_the_answer_kept(loop):
+    """A trailer within the bound: the body arrives whole, the trailer's fields are not added
+    to the answer's headers, and the connection is reused."""
+
+    def script(peer: Peer) -> None:
+        while peer.read_request() is not None:
+            peer.send([HEAD + b"2\r\nok\r\n0\r\n" + LINE * 8 + b"\r\n"])
+
+    out: list[object] = []
+
+    async def main() -> None:
+        pool = UpstreamPool(read_timeout_s=10)
+        try:
+            for _ in range(2):
+                answer = await pool.post("127.0.0.1", engine.port, "/x", b"{}")
+                out.append((await answer.read(), [n for n, _ in answer.raw_headers]))
+                answer.release()
+        finally:
+            pool.close()
+
+    with Scripted(script) as engine:
+        run(loop, main)
+        assert engine.connections == 1, engine.connections
+    assert out == [(b"ok", [b"content-type", b"transfer-encoding"])] * 2, out
