@@ -87,7 +87,11 @@ class GatewayApp:
         if scope["type"] == "http":
             try:
                 # Every request's Host first: a rebound name passes the cross-site rule.
-                guards.check_host(scope["headers"], self._settings(), self.machine)
+                settings = self._settings()
+                guards.check_host(scope["headers"], settings, self.machine)
+                # A Content-Length over max_body_mb: 413 on any route, before anything starts;
+                # a chunked body is counted where it is read (guards.read_body, passthrough).
+                guards.check_length(scope["headers"], guards.max_body_bytes(settings))
                 if scope["method"] == "POST" and (endpoint := RELAYS.get(scope["path"])):
                     scope["app"] = self.api
                     await endpoint(scope, receive, send)  # it reads its body after the key
