@@ -2,17 +2,25 @@
 parsed by httptools (llhttp, the parser uvicorn uses), bodies handed on as they arrive.
 
 Why not a general client: a relayed request must know whether it left. A request is sent again
-only if the engine provably never read it:
+only if the engine never read it, proven in the first two cases and taken on one assumption in
+the third:
 - the connection was refused (NeverSent: nothing was written);
 - a kept-alive connection was found not quiet before a byte was written (its FIN, a reset, or
   stray bytes already read by the loop or waiting to be read): it is closed, another is used;
 - (the race every keep-alive client meets) the engine closed the connection just as the
   request was written: its close came as a FIN with no byte of an answer, and a reset followed
-  it. An engine that closes with nothing unread sends a FIN; bytes that reach its closed socket
-  after that are answered with a reset; so FIN-then-reset says the request came after the
-  close, unread. This holds however late the loop looks (SO_ERROR keeps the reset), on a
-  kept-alive or a new connection. It is sent once more on a new connection; if that one is
-  refused or meets the same close, NeverSent (the relay may restart the engine and send it).
+  it. What FIN-then-reset proves: the engine's socket had nothing unread when it sent the FIN,
+  and bytes reached it after it could no longer read them. An engine that close()s sends just
+  that when the request came after its close, unread. The one engine behaviour this assumes
+  away: an engine that reads the request whole, then half-closes (shutdown(SHUT_WR): the FIN)
+  and then closes abortively (SO_LINGER 0: the reset) without answering sends the same two
+  segments, and gets the request a second time (pinned by test_upstream_halfclose_abort.py).
+  TCP alone cannot tell the two apart: the engine's acknowledgement of the request would, but
+  any TCP proxy in between (Docker's userland proxy, a sidecar) acknowledges on its behalf.
+  No engine we relay to does this (they close(), or answer 5xx). This holds however late the
+  loop looks (SO_ERROR keeps the reset), on a kept-alive or a new connection. It is sent once
+  more on a new connection; if that one is refused or meets the same close, NeverSent (the
+  relay may restart the engine and send it).
 Anything else after the write is Broken (a 502), never sent again, because TCP cannot tell
 it from a request the engine read and may have run: a reset with no FIN before it is what a
 close with the request unread in its buffer sends, and also what an abortive close (SO_LINGER
@@ -65,8 +73,8 @@ class ReadTimeout(Broken):
 
 
 class _Unread(Exception):
-    """A request the engine provably never read (its FIN, then a reset): post() sends it once
-    more on a new connection."""
+    """A request the engine closed on, FIN then reset (never read, but for the one engine
+    behaviour the module's docstring names): post() sends it once more on a new connection."""
 
 
 class _Extra(Exception):
@@ -298,8 +306,9 @@ class _Connection(asyncio.Protocol):
         return not poller.poll(0)
 
     async def never_read(self, written: float) -> bool:
-        """The engine provably never read the request written at `written`: nothing of an
-        answer came, its FIN came, and a reset followed it (our bytes met its closed socket;
+        """The engine never read the request written at `written` (the module's docstring
+        says what this proves and what it assumes away): nothing of an answer came, its FIN
+        came, and a reset followed it (our bytes met a socket that could no longer read;
         it shows in SO_ERROR, EPIPE once the FIN is in). The reset is awaited RACE_S after the
         write or the FIN, whichever the loop saw later; one that came while the loop was busy
         is in SO_ERROR already. A reset with no FIN first, or a FIN with no reset, is no proof:
