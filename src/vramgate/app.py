@@ -92,6 +92,7 @@ class GatewayApp:
                 # A Content-Length over max_body_mb: 413 on any route, before anything starts;
                 # a chunked body is counted where it is read (guards.read_body, passthrough).
                 guards.check_length(scope["headers"], guards.max_body_bytes(settings))
+                guards.check_path(scope["path"])
                 if scope["method"] == "POST" and (endpoint := RELAYS.get(scope["path"])):
                     scope["app"] = self.api
                     await endpoint(scope, receive, send)  # it reads its body after the key

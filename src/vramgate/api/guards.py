@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -96,6 +97,16 @@ def check_host(headers: Iterable[tuple[bytes, bytes]], settings: Settings,
             f"Host '{host_name(host)}' is not this gateway's name (a DNS rebinding?); "
             "add it to allowed_hosts in the configuration if it is"
         )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_path(path: str) -> None:
+    """400 for a path with a control character (a decoded %0D%0A): relayed to an engine, it
+    would end the request line there and start headers of the client's choosing."""
+    if _CONTROL.search(path):
+        raise BadRequest(f"path {path[:200]!r}: control characters are not allowed")
 
 
 # -- the body, within its size and depth ----------------------------------------------------
