@@ -81,13 +81,18 @@ class GatewayApp:
         await self.cors(scope, receive, send)
 
     def _cors_origins(self) -> list[str]:
-        return self._settings().cors_origins
+        return self.current_settings().cors_origins
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             try:
                 # Every request's Host first: a rebound name passes the cross-site rule.
-                guards.check_host(scope["headers"], self._settings(), self.machine)
+                settings = self.current_settings()
+                guards.check_host(scope["headers"], settings, self.machine)
+                # A Content-Length over max_body_mb: 413 on any route, before anything starts;
+                # a chunked body is counted where it is read (guards.read_body, passthrough).
+                guards.check_length(scope["headers"], guards.max_body_bytes(settings))
+                guards.check_path(scope["path"])
                 if scope["method"] == "POST" and (endpoint := RELAYS.get(scope["path"])):
                     scope["app"] = self.api
                     await endpoint(scope, receive, send)  # it reads its body after the key
@@ -115,7 +120,7 @@ class GatewayApp:
             return
         await self.api(scope, receive, send)
 
-    def _settings(self) -> Settings:
+    def current_settings(self) -> Settings:
         scheduler = getattr(self.api.state, "scheduler", None)  # the settings of the last reload
         return scheduler.settings if scheduler is not None else self.settings
 
@@ -124,7 +129,9 @@ class GatewayApp:
         (JSON) MAX_DEPTH: one limit for every route, whatever it does with the body."""
         if not any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"]):
             return receive  # no body (a GET): nothing to read
-        body = await guards.read_body(scope, receive, guards.max_body_bytes(self._settings()))
+        body = await guards.read_body(
+            scope, receive, guards.max_body_bytes(self.current_settings())
+        )
         guards.check_depth(body)
         return guards.replayed(body, receive)
 

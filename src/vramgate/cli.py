@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -72,12 +73,17 @@ def serve(
     def reload_settings() -> Settings:  # the same sources, read again (SIGHUP, /admin/reload)
         return load_settings(config, models=model or [], overrides=overrides)
 
+    app = create_app(settings, reload_settings)
     server = uvicorn.Config(
-        create_app(settings, reload_settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=MergedWritesProtocol,  # uvicorn's httptools protocol, one write per answer
+        # uvicorn's httptools protocol, one write per answer, clients' reads bounded
+        http=functools.partial(  # type: ignore[arg-type]
+            MergedWritesProtocol,
+            write_timeout_s=lambda: app.current_settings().client_write_timeout,
+        ),
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         # Engines are reached on loopback only; no X-Forwarded-* rewriting, no extra headers.

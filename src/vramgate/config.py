@@ -396,6 +396,13 @@ class Settings(_Strict):
     drain_timeout: float = Field(
         default=30, ge=0, description="Seconds in-flight requests may finish at SIGTERM."
     )
+    client_write_timeout: float = Field(
+        default=60,
+        gt=0,
+        description="Seconds a client may leave its answer unread (its connection's buffers "
+        "full); past them the connection is closed and the request cancelled, its engine slot "
+        "freed.",
+    )
     stream_keepalive_s: float = Field(
         default=10,
         ge=0,

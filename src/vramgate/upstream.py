@@ -2,17 +2,25 @@
 parsed by httptools (llhttp, the parser uvicorn uses), bodies handed on as they arrive.
 
 Why not a general client: a relayed request must know whether it left. A request is sent again
-only if the engine provably never read it:
+only if the engine never read it, proven in the first two cases and taken on one assumption in
+the third:
 - the connection was refused (NeverSent: nothing was written);
 - a kept-alive connection was found not quiet before a byte was written (its FIN, a reset, or
   stray bytes already read by the loop or waiting to be read): it is closed, another is used;
 - (the race every keep-alive client meets) the engine closed the connection just as the
   request was written: its close came as a FIN with no byte of an answer, and a reset followed
-  it. An engine that closes with nothing unread sends a FIN; bytes that reach its closed socket
-  after that are answered with a reset; so FIN-then-reset says the request came after the
-  close, unread. This holds however late the loop looks (SO_ERROR keeps the reset), on a
-  kept-alive or a new connection. It is sent once more on a new connection; if that one is
-  refused or meets the same close, NeverSent (the relay may restart the engine and send it).
+  it. What FIN-then-reset proves: the engine's socket had nothing unread when it sent the FIN,
+  and bytes reached it after it could no longer read them. An engine that close()s sends just
+  that when the request came after its close, unread. The one engine behaviour this assumes
+  away: an engine that reads the request whole, then half-closes (shutdown(SHUT_WR): the FIN)
+  and then closes abortively (SO_LINGER 0: the reset) without answering sends the same two
+  segments, and gets the request a second time (pinned by test_upstream_halfclose_abort.py).
+  TCP alone cannot tell the two apart: the engine's acknowledgement of the request would, but
+  any TCP proxy in between (Docker's userland proxy, a sidecar) acknowledges on its behalf.
+  No engine we relay to does this (they close(), or answer 5xx). This holds however late the
+  loop looks (SO_ERROR keeps the reset), on a kept-alive or a new connection. It is sent once
+  more on a new connection; if that one is refused or meets the same close, NeverSent (the
+  relay may restart the engine and send it).
 Anything else after the write is Broken (a 502), never sent again, because TCP cannot tell
 it from a request the engine read and may have run: a reset with no FIN before it is what a
 close with the request unread in its buffer sends, and also what an abortive close (SO_LINGER
@@ -28,7 +36,9 @@ that carried a 5xx answer: uvicorn (`transformers serve`, vLLM, SGLang) closes t
 after an app's unhandled error, once the 500 is sent, without `Connection: close`; a request
 written in between met a reset with no FIN first (the ambiguous case; seen in CI after a
 malformed chat request to `transformers serve`).
-An answer's head over _HEAD_LIMIT is Broken. aiohttp's and httpx's clients cannot tell these
+An answer's head over _HEAD_LIMIT is Broken, interim (1xx) answers' heads before it counted
+(they are skipped, RFC 9110 15.2); so is a trailer section over it (its fields are dropped: the
+relay hands on no trailers). aiohttp's and httpx's clients cannot tell these
 cases apart, and aiohttp's costs about half of the gateway's CPU per request.
 """
 
@@ -63,8 +73,8 @@ class ReadTimeout(Broken):
 
 
 class _Unread(Exception):
-    """A request the engine provably never read (its FIN, then a reset): post() sends it once
-    more on a new connection."""
+    """A request the engine closed on, FIN then reset (never read, but for the one engine
+    behaviour the module's docstring names): post() sends it once more on a new connection."""
 
 
 class _Extra(Exception):
@@ -101,6 +111,8 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.got_bytes = False
         self.head_bytes = 0
+        self.bodiless_bytes = 0  # bytes since the body last grew: a trailer, chunk extensions
+        self.interim = False  # the parser is in a 1xx interim answer, skipped
         self.is_sent = False  # the request for this answer is written
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -113,6 +125,7 @@ class _Connection(asyncio.Protocol):
         if self.complete:  # after the answer's end (or on an idle connection): not ours
             self.extra = True
             return
+        before = self.buffered
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -122,10 +135,20 @@ class _Connection(asyncio.Protocol):
             self._fail(Broken(f"the engine's answer is not valid HTTP ({exc})"))
             return
         if not self.headers_done:
-            # All of it was head: bounded, or an engine's endless head would fill our memory.
+            # All of it was head (interim answers' heads included): bounded, or an engine's
+            # endless head (or endless 1xx answers) would fill our memory.
             self.head_bytes += len(data)
             if self.head_bytes > _HEAD_LIMIT:
                 self._fail(Broken(f"the engine's answer head is over {_HEAD_LIMIT >> 10} KiB"))
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+        elif not self.complete:
+            # Bytes that carried no body (a chunked answer's trailer section, chunk extensions)
+            # are bounded as the head is: llhttp would hold an endless trailer field whole.
+            self.bodiless_bytes = self.bodiless_bytes + len(data) if self.buffered == before else 0
+            if self.bodiless_bytes > _HEAD_LIMIT:
+                self._fail(Broken(f"the engine's answer trailer is over {_HEAD_LIMIT >> 10} KiB"))
                 if self.transport is not None:
                     self.transport.abort()
                 return
@@ -166,10 +189,19 @@ class _Connection(asyncio.Protocol):
             raise _Extra("bytes after the end of the answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        # A trailer's fields (after headers_done) are dropped: the relay hands on no trailers.
+        if not self.headers_done:
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): RFC 9110 15.2, a client skips
+            # one it did not expect; the final answer follows on the same connection.
+            self.interim = True
+            self.headers.clear()
+            return
+        self.status = status
         self.headers_done = True
         self.streamed = any(
             name == b"content-type" and value.lower().startswith(b"text/event-stream")
@@ -183,6 +215,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         # Read now: the parser forgets the message's flags once it has ended.
         self.keep_alive = self.parser.should_keep_alive()
@@ -271,8 +306,9 @@ class _Connection(asyncio.Protocol):
         return not poller.poll(0)
 
     async def never_read(self, written: float) -> bool:
-        """The engine provably never read the request written at `written`: nothing of an
-        answer came, its FIN came, and a reset followed it (our bytes met its closed socket;
+        """The engine never read the request written at `written` (the module's docstring
+        says what this proves and what it assumes away): nothing of an answer came, its FIN
+        came, and a reset followed it (our bytes met a socket that could no longer read;
         it shows in SO_ERROR, EPIPE once the FIN is in). The reset is awaited RACE_S after the
         write or the FIN, whichever the loop saw later; one that came while the loop was busy
         is in SO_ERROR already. A reset with no FIN first, or a FIN with no reset, is no proof:

@@ -131,11 +131,10 @@ def test_embeddings_both_ways():
     with pytest.raises(BadRequest, match="input"):
         embed_request({"input": [1, 2]}, "m")
     answer = {"data": [{"index": 1, "embedding": [2.0]}, {"index": 0, "embedding": [1.0]}]}
-    assert embed_response(answer, "m", time.perf_counter(), old=False)["embeddings"] == [
-        [1.0],
-        [2.0],
-    ]
+    out = embed_response(answer, "m", time.perf_counter(), old=False)
+    assert out is not None and out["embeddings"] == [[1.0], [2.0]]
     assert embed_response(answer, "m", time.perf_counter(), old=True) == {"embedding": [1.0]}
+    assert embed_response({"data": [{"index": 0}]}, "m", time.perf_counter(), old=False) is None
 
 
 def sse(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> bytes:

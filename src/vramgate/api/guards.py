@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -98,14 +99,29 @@ def check_host(headers: Iterable[tuple[bytes, bytes]], settings: Settings,
         )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_path(path: str) -> None:
+    """400 for a path with a control character (a decoded %0D%0A): relayed to an engine, it
+    would end the request line there and start headers of the client's choosing."""
+    if _CONTROL.search(path):
+        raise BadRequest(f"path {path[:200]!r}: control characters are not allowed")
+
+
 # -- the body, within its size and depth ----------------------------------------------------
+
+
+def check_length(headers: list[tuple[bytes, bytes]], max_bytes: int) -> None:
+    """413 for a Content-Length over `max_bytes`, before anything is read or started."""
+    for key, value in headers:
+        if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
+            raise too_large(int(value), max_bytes)
 
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `max_bytes`."""
-    for key, value in scope["headers"]:
-        if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            raise PayloadTooLarge(_too_large(int(value), max_bytes))
+    check_length(scope["headers"], max_bytes)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -115,7 +131,7 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
-            raise PayloadTooLarge(_too_large(size, max_bytes))
+            raise too_large(size, max_bytes)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -125,9 +141,11 @@ def max_body_bytes(settings: Settings) -> int:
     return int(settings.max_body_mb * (1 << 20))
 
 
-def _too_large(size: int, max_bytes: int) -> str:
+def too_large(size: int, max_bytes: int) -> PayloadTooLarge:
     limit_mb = max_bytes / (1 << 20)
-    return f"request body of {size} bytes is over the limit of {limit_mb:g} MiB (max_body_mb)"
+    return PayloadTooLarge(
+        f"request body of {size} bytes is over the limit of {limit_mb:g} MiB (max_body_mb)"
+    )
 
 
 def replayed(body: bytes, receive: Receive) -> Receive:

@@ -174,8 +174,11 @@ class Embedded(Answers):
         answer = _answer(status, content)
         if isinstance(answer, tuple):
             return answer
-        return 200, _JSON, orjson.dumps(convert.embed_response(answer, self.model, self.began,
-                                                               self.old))  # fmt: skip
+        out = convert.embed_response(answer, self.model, self.began, self.old)
+        if out is None:  # the engine's error, in Ollama's shape
+            return 502, _JSON, convert.error_line("the engine's embeddings answer has no usable "
+                                                  "data").strip()  # fmt: skip
+        return 200, _JSON, orjson.dumps(out)
 
 
 def _answer(status: int, content: bytes) -> dict[str, Any] | tuple[int, bytes, bytes]:

@@ -357,15 +357,27 @@ def generate_response(
             **stats(answer.get("usage"), began, answer.get("timings"))}  # fmt: skip
 
 
-def embed_response(answer: dict[str, Any], model: str, began: float, old: bool) -> dict[str, Any]:
-    vectors = [d.get("embedding") for d in sorted(answer.get("data") or [],
-                                                  key=lambda d: d.get("index", 0))]  # fmt: skip
+def embed_response(
+    answer: dict[str, Any], model: str, began: float, old: bool
+) -> dict[str, Any] | None:
+    """Ollama's embeddings answer from OpenAI's, or None where `data` is unusable: not a list
+    of objects that each hold a list `embedding` (dropping one would pair the vectors with the
+    wrong inputs). An `index` that is not an integer reads as absent (the item's place)."""
+    data = answer.get("data")
+    if not isinstance(data, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data
+    ):
+        return None
+    places = [(item["index"] if is_integer(item.get("index")) else i, i)
+              for i, item in enumerate(data)]  # fmt: skip
+    vectors = [data[i]["embedding"] for _, i in sorted(places)]
     if old:  # /api/embeddings: one vector
         return {"embedding": vectors[0] if vectors else []}
-    usage = answer.get("usage") or {}
+    usage = answer.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     total = int((time.perf_counter() - began) * 1e9)
     return {"model": model, "embeddings": vectors, "total_duration": total, "load_duration": 0,
-            "prompt_eval_count": int(usage.get("prompt_tokens") or 0)}  # fmt: skip
+            "prompt_eval_count": count(usage.get("prompt_tokens"))}  # fmt: skip
 
 
 def error_line(message: str) -> bytes:

@@ -177,6 +177,8 @@ async def delete(request: Request, access: Access = Depends(admin_key)) -> Respo
     entry = await asyncio.to_thread(inventory.find, root, label)
     if entry is None:
         raise ModelNotFound(f"model '{name}' not found")
+    if entry.path.resolve() == root:  # `.`: models_dir itself is a model, and holds the rest
+        raise BadRequest(f"model '{name}' is models_dir itself: it is not deleted")
     for known in [n for n in scheduler.adhoc_names if n.split("@")[0] == entry.name]:
         await common.unload(scheduler, access, known)
     await asyncio.to_thread(_remove, entry, root)
@@ -185,7 +187,7 @@ async def delete(request: Request, access: Access = Depends(admin_key)) -> Respo
 
 def _remove(entry: inventory.Entry, root: Path) -> None:
     for path in (entry.path, *entry.files):
-        if path.resolve().is_relative_to(root):  # never outside models_dir
+        if root in path.resolve().parents:  # never outside models_dir, nor models_dir
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -1,7 +1,8 @@
 """Any method and path of a model's engine, relayed as it is: `/upstream/MODEL/PATH` (the engine's
 web UI, its /metrics, its admin routes), and the engine routes that are not a JSON POST (GET
 /props, /slots, a multipart upload). The engine is started as for any request; the request body
-streams up as it arrives and the answer streams down, headers and all but those of the hop.
+streams up as it arrives, within max_body_mb as every route's, and the answer streams down,
+headers and all but those of the hop.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import aiohttp
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from vramgate.api import guards
 from vramgate.api.common import refuse_cross_site, resolve_or_404
 from vramgate.api.relaying import CLIENT_CLOSED, default_model
 from vramgate.auth import Access, presented_key
-from vramgate.errors import EngineUnavailable, GatewayError, ModelNotFound
+from vramgate.errors import EngineUnavailable, GatewayError, ModelNotFound, PayloadTooLarge
 from vramgate.proxy import hangup_cancels, send_error
 from vramgate.scheduling.driver import Scheduler
 
@@ -117,7 +119,7 @@ async def pass_through(
     arrived = time.perf_counter()
     status = CLIENT_CLOSED
     started = False
-    body = _Body(scope, receive)
+    body = _Body(scope, receive, guards.max_body_bytes(scheduler.settings))
     try:
         async with scheduler.lease(name) as lease:
             assert scheduler.http is not None
@@ -150,29 +152,41 @@ async def pass_through(
         if not started:
             await send_error(send, exc, detail=access.open or access.admin)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        error = EngineUnavailable(
+        # A body that passed the limit mid-way ended the upstream request (aiohttp's writer
+        # failed on it): the client is told so, not that the engine failed.
+        error = body.too_large or EngineUnavailable(
             f"model '{name}': the engine failed ({exc or type(exc).__name__})"
         )
         status = error.status
         if not started:
             await send_error(send, error)
+        elif body.too_large is not None:  # the answer had begun: left unended, uvicorn cuts it
+            log.warning("model %s: %s %s cut: %s", name, scope["method"], path, body.too_large)
     duration_s = time.perf_counter() - arrived
     scope["app"].state.metrics.request(name, route, status, duration_s, None, None)
 
 
 class _Body:
-    """The client's request body as it arrives, for aiohttp to send on."""
+    """The client's request body as it arrives, for aiohttp to send on, within `max_bytes`."""
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, max_bytes: int) -> None:
         self.receive = receive
+        self.max_bytes = max_bytes
+        self.too_large: PayloadTooLarge | None = None  # set: the body passed the limit
         sized = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
         self.done = not sized or dict(scope["headers"]).get(b"content-length") == b"0"
 
     async def stream(self) -> AsyncIterator[bytes]:
+        size = 0
         while not self.done:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()
             self.done = not message.get("more_body", False)
-            if chunk := message.get("body", b""):
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:  # chunked (or a short Content-Length): ends the request
+                self.too_large = guards.too_large(size, self.max_bytes)
+                raise self.too_large
+            if chunk:
                 yield chunk
