@@ -85,3 +85,36 @@ def test_an_agent_dying_as_its_engine_is_checked_places_the_start_anew(tmp_path)
             await s.close()
 
     asyncio.run(run())
+
+
+def test_an_agent_found_dead_by_a_start_is_dead_to_the_retry(tmp_path):
+    """The agent dies at the spawn call, long before the next poll: the start placed anew
+    goes to g1, not to g0 again (the walk's seed 20277045 failed c_over so three times in a few
+    milliseconds, its last_error Ray's bare `RayActorError()`)."""
+
+    async def run() -> None:
+        world = SimWorld(tmp_path / "nodes")
+        g0 = world.add_node("g0", [5_000], 2000)  # the tighter fit: placed there
+        world.add_node("g1", [10_000], 2000)
+        model = fake("--vram-mib", "3000", vram_mib=3000)
+        ray = {"address": "127.0.0.1:1", "poll_s": 30, "connect_timeout": 30}
+        settings = settings_for(
+            tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0}
+        )
+        cluster = world.cluster(settings)
+        parts = Collaborators.for_settings(settings, cluster)
+        memory = Memory(settings, parts.gpus, parts.footprints)
+        s = Scheduler(settings, parts.runtime, memory, Events())
+        await s.start()
+        try:
+            assert len(cluster.live()) == 2
+            g0.die_on.add("spawn")
+            text = await asyncio.wait_for(ask(s, "m"), 20)
+            assert not g0.die_on, "the start was not placed on g0"
+            assert text.startswith("tok0"), text
+            handle = s.instances["m"].handle
+            assert isinstance(handle, RayEngine) and handle.node.name == "g1"
+        finally:
+            await s.close()
+
+    asyncio.run(run())

@@ -42,7 +42,7 @@ class Node:
     first_index: int  # its GPU k is the cluster's GPU first_index + k
     kind: str  # nvml, simulated, none
     number: int = 0  # in order of joining: its RAM's device index in placement is -2 - number
-    host_budget_mib: int = 0  # what it had available when it joined: its default RAM budget
+    host_budget_mib: int = 0  # what it had available at its first reading: its default RAM budget
     alive: bool = True
     joined_at: float = field(default_factory=time.time)
     died_at: float | None = None
@@ -285,7 +285,6 @@ class Cluster:
             len(node.totals_mib), node.totals_mib, left,
         )  # fmt: skip
         await self._read(node)
-        node.host_budget_mib = int(node.reading.get("host_available_mib", 0))
         self._changed()
 
     async def dead(self, node: Node, why: str) -> None:
@@ -326,8 +325,10 @@ class Cluster:
         from ray.exceptions import RayActorError
 
         try:
-            node.reading = await call(node.agent.memory.remote(), CALL_TIMEOUT_S)
-            node.missed = 0
+            reading = await call(node.agent.memory.remote(), CALL_TIMEOUT_S)
+            if not node.reading:  # its first: what it has now is its budget
+                node.host_budget_mib = int(reading.get("host_available_mib", 0))
+            node.reading, node.missed = reading, 0
         except RayActorError as exc:
             await self.dead(node, f"its agent died: {type(exc).__name__}")
         except Exception as exc:
@@ -348,6 +349,13 @@ class Cluster:
 
     def live(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.alive]
+
+    def read(self) -> list[Node]:
+        """The live nodes read at least once: a node just joined, or whose first reading did
+        not come (its agent stalled), has no RAM budget yet, and read as one of 0 MiB it made
+        placement refuse CPU engines for host RAM (NoHostRoom, 'the largest node's RAM budget
+        is 0') while another node was dead."""
+        return [n for n in self.live() if n.reading]
 
     def node_of_gpu(self, index: int) -> tuple[Node, int]:
         for node in self.live():
