@@ -161,7 +161,8 @@ class Walk:
             self.gone[node.name] = time.monotonic() + self.rng.uniform(0.5, 4)
         else:
             self.world.kill_agent(node)
-        self.did.append(f"{how} {node.name} dies ({sorted(doomed)})")
+        at = time.monotonic() - self.t0
+        self.did.append(f"{how} {node.name} dies ({sorted(doomed)}, at {at:.2f} s)")
 
     def step(self) -> None:
         s, rng, world = self.scheduler, self.rng, self.world
@@ -274,9 +275,10 @@ class Walk:
                     f"a request for {asked.model} open {now - asked.began:.0f} s"
                 )
             if asked.by is not None and now > asked.by:
+                inst = s.instances[asked.model]
                 self.violations.append(
                     f"a request for {asked.model} waits on a dead node {now - asked.by:.1f} s "
-                    f"past {DEAD_NODE_S:g} s"
+                    f"past {DEAD_NODE_S:g} s ({inst.state.value}, on {inst.node or '?'})"
                 )
         accounted: dict[int, str] = {}
         for inst in s.instances.values():
@@ -382,9 +384,10 @@ async def walk(
             if w.violations:
                 named = {n for n in s.instances if any(n in v for v in w.violations)}
                 pids = {word for v in w.violations for word in v.split() if word.isdigit()}
-                mine = [e for e in w.events if e.split(":")[0] in named]
-                mine += [f"ABOUT {e}" for e in w.events if any(p in e for p in pids)]
-                said = "\n  ".join(mine[-25:])
+                pids = {p for p in pids if len(p) >= 4}  # not "6" of "past 6 s"
+                mine = [e for e in w.events if e.split(":")[0] in named][-25:]
+                mine += [f"ABOUT {e}" for e in w.events if any(p in e for p in pids)][-10:]
+                said = "\n  ".join(mine)
                 raise AssertionError(
                     f"step {i}: {w.violations[:5]}; last: {w.did[-40:]}; events:\n  {said}"
                 )
@@ -435,6 +438,8 @@ FAILED_BEFORE = [
     (20316640, 210),  # an engine gone with its node (node_lost) taken for one stopped busy
     (20324559, 140),  # as 20269126
     (20332478, 200),  # as 20269126
+    (20680123, 1120),  # a dead engine's cleanup outlived a new start and marked it stopped
+    (21099039, 800),  # as 20680123
 ]
 
 

@@ -201,8 +201,11 @@ class Lifecycle:
         try:
             await self.discard(inst)
         finally:
-            stopping = inst.state is State.STOPPING and inst.stop_task is not asyncio.current_task()
-            if not stopping:
+            # Only where this task still owns the model: a stop begun meanwhile, or a new start
+            # after it (the walk's seed 20680123: a death's cleanup outlasted an unload and
+            # the next start, and marked that start `stopped`, so a request began a second).
+            owner = {State.STARTING: inst.start_task, State.STOPPING: inst.stop_task}
+            if owner.get(inst.state) is asyncio.current_task():
                 inst.draining_for = None
                 inst.state = end
             self.events.record(kind, inst.name, message)
@@ -222,6 +225,8 @@ class Lifecycle:
             self.upstream.abort(*split_url(handle.base_url))
         if inst.state is State.STARTING:
             return  # a wake under way: it sees its engine end, and places the model anew
+        if inst.state is State.STOPPING:
+            return  # a stop or sleep under way: it owns the model, and sees its engine end
         if handle.lost_reason is not None and inst.handle is handle:
             # Its node died: nothing is wrong with the model; it reads stopped and starts on
             # another node at its next request.
