@@ -440,6 +440,7 @@ FAILED_BEFORE = [
     (20332478, 200),  # as 20269126
     (20680123, 1120),  # a dead engine's cleanup outlived a new start and marked it stopped
     (21099039, 800),  # as 20680123
+    (20994310, 1320),  # an agent that died while the head was away, found once it was back
 ]
 
 

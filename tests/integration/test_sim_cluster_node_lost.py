@@ -118,3 +118,26 @@ def test_an_agent_found_dead_by_a_start_is_dead_to_the_retry(tmp_path):
             await s.close()
 
     asyncio.run(run())
+
+
+def test_an_agent_dying_while_the_head_is_away_is_found_within_seconds(tmp_path):
+    """The head is lost, then g0's agent dies: its death is found by reading the agent, which
+    needs no head (the walk's seed 20994310: requests waited on it until the head was back)."""
+
+    async def run() -> None:
+        world = SimWorld(tmp_path / "nodes")
+        g0 = world.add_node("g0", [5_000], 2000)
+        ray = {"address": "127.0.0.1:1", "poll_s": 0.1, "connect_timeout": 30}
+        settings = settings_for(tmp_path, {"m": fake()}, cluster={"ray": ray})
+        cluster = world.cluster(settings)
+        await cluster.connect()
+        try:
+            world.head_down = True
+            await asyncio.sleep(0.3)
+            world.kill_agent(g0)
+            assert await until(lambda: not cluster.live(), 3), "g0 still taken for alive"
+        finally:
+            world.head_down = False
+            await cluster.close(1)
+
+    asyncio.run(run())

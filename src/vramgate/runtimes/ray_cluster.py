@@ -312,14 +312,22 @@ class Cluster:
             await asyncio.sleep(self.config.poll_s)
             try:
                 await self.refresh()
-                live = [n for n in self.nodes.values() if n.alive]
-                await asyncio.gather(*(self._read(n) for n in live))
             except asyncio.CancelledError:
                 raise
             except HeadUnreachable as exc:  # tried again at the next poll
                 log.warning("reading the cluster failed: %s", exc)
             except Exception as exc:  # the GCS busy: try again at the next poll
                 log.warning("reading the cluster failed: %r", exc)
+            # The agents are read whatever the head does: their calls do not go through it,
+            # and an agent (or node) that died while the head was away was found only once it
+            # was back, its requests waiting meanwhile (the walk's seed 20994310).
+            live = [n for n in self.nodes.values() if n.alive]
+            try:
+                await asyncio.gather(*(self._read(n) for n in live))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a hook told of a death failed: the poll goes on
+                log.warning("reading the nodes failed: %r", exc)
 
     async def _read(self, node: Node) -> None:
         from ray.exceptions import RayActorError
