@@ -1,7 +1,9 @@
 """A node that dies while a start's spawn call is on it (before any engine handle exists) must
 not fail the requests waiting for that start: they are placed anew on a live node (issue 24, "a
 node that dies mid-start gives its waiting requests a 503"). Found by the cluster walk (seed
-20261207, an earlier rate table: `EngineStartFailed: ... could not start its engine on node`)."""
+20261207, an earlier rate table: `EngineStartFailed: ... could not start its engine on node`);
+with the walk's later finds: an agent a start finds dead is dead to its retry, and one that dies
+while the head is away is found all the same."""
 
 from __future__ import annotations
 
