@@ -225,8 +225,6 @@ class Lifecycle:
             self.upstream.abort(*split_url(handle.base_url))
         if inst.state is State.STARTING:
             return  # a wake under way: it sees its engine end, and places the model anew
-        if inst.state is State.STOPPING:
-            return  # a stop or sleep under way: it owns the model, and sees its engine end
         if handle.lost_reason is not None and inst.handle is handle:
             # Its node died: nothing is wrong with the model; it reads stopped and starts on
             # another node at its next request.
