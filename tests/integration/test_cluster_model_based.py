@@ -336,18 +336,6 @@ class Walk:
             if task.done():
                 del self.unloading[name]
 
-    def cover(self) -> None:
-        """Each fault at least once: a walk whose rolls missed one (seed 20575394 once went
-        1500 steps without one of them) meets it now, before the faults stop."""
-        kinds = {d.split()[0] for d in self.did}
-        live = [n for n in self.world.every_node() if n.alive]
-        for how in ("agent", "node"):
-            if how not in kinds and live:
-                self.lose(live.pop(self.rng.randrange(len(live))), how)
-        if "head" not in kinds and isinstance(self.world, SimWorld):
-            self.world.head_down, self.head_back_at = True, time.monotonic() + 1
-            self.did.append("head lost")
-
     def heal(self) -> None:
         """The faults stop: every node back and answering, the head too."""
         for node in self.world.every_node():
@@ -403,14 +391,6 @@ async def walk(
                 raise AssertionError(
                     f"step {i}: {w.violations[:5]}; last: {w.did[-40:]}; events:\n  {said}"
                 )
-        if steps >= 1500:
-            w.cover()
-            for _ in range(int(DEAD_NODE_S * 13)):  # what they cost, checked as any step's
-                await asyncio.sleep(0.1)
-                w.forget_done()
-                w.check(with_ram=False)
-            if w.violations:
-                raise AssertionError(f"after the last faults: {w.violations[:5]}")
         w.heal()
         await w.settle()
         await asyncio.sleep(1.0)  # the nodes back are joined (poll_s 0.2)
