@@ -1,7 +1,9 @@
 """A node that dies while a start's spawn call is on it (before any engine handle exists) must
 not fail the requests waiting for that start: they are placed anew on a live node (issue 24, "a
 node that dies mid-start gives its waiting requests a 503"). Found by the cluster walk (seed
-20261207, an earlier rate table: `EngineStartFailed: ... could not start its engine on node`)."""
+20261207, an earlier rate table: `EngineStartFailed: ... could not start its engine on node`);
+with the walk's later finds: an agent a start finds dead is dead to its retry, and one that dies
+while the head is away is found all the same."""
 
 from __future__ import annotations
 
@@ -83,5 +85,61 @@ def test_an_agent_dying_as_its_engine_is_checked_places_the_start_anew(tmp_path)
             assert text.startswith("tok0"), text  # on g1, or on g0 once its new agent joined
         finally:
             await s.close()
+
+    asyncio.run(run())
+
+
+def test_an_agent_found_dead_by_a_start_is_dead_to_the_retry(tmp_path):
+    """The agent dies at the spawn call, long before the next poll: the start placed anew
+    goes to g1, not to g0 again (the walk's seed 20277045 failed c_over so three times in a few
+    milliseconds, its last_error Ray's bare `RayActorError()`)."""
+
+    async def run() -> None:
+        world = SimWorld(tmp_path / "nodes")
+        g0 = world.add_node("g0", [5_000], 2000)  # the tighter fit: placed there
+        world.add_node("g1", [10_000], 2000)
+        model = fake("--vram-mib", "3000", vram_mib=3000)
+        ray = {"address": "127.0.0.1:1", "poll_s": 30, "connect_timeout": 30}
+        settings = settings_for(
+            tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0}
+        )
+        cluster = world.cluster(settings)
+        parts = Collaborators.for_settings(settings, cluster)
+        memory = Memory(settings, parts.gpus, parts.footprints)
+        s = Scheduler(settings, parts.runtime, memory, Events())
+        await s.start()
+        try:
+            assert len(cluster.live()) == 2
+            g0.die_on.add("spawn")
+            text = await asyncio.wait_for(ask(s, "m"), 20)
+            assert not g0.die_on, "the start was not placed on g0"
+            assert text.startswith("tok0"), text
+            handle = s.instances["m"].handle
+            assert isinstance(handle, RayEngine) and handle.node.name == "g1"
+        finally:
+            await s.close()
+
+    asyncio.run(run())
+
+
+def test_an_agent_dying_while_the_head_is_away_is_found_within_seconds(tmp_path):
+    """The head is lost, then g0's agent dies: its death is found by reading the agent, which
+    needs no head (the walk's seed 20994310: requests waited on it until the head was back)."""
+
+    async def run() -> None:
+        world = SimWorld(tmp_path / "nodes")
+        g0 = world.add_node("g0", [5_000], 2000)
+        ray = {"address": "127.0.0.1:1", "poll_s": 0.1, "connect_timeout": 30}
+        settings = settings_for(tmp_path, {"m": fake()}, cluster={"ray": ray})
+        cluster = world.cluster(settings)
+        await cluster.connect()
+        try:
+            world.head_down = True
+            await asyncio.sleep(0.3)
+            world.kill_agent(g0)
+            assert await until(lambda: not cluster.live(), 3), "g0 still taken for alive"
+        finally:
+            world.head_down = False
+            await cluster.close(1)
 
     asyncio.run(run())

@@ -71,7 +71,7 @@ class ClusterGpus:
         available when it joined), less what our engines hold there and, as on a GPU, what
         the node reports it has available now."""
         out = []
-        for node in self.cluster.live():
+        for node in self.cluster.read():
             budget = node.ram_budget_mib(configured_mib)
             available = int(node.reading.get("host_available_mib", budget))
             held = held_by_node.get(node.name, 0)

@@ -42,7 +42,7 @@ class Node:
     first_index: int  # its GPU k is the cluster's GPU first_index + k
     kind: str  # nvml, simulated, none
     number: int = 0  # in order of joining: its RAM's device index in placement is -2 - number
-    host_budget_mib: int = 0  # what it had available when it joined: its default RAM budget
+    host_budget_mib: int = 0  # what it had available at its first reading: its default RAM budget
     alive: bool = True
     joined_at: float = field(default_factory=time.time)
     died_at: float | None = None
@@ -285,7 +285,6 @@ class Cluster:
             len(node.totals_mib), node.totals_mib, left,
         )  # fmt: skip
         await self._read(node)
-        node.host_budget_mib = int(node.reading.get("host_available_mib", 0))
         self._changed()
 
     async def dead(self, node: Node, why: str) -> None:
@@ -313,21 +312,31 @@ class Cluster:
             await asyncio.sleep(self.config.poll_s)
             try:
                 await self.refresh()
-                live = [n for n in self.nodes.values() if n.alive]
-                await asyncio.gather(*(self._read(n) for n in live))
             except asyncio.CancelledError:
                 raise
             except HeadUnreachable as exc:  # tried again at the next poll
                 log.warning("reading the cluster failed: %s", exc)
             except Exception as exc:  # the GCS busy: try again at the next poll
                 log.warning("reading the cluster failed: %r", exc)
+            # The agents are read whatever the head does: their calls do not go through it,
+            # and an agent (or node) that died while the head was away was found only once it
+            # was back, its requests waiting meanwhile (the walk's seed 20994310).
+            live = [n for n in self.nodes.values() if n.alive]
+            try:
+                await asyncio.gather(*(self._read(n) for n in live))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a hook told of a death failed: the poll goes on
+                log.warning("reading the nodes failed: %r", exc)
 
     async def _read(self, node: Node) -> None:
         from ray.exceptions import RayActorError
 
         try:
-            node.reading = await call(node.agent.memory.remote(), CALL_TIMEOUT_S)
-            node.missed = 0
+            reading = await call(node.agent.memory.remote(), CALL_TIMEOUT_S)
+            if not node.reading:  # its first: what it has now is its budget
+                node.host_budget_mib = int(reading.get("host_available_mib", 0))
+            node.reading, node.missed = reading, 0
         except RayActorError as exc:
             await self.dead(node, f"its agent died: {type(exc).__name__}")
         except Exception as exc:
@@ -348,6 +357,13 @@ class Cluster:
 
     def live(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.alive]
+
+    def read(self) -> list[Node]:
+        """The live nodes read at least once: a node just joined, or whose first reading did
+        not come (its agent stalled), has no RAM budget yet, and read as one of 0 MiB it made
+        placement refuse CPU engines for host RAM (NoHostRoom, 'the largest node's RAM budget
+        is 0') while another node was dead."""
+        return [n for n in self.live() if n.reading]
 
     def node_of_gpu(self, index: int) -> tuple[Node, int]:
         for node in self.live():

@@ -249,6 +249,24 @@ class RayRuntime:
             log.warning("model '%s': its engine on node %s, started as its start was given up, "
                         "could not be stopped: %r", name, node.name, exc)  # fmt: skip
 
+    async def _start_failed(self, name: str, node: Node, exc: BaseException) -> EngineStartFailed:
+        """A failed call to the node's agent during a start: NodeLost (placed anew) where the
+        agent died or the node did meanwhile, else the start fails. An agent that died is
+        dead to the cluster at once: were it left for the next poll to find, the start placed
+        anew went to the same node and failed alike, every retry within milliseconds, and the
+        model failed with Ray's own error as its last_error."""
+        from ray.exceptions import RayActorError
+
+        if isinstance(exc, RayActorError):
+            await self.cluster.dead(node, f"its agent died: {type(exc).__name__}")
+        if not node.alive:
+            return NodeLost(f"model '{name}': node {node.name} was lost during its start "
+                            f"({node.why_dead})")  # fmt: skip
+        why = "its agent did not answer in time" if isinstance(exc, TimeoutError) else repr(exc)
+        return EngineStartFailed(
+            f"model '{name}': could not start its engine on node {node.name}: {why}"
+        )
+
     async def _node_died(self, node: Node) -> None:
         for name, engine in list(self.engines.items()):
             if engine.node is node and engine.returncode is None:
@@ -274,7 +292,7 @@ class RayRuntime:
         try:
             port = await call(node.agent.port.remote(), timeout)
         except Exception as exc:
-            raise _start_failed(name, node, exc) from exc
+            raise await self._start_failed(name, node, exc) from exc
         spec = spec_for_port(port)
         ref = node.agent.spawn.remote(
             name, spec.argv, {**env, **spec.env}, spec.health_path, local, port, secret
@@ -289,7 +307,7 @@ class RayRuntime:
             await asyncio.shield(self._undo(node, name, ref, timeout))
             if isinstance(exc, EngineStartFailed | asyncio.CancelledError):
                 raise
-            raise _start_failed(name, node, exc) from exc
+            raise await self._start_failed(name, node, exc) from exc
         engine = RayEngine(
             name, node, started["guard_port"], secret, started["pid"], spec.health_path,
             EngineOutput(name, log_path, output),
@@ -297,13 +315,3 @@ class RayRuntime:
         node.engines.add(name)
         self.engines[name] = engine
         return engine
-
-
-def _start_failed(name: str, node: Node, exc: BaseException) -> EngineStartFailed:
-    """A failed call to the node's agent during a start: NodeLost (placed anew) where the
-    agent died or the node did meanwhile, else the start fails."""
-    from ray.exceptions import RayActorError
-
-    lost = isinstance(exc, RayActorError) or not node.alive
-    kind = NodeLost if lost else EngineStartFailed
-    return kind(f"model '{name}': could not start its engine on node {node.name}: {exc!r}")

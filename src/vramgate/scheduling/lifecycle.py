@@ -201,8 +201,11 @@ class Lifecycle:
         try:
             await self.discard(inst)
         finally:
-            stopping = inst.state is State.STOPPING and inst.stop_task is not asyncio.current_task()
-            if not stopping:
+            # Only where this task still owns the model: a stop begun meanwhile, or a new start
+            # after it (the walk's seed 20680123: a death's cleanup outlasted an unload and
+            # the next start, and marked that start `stopped`, so a request began a second).
+            owner = {State.STARTING: inst.start_task, State.STOPPING: inst.stop_task}
+            if owner.get(inst.state) is asyncio.current_task():
                 inst.draining_for = None
                 inst.state = end
             self.events.record(kind, inst.name, message)
