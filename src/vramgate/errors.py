@@ -10,7 +10,8 @@ GatewayError                 {"error": {"message", "type", "code"}}
 ├── UnsupportedMediaType     415 a body that is not JSON where JSON is required
 ├── QueueFull                429 max_concurrency reached and the wait queue is full
 ├── EngineUnavailable        502 the engine died or dropped the connection mid-request
-│   └── EngineGone           502 the engine refused the connection: nothing reached it
+│   ├── EngineGone           502 the engine refused the connection: nothing reached it
+│   └── EngineReset          502 reset unanswered: tried again if the engine is gone
 ├── EngineStartFailed        503 the engine exited while starting or never became ready
 ├── Unloaded                 503 the model was stopped (unload, shutdown) while starting
 ├── NoRoom                   507 larger than any GPU (insufficient_gpu_memory)
@@ -108,6 +109,11 @@ class EngineFailed(EngineUnavailable):
 
 class EngineGone(EngineUnavailable):
     """Raised before anything was sent to the engine or the client: safe to try again."""
+
+
+class EngineReset(EngineUnavailable):
+    """The engine's connection was reset unanswered (upstream.ResetUnanswered): nothing was
+    sent to the client; safe to try again once the engine's exit is seen, else a 502."""
 
 
 class EngineStartFailed(GatewayError):

@@ -20,8 +20,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Send
 
 from vramgate.api.shapes import OPENAI, Shape
-from vramgate.errors import EngineFailed, EngineGone, EngineUnavailable, GatewayError
-from vramgate.upstream import Answer, Broken, NeverSent, UpstreamPool
+from vramgate.errors import EngineFailed, EngineGone, EngineReset, EngineUnavailable, GatewayError
+from vramgate.upstream import Answer, Broken, NeverSent, ResetUnanswered, UpstreamPool
 
 _STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
@@ -144,7 +144,8 @@ async def relay(
     """`peek`, where given, sees a whole answer's status and body as the engine sent them.
     `mend`: the engine's answers need mending or translating; None for engines that speak
     the client's API as it is, the hot path. EngineGone: nothing reached the engine (the caller
-    may try again); any other failure is answered here, in `shape`, never sent twice, and
+    may try again); EngineReset: reset unanswered (the caller may try again once the engine's
+    exit is seen); any other failure is answered here, in `shape`, never sent twice, and
     returns True: the engine broke (it may be dying: the caller lets its exit be seen before it
     frees the slot, which would otherwise go to a request queued for a dead engine)."""
     host, port = split_url(base_url)
@@ -154,6 +155,8 @@ async def relay(
         answer = await pool.post(host, port, path, body, head)
     except NeverSent as exc:
         raise EngineGone(f"model '{model}': the engine refused the connection ({exc})") from exc
+    except ResetUnanswered as exc:  # the caller sends it again if the engine is gone
+        raise EngineReset(_broken(model, exc).message) from exc
     except Broken as exc:
         await _fail(send, timing, shape, _broken(model, exc), started)
         return True

@@ -21,10 +21,14 @@ the third:
   loop looks (SO_ERROR keeps the reset), on a kept-alive or a new connection. It is sent once
   more on a new connection; if that one is refused or meets the same close, NeverSent (the
   relay may restart the engine and send it).
-Anything else after the write is Broken (a 502), never sent again, because TCP cannot tell
-it from a request the engine read and may have run: a reset with no FIN before it is what a
+Anything else after the write is Broken (a 502), never sent again here, because TCP cannot
+tell it from a request the engine read and may have run: a reset with no FIN before it is what a
 close with the request unread in its buffer sends, and also what an abortive close (SO_LINGER
 0) after reading it whole sends; a clean close (FIN) with no reset after it may follow a read.
+The first of these, with no byte of an answer, is ResetUnanswered: the relay sends it again
+only once the engine's exit is seen (a process killed with requests unread in its socket's
+buffer, a node's agent killed with them queued at its guard), when no engine that could have
+run it is left.
 To keep that ambiguous case rare, a kept-alive connection idle longer than `idle_max_s`
 (2 s, under the 5 s keep-alive timeout of uvicorn and llama-server) is not reused, and one
 that carried an answer with bytes after its end, or any other bytes while idle, is closed.
@@ -70,6 +74,15 @@ class Broken(Exception):
 
 class ReadTimeout(Broken):
     """The engine sent nothing for read_timeout seconds."""
+
+
+class ResetUnanswered(Broken):
+    """The connection was reset after the request was written, with no FIN before it and no
+    byte of an answer: what a socket closed with the request unread in its buffer sends (a
+    process killed before it read it, a listener closed with the connection still queued), and
+    also what an abortive close after reading it sends. Broken like any other: the relay sends
+    it again only once the engine's exit is seen, when no engine that could have run it is
+    left (relaying.run)."""
 
 
 class _Unread(Exception):
@@ -178,7 +191,10 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
         if not self.complete:
             reason = f" ({exc})" if exc else ""
-            self._fail(Broken(f"the engine closed the connection mid-answer{reason}"))
+            if self.lost_unread and self.is_sent and not self.got_bytes and self.eof_at is None:
+                self._fail(ResetUnanswered(f"the engine reset the connection unanswered{reason}"))
+            else:
+                self._fail(Broken(f"the engine closed the connection mid-answer{reason}"))
 
     # -- httptools callbacks ---------------------------------------------------------------
 

@@ -136,9 +136,46 @@ def test_a_node_whose_agent_died_gets_a_new_one(gateway, cluster):
     for agent in cluster.agent_pids("gpu-b"):
         os.kill(agent, signal.SIGKILL)
     assert wait_until(lambda: not pid_alive(pid), 20), "an engine outlived its agent"
+    # Seen dead first: "gpu-b" was alive to the gateway until it saw the death, and CI's ask
+    # then met the dying agent's guard (the next test holds what that ask gets).
+    assert wait_until(lambda: gw.model("k")["state"] != "ready", 20), gw.model("k")
     assert wait_until(lambda: "gpu-b" in alive_nodes(gw), 40), gw.status()["nodes"]
     assert ask(gw, "k") == "tok0 tok1 "
     assert gw.model("k")["node"] == "gpu-b"
+
+
+def test_requests_queued_at_a_guard_whose_agent_is_killed_are_answered_anew(gateway, cluster):
+    """Its agent stopped (its guard reads nothing), two requests sent (on the kept-alive
+    connection and queued at the guard's listener), then the agent killed: both are reset
+    unanswered, the agent's death is seen at once (its output call fails), and both are
+    answered by the model started anew. Before, each was a 502 (CI, in the test above: a
+    request that met the guard as its agent died)."""
+    gw = gateway(ray_config(cluster, {"q": engine(3000)}))
+    assert wait_until(lambda: {"gpu-a", "gpu-b"} <= alive_nodes(gw), 30)
+    ask(gw, "q")
+    node = gw.model("q")["node"]
+    results: list[object] = []
+
+    def asking() -> None:
+        try:
+            results.append(ask(gw, "q"))
+        except Exception as exc:
+            results.append(exc)
+
+    agents = cluster.stall(node)
+    threads = [threading.Thread(target=asking, daemon=True) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: gw.model("q")["in_flight"] == 2, 10), gw.model("q")
+        time.sleep(0.3)  # written, unread
+    finally:
+        for pid in agents:
+            os.kill(pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(60)
+    assert results == ["tok0 tok1 "] * 2, results
+    assert "reset the connection unanswered" not in str(results)
 
 
 def engines_with(knob: str) -> list[int]:

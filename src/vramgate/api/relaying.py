@@ -27,7 +27,7 @@ from vramgate.api.common import refuse_cross_site, resolve_or_404
 from vramgate.api.shapes import OPENAI, Shape
 from vramgate.auth import Access, presented_key
 from vramgate.config import Settings
-from vramgate.errors import BadRequest, EngineGone, GatewayError
+from vramgate.errors import BadRequest, EngineGone, EngineReset, GatewayError
 from vramgate.inventory import SEED_FIELDS
 from vramgate.proxy import _STREAM_HEADERS, Mend, Opened, Timing, hangup_cancels, relay, send_error
 from vramgate.scheduling.driver import Scheduler
@@ -247,6 +247,12 @@ async def run(
                         if attempt + 1 == RELAY_ATTEMPTS:
                             raise
                         await confirm_exit(lease)
+                    except EngineReset:
+                        # Sent again only where no engine that could have run it is left: the
+                        # one that reset it exited (killed with it unread; an agent killed with
+                        # it queued at the guard). A live engine may have read it: a 502.
+                        if not await confirm_exit(lease) or attempt + 1 == RELAY_ATTEMPTS:
+                            raise
             finally:
                 await keeper.stop()
 

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,10 @@ class RayEngine:
 
     def __init__(
         self, name: str, node: Node, port: int, secret: str, pid: int, health_path: str,
-        out: EngineOutput,
+        out: EngineOutput, agent_died: Callable[[Node, str], Awaitable[None]],
     ) -> None:  # fmt: skip
         self.name, self.node = name, node
+        self._agent_died = agent_died
         self._health = health_path
         self.base_url = f"http://{node.address}:{port}"
         self.headers = {KEY_HEADER: secret}
@@ -84,6 +85,8 @@ class RayEngine:
             return 0
 
     async def _fetch_output(self) -> None:
+        from ray.exceptions import RayActorError
+
         cursor, missed = 0, 0
         self.out.open(f"pid {self._pid} on node {self.node.name}")
         try:
@@ -93,6 +96,13 @@ class RayEngine:
                         self.node.agent.output.remote(self.name, cursor, OUTPUT_WAIT_S),
                         OUTPUT_WAIT_S + CALL_TIMEOUT_S,
                     )
+                except RayActorError as exc:
+                    # Its agent died, and its engines with it: the cluster is told now, not at
+                    # its next read, so that a request its engine reset is sent again at once
+                    # (relaying.run waits 2 s for the exit) and none is sent to the dead guard.
+                    await self._agent_died(self.node, f"its agent died: {type(exc).__name__}")
+                    await asyncio.sleep(OUTPUT_WAIT_S)
+                    continue
                 except Exception as exc:  # the node's death is the cluster's to tell
                     missed += 1
                     if missed == 1:
@@ -310,7 +320,7 @@ class RayRuntime:
             raise await self._start_failed(name, node, exc) from exc
         engine = RayEngine(
             name, node, started["guard_port"], secret, started["pid"], spec.health_path,
-            EngineOutput(name, log_path, output),
+            EngineOutput(name, log_path, output), self.cluster.dead,
         )  # fmt: skip
         node.engines.add(name)
         self.engines[name] = engine

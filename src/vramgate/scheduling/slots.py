@@ -107,13 +107,17 @@ async def join_start(inst: Instance) -> None:
         raise Unloaded(f"model '{inst.name}' was stopped while starting; retry") from None
 
 
-async def confirm_exit(lease: Lease, timeout_s: float = 2.0) -> None:
+async def confirm_exit(lease: Lease, timeout_s: float = 2.0) -> bool:
     """The engine refused a connection or broke off an answer: wait (bounded) until its exit,
     if it is dying, has been seen, so that the next decision (and the slot this request frees)
-    knows it is gone."""
-    with contextlib.suppress(TimeoutError):
+    knows it is gone. Whether it was seen."""
+    exited = True
+    try:
         await asyncio.wait_for(asyncio.shield(lease.handle.wait()), timeout_s)
+    except TimeoutError:
+        exited = False
     await asyncio.sleep(0)  # let the exit watcher mark the model first
+    return exited
 
 
 class LeaseHold:
