@@ -31,7 +31,7 @@ from vramgate.errors import BadRequest, EngineGone, EngineReset, GatewayError
 from vramgate.inventory import SEED_FIELDS
 from vramgate.proxy import _STREAM_HEADERS, Mend, Opened, Timing, hangup_cancels, relay, send_error
 from vramgate.scheduling.driver import Scheduler
-from vramgate.scheduling.slots import confirm_exit
+from vramgate.scheduling.slots import confirm_exit, killed_unasked
 
 log = logging.getLogger("vramgate.api")
 CLIENT_CLOSED = 499  # the client left before the answer ended (nginx's code for it)
@@ -248,10 +248,15 @@ async def run(
                             raise
                         await confirm_exit(lease)
                     except EngineReset:
-                        # Sent again only where no engine that could have run it is left: the
-                        # one that reset it exited (killed with it unread; an agent killed with
-                        # it queued at the guard). A live engine may have read it: a 502.
-                        if not await confirm_exit(lease) or attempt + 1 == RELAY_ATTEMPTS:
+                        # Sent again only where the reset was what a kill of the engine sends
+                        # for bytes it never read: it was killed outright, by nothing of ours,
+                        # within the bound (an OOM kill with it unread; an agent killed with it
+                        # queued at the guard). An engine that lives on, exits of itself (a
+                        # poison request it read) or that the gateway stopped may have read it.
+                        exited = await confirm_exit(lease)
+                        if not exited or not killed_unasked(lease.handle):
+                            raise
+                        if attempt + 1 == RELAY_ATTEMPTS:
                             raise
             finally:
                 await keeper.stop()

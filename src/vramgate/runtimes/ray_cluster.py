@@ -297,7 +297,12 @@ class Cluster:
         # them; the next agent there removes any left (ray_agent._remove_leftovers).
         await self._fence(node)
         for hook in self.on_dead:
-            await hook(node)
+            # Each told whatever another does: the node is dead already, and no later read
+            # would tell a hook that a failure before it skipped.
+            try:
+                await hook(node)
+            except Exception as exc:
+                log.warning("node %s: a hook told of its death failed: %r", node.name, exc)
         self._changed()
 
     async def _fence(self, node: Node) -> None:

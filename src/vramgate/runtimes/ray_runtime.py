@@ -85,7 +85,7 @@ class RayEngine:
             return 0
 
     async def _fetch_output(self) -> None:
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorDiedError
 
         cursor, missed = 0, 0
         self.out.open(f"pid {self._pid} on node {self.node.name}")
@@ -96,10 +96,11 @@ class RayEngine:
                         self.node.agent.output.remote(self.name, cursor, OUTPUT_WAIT_S),
                         OUTPUT_WAIT_S + CALL_TIMEOUT_S,
                     )
-                except RayActorError as exc:
-                    # Its agent died, and its engines with it: the cluster is told now, not at
-                    # its next read, so that a request its engine reset is sent again at once
-                    # (relaying.run waits 2 s for the exit) and none is sent to the dead guard.
+                except ActorDiedError as exc:
+                    # Its agent died (not merely out of reach: ActorUnavailableError is Ray's
+                    # word for a blip), and its engines with it: the cluster is told now, not
+                    # at its next read, so that a request its guard reset is sent again at
+                    # once (relaying.run waits 2 s for the exit) and none goes to the dead guard.
                     await self._agent_died(self.node, f"its agent died: {type(exc).__name__}")
                     await asyncio.sleep(OUTPUT_WAIT_S)
                     continue

@@ -22,7 +22,7 @@ from vramgate.memory import Memory
 from vramgate.proxy import split_url
 from vramgate.runtimes.base import EngineHandle, Runtime
 from vramgate.scheduling import sleeping
-from vramgate.scheduling.slots import send_back
+from vramgate.scheduling.slots import GATEWAY_STOPS, send_back
 from vramgate.scheduling.snapshot import State
 from vramgate.upstream import UpstreamPool
 
@@ -179,6 +179,8 @@ class Lifecycle:
         try:
             if handle is None:
                 return None
+            if handle.returncode is None and getattr(handle, "lost_reason", None) is None:
+                GATEWAY_STOPS.add(handle)  # running: its exit will be ours (not a death's)
             code = await handle.stop(stop_timeout_s)
             # The next load must find the memory free, not merely the process gone.
             await self.memory.wait_released(inst)

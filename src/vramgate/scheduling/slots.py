@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -105,6 +107,24 @@ async def join_start(inst: Instance) -> None:
         if not task.cancelled() or (current is not None and current.cancelling()):
             raise  # our own client left
         raise Unloaded(f"model '{inst.name}' was stopped while starting; retry") from None
+
+
+# Engines the gateway itself began to stop (an unload, reload, eviction, TTL, shutdown): their
+# exit says nothing of what they had read (lifecycle.discard adds each before its stop).
+GATEWAY_STOPS: weakref.WeakSet[EngineHandle] = weakref.WeakSet()
+_KILLED = (-signal.SIGKILL, 128 + signal.SIGKILL)  # a process, or a shell or container's code
+
+
+def killed_unasked(handle: EngineHandle) -> bool:
+    """The engine was killed outright by nothing of the gateway's: SIGKILL (the kernel's OOM
+    killer, an operator's kill -9), or lost with its node or agent (Ray). Such a death, not the
+    engine's own doing, is what resets the requests still unread in its sockets; an engine that
+    exits or crashes of itself may have read the request that made it (a poison request)."""
+    if handle in GATEWAY_STOPS:
+        return False
+    if handle.returncode is None:
+        return getattr(handle, "lost_reason", None) is not None
+    return handle.returncode in _KILLED
 
 
 async def confirm_exit(lease: Lease, timeout_s: float = 2.0) -> bool:
