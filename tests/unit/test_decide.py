@@ -564,6 +564,16 @@ def test_a_sleeper_counts_against_its_own_nodes_ram():
     assert decide(over, Tick()) == [Stop("y", "host_ram", "host RAM over 1000 MiB")]
 
 
+def test_sleepers_on_a_node_whose_ram_is_not_read_yet_stay():
+    """A node placement does not list (joined again, not read yet; or dead) has no known
+    budget: its sleepers are not stopped as "host RAM over 0 MiB" (the cluster walk's traces)."""
+    asleep = m("y", SLEEPING, host_mib=700, node="b", last_used=1)
+    snap = world(asleep, hosts=(node_ram("a", 0),))
+    assert decide(snap, Tick()) == []
+    known = world(asleep, hosts=(node_ram("a", 0), node_ram("b", 1, total=500, used=700)))
+    assert decide(known, Tick()) == [Stop("y", "host_ram", "host RAM over 500 MiB")]
+
+
 def test_yielding_on_a_node_sleeps_within_that_nodes_ram():
     """Other programs past the share on node a's GPU: the idle engine there sleeps if node a's
     RAM has room, whatever node b's sleepers hold; with a full, it stops."""

@@ -52,6 +52,8 @@ def tick(snap: Snapshot) -> list[Step]:
         key=lambda m: m.order,
     )
     for m in holding:
+        if not snap.host_budget_known(m.node):
+            continue  # read as 0 MiB, its sleepers were all stopped as "host RAM over 0 MiB"
         budget = snap.host_budget_on(m.node)
         if used[m.node] > budget:
             steps.append(Stop(m.name, "host_ram", f"host RAM over {budget} MiB"))

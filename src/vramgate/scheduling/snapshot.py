@@ -166,6 +166,13 @@ class Snapshot(NamedTuple):
         return {n: self.host_used_on(n) for n in {m.node for m in self.models.values()}}
 
     def host_budget_on(self, node: str) -> int:
+        """`node`'s RAM budget; 0 for a node placement does not list (not read yet, or dead):
+        nothing is placed or put to sleep there."""
         if not self.hosts:
             return self.host_budget_mib
         return next((h.total_mib for h in self.hosts if h.node == node), 0)
+
+    def host_budget_known(self, node: str) -> bool:
+        """Whether `node`'s RAM budget is known: a node not read yet (just joined again) or
+        dead has none, which is not a budget of 0 to enforce."""
+        return not self.hosts or any(h.node == node for h in self.hosts)
