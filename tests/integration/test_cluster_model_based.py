@@ -295,9 +295,13 @@ class Walk:
                 for key in [k for k in self.suspects if node.node_id in k]:
                     del self.suspects[key]
                 continue
+            undoing = getattr(s.runtime, "undoing", set())  # spawns given up on, being stopped
             for name, engine in list(agent.engines.items()):  # every agent asked
                 pid = engine.proc.pid
                 if pid is None:
+                    continue
+                if (node.name, name, engine.guard.secret) in undoing:
+                    self.suspects.pop(f"untracked {node.node_id} {pid}", None)
                     continue
                 self.suspect(
                     f"untracked {node.node_id} {pid}", accounted.get(pid) != node.name,

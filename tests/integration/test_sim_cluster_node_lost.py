@@ -143,3 +143,32 @@ def test_an_agent_dying_while_the_head_is_away_is_found_within_seconds(tmp_path)
             await cluster.close(1)
 
     asyncio.run(run())
+
+
+def test_a_stop_by_an_old_starts_secret_leaves_the_newer_engine(tmp_path):
+    """The undo of a spawn given up on waits for that spawn's end, then stops its engine; by
+    name alone, a new start of the model on the node meanwhile was the engine it stopped. By
+    the start's secret, only its own (the cluster walk under load: engines left, or cut)."""
+    from tests.conftest import fake_cmd
+    from vramgate.runtimes.local import free_port
+    from vramgate.testing.sim_cluster import SimAgent
+
+    async def run() -> None:
+        world = SimWorld(tmp_path / "nodes")
+        node = world.add_node("g0", [5_000], 2000)
+        agent = SimAgent("gw", node, tmp_path / "nodes")
+        await agent.watchdog.start()
+        argv = fake_cmd("--vram-mib", "100").split()
+        try:
+            first = await agent.spawn("m", argv, {}, "/health", (0,), free_port(), "old")
+            assert await agent.stop("m", 0, "old") is not None  # its own: stopped
+            newer = await agent.spawn("m", argv, {}, "/health", (0,), free_port(), "new")
+            assert newer["pid"] != first["pid"]
+            assert await agent.stop("m", 0, "old") is None  # the old start's: not this one
+            assert "m" in agent.engines and agent.engines["m"].proc.returncode is None
+            assert await agent.stop("m", 0, "new") is not None
+            assert "m" not in agent.engines
+        finally:
+            await agent.shutdown(1)
+
+    asyncio.run(run())

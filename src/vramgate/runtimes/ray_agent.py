@@ -179,10 +179,13 @@ class NodeAgent:
             "code": code,
         }
 
-    async def stop(self, name: str, timeout_s: float) -> int | None:
-        engine = self.engines.pop(name, None)
-        if engine is None:
+    async def stop(self, name: str, timeout_s: float, secret: str | None = None) -> int | None:
+        """Stops the model's engine here; with `secret`, only the engine of the start that
+        made it (another start's engine of the same model is left alone)."""
+        engine = self.engines.get(name)
+        if engine is None or (secret is not None and engine.guard.secret != secret):
             return None
+        self.engines.pop(name, None)
         # A stop sent while its spawn is under way (the gateway gave the spawn up after its
         # call's timeout) found no process yet, and the spawn then started one nobody knew of.
         await engine.spawned.wait()

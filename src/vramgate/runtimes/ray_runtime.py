@@ -172,7 +172,9 @@ class RayEngine:
         if not self._exit.done() and self.node.alive:
             try:
                 code = await call(
-                    self.node.agent.stop.remote(self.name, timeout_s),
+                    # Its own engine only (by its start's secret): a stale stop never ends a
+                    # newer engine of the model there.
+                    self.node.agent.stop.remote(self.name, timeout_s, self.headers[KEY_HEADER]),
                     timeout_s + KILL_WAIT_S + CALL_TIMEOUT_S,
                 )
                 self._ended(code)
@@ -202,6 +204,9 @@ class RayRuntime:
         self.cluster = cluster or Cluster(settings.ray, instance_id(state_dir))
         self.cluster.on_dead.append(self._node_died)
         self.engines: dict[str, RayEngine] = {}
+        # Spawns given up on whose engines are being stopped: (node, model, the start's secret).
+        # Still the gateway's to account for (what the cluster walk checks).
+        self.undoing: set[tuple[str, str, str]] = set()
         self._joining: asyncio.Task[None] | None = None  # a head that did not answer at start
 
     async def start(self) -> None:
@@ -248,17 +253,26 @@ class RayRuntime:
             for n in self.cluster.nodes.values()
         ]
 
-    async def _undo(self, node: Node, name: str, spawning: Any, timeout_s: float) -> None:
-        """Stops what a spawn call that was given up on started on `node` (bounded)."""
+    async def _undo(
+        self, node: Node, name: str, spawning: Any, timeout_s: float, secret: str
+    ) -> None:
+        """Stops what a spawn call that was given up on started on `node` (bounded): that
+        engine only, by its start's secret. By name alone, the undo of a start given up on
+        waits for its spawn's end, and a new start of the model on that node meanwhile was
+        the engine it stopped."""
         if not node.alive:
             return  # its agent was killed with the node's death: its watchdog ended the engine
-        with contextlib.suppress(Exception):  # its end first: a stop before it finds nothing
-            await call(spawning, timeout_s)
+        undoing = (node.name, name, secret)
+        self.undoing.add(undoing)
         try:
-            await call(node.agent.stop.remote(name, 0), KILL_WAIT_S + CALL_TIMEOUT_S)
+            with contextlib.suppress(Exception):  # its end first: a stop before it finds nothing
+                await call(spawning, timeout_s)
+            await call(node.agent.stop.remote(name, 0, secret), KILL_WAIT_S + CALL_TIMEOUT_S)
         except Exception as exc:
             log.warning("model '%s': its engine on node %s, started as its start was given up, "
                         "could not be stopped: %r", name, node.name, exc)  # fmt: skip
+        finally:
+            self.undoing.discard(undoing)
 
     async def _start_failed(self, name: str, node: Node, exc: BaseException) -> EngineStartFailed:
         """A failed call to the node's agent during a start: NodeLost (placed anew) where the
@@ -315,7 +329,7 @@ class RayRuntime:
             # the agent goes on spawning all the same, and its engine would run there with
             # nobody's account of it (its memory read as ours). Stopped there, whatever ends
             # this, before the start ends, as the Docker runtime removes its container.
-            await asyncio.shield(self._undo(node, name, ref, timeout))
+            await asyncio.shield(self._undo(node, name, ref, timeout, secret))
             if isinstance(exc, EngineStartFailed | asyncio.CancelledError):
                 raise
             raise await self._start_failed(name, node, exc) from exc
