@@ -10,6 +10,7 @@ has died, or when its agent has not answered for three polls running.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -28,6 +29,7 @@ log = logging.getLogger("vramgate.cluster")
 MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
 CALL_TIMEOUT_S = 10.0
 GCS_WAIT_S = 86_400 * 365  # how long the driver waits for a lost head before Ray ends it
+DRIVER_HANG_S = 15.0  # a driver that answers no ping this long is ended and started anew
 REJOIN_S = 5.0  # a node Ray reports alive whose agent was lost: a new agent tried this often
 
 
@@ -83,6 +85,7 @@ class Cluster:
         self.connected = False  # joined: the head answered once
         self.driver: Driver | None = None  # the driver process (ray_driver.py)
         self._init: asyncio.Future[Any] | None = None  # its ray.init, running
+        self._ping: tuple[concurrent.futures.Future[Any], float] | None = None  # in flight, sent
         self.where: dict[str, str] = {}  # the driver's address and the GCS it reached
         # Told when a node dies (runtimes end its engines) and when anything changes.
         self.on_dead: list[Callable[[Node], Awaitable[None]]] = []
@@ -138,6 +141,23 @@ class Cluster:
     def _driver_ended(self) -> str | None:
         """Why the driver process ended, if it has (its agents died with it)."""
         return None if self.driver is None else self.driver.ended
+
+    def _driver_hung(self) -> bool:
+        """The driver has not answered a ping (which asks nothing of the head) for
+        DRIVER_HANG_S: a hung core worker, not a lost head. Without this it read as a lost head
+        for ever, and its nodes, taken for dead, could not be fenced through it."""
+        assert self.driver is not None
+        now = time.monotonic()
+        ping, sent = self._ping or (None, 0.0)
+        if ping is None or ping.done():
+            self._ping = (self.driver.request("ping"), now)
+            return False
+        if now - sent < DRIVER_HANG_S:
+            return False
+        log.warning("the Ray driver has not answered for %.0f s: it is ended, and its agents "
+                    "with it (their engines stop); a new one joins", now - sent)  # fmt: skip
+        self._ping = None
+        return True
 
     def _joined(self) -> bool:
         """The driver runs and its ray.init succeeded."""
@@ -320,6 +340,9 @@ class Cluster:
             await asyncio.sleep(self.config.poll_s)
             if (why := self._driver_ended()) is not None:
                 await self._new_driver(why)
+                continue
+            if self.driver is not None and self._joined() and self._driver_hung():
+                self.driver.kill()  # ended at the next poll: a new driver, its nodes dead
                 continue
             if self.driver is not None and not self._joined():  # its ray.init failed, or runs
                 try:

@@ -136,6 +136,12 @@ class Driver:
         for future in pending.values():
             _settle(future, False, DriverLost(why))
 
+    def kill(self) -> None:
+        """Ends a driver that stopped answering (its agents die with it); its reader then
+        fails what was in flight and `ended` says why."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Ends the child (its actors die with it); blocking, bounded."""
         with contextlib.suppress(OSError, ValueError):
@@ -215,6 +221,8 @@ def _serve() -> None:
     sys.stdout = sys.stderr  # Ray's prints must not land in the frames
     lock = threading.Lock()
     agents: dict[int, Any] = {}
+    creating: dict[int, threading.Event] = {}  # set once its actor exists (or failed)
+    failed: dict[int, BaseException] = {}
 
     def reply(request_id: int, ok: bool, value: Any) -> None:
         candidates = [value]
@@ -269,7 +277,19 @@ def _serve() -> None:
         return {"node_ip": node.node_ip_address, "gcs": node.gcs_address}
 
     def new_agent(key: int, node_id: str, name: str, gateway: str) -> None:
-        agents[key] = (
+        """In its own thread (a named actor is registered with the head, which may hang);
+        calls to it wait for it there, never holding up the others' (or the ping)."""
+        created = creating[key]
+        try:
+            agents[key] = make_agent(node_id, name, gateway)
+        except BaseException as exc:
+            failed[key] = exc
+            raise
+        finally:
+            created.set()
+
+    def make_agent(node_id: str, name: str, gateway: str) -> Any:
+        return (
             ray.remote(NodeAgent)
             .options(
                 # soft=False: on that node or nowhere (Ray listed it alive); every wait on it
@@ -281,6 +301,16 @@ def _serve() -> None:
             .remote(gateway)
         )  # fmt: skip
 
+    def submit(request_id: int, key: int, method: str, call_args: tuple[Any, ...]) -> None:
+        try:
+            if key in failed:
+                raise RuntimeError(f"the agent was not created: {failed[key]!r}")
+            ref = getattr(agents[key], method).remote(*call_args)
+        except BaseException as exc:
+            reply(request_id, False, exc)
+            return
+        ref.future().add_done_callback(lambda f, i=request_id: done(i, f))
+
     def done(request_id: int, future: concurrent.futures.Future[Any]) -> None:
         try:
             reply(request_id, True, future.result())
@@ -291,12 +321,19 @@ def _serve() -> None:
         request_id, op, args = message
         try:
             if op == "call":
-                key, method, call_args = args
-                ref = getattr(agents[key], method).remote(*call_args)
-                ref.future().add_done_callback(lambda f, i=request_id: done(i, f))
-            elif op == "agent":
-                new_agent(*args)
+                created = creating.get(args[0])
+                if created is not None and not created.is_set():  # waits in a thread of its own
+                    threading.Thread(
+                        target=lambda i=request_id, a=args, c=created: (c.wait(), submit(i, *a)),
+                        daemon=True,
+                    ).start()
+                else:
+                    submit(request_id, *args)
+            elif op == "ping":  # the head is not asked: a hung driver is told from a lost head
                 reply(request_id, True, None)
+            elif op == "agent":
+                creating[args[0]] = threading.Event()  # before any call to it is read
+                blocking(request_id, lambda a=args: new_agent(*a))
             elif op == "init":
                 blocking(request_id, lambda a=args: init(*a))
             elif op == "nodes":
