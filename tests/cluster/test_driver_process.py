@@ -6,6 +6,7 @@ runs Ray's core worker."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -59,3 +60,30 @@ def test_the_serving_process_holds_no_connection_to_the_head(gateway, cluster):
     theirs = [line for line in sockets.splitlines() if f"pid={driver}," in line]
     assert not [line for line in mine if gcs in line.split()[4]], mine
     assert [line for line in theirs if gcs in line.split()[4]], theirs
+
+
+def engines_marked(marker: str) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and "fake_engine" in cmdline(int(p))
+            and marker in cmdline(int(p)) and pid_alive(int(p))]  # fmt: skip
+
+
+def test_a_hung_driver_is_ended_and_replaced(gateway, cluster):
+    """Review: the driver stopped (SIGSTOP: a hung core worker), head and node up: it read as a
+    lost head for ever, the node was taken for dead and its engine, never fenced (the kill
+    went through the stopped driver), ran on unaccounted. Now a driver that answers no ping
+    (which asks nothing of the head) is ended, its agents and engines with it, and replaced."""
+    gw = gateway(ray_config(cluster, {"p": engine(3000, "--log-line", "MARK-HUNG")}))
+    assert wait_until(lambda: "gpu-a" in alive(gw), 30)
+    assert ask(gw, "p") == "tok0 tok1 "
+    (driver,) = drivers(gw)
+    os.kill(driver, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: not pid_alive(driver), 90, 1), "a hung driver was left hung"
+        assert wait_until(lambda: not engines_marked("MARK-HUNG"), 30), "its engine outlived it"
+        assert wait_until(lambda: gw.model("p")["state"] != "ready", 20), gw.model("p")
+        assert wait_until(lambda: "gpu-a" in alive(gw), 60, 1), gw.status()["nodes"]
+        assert ask(gw, "p") == "tok0 tok1 "
+        assert "has not answered for" in gw.log()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(driver, signal.SIGCONT)
