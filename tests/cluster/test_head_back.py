@@ -2,27 +2,18 @@
 same address, as a restarted head machine): the gateway stays up, reads the cluster again and
 joins the nodes of the head that came back (issue 24, 4: "rejoining").
 
-OPEN (issue 24): today the gateway dies about 5 s after such a head answers: Ray aborts the
-process (global_state_accessor.cc, WrongClusterID: a restarted head without GCS fault tolerance
-is a new cluster, and the driver in the serving process cannot follow it). The fix is the Ray
-driver out of the serving process (a child the gateway restarts). Until then this repro runs by
-hand only, `VRAMGATE_KNOWN_DEFECTS=1 pytest tests/cluster/test_head_back.py`, and fails."""
+The gateway died about 5 s after such a head answered: Ray aborts a driver whose head came back
+as a new cluster (global_state_accessor.cc, WrongClusterID: a restarted head without GCS fault
+tolerance is a new cluster). The driver now runs in a process of its own (ray_driver.py): it
+ends, its nodes are taken for dead, and a new driver joins the head that answers."""
 
 from __future__ import annotations
 
-import os
 import time
 
-import pytest
-
 from tests.cluster.conftest import ask, engine, ray_config
-from tests.conftest import wait_until
+from tests.conftest import pid_alive, wait_until
 from vramgate.testing.ray_cluster import LOOPBACK_SWITCH
-
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("VRAMGATE_KNOWN_DEFECTS"),
-    reason="issue 24 open: a Ray head that comes back ends the gateway (the module's docstring)",
-)
 
 NODE_WAIT = {"RAY_gcs_rpc_server_reconnect_timeout_s": "3600"}
 
@@ -38,6 +29,7 @@ def test_a_head_that_comes_back_is_joined_again(gateway, make_cluster):
     gw = gateway(ray_config(cluster, models))
     assert wait_until(lambda: "gpu-h" in names(gw), 30)
     assert ask(gw, "h") == "tok0 tok1 "
+    old = gw.model("h")["pid"]
     cluster.kill("head")
     time.sleep(15)
     assert gw.proc.poll() is None, gw.log()[-3000:]
@@ -52,3 +44,7 @@ def test_a_head_that_comes_back_is_joined_again(gateway, make_cluster):
     assert gw.proc.poll() is None, f"the gateway ended when its head came back:\n{gw.log()[-4000:]}"
     assert joined, (gw.status()["nodes"], gw.log()[-4000:])
     assert ask(gw, "n") == "tok0 tok1 "
+    # The old cluster's engine, its agent the dead driver's: gone with them, or stopped by the
+    # agent that its node's raylet gets next; never left running, unaccounted.
+    assert wait_until(lambda: not pid_alive(old), 30), f"h's engine {old} outlived its driver"
+    assert ask(gw, "h") == "tok0 tok1 "

@@ -1,7 +1,9 @@
 """A gateway that joins a cluster on loopback stays on loopback however Ray was imported: the CI
 run collected a module that imported Ray before Cluster.connect could set Ray's switch, and
 ray.init then rewrote 127.0.0.1:P to the machine's eth0 address and never reached the head
-(two cluster tests failed, and the driver's traffic left loopback)."""
+(two cluster tests failed, and the driver's traffic left loopback). The driver now runs in a
+process of its own (ray_driver.py), which sets the switch before it imports Ray; this holds it
+whatever the gateway's process imported first."""
 
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ SCRIPT = textwrap.dedent(
         cluster = Cluster(RayCluster(address=sys.argv[1], connect_timeout=20), "loopback-test")
         await cluster.connect()
         try:
-            print("node-ip", ray._private.worker.global_worker.node.node_ip_address)
-            print("gcs", ray._private.worker.global_worker.node.gcs_address)
+            print("node-ip", cluster.where["node_ip"])
+            print("gcs", cluster.where["gcs"])
             print("names", sorted(n.name for n in cluster.live()))
         finally:
             await cluster.close(5)

@@ -10,21 +10,26 @@ has died, or when its agent has not answered for three polls running.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramgate.config import RayCluster
 from vramgate.errors import EngineStartFailed, NodeLost
+
+if TYPE_CHECKING:
+    from vramgate.runtimes.ray_driver import Driver
 
 log = logging.getLogger("vramgate.cluster")
 MISSED_POLLS = 3  # an agent that answers none of this many reads in a row is taken for dead
 CALL_TIMEOUT_S = 10.0
 GCS_WAIT_S = 86_400 * 365  # how long the driver waits for a lost head before Ray ends it
+DRIVER_HANG_S = 15.0  # a driver that answers no ping this long is ended and started anew
 REJOIN_S = 5.0  # a node Ray reports alive whose agent was lost: a new agent tried this often
 
 
@@ -78,7 +83,10 @@ class Cluster:
         self._listing: asyncio.Future[list[dict[str, Any]]] | None = None  # ray.nodes() running
         self._listing_since = 0.0
         self.connected = False  # joined: the head answered once
-        self._init: asyncio.Future[None] | None = None  # ray.init running in its thread
+        self.driver: Driver | None = None  # the driver process (ray_driver.py)
+        self._init: asyncio.Future[Any] | None = None  # its ray.init, running
+        self._ping: tuple[concurrent.futures.Future[Any], float] | None = None  # in flight, sent
+        self.where: dict[str, str] = {}  # the driver's address and the GCS it reached
         # Told when a node dies (runtimes end its engines) and when anything changes.
         self.on_dead: list[Callable[[Node], Awaitable[None]]] = []
         self.on_change: list[Callable[[], None]] = []
@@ -91,44 +99,37 @@ class Cluster:
         self._changed()
 
     async def _init_driver(self) -> None:
-        """Joins the cluster as a Ray driver (ray.init, bounded); RuntimeError if it cannot."""
+        """Joins the cluster through a driver process of its own (ray_driver.py: what Ray does
+        to a driver never ends the gateway), bounded; RuntimeError if it cannot."""
         host = self.config.address.rpartition(":")[0]
         on_loopback = host.startswith("127.") or host == "localhost"
+        env = {
+            # Ray ends a driver whose GCS has not answered for 60 s: told to wait for its head
+            # instead (what is lost meanwhile is the node table: HeadUnreachable in the log).
+            "RAY_gcs_rpc_server_reconnect_timeout_s": str(GCS_WAIT_S),
+            "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
+        }
         if on_loopback:
             # Ray would advertise this machine's network address for a cluster it reaches on
-            # loopback; such a cluster (one box, the tests) must stay there. Read when Ray is
-            # imported (set before), and set on Ray's constant after (Ray may have been imported
-            # first: pytest collecting a module that imports it made ray.init rewrite
-            # 127.0.0.1:P to the machine's eth0 address). Never for a real cluster, whose
-            # nodes must reach this driver.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        # Ray ends a driver whose GCS has not answered for 60 s: a head lost that long ended the
-        # gateway, cutting every request in flight, though no request goes through Ray (the
-        # engines are reached through their guards). Told to wait for its head instead; what
-        # is lost meanwhile is the node table (HeadUnreachable in the log). Read at import.
-        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_WAIT_S))
-        import ray
+            # loopback; such a cluster (one box, the tests) must stay there. Never for a real
+            # cluster, whose nodes must reach the driver.
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        from vramgate.runtimes.ray_driver import Driver
 
-        if on_loopback:
-            from ray._private import ray_constants
-
-            ray_constants.ENABLE_RAY_CLUSTER = False  # read at each call (get_node_ip_address)
-        timeout = self.config.connect_timeout
-
-        def init() -> None:
-            ray.init(
-                address=self.config.address,
-                namespace=self.config.namespace,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                ignore_reinit_error=True,
-                include_dashboard=False,
+        init = self._init
+        failed = init is not None and init.done() and (init.cancelled() or init.exception())
+        if self.driver is None or self.driver.ended is not None or init is None or failed:
+            if self.driver is not None:  # ended, or its ray.init failed: a fresh process
+                await asyncio.to_thread(self.driver.close, 1)
+            self.driver = Driver(env)
+            address, namespace = self.config.address, self.config.namespace
+            self._init = asyncio.wrap_future(
+                self.driver.request("init", address, namespace, on_loopback)
             )
-
-        if self._init is None or self._init.done():  # one ray.init at a time, in its thread
-            self._init = asyncio.ensure_future(asyncio.to_thread(init))
+        assert self._init is not None
+        timeout = self.config.connect_timeout
         try:
-            await asyncio.wait_for(asyncio.shield(self._init), timeout)
+            self.where = await asyncio.wait_for(asyncio.shield(self._init), timeout)
         except TimeoutError as exc:
             raise RuntimeError(
                 f"cluster.ray.address {self.config.address}: no Ray cluster answered within "
@@ -136,6 +137,48 @@ class Cluster:
             ) from exc
         except Exception as exc:
             raise RuntimeError(f"cluster.ray.address {self.config.address}: {exc}") from exc
+
+    def _driver_ended(self) -> str | None:
+        """Why the driver process ended, if it has (its agents died with it)."""
+        return None if self.driver is None else self.driver.ended
+
+    def _driver_hung(self) -> bool:
+        """The driver has not answered a ping (which asks nothing of the head) for
+        DRIVER_HANG_S: a hung core worker, not a lost head. Without this it read as a lost head
+        for ever, and its nodes, taken for dead, could not be fenced through it."""
+        assert self.driver is not None
+        now = time.monotonic()
+        ping, sent = self._ping or (None, 0.0)
+        if ping is None or ping.done():
+            self._ping = (self.driver.request("ping"), now)
+            return False
+        if now - sent < DRIVER_HANG_S:
+            return False
+        log.warning("the Ray driver has not answered for %.0f s: it is ended, and its agents "
+                    "with it (their engines stop); a new one joins", now - sent)  # fmt: skip
+        self._ping = None
+        return True
+
+    def _joined(self) -> bool:
+        """The driver runs and its ray.init succeeded."""
+        init = self._init
+        return (
+            self.driver is not None and self.driver.ended is None and init is not None
+            and init.done() and not init.cancelled() and init.exception() is None
+        )  # fmt: skip
+
+    async def _new_driver(self, why: str) -> None:
+        """The driver ended (a head back as a new cluster makes Ray abort it): its agents died
+        with it, so its nodes are dead; a new driver joins the head that answers now, and Ray
+        then lists the nodes again (new ones, or the same ones, each given a new agent)."""
+        for node in self.live():
+            await self.dead(node, why)
+        try:
+            await self._init_driver()
+        except RuntimeError as exc:
+            log.warning("%s; joining again: %s", why, exc)
+            return
+        log.info("%s; the cluster at %s joined again", why, self.config.address)
 
     async def connect_until_up(self, retry_s: float) -> None:
         """`connect`, tried every `retry_s` until the head answers (a gateway started while
@@ -200,12 +243,10 @@ class Cluster:
 
     async def _node_table(self) -> list[dict[str, Any]]:
         """Ray's node table from the head (its GCS), bounded. One listing at a time: a head
-        that is down holds `ray.nodes()` in its thread, and a new thread every poll filled the
-        default executor that every other `to_thread` of the gateway waits on."""
-        import ray
-
+        that is down holds the listing, and a new one every poll would pile up."""
         if self._listing is None or self._listing.done():
-            self._listing = asyncio.ensure_future(asyncio.to_thread(ray.nodes))
+            assert self.driver is not None
+            self._listing = asyncio.wrap_future(self.driver.request("nodes"))
             self._listing_since = time.monotonic()
         try:
             infos = await asyncio.wait_for(asyncio.shield(self._listing), CALL_TIMEOUT_S)
@@ -220,38 +261,18 @@ class Cluster:
 
     def _new_agent(self, node_id: str) -> Any:
         """An agent actor on that node (its handle; `hello` tells when it runs)."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from vramgate.runtimes.ray_agent import NodeAgent
-
-        return (
-            ray.remote(NodeAgent)
-            .options(
-                # soft=False: on that node or nowhere; the node exists (Ray listed it alive)
-                # and every wait below is bounded, so a node that dies meanwhile costs a
-                # timeout, never a hang.
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                num_cpus=0,
-                max_restarts=0,
-                max_concurrency=1000,
-                name=f"vramgate-{self.gateway}-{node_id[:16]}-{self._agents}",
-                get_if_exists=False,
-            )
-            .remote(self.gateway)
-        )
+        assert self.driver is not None
+        name = f"vramgate-{self.gateway}-{node_id[:16]}-{self._agents}"
+        return self.driver.agent(node_id, name, self.gateway)
 
     def _kill_agent(self, agent: Any) -> None:
-        """Ends the agent actor (its watchdog then ends its engines); blocking."""
-        import ray
-
-        ray.kill(agent, no_restart=True)
+        """Ends the agent actor (its watchdog then ends its engines); blocking, bounded."""
+        agent.driver.request("kill", agent.key).result(CALL_TIMEOUT_S)
 
     def _disconnect(self) -> None:
-        """Leaves the cluster as a driver; blocking."""
-        import ray
-
-        ray.shutdown()
+        """Leaves the cluster as a driver (its process ends); blocking."""
+        if self.driver is not None:
+            self.driver.close()
 
     async def _join(self, node_id: str) -> None:
         self._starting.add(node_id)
@@ -306,6 +327,8 @@ class Cluster:
         self._changed()
 
     async def _fence(self, node: Node) -> None:
+        if self._driver_ended() is not None:  # its agents died with the driver
+            return
         try:
             kill = asyncio.to_thread(self._kill_agent, node.agent)
             await asyncio.wait_for(kill, CALL_TIMEOUT_S)
@@ -315,6 +338,18 @@ class Cluster:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll_s)
+            if (why := self._driver_ended()) is not None:
+                await self._new_driver(why)
+                continue
+            if self.driver is not None and self._joined() and self._driver_hung():
+                self.driver.kill()  # ended at the next poll: a new driver, its nodes dead
+                continue
+            if self.driver is not None and not self._joined():  # its ray.init failed, or runs
+                try:
+                    await self._init_driver()
+                except RuntimeError as exc:
+                    log.warning("%s: trying again in %g s", exc, self.config.poll_s)
+                    continue
             try:
                 await self.refresh()
             except asyncio.CancelledError:
@@ -343,7 +378,9 @@ class Cluster:
                 node.host_budget_mib = int(reading.get("host_available_mib", 0))
             node.reading, node.missed = reading, 0
         except RayActorError as exc:
-            await self.dead(node, f"its agent died: {type(exc).__name__}")
+            ended = self._driver_ended()
+            why = f"{ended}: its agents died with it" if ended else type(exc).__name__
+            await self.dead(node, f"its agent died: {why}" if not ended else why)
         except Exception as exc:
             node.missed += 1
             if node.missed >= MISSED_POLLS:
