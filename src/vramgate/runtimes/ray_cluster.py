@@ -379,8 +379,12 @@ class Cluster:
             node.reading, node.missed = reading, 0
         except RayActorError as exc:
             ended = self._driver_ended()
-            why = f"{ended}: its agents died with it" if ended else type(exc).__name__
-            await self.dead(node, f"its agent died: {why}" if not ended else why)
+            why = (
+                f"{ended}: its agents died with it"
+                if ended
+                else f"its agent died: {type(exc).__name__}"
+            )
+            await self.dead(node, why)
         except Exception as exc:
             node.missed += 1
             if node.missed >= MISSED_POLLS:
