@@ -8,6 +8,7 @@ import socket
 import threading
 
 import orjson
+from raw_http import RequestReader  # beside this file, run as a file
 
 ANSWER = orjson.dumps(
     {
@@ -20,21 +21,10 @@ ANSWER = orjson.dumps(
 
 
 def serve(conn: socket.socket, interim: bytes) -> None:
-    buf = b""
+    requests = RequestReader(conn)
     with conn:
-        while True:
-            while b"\r\n\r\n" not in buf:
-                if not (data := conn.recv(65536)):
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            while len(buf) < length and (data := conn.recv(65536)):
-                buf += data
-            buf = buf[length:]
+        while (request := requests.next()) is not None:
+            head, _ = request
             if head.startswith(b"GET"):
                 body, pre = b'{"status":"ok","data":[{"id":"m"}]}', b""
             else:

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from raw_http import RequestReader  # beside this file, run as a file
+
 CHUNK = (b'data: {"id":"c","object":"text_completion","model":"p","choices":[{"index":0,'
          b'"text":"t%d ","finish_reason":null}]}\n\n')  # fmt: skip
 
@@ -25,23 +27,10 @@ def log(args: argparse.Namespace, what: str) -> None:
 
 
 def serve(conn: socket.socket, args: argparse.Namespace) -> None:
-    buf = b""
+    requests = RequestReader(conn)
     with conn:
-        while True:
-            while b"\r\n\r\n" not in buf:
-                if not (data := conn.recv(65536)):
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            while len(buf) < length:
-                if not (data := conn.recv(65536)):
-                    return
-                buf += data
-            body, buf = buf[:length], buf[length:]
+        while (request := requests.next()) is not None:
+            head, body = request
             if not head.startswith(b"POST"):
                 answer = b'{"status":"ok","data":[{"id":"p"}]}'
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"

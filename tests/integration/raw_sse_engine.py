@@ -9,21 +9,14 @@ import socket
 import threading
 from pathlib import Path
 
+from raw_http import RequestReader  # beside this file, run as a file
+
 
 def serve(conn: socket.socket, script: bytes, answer: bytes, piece: int) -> None:
-    buf = b""
     try:
-        while b"\r\n\r\n" not in buf:
-            if not (data := conn.recv(65536)):
-                return
-            buf += data
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        while len(rest) < length and (data := conn.recv(65536)):
-            rest += data
+        if (request := RequestReader(conn).next()) is None:
+            return
+        head, rest = request
         if head.startswith(b"GET"):
             body, kind = b'{"status":"ok","data":[{"id":"m"}]}', b"application/json"
         elif b'"stream":true' not in rest.replace(b" ", b""):

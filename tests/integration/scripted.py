@@ -18,6 +18,8 @@ from typing import Any
 
 import uvloop
 
+from tests.integration.raw_http import RequestReader
+
 LOOPS = ["asyncio", "uvloop"]  # the gateway runs on uvloop; asyncio's loop must work as well
 
 
@@ -48,32 +50,19 @@ class Peer:
     def __init__(self, sock: socket.socket, server: Scripted, index: int) -> None:
         self.sock, self.server = sock, server
         self.index = index  # 1 for the server's first connection, 2 for the next...
-        self._buffer = b""
+        self._requests = RequestReader(sock)
 
     def read_request(self) -> bytes | None:
         """The next request's body, read whole (counted in `server.requests`); None at EOF."""
-        while b"\r\n\r\n" not in self._buffer:
-            if not self._recv():
-                return None
-        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length"))  # fmt: skip
-        while len(self._buffer) < length:
-            if not self._recv():
-                return None
-        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        if (request := self._requests.next()) is None:
+            return None
         with self.server.lock:
             self.server.requests += 1
-        return body
+        return request[1]
 
     def read_some(self, size: int) -> bytes:
         """Up to `size` bytes of what the client sent (a request read in part)."""
         return self.sock.recv(size)
-
-    def _recv(self) -> bool:
-        data = self.sock.recv(1 << 16)
-        self._buffer += data
-        return bool(data)
 
     def send(self, pieces: Iterable[bytes], pause_s: float = 0.0) -> None:
         """Each piece on its own (a pause between them lets the client read each apart)."""

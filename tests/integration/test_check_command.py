@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.conftest import fake_cmd, wait_until
@@ -172,7 +171,8 @@ def test_start_interrupted_stops_the_engine(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VRAMGATE_ENGINES__")}
     proc = subprocess.Popen(
         [sys.executable, "-c", _AS_A_TERMINAL_STARTS_IT, "check",
-         str(_config(tmp_path, {"slow": slow})), "--start"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+         str(_config(tmp_path, {"slow": slow})), "--start"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
         assert wait_until(lambda: bool(_pids_named(f"--name {marker}".replace(" ", "\0"))), 20)

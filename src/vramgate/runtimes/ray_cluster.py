@@ -64,6 +64,14 @@ class Node:
         return configured_mib if configured_mib is not None else self.host_budget_mib
 
 
+def _kept(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """A call kept for whoever asks next (ray.init, ray.nodes()): its failure is read here too,
+    for a call that fails after the last waiter left (a driver replaced meanwhile) is asked by
+    no one, and asyncio would log "exception was never retrieved"."""
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
 async def call(ref: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
     """Awaits a Ray call, bounded: TimeoutError after `timeout_s`."""
     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
@@ -123,8 +131,8 @@ class Cluster:
                 await asyncio.to_thread(self.driver.close, 1)
             self.driver = Driver(env)
             address, namespace = self.config.address, self.config.namespace
-            self._init = asyncio.wrap_future(
-                self.driver.request("init", address, namespace, on_loopback)
+            self._init = _kept(
+                asyncio.wrap_future(self.driver.request("init", address, namespace, on_loopback))
             )
         assert self._init is not None
         timeout = self.config.connect_timeout
@@ -246,7 +254,7 @@ class Cluster:
         that is down holds the listing, and a new one every poll would pile up."""
         if self._listing is None or self._listing.done():
             assert self.driver is not None
-            self._listing = asyncio.wrap_future(self.driver.request("nodes"))
+            self._listing = _kept(asyncio.wrap_future(self.driver.request("nodes")))
             self._listing_since = time.monotonic()
         try:
             infos = await asyncio.wait_for(asyncio.shield(self._listing), CALL_TIMEOUT_S)
