@@ -325,6 +325,16 @@ class Walk:
             for pid in engine_pids(self.run) - on_nodes:
                 self.suspect(f"orphan {pid}", True, f"engine {pid} runs on no agent's account")
 
+    def report(self, s: Scheduler, steps: int) -> str:
+        """The violations, the last steps, and the events of what they name (models, pids)."""
+        named = {n for n in s.instances if any(n in v for v in self.violations)}
+        pids = {word for v in self.violations for word in v.split() if word.isdigit()}
+        pids = {p for p in pids if len(p) >= 4}  # not "6" of "past 6 s"
+        mine = [e for e in self.events if e.split(":")[0] in named][-25:]
+        mine += [f"ABOUT {e}" for e in self.events if any(p in e for p in pids)][-10:]
+        said = "\n  ".join(mine)
+        return f"{self.violations[:5]}; last: {self.did[-steps:]}; events:\n  {said}"
+
     def forget_done(self) -> None:
         keep = []
         for asked in self.asked:
@@ -386,15 +396,7 @@ async def walk(
             w.forget_done()
             w.check(with_ram=i % 10 == 0)
             if w.violations:
-                named = {n for n in s.instances if any(n in v for v in w.violations)}
-                pids = {word for v in w.violations for word in v.split() if word.isdigit()}
-                pids = {p for p in pids if len(p) >= 4}  # not "6" of "past 6 s"
-                mine = [e for e in w.events if e.split(":")[0] in named][-25:]
-                mine += [f"ABOUT {e}" for e in w.events if any(p in e for p in pids)][-10:]
-                said = "\n  ".join(mine)
-                raise AssertionError(
-                    f"step {i}: {w.violations[:5]}; last: {w.did[-40:]}; events:\n  {said}"
-                )
+                raise AssertionError(f"step {i}: {w.report(s, 40)}")
         w.heal()
         await w.settle()
         await asyncio.sleep(1.0)  # the nodes back are joined (poll_s 0.2)
@@ -410,7 +412,7 @@ async def walk(
             w.check(with_ram=True)
             await asyncio.sleep(0.5)
         if w.violations:
-            raise AssertionError(f"at the end: {w.violations[:5]}; last: {w.did[-15:]}")
+            raise AssertionError(f"at the end: {w.report(s, 15)}")
         print(f"cluster walk (seed {seed}, {steps} steps): {w.outcomes}")
     except AssertionError as exc:
         raise AssertionError(
