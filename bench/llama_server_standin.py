@@ -63,7 +63,7 @@ def config_for(argv: list[str], state_dir: str) -> dict:
     settings["cors_origins"] = [o.strip() for o in cors.split(",")]
     key = _value(args, "--api-key")
     if key:
-        settings["auth"] = {"api_keys": [k for k in key.split(",") if k]}
+        settings["auth"] = {"admin_keys": [k for k in key.split(",") if k]}  # its one kind of key
     return settings
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from vramgate.api import openai
-from vramgate.api.passthrough import query_model, serve_native
+from vramgate.api.passthrough import query_model, require_route_access, serve_native
 from vramgate.api.relaying import Endpoint, Routed, parse_request
 from vramgate.auth import Access
 from vramgate.config import Settings
@@ -37,11 +37,12 @@ ROUTES = _table()
 _PATTERNS = [(method, path.split("/")) for method, path in ROUTES if "{" in path]
 
 
-def engines_serving(method: str, path: str) -> frozenset[str] | None:
-    """The engine kinds that serve `method` `path` natively, or None: no engine does."""
+def route_of(method: str, path: str) -> tuple[str, frozenset[str]] | None:
+    """The engine route `method` `path` is (its pattern: `/slots/{id}` for /slots/0) and the
+    engine kinds that serve it natively, or None: no engine does."""
     kinds = ROUTES.get((method, path))
     if kinds is not None:
-        return kinds
+        return path, kinds
     parts = path.split("/")
     for wanted, pattern in _PATTERNS:
         if (
@@ -49,8 +50,15 @@ def engines_serving(method: str, path: str) -> frozenset[str] | None:
             and len(pattern) == len(parts)
             and all(p == q or p.startswith("{") for p, q in zip(pattern, parts, strict=True))
         ):
-            return ROUTES[(method, "/".join(pattern))]
+            joined = "/".join(pattern)
+            return joined, ROUTES[(method, joined)]
     return None
+
+
+def engines_serving(method: str, path: str) -> frozenset[str] | None:
+    """The engine kinds that serve `method` `path` natively, or None: no engine does."""
+    found = route_of(method, path)
+    return None if found is None else found[1]
 
 
 def claims(scope: Scope) -> bool:
@@ -63,12 +71,14 @@ def claims(scope: Scope) -> bool:
 
 async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     method, path = scope["method"], scope["path"]
-    kinds = engines_serving(method, path) or frozenset()
+    # The pattern, not the path, labels the metrics: /slots/{id} is one series, whatever id a
+    # client sends (any text there once grew /metrics by a series a request, unauthenticated).
+    pattern, kinds = route_of(method, path) or (path, frozenset())
     if method == "POST" and _is_json(scope):
         query = scope.get("query_string", b"")
-        await NativeEndpoint(path, query, kinds)(scope, receive, send)
+        await NativeEndpoint(path, query, kinds, pattern)(scope, receive, send)
     else:
-        await serve_native(scope, receive, send, kinds)
+        await serve_native(scope, receive, send, kinds, pattern)
 
 
 def _is_json(scope: Scope) -> bool:
@@ -86,12 +96,16 @@ class NativeEndpoint(Endpoint):
     model's engine where its engine serves it, else (a /v1-less OpenAI spelling) as the OpenAI
     route."""
 
-    def __init__(self, path: str, query: bytes, kinds: frozenset[str]) -> None:
+    def __init__(self, path: str, query: bytes, kinds: frozenset[str], pattern: str) -> None:
         super().__init__(path)
         self.query = query
         self.kinds = kinds
+        self.pattern = pattern
+        self.route_label = pattern
+        self.access: Access | None = None  # the request's key, read by parse()
 
     def parse(self, body: bytes, settings: Settings, access: Access) -> dict[str, Any]:
+        self.access = access
         if not body.strip():  # llama-server takes an empty body as {} (POST /slots/0?action=..)
             body = b"{}"
         return parse_request(body, settings, access, query_model(self.query))
@@ -104,6 +118,8 @@ class NativeEndpoint(Endpoint):
     ) -> Routed:
         model = scheduler.settings.models[name]
         if model.engine in self.kinds:
+            assert self.access is not None  # parse() came first
+            require_route_access(self.access, model.engine, "POST", self.pattern)
             target = self.path + ("?" + self.query.decode("latin-1") if self.query else "")
             return Routed(name, target, body, payload.get("stream") is True)
         versioned = UNVERSIONED.get(self.path)

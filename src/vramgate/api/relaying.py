@@ -97,6 +97,7 @@ class Endpoint:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.route_label = path  # the metrics' route: a pattern where the path holds an id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
@@ -120,7 +121,7 @@ class Endpoint:
         now = time.perf_counter()
         first = None if timing.first_chunk is None else timing.first_chunk - timing.arrived
         state.metrics.request(
-            served[0] if served else "", self.path, timing.status or CLIENT_CLOSED,
+            served[0] if served else "", self.route_label, timing.status or CLIENT_CLOSED,
             now - timing.arrived, timing.overhead, first,
         )  # fmt: skip
 

@@ -99,6 +99,9 @@ class EngineAdapter(ABC):
     native_apis: ClassVar[frozenset[str]] = frozenset()
     context_flags: ClassVar[tuple[str, ...]] = ()  # the flags that set its context length
     native_routes: ClassVar[NativeRoutes] = native()
+    # Of those, the ones for the engine's operator, not a model's users ("METHOD /path", as
+    # native_routes spells the path): they take an admin key (api/native.py).
+    native_admin: ClassVar[frozenset[str]] = frozenset()
     # What makes its binary list its flags, quickly (`vramgate check` reads `args` against it,
     # preflight.py); empty: not read (vLLM's and SGLang's import torch first: seconds).
     help_args: ClassVar[tuple[str, ...]] = ()

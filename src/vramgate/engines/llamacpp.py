@@ -48,6 +48,15 @@ class LlamaCppEngine(EngineAdapter):
         ),
         delete=("/v1/stream",),
     )  # fmt: skip
+    # Slot files are written where the gateway keeps its own KV caches (--slot-save-path, for
+    # keep_kv) and restored into every user's next answer; POST /props and /lora-adapters change
+    # the engine for everyone; GET /slots shows what other users' requests are doing; the tools
+    # and the CORS proxy act on the server's files and network (where --tools or the web UI's
+    # proxy is on).
+    native_admin: ClassVar[frozenset[str]] = frozenset(
+        {"POST /slots/{id}", "GET /slots", "POST /props", "POST /lora-adapters", "GET /tools",
+         "POST /tools", "GET /cors-proxy", "POST /cors-proxy"}
+    )  # fmt: skip
 
     def takes_images(self, model: ModelConfig) -> bool | None:
         """It sees images only with a multimodal projector (--mmproj)."""
