@@ -3,7 +3,8 @@ not fail the requests waiting for that start: they are placed anew on a live nod
 node that dies mid-start gives its waiting requests a 503"). Found by the cluster walk (seed
 20261207, an earlier rate table: `EngineStartFailed: ... could not start its engine on node`);
 with the walk's later finds: an agent a start finds dead is dead to its retry, and one that dies
-while the head is away is found all the same."""
+while the head is away is found all the same; and a spawn given up on fails its start as a
+start, its engine stopped."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ if importlib.util.find_spec("ray") is None:  # found, not imported: sim_cluster 
     pytest.skip('needs ray (pip install "vramgate[ray]")', allow_module_level=True)
 
 from vramgate.app import Collaborators
+from vramgate.errors import EngineStartFailed
 from vramgate.events import Events
 from vramgate.memory import Memory
 from vramgate.runtimes.ray_runtime import RayEngine
+from vramgate.runtimes.router import Runtimes
 from vramgate.scheduling.driver import Scheduler
 from vramgate.testing.sim_cluster import SimWorld
 
@@ -170,5 +173,45 @@ def test_a_stop_by_an_old_starts_secret_leaves_the_newer_engine(tmp_path):
             assert "m" not in agent.engines
         finally:
             await agent.shutdown(1)
+
+    asyncio.run(run())
+
+
+def test_a_spawn_given_up_on_fails_the_start_and_its_engine_is_stopped(tmp_path):
+    """The spawn call outlasts connect_timeout (g0 stalls as it is called): the start fails
+    as a start (EngineStartFailed), and the engine the spawn started once g0 answers again is
+    stopped. The undo awaits the same call's end; the simulated refs once gave every waiter
+    one future, cancelled by the first waiter's timeout: the undo then raised CancelledError,
+    the start read as cancelled ("stopped while starting", as the cluster walk's seed 20994310
+    ended) and the engine ran on with nobody's account of it."""
+
+    async def run() -> None:
+        world = SimWorld(tmp_path / "nodes")
+        g0 = world.add_node("g0", [5_000], 2000)
+        model = fake("--vram-mib", "3000", vram_mib=3000)
+        ray = {"address": "127.0.0.1:1", "poll_s": 30, "connect_timeout": 1}
+        settings = settings_for(
+            tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0}
+        )
+        cluster = world.cluster(settings)
+        parts = Collaborators.for_settings(settings, cluster)
+        memory = Memory(settings, parts.gpus, parts.footprints)
+        s = Scheduler(settings, parts.runtime, memory, Events())
+        await s.start()
+        try:
+            g0.stall_on.add("spawn")
+            asked = asyncio.ensure_future(ask(s, "m"))
+            runtimes = parts.runtime
+            assert isinstance(runtimes, Runtimes) and runtimes.ray is not None
+            undoing = runtimes.ray.undoing
+            assert await until(lambda: bool(undoing) or asked.done(), 10)
+            world.resume(g0)  # the spawn runs now: its engine starts, and must be stopped
+            with pytest.raises(EngineStartFailed, match="did not answer in time"):
+                await asyncio.wait_for(asked, 20)
+            agent = world.agent(g0)
+            assert agent is not None
+            assert await until(lambda: not agent.engines, 5), "the spawn's engine runs on"
+        finally:
+            await s.close()
 
     asyncio.run(run())

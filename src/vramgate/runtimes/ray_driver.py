@@ -180,11 +180,11 @@ class _Method:
     def __init__(self, handle: AgentHandle, name: str) -> None:
         self.handle, self.name = handle, name
 
-    def remote(self, *args: Any) -> _Ref:
-        return _Ref(self.handle.driver.request("call", self.handle.key, self.name, args))
+    def remote(self, *args: Any) -> Ref:
+        return Ref(self.handle.driver.request("call", self.handle.key, self.name, args))
 
 
-class _Ref:
+class Ref:
     """A call's answer to come. Each `future()` is a new one, as a Ray ObjectRef's is: a waiter
     that gives up (a timeout, a cancelled start) cancels its own, never the answer that another
     waits on (a cancelled spawn's clean-up awaits the same call's end)."""

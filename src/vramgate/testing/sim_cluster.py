@@ -37,6 +37,7 @@ from vramgate.runtimes.docker import instance_id
 from vramgate.runtimes.local import Watchdog
 from vramgate.runtimes.ray_agent import NodeAgent
 from vramgate.runtimes.ray_cluster import Cluster, HeadUnreachable
+from vramgate.runtimes.ray_driver import Ref
 
 HEAD_SILENT_S = 0.2  # a lost head's node table does not answer within this (Ray's: 10 s)
 
@@ -52,6 +53,7 @@ class SimNode:
     alive: bool = True  # what Ray's node table says
     stalled: bool = False  # its agent answers nothing (a hung NVML call) until resumed
     die_on: set[str] = field(default_factory=set)  # its agent dies as one of these is called
+    stall_on: set[str] = field(default_factory=set)  # its agent stalls as one of these is called
     agents: list[SimHandle] = field(default_factory=list)  # every agent it ran, the last live
 
 
@@ -126,11 +128,17 @@ class SimHandle:
         # Started in the order they were made, as Ray starts an actor's tasks, a stall or not.
         # Polled, not an Event: a stall is set by the walk, a death from ray.kill's thread.
         turn, self.calls = self.calls, self.calls + 1
-        while (self.agent.sim.stalled or self._started < turn) and not self.dead:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        sim = self.agent.sim
+        while True:
+            while (sim.stalled or self._started < turn) and not self.dead:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            if self.dead or method not in sim.stall_on:
+                break
+            sim.stall_on.discard(method)  # a stall at a chosen point (tests): this call waits
+            sim.stalled = True
         self._started += 1
-        if method in self.agent.sim.die_on:  # a death at a chosen point (tests)
-            self.agent.sim.die_on.discard(method)
+        if method in sim.die_on:  # a death at a chosen point (tests)
+            sim.die_on.discard(method)
             self.kill()
         if self.dead:
             raise RayActorError()
@@ -145,38 +153,31 @@ class SimHandle:
         return task.result()
 
 
-class _Ref:
-    def __init__(self, future: concurrent.futures.Future[Any]) -> None:
-        self._future = future
-
-    def future(self) -> concurrent.futures.Future[Any]:
-        return self._future
-
-
 @dataclass
 class _Method:
     handle: SimHandle
     method: str
 
-    def remote(self, *args: Any) -> _Ref:
+    def remote(self, *args: Any) -> Ref:
         # As on Ray, a caller that stops waiting (a timeout, a cancel) does not cancel the
-        # call: the agent runs it all the same. So the ref's future is not the task's own.
-        ref: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        # call: the agent runs it all the same. So the answer is not the task's own, and each
+        # waiter has a future of its own (Ref, as the driver's): one that gives up cancels
+        # only its own, never the answer another awaits (a spawn's undo awaits its end).
+        answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
         running = asyncio.run_coroutine_threadsafe(
             self.handle.run(self.method, args), self.handle.loop
         )
 
         def done(task: concurrent.futures.Future[Any]) -> None:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # the caller left
-                if task.cancelled():  # the loop closing
-                    ref.set_exception(RayActorError())
-                elif (error := task.exception()) is not None:
-                    ref.set_exception(error)
-                else:
-                    ref.set_result(task.result())
+            if task.cancelled():  # the loop closing
+                answer.set_exception(RayActorError())
+            elif (error := task.exception()) is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(task.result())
 
         running.add_done_callback(done)
-        return _Ref(ref)
+        return Ref(answer)
 
 
 class SimWorld:
