@@ -50,6 +50,10 @@ def test_unversioned_openai_routes_are_claimed():
         ("http://[::1]:3000", ["localhost"], True),
         ("http://localhost.evil.com", ["localhost"], False),
         ("http://a.example", [], False),
+        # No origin of this machine (review finding 7: urlsplit().port raised, a 500 each).
+        ("http://localhost:99999", ["localhost"], False),
+        ("http://localhost:abc", ["localhost"], False),
+        ("http://[::1", ["localhost"], False),
     ],
 )
 def test_origin_allowed(origin, allowed, ok):
@@ -61,6 +65,15 @@ def test_cross_site_guard_lets_allowed_origins_through():
     assert cross_site(headers) is not None
     assert cross_site(headers, ["http://app.example"]) is None
     assert cross_site(headers, ["http://other.example"]) is not None
+
+
+def test_an_origin_that_is_no_url_is_another_sites():
+    """Review finding 7: `http://[::1` made urlsplit raise, a 500 on every POST route; an
+    Origin no page of this site sends is refused, with cors_origins or without."""
+    for origin in (b"http://[::1", b"http://127.0.0.1:99999", b"http://127.0.0.1:abc"):
+        headers = [(b"origin", origin), (b"host", b"127.0.0.1:8080")]
+        assert cross_site(headers) is not None
+        assert cross_site(headers, ["localhost"]) is not None
 
 
 def test_engine_key_from_args_and_hidden():
