@@ -93,6 +93,17 @@ def test_upstream_reaches_any_engine_route(gateway):
     assert gw3.http.get("/upstream/solo/stats", headers=user).status_code == 200
 
 
+def test_upstream_reaches_a_model_whose_name_holds_a_slash(gateway):
+    """Review finding 9: `/upstream/org%2Fm/...` was model 'org' (404), and only the
+    double-encoded `org%252Fm` reached it; the name is %-encoded once, as a URL spells it."""
+    gw = gateway({"models": {"org/m": {"engine": "command", "cmd": fake_cmd()}}})
+    resp = gw.http.get("/upstream/org%2Fm/stats")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["pid"] == gw.model("org/m")["pid"]
+    twice = gw.http.get("/upstream/org%252Fm/stats")
+    assert twice.status_code == 404 and "'org%2Fm'" in twice.text, twice.text
+
+
 def test_upstream_streams_the_request_body_up(gateway):
     """A POST through /upstream carries its body, sent in pieces, to the engine as it is."""
     gw = gateway(ONE)

@@ -11,6 +11,7 @@ from vramgate.auth import cross_site, origin_allowed
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines.llamacpp import LlamaCppEngine
 from vramgate.engines.vllm import VllmEngine
+from vramgate.errors import ModelNotFound
 
 
 @pytest.mark.parametrize(
@@ -113,6 +114,14 @@ def test_default_model():
 
 
 def test_upstream_path_split():
-    assert passthrough.split_upstream("/upstream/m/v1/models") == ("m", "/v1/models")
-    assert passthrough.split_upstream("/upstream/org%2Fm") == ("org/m", "/")
+    """The raw path (review finding 9: the server's `path` is decoded already, and a second
+    unquote made `%2F` split the name and `%252F` reach it): the name decoded once, the
+    engine's path as it came."""
+    assert passthrough.split_upstream(b"/upstream/m/v1/models") == ("m", "/v1/models")
+    assert passthrough.split_upstream(b"/upstream/org%2Fm") == ("org/m", "/")
+    assert passthrough.split_upstream(b"/upstream/org%2Fm/props") == ("org/m", "/props")
+    assert passthrough.split_upstream(b"/upstream/a%252Fb/x%2Fy%3F") == ("a%2Fb", "/x%2Fy%3F")
+    for spelled in (b"/%75pstream/m/x", b"/upstream%2Fm/x"):  # decoded: /upstream/m/x
+        with pytest.raises(ModelNotFound):
+            passthrough.split_upstream(spelled)
     assert passthrough.query_model(b"a=1&model=org%2Fm") == "org/m"
