@@ -54,7 +54,7 @@ from vramgate.runtimes.base import Runtime
 from vramgate.runtimes.ray_cluster import Cluster
 from vramgate.runtimes.router import Runtimes
 from vramgate.scheduling.driver import Scheduler
-from vramgate.statedir import StateDirBusy, StateDirLock
+from vramgate.statedir import StateDirBusy, StateDirLock, StateDirUnusable
 from vramgate.status import gateway_status
 
 log = logging.getLogger("vramgate")
@@ -179,8 +179,8 @@ def create_app(
         except StateDirBusy as exc:
             log.error("%s", exc)
             raise
-        except OSError as exc:
-            log.warning("state_dir cannot be written (%s): engines start, nothing is kept", exc)
+        except StateDirUnusable as exc:
+            log.warning("%s: engines start, nothing is kept", exc)
         memory = Memory(settings, made.gpus, made.footprints)
         scheduler = Scheduler(settings, made.runtime, memory, made.events)
         made.events.hooks.append(made.metrics.event)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from vramgate.api.guards import request_host
 from vramgate.config import Settings
@@ -42,6 +42,18 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
+def _split_origin(origin: str) -> SplitResult | None:
+    """`origin` split, or None where it is no URL (`http://[::1`) or its port is no number in
+    0-65535 (`:99999`, `:abc`): no browser sends such an Origin, and a client's header is
+    never a 500 (urlsplit and `.port` raise ValueError on them)."""
+    try:
+        parts = urlsplit(origin)
+        _ = parts.port  # parsed only when read
+    except ValueError:
+        return None
+    return parts
+
+
 def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
     """Whether `cors_origins` (`allowed`) lets pages of `origin` call the gateway: '*' any
     origin, 'localhost' any origin on this machine (llama-server's value of the same name),
@@ -49,8 +61,7 @@ def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
     for entry in allowed:
         if entry == "*" or entry.rstrip("/") == origin:
             return True
-        if entry == "localhost":
-            parts = urlsplit(origin)
+        if entry == "localhost" and (parts := _split_origin(origin)) is not None:
             host = parts.netloc.rpartition(":")[0] if parts.port else parts.netloc
             if parts.scheme in ("http", "https") and host in LOCAL_HOSTS:
                 return True
@@ -77,8 +88,10 @@ def cross_site(headers: Iterable[tuple[bytes, bytes]], allowed: Iterable[str] = 
         return None
     if site in ("cross-site", "same-site"):
         return f"a request from another site's page (Sec-Fetch-Site: {site})"
-    if origin is not None and origin != "null" and urlsplit(origin).netloc != host:
-        return f"a request from another site's page (Origin {origin}, not {host})"
+    if origin is not None and origin != "null":
+        parts = _split_origin(origin)
+        if parts is None or parts.netloc != host:
+            return f"a request from another site's page (Origin {origin}, not {host})"
     if origin == "null":
         return "a request from an opaque origin (Origin: null)"
     return None

@@ -156,8 +156,9 @@ def check(
 def _start_each(settings: Settings, names: list[str]) -> bool:
     """`check --start`: each engine's start, reported; True if any failed."""
     from vramgate import preflight
-    from vramgate.statedir import StateDirBusy
+    from vramgate.statedir import StateDirBusy, StateDirUnusable
 
+    names = list(dict.fromkeys(names))  # each once, in the order first named
     unknown = [n for n in names if n not in settings.models]
     if unknown:
         known = ", ".join(settings.models)
@@ -165,7 +166,7 @@ def _start_each(settings: Settings, names: list[str]) -> bool:
         raise typer.Exit(1)
     try:
         results = asyncio.run(preflight.start_each(settings, names))
-    except StateDirBusy as exc:
+    except (StateDirBusy, StateDirUnusable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -446,16 +447,24 @@ class Settings(_Strict):
         "gateway: preflights answered, Access-Control-* headers sent; default: none.",
     )
 
+    # Decided once, from the configured models: the Scheduler adds ad-hoc models to `models`
+    # by model_copy (which runs no validator and keeps this), and an ad-hoc model is nobody's
+    # default (counting them, the sole configured model stopped being it after one).
+    _default_name: str | None = PrivateAttr(default=None)
+
     @property
     def default_name(self) -> str | None:
-        """The model of requests that name none: `default_model`, else the sole model."""
-        if self.default_model is not None:
-            return self.resolve(self.default_model)
-        return next(iter(self.models)) if len(self.models) == 1 else None
+        """The model of requests that name none: `default_model`, else the sole configured
+        model (ad-hoc models never count)."""
+        return self._default_name
 
     @model_validator(mode="after")
     def _check_default_model(self) -> Settings:
-        if self.default_model is not None and self.resolve(self.default_model) is None:
+        if self.default_model is None:
+            self._default_name = next(iter(self.models)) if len(self.models) == 1 else None
+            return self
+        self._default_name = self.resolve(self.default_model)
+        if self._default_name is None:
             known = ", ".join(sorted(self.models)) or "(none configured)"
             raise ValueError(
                 f"default_model {self.default_model!r} is no configured model; known: {known}"

@@ -132,7 +132,9 @@ async def start_each(settings: Settings, names: list[str]) -> list[Started]:
     from vramgate.scheduling.driver import Scheduler
 
     lock = StateDirLock(Path(settings.state_dir))
-    lock.claim()  # a gateway on this state_dir: raises StateDirBusy (its engines share GPUs)
+    # A gateway on this state_dir: StateDirBusy (its engines share GPUs); a state_dir that
+    # cannot be made: StateDirUnusable (serve goes on without it; a check says so and stops).
+    lock.claim()
     parts = Collaborators.for_settings(settings)
     scheduler = Scheduler(settings, parts.runtime, Memory(settings, parts.gpus, parts.footprints),
                           parts.events)  # fmt: skip

@@ -22,6 +22,11 @@ class StateDirBusy(Exception):
     """Another gateway runs on this state_dir; the message names it and the fix."""
 
 
+class StateDirUnusable(Exception):
+    """state_dir cannot be created or written (a path under a file, no permission, a full
+    disk); the message names it. `serve` goes on without it, `check --start` stops."""
+
+
 class StateDirLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / LOCK_FILE
@@ -29,11 +34,16 @@ class StateDirLock:
 
     def claim(self) -> None:
         """Holds the lock, or raises StateDirBusy naming its holder. A state_dir that cannot be
-        written is not claimed (OSError): nothing in it can be shared then either."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        written is not claimed (StateDirUnusable): nothing in it can be shared then either."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise self._unusable(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -42,9 +52,16 @@ class StateDirLock:
                 f"{holder}); give this one a state_dir of its own (state_dir: in the file, or "
                 "VRAMGATE_STATE_DIR)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise self._unusable(exc) from None
         self._fd = fd
+
+    def _unusable(self, exc: OSError) -> StateDirUnusable:
+        return StateDirUnusable(
+            f"state_dir {self.path.parent.absolute()} cannot be created or written "
+            f"({exc.strerror or exc})"
+        )
 
     def release(self) -> None:
         if self._fd is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from tests.conftest import FAKE_RAM, fake_cmd
 from tests.integration.test_inventory import build, stand_in
 
 TINY = "acme/tiny-GGUF/tiny-Q4_K_M"
@@ -16,7 +17,7 @@ def adhoc_gateway(gateway, tmp_path, monkeypatch, key=None, **config):
     return root, gateway({"models_dir": str(root), "allow_adhoc": True, **config}, key=key)
 
 
-def complete(gw, model: str, **extra) -> httpx.Response:
+def complete(gw, model: str | None, **extra) -> httpx.Response:
     body = {"model": model, "prompt": "x", "max_tokens": 1, **extra}
     return gw.http.post("/v1/completions", json=body)
 
@@ -134,3 +135,26 @@ def test_an_unknown_ad_hoc_name_shows_models_dir_and_others_models_to_admins_onl
     assert str(root) not in user.text and "secret" not in user.text, user.text
     admin = complete(gw, "nope")
     assert admin.status_code == 404 and str(root.resolve()) in admin.text, admin.text
+
+
+def test_the_sole_configured_model_stays_the_default_after_an_ad_hoc_request(
+    gateway, tmp_path, monkeypatch
+):
+    """Reproduced (review, finding 6): define_adhoc adds the ad-hoc model to settings.models,
+    which the default counted: after one ad-hoc request, requests naming no model were 400s."""
+    solo = {"engine": "command", "cmd": fake_cmd(), **FAKE_RAM}
+    _, gw = adhoc_gateway(gateway, tmp_path, monkeypatch, models={"solo": solo})
+    assert complete(gw, None).status_code == 200
+    assert complete(gw, TINY).status_code == 200
+    again = complete(gw, None)
+    assert again.status_code == 200, again.text
+    assert gw.model("solo")["requests"] == 2 and gw.model(TINY)["requests"] == 1
+
+
+def test_an_ad_hoc_model_never_becomes_the_default(gateway, tmp_path, monkeypatch):
+    """With no configured model, the first ad-hoc one was the sole model, so everyone's default."""
+    _, gw = adhoc_gateway(gateway, tmp_path, monkeypatch)
+    assert complete(gw, TINY).status_code == 200
+    unnamed = complete(gw, None)
+    assert unnamed.status_code == 400 and "no default model" in unnamed.text, unnamed.text
+    assert gw.model(TINY)["requests"] == 1

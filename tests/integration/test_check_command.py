@@ -155,6 +155,27 @@ def test_start_names_only_known_models(tmp_path):
     assert out.returncode == 2 and "only with --start" in out.stderr, out
 
 
+def test_start_with_a_state_dir_that_cannot_be_made_is_an_error_naming_it(tmp_path):
+    """Review finding 11: a state_dir under a file ended the check in a traceback (the lock's
+    NotADirectoryError); it is one error line naming the path, exit 1, nothing started."""
+    (tmp_path / "afile").write_text("")
+    bad = tmp_path / "afile" / "state"
+    models = {"good": {"engine": "command", "cmd": fake_cmd()}}
+    out = _check(str(_config(tmp_path, models, state_dir=str(bad))), "--start")
+    assert out.returncode == 1, out
+    assert f"error: state_dir {bad} cannot be created or written" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "models.good" not in out.stdout, out
+
+
+def test_start_starts_each_model_named_once_in_the_order_first_named(tmp_path):
+    """Review finding 11: `--start b b` started b twice."""
+    models = {name: {"engine": "command", "cmd": fake_cmd()} for name in ("a", "b")}
+    out = _check(str(_config(tmp_path, models)), "--start", "b", "a", "b")
+    assert out.returncode == 0, out
+    started = [line.split(":")[0] for line in out.stdout.splitlines() if ": started" in line]
+    assert started == ["models.b", "models.a"], out.stdout
+
+
 # The check as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A shell's background job
 # (`./.ci/run &`, nohup) starts its commands with SIGINT ignored, and Python keeps it ignored, so
 # a SIGINT sent there reaches nothing (the CI rehearsal of 2026-12-07: "ready at 60.6 s", exit 0).

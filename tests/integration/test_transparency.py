@@ -93,6 +93,17 @@ def test_upstream_reaches_any_engine_route(gateway):
     assert gw3.http.get("/upstream/solo/stats", headers=user).status_code == 200
 
 
+def test_upstream_reaches_a_model_whose_name_holds_a_slash(gateway):
+    """Review finding 9: `/upstream/org%2Fm/...` was model 'org' (404), and only the
+    double-encoded `org%252Fm` reached it; the name is %-encoded once, as a URL spells it."""
+    gw = gateway({"models": {"org/m": {"engine": "command", "cmd": fake_cmd()}}})
+    resp = gw.http.get("/upstream/org%2Fm/stats")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["pid"] == gw.model("org/m")["pid"]
+    twice = gw.http.get("/upstream/org%252Fm/stats")
+    assert twice.status_code == 404 and "'org%2Fm'" in twice.text, twice.text
+
+
 def test_upstream_streams_the_request_body_up(gateway):
     """A POST through /upstream carries its body, sent in pieces, to the engine as it is."""
     gw = gateway(ONE)
@@ -143,6 +154,28 @@ def test_no_cors_by_default(gateway):
     resp = gw.http.post("/v1/chat/completions", json=CHAT, headers={"Origin": "http://x.example"})
     assert resp.status_code == 403
     assert "access-control-allow-origin" not in resp.headers
+    # Review finding 7: an Origin that is no URL made the cross-site guard raise (a 500).
+    resp = gw.http.post("/v1/chat/completions", json=CHAT, headers={"Origin": "http://[::1"})
+    assert resp.status_code == 403, resp.text
+
+
+def test_an_origin_that_is_no_url_is_refused_not_a_500(gateway):
+    """Review finding 7: with `localhost` in cors_origins, an Origin whose port is no number in
+    range, or that is no URL, was a 500 on every route (/health too) from the CORS middleware;
+    it is no allowed origin: no Allow headers, its POSTs refused as another site's."""
+    gw = gateway({**ONE, "cors_origins": ["localhost"]})
+    for origin in ("http://localhost:99999", "http://localhost:abc", "http://[::1"):
+        headers = {"Origin": origin}
+        health = gw.http.get("/health", headers=headers)
+        assert health.status_code == 200 and "access-control-allow-origin" not in health.headers
+        ask = {**headers, "Access-Control-Request-Method": "POST"}
+        preflight = gw.http.options("/v1/chat/completions", headers=ask)
+        assert preflight.status_code == 200, preflight.text
+        assert "access-control-allow-origin" not in preflight.headers
+        for path in ("/v1/chat/completions", "/tokenize", "/upstream/solo/x", "/admin/reload"):
+            resp = gw.http.post(path, json=CHAT, headers=headers)
+            assert resp.status_code == 403, (origin, path, resp.status_code, resp.text)
+    assert gw.model("solo")["starts"] == 0
 
 
 def test_engine_key_is_sent_and_never_shown(gateway):

@@ -11,6 +11,7 @@ from vramgate.auth import cross_site, origin_allowed
 from vramgate.config import ModelConfig, Settings
 from vramgate.engines.llamacpp import LlamaCppEngine
 from vramgate.engines.vllm import VllmEngine
+from vramgate.errors import ModelNotFound
 
 
 @pytest.mark.parametrize(
@@ -50,6 +51,10 @@ def test_unversioned_openai_routes_are_claimed():
         ("http://[::1]:3000", ["localhost"], True),
         ("http://localhost.evil.com", ["localhost"], False),
         ("http://a.example", [], False),
+        # No origin of this machine (review finding 7: urlsplit().port raised, a 500 each).
+        ("http://localhost:99999", ["localhost"], False),
+        ("http://localhost:abc", ["localhost"], False),
+        ("http://[::1", ["localhost"], False),
     ],
 )
 def test_origin_allowed(origin, allowed, ok):
@@ -61,6 +66,15 @@ def test_cross_site_guard_lets_allowed_origins_through():
     assert cross_site(headers) is not None
     assert cross_site(headers, ["http://app.example"]) is None
     assert cross_site(headers, ["http://other.example"]) is not None
+
+
+def test_an_origin_that_is_no_url_is_another_sites():
+    """Review finding 7: `http://[::1` made urlsplit raise, a 500 on every POST route; an
+    Origin no page of this site sends is refused, with cors_origins or without."""
+    for origin in (b"http://[::1", b"http://127.0.0.1:99999", b"http://127.0.0.1:abc"):
+        headers = [(b"origin", origin), (b"host", b"127.0.0.1:8080")]
+        assert cross_site(headers) is not None
+        assert cross_site(headers, ["localhost"]) is not None
 
 
 def test_engine_key_from_args_and_hidden():
@@ -100,6 +114,14 @@ def test_default_model():
 
 
 def test_upstream_path_split():
-    assert passthrough.split_upstream("/upstream/m/v1/models") == ("m", "/v1/models")
-    assert passthrough.split_upstream("/upstream/org%2Fm") == ("org/m", "/")
+    """The raw path (review finding 9: the server's `path` is decoded already, and a second
+    unquote made `%2F` split the name and `%252F` reach it): the name decoded once, the
+    engine's path as it came."""
+    assert passthrough.split_upstream(b"/upstream/m/v1/models") == ("m", "/v1/models")
+    assert passthrough.split_upstream(b"/upstream/org%2Fm") == ("org/m", "/")
+    assert passthrough.split_upstream(b"/upstream/org%2Fm/props") == ("org/m", "/props")
+    assert passthrough.split_upstream(b"/upstream/a%252Fb/x%2Fy%3F") == ("a%2Fb", "/x%2Fy%3F")
+    for spelled in (b"/%75pstream/m/x", b"/upstream%2Fm/x"):  # decoded: /upstream/m/x
+        with pytest.raises(ModelNotFound):
+            passthrough.split_upstream(spelled)
     assert passthrough.query_model(b"a=1&model=org%2Fm") == "org/m"

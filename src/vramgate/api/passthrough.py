@@ -43,10 +43,14 @@ ANSWER_DROPPED = frozenset(
 )
 
 
-def split_upstream(path: str) -> tuple[str, str]:
-    """`/upstream/MODEL/REST` as (MODEL, /REST); a model name may hold '/' only %-encoded."""
-    rest = path[len(PREFIX) :]
-    model, slash, tail = rest.partition("/")
+def split_upstream(raw_path: bytes) -> tuple[str, str]:
+    """`/upstream/MODEL/REST` as the client spelled it (ASGI raw_path) as (MODEL, /REST): MODEL
+    decoded once, so a name holding '/' is spelled `%2F`; REST as it came, for the engine.
+    Not the decoded `path`: its `org%2Fm` is `org/m` already, two segments."""
+    text = raw_path.decode("latin-1")  # the request line's own bytes (uvicorn's are ASCII)
+    if not text.startswith(PREFIX):  # `/%75pstream/...`: no client spells the prefix so
+        raise ModelNotFound(f"no route {unquote(text)[:200]!r}: spell {PREFIX} as it is")
+    model, slash, tail = text[len(PREFIX) :].partition("/")
     return unquote(model), "/" + tail if slash else "/"
 
 
@@ -55,8 +59,8 @@ async def serve_upstream(scope: Scope, receive: Receive, send: Send) -> None:
     scheduler: Scheduler = scope["app"].state.scheduler
     settings = scheduler.settings
     access = Access(settings, presented_key(scope["headers"]))
-    label, path = split_upstream(scope["path"])
     try:
+        label, path = split_upstream(scope["raw_path"])
         refuse_cross_site(scope["headers"], settings.cors_origins)  # see serve_native
         name = resolve_or_404(settings, label, access)
         if settings.upstream_access == "admin":
