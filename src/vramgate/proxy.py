@@ -57,6 +57,7 @@ def new_upstream_session(read_timeout_s: float) -> aiohttp.ClientSession:
 
 
 WATCH_AFTER_S = 0.01  # a request still under way this long starts watching for a hang-up
+BODY_POLL_S = 0.05  # how often a watch that waits for the body to be read looks again
 
 
 class hangup_cancels:
@@ -70,8 +71,9 @@ class hangup_cancels:
     keeps the disconnect), so a hang-up is noticed at most WATCH_AFTER_S late.
     """
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, ready: Callable[[], bool] | None = None) -> None:
         self.receive = receive
+        self.ready = ready  # where the request's body is still being read: watch once it is
         self.left = False
         self.task: asyncio.Task[Any] | None = None
         self.watcher: asyncio.Task[None] | None = None
@@ -82,7 +84,11 @@ class hangup_cancels:
         self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
 
     def _start(self) -> None:
-        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        if self.ready is not None and not self.ready():  # its reader has `receive` still
+            self.timer = loop.call_later(BODY_POLL_S, self._start)
+            return
+        self.watcher = loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":

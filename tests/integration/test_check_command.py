@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import fake_cmd, wait_until
+from tests.integration.test_inventory import make_gguf
 from vramgate import preflight
 from vramgate.config import load_settings
 
@@ -207,3 +208,27 @@ def test_start_interrupted_stops_the_engine(tmp_path):
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "interrupted" in err, err
     assert wait_until(lambda: _pids_named(marker) == [], 10), _pids_named(marker)
+
+
+def test_start_with_a_kv_folder_that_cannot_be_made_starts_without_keeping_and_says_why(tmp_path):
+    """state_dir/kv a file: the engine starts all the same, its caches not kept, and the check
+    says which folder (it was a traceback and "unexpected error while starting the engine")."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "kv").write_text("")
+    make_gguf(tmp_path / "m.gguf")
+    echo = Path(__file__).with_name("echo_engine.py")
+    binary = tmp_path / "llama-server"
+    binary.write_text(f'#!/bin/sh\nexec {sys.executable} {echo} "$@"\n')
+    binary.chmod(0o755)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(state), "models": {"m": {
+        "engine": "llamacpp", "source": str(tmp_path / "m.gguf"), "ram_mib": 50,
+        "keep_kv": True}}}))  # fmt: skip
+    env = {**os.environ, "VRAMGATE_ENGINES__LLAMACPP__BINARY": str(binary)}
+    out = subprocess.run([sys.executable, "-m", "vramgate", "check", str(config), "--start"],
+                         capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, said
+    assert "Traceback" not in said, said
+    assert "KV caches are not kept" in said and str(state / "kv") in said, said

@@ -88,7 +88,10 @@ def test_the_engines_operator_routes_take_an_admin_key(gateway, llama):
     assert gw.http.post("/completion", json={"prompt": "hi"}, headers=user).status_code == 200
     assert gw.http.get("/props", headers=user).status_code == 200  # its reading is any user's
     for method, path in (("POST", "/slots/0?action=save"), ("GET", "/slots"), ("POST", "/props"),
-                         ("POST", "/lora-adapters"), ("POST", "/tools")):  # fmt: skip
+                         ("POST", "/lora-adapters"), ("POST", "/tools"),
+                         ("GET", "/v1/stream?conv_id=victim"), ("DELETE", "/v1/stream"),
+                         ("POST", "/v1/streams/lookup"),
+                         ("POST", "/v1/chat/completions/control")):  # fmt: skip
         body = {"filename": "slot-0.bin"} if method == "POST" else None
         answer = gw.http.request(method, path, json=body, headers=user)
         assert answer.status_code == 403, (method, path, answer.status_code, answer.text)
@@ -145,3 +148,56 @@ def test_a_hangup_mid_upload_is_the_clients_not_the_engines(gateway, llama):
 
     assert wait_until(lambda: any('status="499"' in line for line in counted()), 10), counted()
     assert not any('status="502"' in line for line in counted()), counted()
+
+
+MULTIPART_HEAD = b"Content-Type: multipart/form-data; boundary=XX\r\n"
+# Requests whose body (or what may be one) is read before the engine's answer begins: a hang-up
+# after it was all read must still cancel (the second review: only bodiless ones did).
+AFTER_A_BODY = {
+    "upstream POST": b"POST /upstream/m/slow HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    "text/plain POST": b"POST /completion HTTP/1.1\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 2\r\n\r\n{}",
+    "multipart, ?model=": b"POST /audio/transcriptions?model=m HTTP/1.1\r\n"
+    + MULTIPART_HEAD
+    + b"Content-Length: 8\r\n\r\n--XX--\r\n",
+    "multipart, form model": b"POST /audio/transcriptions HTTP/1.1\r\n"
+    + MULTIPART_HEAD
+    + b"Content-Length: 65\r\n\r\n"
+    + b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n--XX--\r\n',
+    "empty chunked GET": b"GET /props HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "Content-Length: 00": b"GET /props HTTP/1.1\r\nContent-Length: 00\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(AFTER_A_BODY))
+def test_a_hangup_after_the_body_cancels_the_engines_request(gateway, llama, tmp_path, case):
+    log = tmp_path / "engine.log"
+    gw = gateway({"models": {"m": llama("m", args=["--delay", "8", "--log", str(log)])}})
+    assert gw.http.get("/upstream/m/health").status_code == 200  # started: not what is timed
+    line, _, rest = AFTER_A_BODY[case].partition(b"\r\n")
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(line + b"\r\nHost: 127.0.0.1\r\n" + rest)
+        assert wait_until(lambda: log.exists() and "start" in log.read_text(), 10)
+        time.sleep(0.5)
+    assert wait_until(lambda: "cancelled" in log.read_text(), 5), log.read_text()
+    assert wait_until(lambda: gw.model("m")["in_flight"] == 0, 5)
+
+
+@pytest.mark.parametrize("query", ["?model=m", ""])
+def test_a_multipart_hangup_mid_upload_counts_499(gateway, llama, query):
+    gw = gateway({"auth": {"metrics": "open"}, "models": {"m": llama("m")}})
+    assert gw.http.get("/upstream/m/health").status_code == 200
+    head = (f"POST /audio/transcriptions{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=XX\r\n"
+            "Content-Length: 10000000\r\n\r\n").encode()  # fmt: skip
+    part = b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(head + part + b"a" * 65536)
+        time.sleep(1)
+
+    def counted() -> list[str]:
+        text = gw.http.get("/metrics").text
+        return [line for line in text.splitlines() if line.startswith("vramgate_requests_total")
+                and "/audio/transcriptions" in line]  # fmt: skip
+
+    assert wait_until(lambda: any('status="499"' in line for line in counted()), 10), counted()

@@ -7,7 +7,6 @@ headers and all but those of the hop.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -100,7 +99,8 @@ async def serve_native(
                 f"model '{name}' ({engine}) does not serve {scope['method']} {scope['path']}"
             )
         require_route_access(access, engine, scope["method"], pattern)
-    except ClientDisconnect:
+    except ClientDisconnect:  # while its multipart body was read
+        scope["app"].state.metrics.request("", pattern, CLIENT_CLOSED, 0.0, None, None)
         return
     except GatewayError as exc:
         await send_error(send, exc)
@@ -173,12 +173,11 @@ async def pass_through(
     status = CLIENT_CLOSED
     started = False
     body = _Body(scope, receive, guards.max_body_bytes(scheduler.settings), read)
-    # With no body to read, a hang-up is seen from the start (waiting for the engine's start,
-    # a slot or its answer's head) and cancels; with one, the upload itself sees it, and the
-    # answer is watched once the body is all read.
-    early = body.done
+    # A hang-up is seen from the start where there is no body to read (waiting for the
+    # engine's start, a slot or its answer's head), else from the moment it is all read (the
+    # upload itself sees one before): it cancels the engine's request.
     try:
-        watch = hangup_cancels(receive) if early else contextlib.nullcontext()
+        watch = hangup_cancels(receive, None if body.done else lambda: body.done)
         async with watch, scheduler.lease(name) as lease:
             assert scheduler.http is not None
             query = scope.get("query_string", b"")
@@ -196,11 +195,9 @@ async def pass_through(
                        if not _dropped(k.lower())]  # fmt: skip
                 await send({"type": "http.response.start", "status": status, "headers": out})
                 started = True
-                late = not early and body.done
-                async with hangup_cancels(receive) if late else contextlib.nullcontext():
-                    async for chunk in answer.content.iter_any():
-                        await send({"type": "http.response.body", "body": chunk,
-                                    "more_body": True})  # fmt: skip
+                async for chunk in answer.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})  # fmt: skip
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
     except ClientDisconnect:
         status = CLIENT_CLOSED
@@ -234,6 +231,17 @@ def _dropped(header: bytes) -> bool:
     return header in ANSWER_DROPPED or header.startswith(b"access-control-")
 
 
+def _no_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request says it has no body (no length, or a length of 0, however spelled);
+    a chunked one may still be empty: known once read."""
+    for key, value in headers:
+        if key == b"transfer-encoding":
+            return False
+        if key == b"content-length":
+            return value.strip().isdigit() and int(value) == 0
+    return True
+
+
 class _Body:
     """The client's request body as it arrives, for aiohttp to send on, within `max_bytes`;
     `read`: all of it, read already."""
@@ -244,9 +252,7 @@ class _Body:
         self.too_large: PayloadTooLarge | None = None  # set: the body passed the limit
         self.left = False  # the client hung up before its body was all read
         self.content = read
-        sized = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
-        empty = not sized or dict(scope["headers"]).get(b"content-length") == b"0"
-        self.done = read is not None or empty
+        self.done = read is not None or _no_body(scope["headers"])
 
     async def stream(self) -> AsyncIterator[bytes]:
         size = 0

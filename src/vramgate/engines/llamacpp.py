@@ -53,10 +53,12 @@ class LlamaCppEngine(EngineAdapter):
     # keep_kv) and restored into every user's next answer; POST /props and /lora-adapters change
     # the engine for everyone; GET /slots shows what other users' requests are doing; the tools
     # and the CORS proxy act on the server's files and network (where --tools or the web UI's
-    # proxy is on).
+    # proxy is on); the web UI's streams are read, looked up and stopped by conversation id,
+    # which is no secret between the users of one engine.
     native_admin: ClassVar[frozenset[str]] = frozenset(
         {"POST /slots/{id}", "GET /slots", "POST /props", "POST /lora-adapters", "GET /tools",
-         "POST /tools", "GET /cors-proxy", "POST /cors-proxy"}
+         "POST /tools", "GET /cors-proxy", "POST /cors-proxy", "GET /v1/stream",
+         "DELETE /v1/stream", "POST /v1/streams/lookup", "POST /v1/chat/completions/control"}
     )  # fmt: skip
 
     def takes_images(self, model: ModelConfig) -> bool | None:

@@ -4,6 +4,7 @@ cleared away on failure, discarded on stop. Bounded everywhere: nothing here can
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from vramgate.scheduling import sleeping
 from vramgate.scheduling.slots import GATEWAY_STOPS, send_back
 from vramgate.scheduling.snapshot import State
 from vramgate.upstream import UpstreamPool
+
+log = logging.getLogger("vramgate.scheduler")
 
 KV_PEEKS = 8  # answers read for llama-server's account of a restore before giving up
 # What CUDA and HIP allocators print when a load does not fit (llama.cpp, PyTorch, vLLM).
@@ -58,7 +61,17 @@ class Lifecycle:
         inst.loaded_key = key  # before the spawn: the file it loads is the one on disk now
 
         def kv_args() -> list[str] | None:  # reads the GGUF header, makes the folder: a thread
-            return adapter.kv_args(model, self.kv.folder(key)) if adapter.keeps_kv(model) else None
+            if not adapter.keeps_kv(model):
+                return None
+            try:
+                folder = self.kv.folder(key)
+            except (
+                OSError
+            ) as exc:  # a state_dir that cannot hold it: the engine starts all the same
+                log.warning("model '%s': its KV caches are not kept: %s cannot be made (%s)",
+                            name, self.kv.path(key), exc.strerror or exc)  # fmt: skip
+                return None
+            return adapter.kv_args(model, folder)
 
         kept = await asyncio.to_thread(kv_args)  # None: not kept, or this engine cannot
         kv_key = key if kept is not None else None
