@@ -37,6 +37,11 @@ def config_for(argv: list[str], state_dir: str) -> dict:
         args.append(arg)
         i += 1
     source = taken.get("--model") or taken.get("-m") or ""
+    tools = {"--tools", "--mcp-servers-config", "--mcp-servers-json", "--ui-mcp-proxy"}
+    if not source and not taken.get("--models-dir") and tools & set(args):
+        # Its tools with no model (llama-server's router mode): each of vramgate's engines
+        # serves a model, so the one that serves the tools is given the chat model.
+        source = os.environ.get("VRAMGATE_CHAT_GGUF", "")
     name = taken.get("--alias") or taken.get("-a") or Path(source).stem or "model"
     task = "generate"
     if {"--embedding", "--embeddings"} & set(args):
@@ -58,7 +63,6 @@ def config_for(argv: list[str], state_dir: str) -> dict:
     if not source and taken.get("--models-dir"):
         settings.update(models_dir=taken["--models-dir"], allow_adhoc=True)
     # llama-server's CORS default: any origin; with its tools or MCP servers on, localhost only.
-    tools = {"--tools", "--mcp-servers-config", "--mcp-servers-json", "--ui-mcp-proxy"}
     cors = _value(args, "--cors-origins") or ("localhost" if tools & set(args) else "*")
     settings["cors_origins"] = [o.strip() for o in cors.split(",")]
     key = _value(args, "--api-key")
