@@ -57,7 +57,9 @@ class BadRequest(GatewayError):
 
 class Unauthorized(GatewayError):
     status = 401
-    type = "invalid_request_error"
+    # llama-server's and Anthropic's type for it (OpenAI's says invalid_request_error; its SDK
+    # and every client read the status and the code, which stay OpenAI's).
+    type = "authentication_error"
     code = "invalid_api_key"
 
 
