@@ -1,5 +1,5 @@
 """A stand-in for llama-server that answers every method and path with what it got (method,
-path, query, body length), and, as llama-server does, echoes any `Origin` in
+path, query, headers, body length), and, as llama-server does, echoes any `Origin` in
 Access-Control-Allow-Origin. Run as a file; reads from argv (the rest, the gateway's own flags,
 is ignored): --port N; --delay S (seconds before a non-/health answer's head); --log FILE (a
 line per request: 'METHOD PATH start|done|cancelled'). Binds 127.0.0.1."""
@@ -40,8 +40,9 @@ async def _any(request: web.Request) -> web.StreamResponse:
         _note(f"{request.method} {request.path_qs} cancelled")
         raise
     _note(f"{request.method} {request.path_qs} done")
+    headers = {k.lower(): v for k, v in request.headers.items()}
     answer = {"method": request.method, "path": request.path, "query": request.query_string,
-              "body_len": len(body)}  # fmt: skip
+              "body_len": len(body), "headers": headers}  # fmt: skip
     return web.json_response(answer, headers=cors)
 
 

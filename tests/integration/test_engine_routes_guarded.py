@@ -201,3 +201,16 @@ def test_a_multipart_hangup_mid_upload_counts_499(gateway, llama, query):
                 and "/audio/transcriptions" in line]  # fmt: skip
 
     assert wait_until(lambda: any('status="499"' in line for line in counted()), 10), counted()
+
+
+def test_a_native_json_post_carries_the_clients_own_headers(gateway, llama):
+    """llama-server's tools read x-tool-cwd and x-tool-runtime; the client's key for the
+    gateway and its cookies stay with the gateway."""
+    gw = gateway({"models": {"m": llama("m")}})
+    sent = {"x-tool-cwd": "/srv/work", "Authorization": "Bearer gateway-key", "Cookie": "a=b"}
+    answer = gw.http.post("/tools", json={"tool": "read_file"}, headers=sent)
+    assert answer.status_code == 200, answer.text
+    got = answer.json()["headers"]
+    assert got["x-tool-cwd"] == "/srv/work"
+    assert "cookie" not in got and "authorization" not in got
+    assert got["content-type"] == "application/json"

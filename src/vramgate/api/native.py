@@ -12,7 +12,12 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from vramgate.api import openai
-from vramgate.api.passthrough import query_model, require_route_access, serve_native
+from vramgate.api.passthrough import (
+    HOP_HEADERS,
+    query_model,
+    require_route_access,
+    serve_native,
+)
 from vramgate.api.relaying import Endpoint, Routed, parse_request
 from vramgate.auth import Access
 from vramgate.config import Settings
@@ -76,9 +81,22 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     pattern, kinds = route_of(method, path) or (path, frozenset())
     if method == "POST" and _is_json(scope):
         query = scope.get("query_string", b"")
-        await NativeEndpoint(path, query, kinds, pattern)(scope, receive, send)
+        endpoint = NativeEndpoint(path, query, kinds, pattern)
+        endpoint.headers = scope["headers"]
+        await endpoint(scope, receive, send)
     else:
         await serve_native(scope, receive, send, kinds, pattern)
+
+
+# What the relay writes itself, or the engine must not see (the client's key for the gateway;
+# an encoding the relay would have to undo; the gateway's own cookies).
+_NOT_RELAYED = HOP_HEADERS | {b"content-type", b"content-length", b"accept-encoding", b"cookie"}
+
+
+def client_head(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's own header lines, for the engine's native routes: llama-server reads some
+    (its tools' x-tool-cwd and x-tool-runtime, a conversation's x-conversation-id)."""
+    return b"".join(k + b": " + v + b"\r\n" for k, v in headers if k not in _NOT_RELAYED)
 
 
 def _is_json(scope: Scope) -> bool:
@@ -103,9 +121,12 @@ class NativeEndpoint(Endpoint):
         self.pattern = pattern
         self.route_label = pattern
         self.access: Access | None = None  # the request's key, read by parse()
+        self.headers: list[tuple[bytes, bytes]] = []  # the client's (serve sets them)
+        self.head = b""
 
     def parse(self, body: bytes, settings: Settings, access: Access) -> dict[str, Any]:
         self.access = access
+        self.head = client_head(self.headers)
         if not body.strip():  # llama-server takes an empty body as {} (POST /slots/0?action=..)
             body = b"{}"
         return parse_request(body, settings, access, query_model(self.query))
@@ -121,7 +142,7 @@ class NativeEndpoint(Endpoint):
             assert self.access is not None  # parse() came first
             require_route_access(self.access, model.engine, "POST", self.pattern)
             target = self.path + ("?" + self.query.decode("latin-1") if self.query else "")
-            return Routed(name, target, body, payload.get("stream") is True)
+            return Routed(name, target, body, payload.get("stream") is True, head=self.head)
         versioned = UNVERSIONED.get(self.path)
         if versioned is not None:
             return await openai.RELAYS[versioned].route(scheduler, name, label, payload, body)

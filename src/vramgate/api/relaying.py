@@ -52,6 +52,7 @@ class Routed:
     is_stream: bool
     mend: Mend | None = None  # None: the engine's answer goes to the client as it is
     keepalive: bytes | None = None  # sent while a stream waits (default: the shape's)
+    head: bytes = b""  # the client's own header lines the engine gets too (its native routes)
 
 
 def parse_request(
@@ -238,8 +239,8 @@ async def run(
                     try:
                         broke = await relay(
                             scheduler.upstream, routed.name, lease.url, routed.path, routed.body,
-                            routed.is_stream, send, timing, routed.mend, shape, opened, lease.head,
-                            peek,
+                            routed.is_stream, send, timing, routed.mend, shape, opened,
+                            lease.head + routed.head, peek,
                         )  # fmt: skip
                         if broke:
                             scheduler.release_after_exit(hold, BROKEN_EXIT_S)
