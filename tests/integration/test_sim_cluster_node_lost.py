@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,22 +30,27 @@ from vramgate.scheduling.driver import Scheduler
 from vramgate.testing.sim_cluster import SimWorld
 
 
+async def _scheduler(
+    tmp_path: Path, world: SimWorld, poll_s: float, connect_timeout: float
+) -> tuple[Scheduler, Any, Collaborators]:
+    """A started scheduler of one model (a 3000 MiB fake engine) on `world`'s cluster."""
+    model = fake("--vram-mib", "3000", vram_mib=3000)
+    ray = {"address": "127.0.0.1:1", "poll_s": poll_s, "connect_timeout": connect_timeout}
+    settings = settings_for(tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0})
+    cluster = world.cluster(settings)
+    parts = Collaborators.for_settings(settings, cluster)
+    s = Scheduler(settings, parts.runtime, Memory(settings, parts.gpus, parts.footprints), Events())
+    await s.start()
+    return s, cluster, parts
+
+
 def test_a_node_dying_under_a_spawn_call_places_the_start_anew(tmp_path):
     """The spawn hangs on a stalled g0; g0 dies: the request is served on g1."""
 
     async def run() -> None:
         world = SimWorld(tmp_path / "nodes")
         g0 = world.add_node("g0", [5_000], 2000)  # the tighter fit: placed there
-        model = fake("--vram-mib", "3000", vram_mib=3000)
-        ray = {"address": "127.0.0.1:1", "poll_s": 0.1, "connect_timeout": 30}
-        settings = settings_for(
-            tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0}
-        )
-        cluster = world.cluster(settings)
-        parts = Collaborators.for_settings(settings, cluster)
-        memory = Memory(settings, parts.gpus, parts.footprints)
-        s = Scheduler(settings, parts.runtime, memory, Events())
-        await s.start()
+        s, cluster, _parts = await _scheduler(tmp_path, world, poll_s=0.1, connect_timeout=30)
         try:
             world.add_node("g1", [10_000], 2000)
             assert await until(lambda: len(cluster.live()) == 2, 5)
@@ -70,16 +77,7 @@ def test_an_agent_dying_as_its_engine_is_checked_places_the_start_anew(tmp_path)
         world = SimWorld(tmp_path / "nodes")
         g0 = world.add_node("g0", [5_000], 2000)  # the tighter fit: placed there
         world.add_node("g1", [10_000], 2000)
-        model = fake("--vram-mib", "3000", vram_mib=3000)
-        ray = {"address": "127.0.0.1:1", "poll_s": 0.1, "connect_timeout": 30}
-        settings = settings_for(
-            tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0}
-        )
-        cluster = world.cluster(settings)
-        parts = Collaborators.for_settings(settings, cluster)
-        memory = Memory(settings, parts.gpus, parts.footprints)
-        s = Scheduler(settings, parts.runtime, memory, Events())
-        await s.start()
+        s, cluster, _parts = await _scheduler(tmp_path, world, poll_s=0.1, connect_timeout=30)
         try:
             assert await until(lambda: len(cluster.live()) == 2, 5)
             g0.die_on.add("exposed")
@@ -101,16 +99,7 @@ def test_an_agent_found_dead_by_a_start_is_dead_to_the_retry(tmp_path):
         world = SimWorld(tmp_path / "nodes")
         g0 = world.add_node("g0", [5_000], 2000)  # the tighter fit: placed there
         world.add_node("g1", [10_000], 2000)
-        model = fake("--vram-mib", "3000", vram_mib=3000)
-        ray = {"address": "127.0.0.1:1", "poll_s": 30, "connect_timeout": 30}
-        settings = settings_for(
-            tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0}
-        )
-        cluster = world.cluster(settings)
-        parts = Collaborators.for_settings(settings, cluster)
-        memory = Memory(settings, parts.gpus, parts.footprints)
-        s = Scheduler(settings, parts.runtime, memory, Events())
-        await s.start()
+        s, cluster, _parts = await _scheduler(tmp_path, world, poll_s=30, connect_timeout=30)
         try:
             assert len(cluster.live()) == 2
             g0.die_on.add("spawn")
@@ -188,16 +177,7 @@ def test_a_spawn_given_up_on_fails_the_start_and_its_engine_is_stopped(tmp_path)
     async def run() -> None:
         world = SimWorld(tmp_path / "nodes")
         g0 = world.add_node("g0", [5_000], 2000)
-        model = fake("--vram-mib", "3000", vram_mib=3000)
-        ray = {"address": "127.0.0.1:1", "poll_s": 30, "connect_timeout": 1}
-        settings = settings_for(
-            tmp_path, {"m": model}, cluster={"ray": ray}, gpus={"reserve_mib": 0}
-        )
-        cluster = world.cluster(settings)
-        parts = Collaborators.for_settings(settings, cluster)
-        memory = Memory(settings, parts.gpus, parts.footprints)
-        s = Scheduler(settings, parts.runtime, memory, Events())
-        await s.start()
+        s, _cluster, parts = await _scheduler(tmp_path, world, poll_s=30, connect_timeout=1)
         try:
             g0.stall_on.add("spawn")
             asked = asyncio.ensure_future(ask(s, "m"))
