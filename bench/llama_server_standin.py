@@ -82,9 +82,6 @@ def main() -> None:
     state_dir = tempfile.mkdtemp(prefix="vramgate-standin-")
     config = Path(state_dir) / "vramgate.yaml"
     config.write_text(yaml.safe_dump(config_for(sys.argv[1:], state_dir), sort_keys=False))
-    # Vertex AI's mode (AIP_MODE) reaches the engine with the gateway's environment; its port
-    # is the gateway's to listen on (the engine listens where the gateway tells it).
-    os.environ.pop("AIP_HTTP_PORT", None)
     os.execv(sys.executable, [sys.executable, "-m", "vramgate", "serve", "--config", str(config)])
 
 

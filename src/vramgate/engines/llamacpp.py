@@ -41,7 +41,6 @@ class LlamaCppEngine(EngineAdapter):
             "/v1/responses/input_tokens", "/v1/chat/completions/control",
             "/audio/transcriptions", "/v1/audio/transcriptions", "/slots/{id}",
             "/v1/streams/lookup", "/props", "/lora-adapters", "/tools", "/cors-proxy",
-            "/predict",  # Vertex AI's prediction route, served where AIP_MODE=PREDICTION
         ),
         get=(
             "/props", "/lora-adapters", "/tools", "/cors-proxy", "/models", "/slots",
