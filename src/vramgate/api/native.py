@@ -88,9 +88,13 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         await serve_native(scope, receive, send, kinds, pattern)
 
 
-# What the relay writes itself, or the engine must not see (the client's key for the gateway;
-# an encoding the relay would have to undo; the gateway's own cookies).
-_NOT_RELAYED = HOP_HEADERS | {b"content-type", b"content-length", b"accept-encoding", b"cookie"}
+# What the relay writes itself, or the engine must not see: the client's key for the gateway;
+# an encoding the relay would have to undo, or one the body no longer has (the relay may write
+# it anew); an expectation uvicorn met already; the gateway's own cookies.
+_NOT_RELAYED = HOP_HEADERS | {
+    b"content-type", b"content-length", b"content-encoding", b"accept-encoding", b"expect",
+    b"cookie",
+}  # fmt: skip
 
 
 def client_head(headers: list[tuple[bytes, bytes]]) -> bytes:
