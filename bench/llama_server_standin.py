@@ -56,6 +56,7 @@ def config_for(argv: list[str], state_dir: str) -> dict:
         "state_dir": state_dir,
         "log_level": "warning",
         "defaults": {"stop_timeout": 2},
+        "drain_timeout": 0,  # llama-server ends at once at SIGTERM, its requests with it
         "engines": {"llamacpp": {"binary": os.environ["VRAMGATE_REAL_LLAMA_SERVER"]}},
         # No model: llama-server's router mode; vramgate's like of it is models_dir, ad hoc.
         "models": {name: model} if source else {},
