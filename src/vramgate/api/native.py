@@ -81,8 +81,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> None:
     pattern, kinds = route_of(method, path) or (path, frozenset())
     if method == "POST" and _is_json(scope):
         query = scope.get("query_string", b"")
-        endpoint = NativeEndpoint(path, query, kinds, pattern)
-        endpoint.headers = scope["headers"]
+        endpoint = NativeEndpoint(path, query, kinds, pattern, scope["headers"])
         await endpoint(scope, receive, send)
     else:
         await serve_native(scope, receive, send, kinds, pattern)
@@ -118,19 +117,23 @@ class NativeEndpoint(Endpoint):
     model's engine where its engine serves it, else (a /v1-less OpenAI spelling) as the OpenAI
     route."""
 
-    def __init__(self, path: str, query: bytes, kinds: frozenset[str], pattern: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        query: bytes,
+        kinds: frozenset[str],
+        pattern: str,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
         super().__init__(path)
         self.query = query
         self.kinds = kinds
-        self.pattern = pattern
-        self.route_label = pattern
+        self.route_label = pattern  # the route as the engines declare it
+        self.headers = headers  # the client's
         self.access: Access | None = None  # the request's key, read by parse()
-        self.headers: list[tuple[bytes, bytes]] = []  # the client's (serve sets them)
-        self.head = b""
 
     def parse(self, body: bytes, settings: Settings, access: Access) -> dict[str, Any]:
         self.access = access
-        self.head = client_head(self.headers)
         if not body.strip():  # llama-server takes an empty body as {} (POST /slots/0?action=..)
             body = b"{}"
         return parse_request(body, settings, access, query_model(self.query))
@@ -144,9 +147,10 @@ class NativeEndpoint(Endpoint):
         model = scheduler.settings.models[name]
         if model.engine in self.kinds:
             assert self.access is not None  # parse() came first
-            require_route_access(self.access, model.engine, "POST", self.pattern)
+            require_route_access(self.access, model.engine, "POST", self.route_label)
             target = self.path + ("?" + self.query.decode("latin-1") if self.query else "")
-            return Routed(name, target, body, payload.get("stream") is True, head=self.head)
+            head = client_head(self.headers)
+            return Routed(name, target, body, payload.get("stream") is True, head=head)
         versioned = UNVERSIONED.get(self.path)
         if versioned is not None:
             return await openai.RELAYS[versioned].route(scheduler, name, label, payload, body)
