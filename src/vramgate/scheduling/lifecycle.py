@@ -63,11 +63,10 @@ class Lifecycle:
         def kv_args() -> list[str] | None:  # reads the GGUF header, makes the folder: a thread
             if not adapter.keeps_kv(model):
                 return None
+            # A state_dir that cannot hold the folder: the engine starts all the same.
             try:
                 folder = self.kv.folder(key)
-            except (
-                OSError
-            ) as exc:  # a state_dir that cannot hold it: the engine starts all the same
+            except OSError as exc:
                 log.warning("model '%s': its KV caches are not kept: %s cannot be made (%s)",
                             name, self.kv.path(key), exc.strerror or exc)  # fmt: skip
                 return None
